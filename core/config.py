@@ -1,0 +1,263 @@
+"""Typed, frozen training configuration for one GAT run.
+
+Every field a trial can vary lives here, with its default taken from the paper
+(Hyun et al., "Scalable GANs with Transformers", arXiv 2509.24935, §4 and App. A) or the
+authors' reference implementation (github.com/hse1032/GAT). Configs are validated in
+``__post_init__``: an impossible combination raises :class:`ConfigError` naming the field.
+
+``TrainConfig.to_dict()`` / ``TrainConfig.from_dict()`` round-trip through plain JSON types,
+which is how a config travels to a Ray Tune trial and into ``config.json`` of a run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+MNG_LEVELS = 4
+"""Number of MNG output heads / noise levels K (GAT_METHOD.md §1, §3)."""
+
+# name -> (depth, width, heads); GAT_METHOD.md §6, the paper's Table 1.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+
+PARAM_KINDS = ("vector", "hidden", "output")
+"""Parameter kinds the models expose for per-kind LR multipliers (muP-style rules):
+``vector`` = embeddings, biases, norm gains, LayerScale, CLS token (width-independent fan-in);
+``hidden`` = matrices whose fan-in grows with width; ``output`` = read-out matrices
+(G's latent heads, D's logit head)."""
+
+
+class ConfigError(ValueError):
+    """A configuration value a user can fix; the message names the field."""
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Transformer shape of one network (generator or discriminator)."""
+
+    width: int = 64
+    """Hidden size C (tokens are C-dimensional)."""
+    depth: int = 4
+    """Number of transformer blocks; G needs a multiple of 4 (one MNG head per quarter)."""
+    heads: int = 4
+    """Attention heads; ``width / heads`` is the head dim, which must be divisible by 4 (2-D RoPE)."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    def check(self, where: str, need_depth_multiple: int = 1) -> None:
+        """Raise :class:`ConfigError` naming ``where.<field>`` if this shape is impossible."""
+        for name in ("width", "depth", "heads"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{where}.{name} must be positive, got {getattr(self, name)}")
+        if self.width % self.heads:
+            raise ConfigError(
+                f"{where}.width={self.width} is not divisible by {where}.heads={self.heads}"
+            )
+        if self.head_dim % 4:
+            raise ConfigError(
+                f"{where}: head dim width/heads = {self.head_dim} must be divisible by 4 "
+                "for 2-D RoPE (two axes, channel pairs); change width or heads"
+            )
+        if self.width % 4:
+            raise ConfigError(f"{where}.width={self.width} must be divisible by 4 (2-D sin-cos embedding)")
+        if self.depth % need_depth_multiple:
+            raise ConfigError(
+                f"{where}.depth={self.depth} must be a multiple of {need_depth_multiple} "
+                f"(one MNG output head after each quarter of the generator)"
+            )
+
+    @classmethod
+    def named(cls, size: str) -> "NetConfig":
+        """The paper's named size ('S', 'B', 'L', 'XL'); raises ConfigError for an unknown name."""
+        if size not in SIZES:
+            raise ConfigError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
+        depth, width, heads = SIZES[size]
+        return cls(width=width, depth=depth, heads=heads)
+
+
+@dataclass(frozen=True)
+class LRMultipliers:
+    """Per-parameter-kind LR multipliers applied on top of a network's scalar LR (see PARAM_KINDS)."""
+
+    vector: float = 1.0
+    hidden: float = 1.0
+    output: float = 1.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"vector": self.vector, "hidden": self.hidden, "output": self.output}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one GAT training run needs. Units are given per field."""
+
+    name: str = "gat"
+    """Run / trial name (also the MLflow run name)."""
+
+    # ---- data -------------------------------------------------------------------------------
+    dataset: str = "digits"
+    """'digits' (embedded default, prepared offline), 'random' (Gaussian latents, for tests and
+    benchmarks) or an absolute path to a directory written by ``gat-sweep encode``."""
+    latent_size: int = 8
+    """Latent height = width H in latent pixels (SD-VAE on 256 px gives 32)."""
+    latent_channels: int = 4
+    num_classes: int = 10
+    sample_posterior: bool = True
+    """Train on ``mean + std * eps`` (True) or on the posterior mean (False)."""
+
+    # ---- model ------------------------------------------------------------------------------
+    g: NetConfig = field(default_factory=NetConfig)
+    d: NetConfig = field(default_factory=NetConfig)
+    patch: int = 2
+    """Patch size p (the '/2' in GAT-B/2), shared by G and D."""
+    z_dim: int = 64
+    d_proj_dim: int = 2048
+    """Width of D's class-projection head (paper: 2048). Small sweeps may lower it; always logged."""
+    repa: bool = False
+    """Enable the REPA projector on D (needs local DINOv2 features; off by default)."""
+
+    # ---- optimisation (GAT_METHOD.md §5) ---------------------------------------------------
+    batch: int = 32
+    """Global batch size in images per iteration."""
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    lr_mult_g: LRMultipliers = field(default_factory=LRMultipliers)
+    lr_mult_d: LRMultipliers = field(default_factory=LRMultipliers)
+    beta1: float = 0.0
+    beta2: float = 0.99
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    """EMA decay of G per iteration."""
+    w_avg_beta: float = 0.995
+
+    # ---- losses and regularisers (GAT_METHOD.md §4) ----------------------------------------
+    gamma_r1: float = 0.1
+    gamma_r2: float = 0.1
+    reg_mode: Literal["finite_difference", "exact"] = "finite_difference"
+    """R1/R2 estimator: the reference's finite difference, or exact double backprop."""
+    reg_fd_eps: float = 0.01
+    augment: bool = True
+    """Latent DiffAugment (color, translation, cutout, flip) with probability 1."""
+
+    # ---- budget and cadence -----------------------------------------------------------------
+    iterations: int = 100
+    """Training length in iterations (kimg = iterations * batch / 1000)."""
+    eval_every: int = 0
+    """Evaluate FD/FID every this many iterations (0: only at the end; <0: never)."""
+    eval_samples: int = 1000
+    """Generated samples per evaluation (the '1k' / '5K' in the metric name)."""
+    eval_metric: Literal["auto", "fd_domain", "fid"] = "auto"
+    """'fid' needs local Inception weights (``inception_weights``); 'fd_domain' uses the dataset's
+    own feature extractor; 'auto' picks fd_domain for the embedded default and fid otherwise."""
+    inception_weights: str = ""
+    """Absolute path to torch-fidelity's ``inception-v3-compat`` weights file (for FID)."""
+    fid_ref_npz: str = ""
+    """Optional ADM-style reference statistics (.npz with mu, sigma)."""
+    truncation_psi: float = 0.0
+    """Truncation for evaluation samples; 0 = none (training-time FID uses 0)."""
+    ckpt_every: int = 50
+    """Checkpoint every this many iterations; the last iteration always checkpoints."""
+    keep_checkpoints: int = 3
+    """Numbered checkpoints kept besides ``latest`` and ``best``."""
+    diag_every: int = 25
+    """Failure-mode diagnostics (early-block utilisation, update size) every this many iterations."""
+    log_every: int = 10
+    sample_every: int = 0
+    """Write an EMA sample grid every this many iterations (0: only at evaluations and the end)."""
+
+    # ---- execution --------------------------------------------------------------------------
+    seed: int = 0
+    device: str = "auto"
+    """'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:N'."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 = autocast on CUDA (master weights fp32)."""
+    grad_checkpointing: bool = False
+    compile: bool = False
+    num_threads: int = 0
+    """torch intra-op threads on CPU (0: leave torch's default)."""
+
+    def __post_init__(self) -> None:
+        self.g.check("g", need_depth_multiple=MNG_LEVELS)
+        self.d.check("d")
+        positive = ("latent_size", "latent_channels", "num_classes", "patch", "z_dim", "d_proj_dim",
+                    "batch", "iterations", "eval_samples", "ckpt_every", "log_every", "diag_every")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.latent_size % self.patch:
+            raise ConfigError(
+                f"latent_size={self.latent_size} is not divisible by patch={self.patch}"
+            )
+        for name in ("lr_g", "lr_d"):
+            if not self.__dict__[name] > 0:
+                raise ConfigError(f"{name} must be a positive learning rate, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.truncation_psi <= 1.0:
+            raise ConfigError(f"truncation_psi must be in [0, 1], got {self.truncation_psi}")
+        if self.reg_mode not in ("finite_difference", "exact"):
+            raise ConfigError(f"reg_mode must be 'finite_difference' or 'exact', got {self.reg_mode!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.eval_metric not in ("auto", "fd_domain", "fid"):
+            raise ConfigError(f"eval_metric must be 'auto', 'fd_domain' or 'fid', got {self.eval_metric!r}")
+        if self.gamma_r1 < 0 or self.gamma_r2 < 0:
+            raise ConfigError("gamma_r1 and gamma_r2 must be >= 0")
+
+    # ---- derived quantities -----------------------------------------------------------------
+    @property
+    def tokens(self) -> int:
+        """Number of image tokens (H/p)^2."""
+        return (self.latent_size // self.patch) ** 2
+
+    @property
+    def kimg(self) -> float:
+        """Training length in thousands of real images shown to D."""
+        return self.iterations * self.batch / 1000.0
+
+    # ---- serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON dict (nested for g, d, lr_mult_*); inverse of :meth:`from_dict`."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Rebuild from :meth:`to_dict` output. Unknown keys raise :class:`ConfigError`."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+        kwargs = dict(data)
+        for key in ("g", "d"):
+            if isinstance(kwargs.get(key), dict):
+                kwargs[key] = NetConfig(**kwargs[key])
+        for key in ("lr_mult_g", "lr_mult_d"):
+            if isinstance(kwargs.get(key), dict):
+                kwargs[key] = LRMultipliers(**kwargs[key])
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts with '.' keys: {'g': {'width': 64}} -> {'g.width': 64} (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{full}."))
+        else:
+            out[full] = value
+    return out

@@ -1,0 +1,457 @@
+"""GAT generator and discriminator (Hyun et al., "Scalable GANs with Transformers", 2025).
+
+The whole architecture in one file, read top to bottom: shared layers (positional embeddings,
+RoPE, attention, SwiGLU, equalised linear), the generator with its mapping network and four MNG
+output heads, the discriminator with its class projection, and the initialisation. The numbers
+follow ``shared/design/GAT_METHOD.md`` §1, §2, §6 and §8; where the paper and the authors'
+reference implementation (github.com/hse1032/GAT) differ, the implementation is followed and a
+comment says so. Parameter counts match the paper's Table (GAT_METHOD.md §6) within 0.1%;
+see ``tests/test_model.py``.
+
+Shapes: N batch, C width, T = (H/p)^2 image tokens, H latent size, c latent channels (4),
+K = 4 MNG levels, P = ``d_proj_dim``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from core.config import MNG_LEVELS, NetConfig, TrainConfig
+
+EQUAL_LR_MUL = 0.01
+"""Equalised-LR multiplier of the mapping network and D's class projection (StyleGAN2 §B)."""
+MOD_INIT_GAIN = 0.1
+"""Xavier gain of the adaLN modulation layers: small but non-zero gates (reference init)."""
+LAYERSCALE_INIT = 0.1
+"""Initial LayerScale of D's residual branches (GAT_METHOD.md §2)."""
+EMBED_INIT_STD = 0.02
+REPA_DIM = 768
+"""Feature size of DINOv2 ViT-B/14, the REPA target."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Positional information
+# ----------------------------------------------------------------------------------------------
+def sincos_pos_embed_2d(width: int, grid: int) -> Tensor:
+    """Fixed 2-D sin-cos positional embedding, MAE/DiT convention (GAT_METHOD.md §8).
+
+    Token ``i * grid + j`` is row i, column j. The first C/2 channels encode the column j, the
+    last C/2 the row i; each half is ``[sin(pos * w_k)] + [cos(pos * w_k)]`` with
+    ``w_k = 10000 ** (-k / (C/4))``, k = 0 .. C/4 - 1.
+
+    Returns: float32 tensor (grid*grid, width). Raises ValueError if width % 4 != 0.
+    """
+    if width % 4:
+        raise ValueError(f"sin-cos embedding width must be divisible by 4, got {width}")
+    quarter = width // 4
+    omega = 10000.0 ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
+    idx = torch.arange(grid * grid)
+    rows, cols = (idx // grid).double(), (idx % grid).double()
+
+    def half(pos: Tensor) -> Tensor:
+        angles = pos[:, None] * omega[None, :]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([half(cols), half(rows)], dim=1).float()
+
+
+def rope_2d(head_dim: int, grid: int) -> tuple[Tensor, Tensor]:
+    """cos/sin tables of 2-D axial RoPE for a grid x grid token map (GAT_METHOD.md §8).
+
+    The first head_dim/2 channels rotate with the row index, the last head_dim/2 with the
+    column index; channel pairs (2m, 2m+1) of each half turn by ``pos * 10000 ** (-2m / (hd/2))``.
+
+    Returns: (cos, sin), each float32 (grid*grid, head_dim), every angle repeated for its pair.
+    """
+    if head_dim % 4:
+        raise ValueError(f"2-D RoPE needs head_dim divisible by 4, got {head_dim}")
+    half = head_dim // 2
+    freqs = 10000.0 ** (-torch.arange(0, half, 2, dtype=torch.float64) / half)  # (hd/4,)
+    idx = torch.arange(grid * grid)
+    rows, cols = (idx // grid).double(), (idx % grid).double()
+    angles = torch.cat([rows[:, None] * freqs, cols[:, None] * freqs], dim=1)  # (T, hd/2)
+    angles = angles.repeat_interleave(2, dim=1)  # (T, hd)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate channel pairs (a, b) -> (a cos - b sin, b cos + a sin).
+
+    x: (N, heads, T, hd); cos, sin: (T, hd). Returns a tensor shaped like x.
+    """
+    a, b = x.unflatten(-1, (-1, 2)).unbind(-1)  # each (N, h, T, hd/2)
+    rotated = torch.stack([-b, a], dim=-1).flatten(-2)  # pairs (a, b) -> (-b, a)
+    return x * cos + rotated * sin
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------
+class EqualLinear(nn.Module):
+    """Linear layer with equalised learning rate (StyleGAN2 mapping network).
+
+    The stored weight is xavier-uniform with gain 1/lr_mul; forward multiplies weight and bias by
+    lr_mul, so the effective learning rate under Adam is lr_mul times the optimiser's.
+    (N, ..., in) -> (N, ..., out).
+    """
+
+    def __init__(self, in_features: int, out_features: int, lr_mul: float = EQUAL_LR_MUL) -> None:
+        super().__init__()
+        self.lr_mul = lr_mul
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        nn.init.xavier_uniform_(self.weight, gain=1.0 / lr_mul)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight * self.lr_mul, self.bias * self.lr_mul)
+
+
+def pixel_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """Normalise each row to unit second moment (StyleGAN's 'normalize_2nd_moment'). (N, D) -> (N, D)."""
+    return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with qkv bias, QK-norm (RMSNorm over head dim, affine) and 2-D RoPE.
+
+    ``prefix`` leading tokens (D's CLS) are not rotated. (N, prefix + T, C) -> same.
+    """
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        head_dim = width // heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.q_norm = nn.RMSNorm(head_dim, eps=1e-6)
+        self.k_norm = nn.RMSNorm(head_dim, eps=1e-6)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, prefix: int = 0) -> Tensor:
+        n, t, c = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)  # RoPE after QK-norm (reference order)
+        if prefix:
+            q = torch.cat([q[:, :, :prefix], apply_rope(q[:, :, prefix:], cos, sin)], dim=2)
+            k = torch.cat([k[:, :, :prefix], apply_rope(k[:, :, prefix:], cos, sin)], dim=2)
+        else:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(head_dim)
+        return self.proj(out.transpose(1, 2).reshape(n, t, c))
+
+
+def swiglu_hidden(width: int) -> int:
+    """SwiGLU hidden size h = int(2/3 * 4C), computed exactly in integers."""
+    return 8 * width // 3
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU FFN: Linear(C -> 2h), silu(a) * b, Linear(h -> C), with biases. (N, T, C) -> same."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        hidden = swiglu_hidden(width)
+        self.fc1 = nn.Linear(width, 2 * hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(F.silu(a) * b)
+
+
+def _maybe_checkpoint(enabled: bool, fn, *args):  # type: ignore[no-untyped-def]
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generator
+# ----------------------------------------------------------------------------------------------
+class GeneratorBlock(nn.Module):
+    """Pre-norm block modulated by the style w: scale + gate, no shift (GAT_METHOD.md §1).
+
+    x: (N, T, C), w: (N, C) -> (N, T, C).
+    """
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.RMSNorm(width, eps=1e-6, elementwise_affine=False)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.RMSNorm(width, eps=1e-6, elementwise_affine=False)
+        self.mlp = SwiGLU(width)
+        self.modulation = nn.Linear(width, 4 * width)
+
+    def forward(self, x: Tensor, w: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        scale_a, gate_a, scale_m, gate_m = self.modulation(F.silu(w)).unsqueeze(1).chunk(4, dim=-1)
+        x = x + gate_a * self.attn(self.norm1(x) * (1 + scale_a), cos, sin)
+        x = x + gate_m * self.mlp(self.norm2(x) * (1 + scale_m))
+        return x
+
+
+class OutputHead(nn.Module):
+    """MNG output head: modulated RMSNorm then Linear(C -> p*p*c). (N, T, C), (N, C) -> (N, T, p*p*c)."""
+
+    def __init__(self, width: int, patch: int, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(width, eps=1e-6, elementwise_affine=False)
+        self.modulation = nn.Linear(width, width)
+        self.out = nn.Linear(width, patch * patch * channels)
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        scale = self.modulation(F.silu(w)).unsqueeze(1)
+        return self.out(self.norm(x) * (1 + scale))
+
+
+class Generator(nn.Module):
+    """GAT generator G(z, y) -> latent image(s).
+
+    Tokens start as the fixed sin-cos embedding (no noise image); all variation enters through
+    the style w from the mapping network. Four output heads after each quarter of the blocks give
+    accumulated predictions ``x_k = x_{k-1} + head_k`` (MNG, GAT_METHOD.md §1, §3).
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        net: NetConfig = cfg.g
+        self.patch, self.channels, self.num_classes = cfg.patch, cfg.latent_channels, cfg.num_classes
+        self.z_dim, self.width = cfg.z_dim, net.width
+        self.grid = cfg.latent_size // cfg.patch
+        self.grad_checkpointing = cfg.grad_checkpointing
+        # Mapping network: [pixel_norm(embed(y)), pixel_norm(z)] -> EqualLinear -> SiLU -> EqualLinear.
+        self.class_embed = nn.Embedding(cfg.num_classes, cfg.z_dim)
+        self.mapping = nn.Sequential(
+            EqualLinear(2 * cfg.z_dim, net.width), nn.SiLU(), EqualLinear(net.width, net.width)
+        )
+        # Fixed (untrained) token input, counted as a parameter like the reference does.
+        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(net.width, self.grid), requires_grad=False)
+        self.blocks = nn.ModuleList(GeneratorBlock(net.width, net.heads) for _ in range(net.depth))
+        self.heads = nn.ModuleList(
+            OutputHead(net.width, cfg.patch, cfg.latent_channels) for _ in range(MNG_LEVELS)
+        )
+        self.head_after = [(k + 1) * net.depth // MNG_LEVELS - 1 for k in range(MNG_LEVELS)]
+        cos, sin = rope_2d(net.head_dim, self.grid)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("w_avg", torch.zeros(cfg.num_classes, net.width))
+        self.w_avg_beta = cfg.w_avg_beta
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Xavier-uniform for every Linear, zero biases; class table N(0, 0.02^2); modulation
+        layers xavier with gain 0.1 (reference ``initialize_weights``). EqualLinear keeps its own
+        gain-1/0.01 init."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.class_embed.weight, std=EMBED_INIT_STD)
+        for layer in [b.modulation for b in self.blocks] + [h.modulation for h in self.heads]:
+            nn.init.xavier_uniform_(layer.weight, gain=MOD_INIT_GAIN)
+            nn.init.zeros_(layer.bias)
+
+    # -- style ---------------------------------------------------------------------------------
+    def style(self, z: Tensor, y: Tensor) -> Tensor:
+        """Mapping network. z: (N, z_dim), y: (N,) int64 -> w: (N, C)."""
+        return self.mapping(torch.cat([pixel_norm(self.class_embed(y)), pixel_norm(z)], dim=1))
+
+    @torch.no_grad()
+    def update_w_avg(self, w: Tensor, y: Tensor) -> None:
+        """Per-class running mean of w, beta 0.995, updated in the G step (reference).
+
+        w_avg[c] <- lerp(mean(w[y == c]), w_avg[c], beta) for each class c in the batch.
+        """
+        w = w.detach().float()
+        sums = torch.zeros_like(self.w_avg).index_add_(0, y, w)
+        counts = torch.bincount(y, minlength=self.num_classes).to(w.dtype)
+        present = counts > 0
+        means = sums[present] / counts[present, None]
+        self.w_avg[present] = torch.lerp(means, self.w_avg[present], self.w_avg_beta)
+
+    def guide(self, w: Tensor, z: Tensor, y: Tensor, psi: float, guidance: float) -> Tensor:
+        """Truncation and w-space guidance (reference ``forward``).
+
+        Truncation: ``w <- lerp(w, w_avg[y], psi)`` (psi 0 = none). Guidance: with ``w_null`` the
+        mean over all classes of the style of the same z, ``w <- w_null + guidance * (w - w_null)``
+        (guidance 1 = none). Shapes: w (N, C), z (N, z_dim), y (N,).
+        """
+        if psi:
+            w = torch.lerp(w, self.w_avg[y], psi)
+        if guidance != 1.0:
+            n, k = z.shape[0], self.num_classes
+            all_classes = torch.arange(k, device=y.device).repeat(n)
+            w_null = self.style(z.repeat_interleave(k, dim=0), all_classes).view(n, k, -1).mean(1)
+            w = w_null + guidance * (w - w_null)
+        return w
+
+    # -- synthesis -----------------------------------------------------------------------------
+    def unpatchify(self, x: Tensor) -> Tensor:
+        """(N, T, p*p*c) -> (N, c, H, W), DiT layout."""
+        n, g, p, c = x.shape[0], self.grid, self.patch, self.channels
+        x = x.view(n, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(n, c, g * p, g * p)
+
+    def synthesize(self, w: Tensor, skip_blocks: int = 0) -> Tensor:
+        """Blocks and MNG heads from a style. w: (N, C) -> (K, N, c, H, W), accumulated levels.
+
+        ``skip_blocks`` leading blocks are replaced by the identity (early-layer utilisation
+        diagnostic, paper §3.1: how much the output changes without them).
+        """
+        x = self.pos_embed.unsqueeze(0).expand(w.shape[0], -1, -1).to(w.dtype)
+        levels, accum, head_idx = [], None, 0
+        for i, block in enumerate(self.blocks):
+            if i >= skip_blocks:
+                x = _maybe_checkpoint(self.grad_checkpointing, block, x, w, self.rope_cos, self.rope_sin)
+            if i == self.head_after[head_idx]:
+                out = self.unpatchify(self.heads[head_idx](x, w))
+                accum = out if accum is None else accum + out
+                levels.append(accum)
+                head_idx += 1
+        return torch.stack(levels, dim=0)
+
+    def forward(
+        self, z: Tensor, y: Tensor, psi: float = 0.0, guidance: float = 1.0, update_w_avg: bool = False
+    ) -> Tensor:
+        """z: (N, z_dim) float, y: (N,) int64 -> (K=4, N, c, H, W) accumulated MNG levels.
+
+        The last level ``[-1]`` is the sample; evaluation uses :meth:`sample`.
+        """
+        w = self.style(z, y)
+        if update_w_avg:
+            self.update_w_avg(w, y)
+        return self.synthesize(self.guide(w, z, y, psi, guidance))
+
+    def sample(self, z: Tensor, y: Tensor, psi: float = 0.0, guidance: float = 1.0) -> Tensor:
+        """Final level only: (N, z_dim), (N,) -> (N, c, H, W)."""
+        return self.forward(z, y, psi=psi, guidance=guidance)[-1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Discriminator
+# ----------------------------------------------------------------------------------------------
+class DiscriminatorBlock(nn.Module):
+    """Pre-norm block with affine RMSNorm and LayerScale 0.1. (N, 1 + T, C) -> same."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.RMSNorm(width, eps=1e-6)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.RMSNorm(width, eps=1e-6)
+        self.mlp = SwiGLU(width)
+        self.ls1 = nn.Parameter(torch.full((width,), LAYERSCALE_INIT))
+        self.ls2 = nn.Parameter(torch.full((width,), LAYERSCALE_INIT))
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        x = x + self.ls1 * self.attn(self.norm1(x), cos, sin, prefix=1)
+        x = x + self.ls2 * self.mlp(self.norm2(x))
+        return x
+
+
+class Discriminator(nn.Module):
+    """GAT discriminator D(x_levels, y) -> logit (GAT_METHOD.md §2).
+
+    Input: the K = 4 MNG-perturbed levels concatenated on channels (N, 4c, H, W); one logit per
+    sample, class-conditioned by projection onto an embedding passed through an equalised MLP.
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        net: NetConfig = cfg.d
+        self.grid = cfg.latent_size // cfg.patch
+        self.grad_checkpointing = cfg.grad_checkpointing
+        proj = cfg.d_proj_dim
+        self.patch_embed = nn.Conv2d(MNG_LEVELS * cfg.latent_channels, net.width, cfg.patch, cfg.patch)
+        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(net.width, self.grid), requires_grad=False)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, net.width))
+        self.blocks = nn.ModuleList(DiscriminatorBlock(net.width, net.heads) for _ in range(net.depth))
+        self.norm = nn.RMSNorm(net.width, eps=1e-6)
+        self.head = nn.Linear(net.width, proj)
+        self.class_embed = nn.Embedding(cfg.num_classes, proj)
+        self.class_map = nn.Sequential(EqualLinear(proj, proj), nn.SiLU(), EqualLinear(proj, proj))
+        self.repa = (
+            nn.Sequential(nn.Linear(net.width, 2048), nn.SiLU(), nn.Linear(2048, 2048), nn.SiLU(),
+                          nn.Linear(2048, REPA_DIM))
+            if cfg.repa else None
+        )
+        cos, sin = rope_2d(net.head_dim, self.grid)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Xavier-uniform for Linear and Conv (conv as a flattened matrix), zero biases; CLS token
+        and class table N(0, 0.02^2)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.cls_token, std=EMBED_INIT_STD)
+        nn.init.normal_(self.class_embed.weight, std=EMBED_INIT_STD)
+
+    def features(self, x: Tensor) -> Tensor:
+        """(N, 4c, H, W) -> final normalised tokens (N, 1 + T, C), CLS first."""
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
+        h = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), tokens], dim=1)
+        for block in self.blocks:
+            h = _maybe_checkpoint(self.grad_checkpointing, block, h, self.rope_cos, self.rope_sin)
+        return self.norm(h)
+
+    def forward(self, x: Tensor, y: Tensor, return_repa: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """x: (N, 4c, H, W), y: (N,) int64 -> logits (N,).
+
+        With ``return_repa`` (needs ``repa=True``) also returns projected tokens (N, 1 + T, 768).
+        """
+        h = self.features(x)
+        logit = (self.head(h[:, 0]) * self.class_map(self.class_embed(y))).sum(dim=1)
+        if return_repa:
+            if self.repa is None:
+                raise ValueError("return_repa=True needs a discriminator built with repa=True")
+            return logit, self.repa(h)
+        return logit
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameter kinds (for per-kind LR multipliers) and counts
+# ----------------------------------------------------------------------------------------------
+_FIXED_FAN_IN = ("mapping.0.", "patch_embed.", "class_map.", "repa.0.")  # fan-in not tied to width
+
+
+def parameter_kind(name: str, param: Tensor) -> str:
+    """Kind of a named G/D parameter for muP-style rules: 'vector', 'hidden' or 'output'.
+
+    'vector': embeddings, biases, norm gains, LayerScale, CLS token, and matrices whose fan-in
+    does not grow with width (mapping input layer, D's patch embedding and class MLP);
+    'output': read-out matrices (G's ``heads.k.out``, D's ``head``); 'hidden': all other matrices.
+    (muP, Yang et al. 2022, Table 3, Adam column.)
+    """
+    if param.ndim < 2 or name.startswith(("class_embed.", "cls_token", "pos_embed")):
+        return "vector"
+    if (name.startswith("heads.") and ".out." in name) or name.startswith(("head.", "repa.4.")):
+        return "output"
+    if name.startswith(_FIXED_FAN_IN):
+        return "vector"
+    return "hidden"
+
+
+def parameters_by_kind(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Trainable parameters grouped by :func:`parameter_kind`; every kind key is present."""
+    groups: dict[str, list[nn.Parameter]] = {"vector": [], "hidden": [], "output": []}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups[parameter_kind(name, param)].append(param)
+    return groups
+
+
+def count_parameters(model: nn.Module) -> int:
+    """All parameter tensors, the fixed positional embedding included (the paper's convention)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_models(cfg: TrainConfig, device: torch.device | str | None = None) -> tuple[Generator, Discriminator]:
+    """Instantiate (G, D) for a config; ``device='meta'`` builds them without memory."""
+    with torch.device(device or "cpu"):
+        return Generator(cfg), Discriminator(cfg)
