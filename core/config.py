@@ -63,8 +63,8 @@ class NetConfig:
             )
         if self.head_dim % 4:
             raise ConfigError(
-                f"{where}: head dim width/heads = {self.head_dim} must be divisible by 4 "
-                "for 2-D RoPE (two axes, channel pairs); change width or heads"
+                f"{where}.width / {where}.heads = {self.head_dim} (the head dim) must be divisible "
+                f"by 4 for 2-D RoPE (two axes, channel pairs); change {where}.width or {where}.heads"
             )
         if self.width % 4:
             raise ConfigError(f"{where}.width={self.width} must be divisible by 4 (2-D sin-cos embedding)")
