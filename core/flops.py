@@ -1,0 +1,104 @@
+"""Training FLOP accounting, measured with ``torch.utils.flop_counter.FlopCounterMode``.
+
+One training iteration (the D step with R1/R2 and the G step, exactly the code the trainer runs)
+is executed under the flop counter on the ``meta`` device: no memory, no arithmetic, so even
+GAT-XL/2 at batch 512 is counted in about a second. Matmul-like ops (linear, conv, bmm, attention)
+are counted; element-wise work (norms, activations, augmentation, the optimiser and EMA) is not,
+which is the usual convention of scaling-law papers (Kaplan et al. 2020, §2.1).
+
+On a real CPU tensor PyTorch's counter sees 0 FLOPs for scaled-dot-product attention, because
+the CPU kernel ``aten._scaled_dot_product_flash_attention_for_cpu`` has no registered formula;
+:data:`CPU_ATTENTION_FLOPS` maps it (and its backward) to the standard formulas so that counts on
+CPU tensors equal counts on meta tensors (tested).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from core.config import TrainConfig
+
+FLOPS_CONVENTION = (
+    "FLOPs = 2 x multiply-accumulates of matmul/conv/attention ops, measured with torch "
+    "FlopCounterMode over one full training iteration (D step incl. R1/R2 on real and fake, "
+    "G step), forward + backward, G + D; optimiser, EMA, norms and augmentation not counted"
+)
+
+
+def _cpu_attention(query, key, value, *args, out_shape=None, **kwargs) -> int:  # type: ignore[no-untyped-def]
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_attention_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:  # type: ignore[no-untyped-def]
+    # Model FLOPs: the backward of the two attention matmuls is 2x their forward. PyTorch's own
+    # flash-backward formula also counts the kernel's recomputation of the scores (5 matmuls).
+    return 2 * sdpa_flop_count(query, key, value)
+
+
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward,
+}
+"""Custom FlopCounterMode mapping for the CPU attention kernels (shapes in, FLOPs out)."""
+
+
+def flop_counter() -> FlopCounterMode:
+    """A silent FlopCounterMode that also counts CPU scaled-dot-product attention."""
+    return FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+
+
+def measure_iteration_flops(cfg: TrainConfig, device: torch.device | str = "meta", batch: int | None = None) -> int:
+    """FLOPs of one training iteration (convention: :data:`FLOPS_CONVENTION`) at ``batch`` images.
+
+    Runs :class:`core.step.GATStep`'s D step and G step once under the counter. Raises whatever
+    the step raises for an impossible config (the config itself is validated on construction).
+    """
+    from core.model import build_models
+    from core.step import GATStep  # the step imports this module's siblings only
+
+    cfg = cfg.replace(batch=batch or cfg.batch, grad_checkpointing=False, compile=False)
+    device = torch.device(device)
+    G, D = build_models(cfg, device)
+    step = GATStep(cfg, G, D, device, count_only=True)
+    n, c, h = cfg.batch, cfg.latent_channels, cfg.latent_size
+    x = torch.randn(n, c, h, h, device=device)
+    y = torch.zeros(n, dtype=torch.long, device=device)
+    z = torch.randn(n, cfg.z_dim, device=device)
+    with flop_counter() as counter:
+        step.d_step(x, y, z)
+        step.g_step(x, y, z)
+    return int(counter.get_total_flops())
+
+
+_COMPUTE_IRRELEVANT = dict(
+    name="flops", lr_g=1.0, lr_d=1.0, seed=0, iterations=1, eval_every=-1, ckpt_every=1, log_every=1,
+    diag_every=1, sample_every=0, device="cpu", num_threads=0, compile=False, precision="fp32",
+    grad_checkpointing=False,
+)
+"""Fields that do not change the counted FLOPs; reset so that configs differing only in them
+share one cached measurement (a learning-rate sweep measures each architecture once)."""
+
+SMALL_MODEL_PARAMS = 20_000_000
+"""Below this many G + D parameters the count runs on real CPU tensors (about a second);
+above it on the meta device (no memory, no arithmetic, but slower per op)."""
+
+
+def train_flops_per_iter(cfg: TrainConfig) -> int:
+    """FLOPs of one training iteration at ``cfg.batch`` (convention: :data:`FLOPS_CONVENTION`).
+
+    Every counted op is linear in the batch size, so the count is measured at batch 2 and scaled,
+    which keeps paper-size batches cheap. Cached per architecture.
+    """
+    return _per_two_images(cfg.replace(**_COMPUTE_IRRELEVANT, batch=2)) * cfg.batch // 2
+
+
+@functools.lru_cache(maxsize=256)
+def _per_two_images(cfg: TrainConfig) -> int:
+    from core.model import build_models, count_parameters
+
+    G, D = build_models(cfg, "meta")
+    small = count_parameters(G) + count_parameters(D) < SMALL_MODEL_PARAMS
+    return measure_iteration_flops(cfg, "cpu" if small else "meta")
