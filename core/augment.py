@@ -108,7 +108,9 @@ def apply_augment(x: Tensor, params: AugmentParams) -> Tensor:
     Raises ValueError if x is not 4-D/5-D or its batch size differs from the parameters'.
     """
     if x.ndim not in (4, 5):
-        raise ValueError(f"apply_augment needs x of shape (K, N, c, H, W) or (N, c, H, W), got {tuple(x.shape)}")
+        raise ValueError(
+            f"apply_augment needs x of shape (K, N, c, H, W) or (N, c, H, W), got {tuple(x.shape)}"
+        )
     levels = x if x.ndim == 5 else x.unsqueeze(0)
     k, n, c, h, w = levels.shape
     if n != params.batch:
