@@ -1,0 +1,406 @@
+"""Sweep files: YAML -> a validated :class:`SweepSpec` (pydantic, unknown keys rejected).
+
+A sweep file names the dataset, a model grid (named sizes and/or widths x depths), base learning
+rates and LR rules, seeds, a training budget, the evaluation, resources per trial and where results
+go. ``gat-sweep schema`` prints the JSON schema of this file for editors. Example::
+
+    name: width_lr
+    dataset: digits                # 'digits', 'random' or a directory from `gat-sweep encode`
+    preset: digits                 # optional starting TrainConfig (core.presets)
+    model: {widths: [32, 64, 128], depths: [4], head_dim: 16, patch: 2}
+    lr: {base_lrs: [2.5e-4, 5e-4, 1e-3, 2e-3], rules: [gat, constant], base_width: 64}
+    seeds: [0]
+    budget: {iterations: 300}      # or {kimg: 9.6}
+    eval: {every: 150, metric: auto, samples: 1000}
+    train: {d_proj_dim: 256}       # any other TrainConfig field
+    resources: {cpus: 1, gpus: 0, workers: 1}
+    max_concurrent: 2
+
+Relative paths (``dataset``, ``output_dir``) are relative to the directory the command runs in.
+Numbers in scientific notation without a dot (``1e-4``, which YAML 1.1 reads as a string) are
+read as numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+
+from core.config import MNG_LEVELS, SIZES, ConfigError, TrainConfig
+from core.presets import PRESETS, get_preset
+
+EMBEDDED_DATASETS = ("digits", "random")
+"""Dataset names that are not paths: the embedded default and Gaussian test latents."""
+
+LR_RULE_NAMES = ("constant", "gat", "mup")
+"""Names of the rules in ``scaling.lr_rules.RULES`` (kept literal here for the JSON schema)."""
+
+# TrainConfig fields a sweep sets itself, with the sweep key to use instead.
+GRID_FIELDS: dict[str, str] = {
+    "name": "name (trial names are derived from the grid)",
+    "dataset": "dataset",
+    "g": "model",
+    "d": "model.discriminator",
+    "patch": "model.patch",
+    "lr_g": "lr.base_lrs / lr.rules",
+    "lr_d": "lr.base_lrs / lr.rules",
+    "lr_mult_g": "lr.rules",
+    "lr_mult_d": "lr.rules",
+    "iterations": "budget",
+    "seed": "seeds",
+    "eval_every": "eval.every",
+    "eval_samples": "eval.samples",
+    "eval_metric": "eval.metric",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# YAML loading
+# ----------------------------------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` / ``1E18`` (no dot) as floats, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse a YAML file with :class:`_Loader`.
+
+    Raises FileNotFoundError naming the path, or ConfigError with the line of a syntax error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep file not found: {path}")
+    try:
+        return yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+
+
+def parse_scalar(text: str) -> Any:
+    """A command-line value read like a YAML scalar: ``64`` -> int, ``1e-4`` -> float, ``x`` -> str."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506
+
+
+# ----------------------------------------------------------------------------------------------
+# Schema
+# ----------------------------------------------------------------------------------------------
+def _as_list(value: Any) -> Any:
+    """Let a single value stand for a one-element list (``widths: 64``)."""
+    return value if isinstance(value, list) else [value]
+
+
+IntList = Annotated[list[PositiveInt], BeforeValidator(_as_list)]
+FloatList = Annotated[list[PositiveFloat], BeforeValidator(_as_list)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class NetGrid(_Strict):
+    """Transformer shapes to sweep: named sizes and/or every width x depth combination."""
+
+    sizes: Annotated[list[Literal[tuple(SIZES)]], BeforeValidator(_as_list)] = []  # type: ignore[valid-type]
+    """Named sizes of the paper (S, B, L, XL: depth, width and heads from its Table 1)."""
+    widths: IntList = []
+    """Widths C to combine with every depth."""
+    depths: IntList = []
+    """Depths (number of blocks); the generator needs multiples of 4 (one MNG head per quarter)."""
+    heads: PositiveInt | None = None
+    """Fixed number of attention heads for every width (head dim grows with width)."""
+    head_dim: PositiveInt | None = None
+    """Fixed head dimension (heads = width / head_dim); give heads or head_dim with widths."""
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> NetGrid:
+        if not self.sizes and not self.widths:
+            raise ValueError("give sizes (S, B, L, XL) and/or widths with depths")
+        if bool(self.widths) != bool(self.depths):
+            raise ValueError("widths and depths go together: give both lists")
+        if self.widths and (self.heads is None) == (self.head_dim is None):
+            raise ValueError("with widths, give exactly one of heads (fixed count) or head_dim (fixed size)")
+        if not self.widths and (self.heads is not None or self.head_dim is not None):
+            raise ValueError("heads/head_dim apply to widths; named sizes fix their own heads")
+        bad = []
+        for width in self.widths:
+            rule = f"heads={self.heads}" if self.heads is not None else f"head_dim={self.head_dim}"
+            if width % (self.heads or self.head_dim):
+                bad.append(f"width {width} is not divisible by {rule}")
+            elif (head_dim := self.head_dim or width // self.heads) % 4:
+                bad.append(f"width {width} with {rule} gives head dim {head_dim}, "
+                           "not divisible by 4 (2-D RoPE)")
+        if bad:
+            raise ValueError("; ".join(bad))
+        return self
+
+    def shapes(self) -> list[tuple[str, int, int, int]]:
+        """(label, width, depth, heads) for every grid point: named sizes first, then widths x depths."""
+        out = [(name, SIZES[name][1], SIZES[name][0], SIZES[name][2]) for name in self.sizes]
+        for width in self.widths:
+            heads = self.heads if self.heads is not None else width // self.head_dim
+            out += [(f"w{width}-d{depth}", width, depth, heads) for depth in self.depths]
+        return out
+
+
+class ModelGrid(NetGrid):
+    """The generator grid, the patch size(s) and the discriminator (tied to G or its own grid)."""
+
+    patch: IntList = [2]
+    """Patch size(s) p, shared by G and D (the '/2' in GAT-B/2)."""
+    discriminator: NetGrid | None = None
+    """Omit (the paper's setting) for D = G at every grid point; or a grid of its own, crossed with G's."""
+
+    @model_validator(mode="after")
+    def _check_generator_depths(self) -> ModelGrid:
+        bad = [d for d in self.depths if d % MNG_LEVELS]
+        if bad:
+            raise ValueError(f"generator depths {bad} are not multiples of {MNG_LEVELS} "
+                             "(one MNG output head after each quarter of the blocks)")
+        return self
+
+
+class LRSpec(_Strict):
+    """Base learning rates and the rules that turn them into per-width LRs (scaling/lr_rules.py)."""
+
+    base_lrs: FloatList = Field(min_length=1)
+    """Learning rates at the base width (e.g. [1e-4, 2e-4, 4e-4])."""
+    rules: Annotated[list[Literal[LR_RULE_NAMES]], BeforeValidator(_as_list)] = ["gat"]  # type: ignore[valid-type]
+    """LR rules to cross with the base LRs: constant, gat (the paper's), mup."""
+    base_width: PositiveInt = 768
+    """Width at which a rule returns the base LR unchanged (the paper: 768, GAT-B)."""
+
+
+class Budget(_Strict):
+    """Training length of every trial: exactly one of iterations or kimg."""
+
+    iterations: PositiveInt | None = None
+    """Iterations (one D step + one G step each)."""
+    kimg: PositiveFloat | None = None
+    """Thousands of real images; iterations = ceil(kimg * 1000 / batch)."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Budget:
+        if (self.iterations is None) == (self.kimg is None):
+            raise ValueError("give exactly one of iterations or kimg")
+        return self
+
+    def iterations_for(self, batch: int) -> int:
+        """Iterations at this batch size (images per iteration)."""
+        if self.iterations is not None:
+            return self.iterations
+        return math.ceil(self.kimg * 1000 / batch)
+
+
+class EvalSpec(_Strict):
+    """When and how trials are evaluated (Frechet distance of the EMA generator)."""
+
+    every: int = Field(0, ge=-1)
+    """Iterations between evaluations; 0 = only at the end, -1 = never."""
+    metric: Literal["auto", "fd_domain", "fid"] = "auto"
+    """fd_domain (the dataset's own feature extractor), fid (local Inception weights), or auto."""
+    samples: PositiveInt = 1000
+    """Generated samples per evaluation (the 5K in FID-5K)."""
+
+
+class Resources(_Strict):
+    """What one trial reserves. Several DDP workers per trial go through Ray Train."""
+
+    cpus: PositiveFloat = 1.0
+    """CPUs per worker (1 gives one torch thread)."""
+    gpus: float = Field(0.0, ge=0.0, le=1.0)
+    """GPUs per worker: 0, a fraction (several trials share a GPU) or 1."""
+    workers: PositiveInt = 1
+    """DDP processes per trial (Ray Train TorchTrainer when > 1)."""
+
+    @model_validator(mode="after")
+    def _whole_gpus_for_ddp(self) -> Resources:
+        if self.workers > 1 and self.gpus not in (0.0, 1.0):
+            raise ValueError("with several DDP workers each worker needs gpus: 1 (or 0 for CPU)")
+        return self
+
+
+def _train_overrides_model() -> type[BaseModel]:
+    """A strict pydantic model of every TrainConfig field a sweep does not set itself."""
+    hints = get_type_hints(TrainConfig)
+    fields: dict[str, Any] = {
+        f.name: (hints[f.name] | None, None)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in GRID_FIELDS
+    }
+    return create_model(
+        "TrainOverrides",
+        __config__=ConfigDict(extra="forbid", frozen=True),
+        __doc__="TrainConfig fields (core/config.py) applied to every trial.",
+        **fields,
+    )
+
+
+TrainOverrides = _train_overrides_model()
+
+
+class SweepSpec(_Strict):
+    """One sweep: the grid, the budget, the evaluation and where to run and log it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Sweep name: MLflow experiment and parent run name, default output directory."""
+    description: str = ""
+    dataset: str
+    """'digits' (embedded default), 'random' (Gaussian latents, no evaluation), or a directory of
+    latents written by `gat-sweep encode`."""
+    preset: str | None = None
+    """Optional starting TrainConfig from core.presets (e.g. 'digits'); TrainConfig defaults otherwise."""
+    model: ModelGrid
+    lr: LRSpec
+    seeds: Annotated[list[NonNegativeInt], BeforeValidator(_as_list)] = [0]
+    budget: Budget
+    eval: EvalSpec = EvalSpec()
+    train: TrainOverrides = TrainOverrides()  # type: ignore[valid-type]
+    """Any other TrainConfig field, the same for every trial (batch, d_proj_dim, precision, ...)."""
+    resources: Resources = Resources()
+    max_concurrent: PositiveInt | None = None
+    """Most trials running at once (default: as many as the resources allow)."""
+    max_failures: NonNegativeInt = 2
+    """Retries of a crashed trial; each retry resumes from the trial's last checkpoint."""
+    output_dir: str | None = None
+    """Where the sweep writes (default outputs/<name>); on a cluster a path every node sees."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI (default: sqlite file in output_dir; http://host:port on a cluster)."""
+    ray_address: str | None = None
+    """Ray cluster to join (e.g. 'auto', 'ray://head:10001'); default: start a local Ray."""
+
+    @model_validator(mode="after")
+    def _check_against_config(self) -> SweepSpec:
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"preset {self.preset!r} is unknown; choose one of: {', '.join(PRESETS)}")
+        try:
+            base = self.base_config()
+        except ConfigError as err:
+            raise ValueError(f"train: {err}") from err
+        bad = [p for p in self.model.patch if base.latent_size % p]
+        if bad:
+            raise ValueError(f"model.patch {bad} does not divide latent_size={base.latent_size}")
+        return self
+
+    def base_config(self) -> TrainConfig:
+        """The TrainConfig every trial starts from: preset, then ``train``, dataset, budget and eval.
+
+        Raises ConfigError for an impossible combination.
+        """
+        base = get_preset(self.preset) if self.preset else TrainConfig()
+        overrides = self.train.model_dump(exclude_unset=True)
+        base = base.replace(**overrides)
+        return base.replace(
+            dataset=self.dataset_value(), iterations=self.budget.iterations_for(base.batch),
+            eval_every=self.eval.every, eval_samples=self.eval.samples, eval_metric=self.eval.metric,
+        )
+
+    def dataset_value(self) -> str:
+        """``dataset`` as TrainConfig wants it: an embedded name or an absolute path."""
+        if self.dataset in EMBEDDED_DATASETS:
+            return self.dataset
+        return str(Path(self.dataset).expanduser().absolute())
+
+    def output_path(self) -> Path:
+        """Absolute output directory (default ``outputs/<name>`` under the current directory)."""
+        return Path(self.output_dir or f"outputs/{self.name}").expanduser().absolute()
+
+    def tracking(self) -> str:
+        """MLflow tracking URI; default an absolute sqlite file in the output directory."""
+        return self.tracking_uri or f"sqlite:///{self.output_path() / 'mlflow.db'}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and error messages
+# ----------------------------------------------------------------------------------------------
+class SweepFileError(ConfigError):
+    """A sweep file that does not validate; the message lists every problem with its key path."""
+
+
+def load_spec(path: Path) -> SweepSpec:
+    """Read and validate a sweep file.
+
+    Raises FileNotFoundError (missing file) or SweepFileError listing every problem, e.g.
+    ``model.widthz: unknown key (did you mean 'widths'?)``.
+    """
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise SweepFileError(f"{path}: a sweep file is a YAML mapping (name:, dataset:, model:, ...)")
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as err:
+        raise SweepFileError(f"{path}: {format_errors(err)}") from None
+
+
+def format_errors(err: ValidationError) -> str:
+    """One line per problem: ``key.path: message``, with a suggestion for misspelt keys."""
+    lines = []
+    for e in err.errors():
+        loc = [str(part) for part in e["loc"]]
+        where = ".".join(loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            msg = _unknown_key_message(loc)
+        elif e["type"] == "missing":
+            msg = "missing (required)"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] not in ("value_error", "assertion_error") and "input" in e:
+                msg += f" (got {e['input']!r})"
+        lines.append(f"  {where}: {msg}")
+    count = len(lines)
+    return f"{count} problem{'s' if count > 1 else ''}:\n" + "\n".join(lines)
+
+
+def _unknown_key_message(loc: list[str]) -> str:
+    key = loc[-1]
+    if loc[:1] == ["train"] and len(loc) == 2 and key in GRID_FIELDS:
+        return f"set by the sweep itself: use {GRID_FIELDS[key]} instead of train.{key}"
+    known = _keys_at(loc[:-1])
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(known)})"
+    return "unknown key" + hint
+
+
+def _keys_at(loc: list[str]) -> list[str]:
+    """Field names of the model found by following ``loc`` from SweepSpec."""
+    cls: type[BaseModel] = SweepSpec
+    for part in loc:
+        if part.isdigit() or part not in cls.model_fields:
+            continue
+        cls = _model_in(cls.model_fields[part].annotation) or cls
+    return list(cls.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``annotation`` (``X | None``, ``list[X]``, ``Annotated[...]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is not None:
+        for arg in get_args(annotation):
+            found = _model_in(arg)
+            if found:
+                return found
+    return None

@@ -1,0 +1,175 @@
+"""Sweep files (scaling/spec.py): parsing, scientific notation, every bad key listed with its path,
+cross-field rules, the JSON schema, and every shipped sweep file."""
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from core.config import ConfigError
+from scaling.spec import SweepFileError, SweepSpec, load_spec, parse_scalar
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+
+VALID = """
+name: t
+dataset: random
+model: {widths: [32, 64], depths: [4], head_dim: 16}
+lr: {base_lrs: [1e-4, 2.5e-4], rules: [gat, constant], base_width: 32}
+budget: {iterations: 10}
+train: {d_proj_dim: 32, batch: 8}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def problems(tmp_path: Path, text: str) -> str:
+    with pytest.raises(SweepFileError) as info:
+        load_spec(write(tmp_path, text))
+    return str(info.value)
+
+
+def test_valid_file_loads_with_numbers_in_scientific_notation(tmp_path):
+    spec = load_spec(write(tmp_path, VALID))
+    assert spec.lr.base_lrs == [1e-4, 2.5e-4]
+    assert all(isinstance(x, float) for x in spec.lr.base_lrs)
+    assert spec.model.widths == [32, 64] and spec.lr.rules == ["gat", "constant"]
+    assert spec.resources.cpus == 1.0 and spec.max_failures == 2
+
+
+def test_scalar_parsing_matches_yaml_1_2():
+    assert parse_scalar("1e-4") == 1e-4
+    assert parse_scalar("1E18") == 1e18
+    assert parse_scalar("-2.5e+3") == -2500.0
+    assert parse_scalar("64") == 64 and isinstance(parse_scalar("64"), int)
+    assert parse_scalar("bf16") == "bf16"
+    assert parse_scalar("true") is True
+
+
+def test_integer_fields_accept_integral_scientific_notation(tmp_path):
+    spec = load_spec(write(tmp_path, VALID.replace("iterations: 10", "iterations: 5e4")))
+    assert spec.budget.iterations == 50_000
+
+
+def test_single_values_stand_for_lists(tmp_path):
+    spec = load_spec(write(tmp_path, VALID.replace("widths: [32, 64]", "widths: 64").replace(
+        "base_lrs: [1e-4, 2.5e-4]", "base_lrs: 3e-4")))
+    assert spec.model.widths == [64] and spec.lr.base_lrs == [3e-4]
+
+
+def test_every_bad_key_is_listed_with_its_path_and_a_suggestion(tmp_path):
+    text = VALID.replace("widths:", "widthz:").replace("base_width:", "base_widht:") + "seed: [1]\n"
+    msg = problems(tmp_path, text)
+    assert "3 problems" in msg
+    assert "model.widthz: unknown key (did you mean 'widths'?)" in msg
+    assert "lr.base_widht: unknown key (did you mean 'base_width'?)" in msg
+    assert "seed: unknown key (did you mean 'seeds'?)" in msg
+
+
+def test_train_overrides_are_strict_and_exclude_grid_fields(tmp_path):
+    msg = problems(tmp_path, VALID.replace("batch: 8", "bacth: 8, lr_g: 0.1, iterations: 3"))
+    assert "train.bacth: unknown key (did you mean 'batch'?)" in msg
+    assert "train.lr_g: set by the sweep itself: use lr.base_lrs / lr.rules instead" in msg
+    assert "train.iterations: set by the sweep itself: use budget instead" in msg
+
+
+def test_wrong_types_and_values_name_the_field(tmp_path):
+    msg = problems(tmp_path, VALID.replace("rules: [gat, constant]", "rules: [gat, sqrt]").replace(
+        "{iterations: 10}", "{iterations: -5}"))
+    assert "lr.rules.1: Input should be 'constant', 'gat' or 'mup' (got 'sqrt')" in msg
+    assert "budget.iterations: Input should be greater than 0 (got -5)" in msg
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("head_dim: 16", "heads: 3", "width 32 is not divisible by heads=3"),
+    ("head_dim: 16", "head_dim: 6", "width 32 is not divisible by head_dim=6"),
+    ("[32, 64], depths: [4], head_dim: 16", "[36], depths: [4], head_dim: 6",
+     "width 36 with head_dim=6 gives head dim 6, not divisible by 4"),
+    ("head_dim: 16", "heads: 16", "width 32 with heads=16 gives head dim 2"),
+    ("head_dim: 16", "heads: 2, head_dim: 16", "exactly one of heads"),
+    ("depths: [4]", "depths: [4, 6]", "generator depths [6] are not multiples of 4"),
+    ("depths: [4], ", "", "widths and depths go together"),
+    ("{iterations: 10}", "{iterations: 10, kimg: 3}", "exactly one of iterations or kimg"),
+    ("{iterations: 10}", "{}", "exactly one of iterations or kimg"),
+    ("batch: 8", "batch: 8, latent_size: 6", "model.patch [4] does not divide latent_size=6"),
+    ("batch: 8", "batch: 0", "train: batch must be positive, got 0"),
+    ("dataset: random", "dataset: random\npreset: huge", "preset 'huge' is unknown"),
+])
+def test_cross_field_rules(tmp_path, old, new, expected):
+    text = VALID.replace("head_dim: 16}", "head_dim: 16, patch: [2, 4]}") if "patch" in expected else VALID
+    assert old in text
+    assert expected in problems(tmp_path, text.replace(old, new))
+
+
+def test_resources_rules(tmp_path):
+    assert "resources.gpus: Input should be less than or equal to 1" in problems(
+        tmp_path, VALID + "resources: {gpus: 2}\n")
+    assert "each worker needs gpus: 1" in problems(tmp_path, VALID + "resources: {gpus: 0.5, workers: 2}\n")
+    spec = load_spec(write(tmp_path, VALID + "resources: {gpus: 0.25}\nmax_concurrent: 8\n"))
+    assert spec.resources.gpus == 0.25 and spec.max_concurrent == 8
+
+
+def test_discriminator_grid_and_named_sizes(tmp_path):
+    text = VALID.replace("head_dim: 16}", "head_dim: 16, sizes: [S], discriminator: {widths: [32], depths: [2], heads: 2}}")
+    spec = load_spec(write(tmp_path, text))
+    assert spec.model.shapes() == [("S", 384, 12, 6), ("w32-d4", 32, 4, 2), ("w64-d4", 64, 4, 4)]
+    assert spec.model.discriminator.shapes() == [("w32-d2", 32, 2, 2)]
+    assert "model.discriminator.head: unknown key (did you mean 'heads'?)" in problems(
+        tmp_path, text.replace("depths: [2], heads", "depths: [2], head"))
+
+
+def test_base_config_applies_preset_train_budget_and_eval(tmp_path):
+    text = """
+    name: d
+    dataset: digits
+    preset: digits
+    model: {widths: [64], depths: [4], heads: 4}
+    lr: {base_lrs: [1e-3]}
+    budget: {kimg: 1.0}
+    eval: {every: 50, samples: 500}
+    train: {batch: 24}
+    """
+    cfg = load_spec(write(tmp_path, text)).base_config()
+    assert cfg.batch == 24 and cfg.iterations == 42  # ceil(1000 / 24)
+    assert cfg.d_proj_dim == 256 and cfg.dataset == "digits"  # from the preset
+    assert (cfg.eval_every, cfg.eval_samples, cfg.eval_metric) == (50, 500, "auto")
+
+
+def test_paths_and_defaults_are_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(write(tmp_path, VALID.replace("dataset: random", "dataset: data/latents")))
+    assert spec.dataset_value() == str(tmp_path / "data" / "latents")
+    assert spec.output_path() == tmp_path / "outputs" / "t"
+    assert spec.tracking() == f"sqlite:///{tmp_path}/outputs/t/mlflow.db"
+
+
+def test_missing_file_bad_yaml_and_non_mapping(tmp_path):
+    with pytest.raises(FileNotFoundError, match="sweep file not found: .*nope.yaml"):
+        load_spec(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_spec(write(tmp_path, "name: [unclosed\n"))
+    with pytest.raises(SweepFileError, match="a sweep file is a YAML mapping"):
+        load_spec(write(tmp_path, "- 1\n- 2\n"))
+    assert "dataset: missing (required)" in problems(tmp_path, VALID.replace("dataset: random", ""))
+
+
+def test_json_schema_forbids_unknown_keys_and_documents_fields():
+    schema = SweepSpec.model_json_schema()
+    json.dumps(schema)
+    assert schema["additionalProperties"] is False
+    assert {"name", "dataset", "model", "lr", "budget"} <= set(schema["required"])
+    lr = schema["$defs"]["LRSpec"]
+    assert lr["additionalProperties"] is False
+    assert "returns the base LR unchanged" in lr["properties"]["base_width"]["description"]
+    assert "batch" in schema["$defs"]["TrainOverrides"]["properties"]
+
+
+@pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_file_validates(path):
+    spec = load_spec(path)
+    assert spec.name == path.stem
