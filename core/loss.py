@@ -90,8 +90,17 @@ def gradient_penalty(
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         logits = _checked(d_of_x(x) if d_x is None else d_x, n)
         shifted = _checked(d_of_x(x + fd_eps * eps), n)
-        return ((logits - shifted) / fd_eps).square()
+        return finite_difference_penalty(logits, shifted, fd_eps)
     raise ValueError(f"unknown gradient penalty mode={mode!r}; choose one of {PENALTY_MODES}")
+
+
+def finite_difference_penalty(d_x: Tensor, d_shifted: Tensor, fd_eps: float) -> Tensor:
+    """``((D(E(x)) - D(E(x + fd_eps * eps))) / fd_eps)^2`` per sample from the two logits (N,).
+
+    The GAT reference's R1/R2 estimator; callers that batch both branches into one D forward
+    use this directly (see :func:`gradient_penalty` for the estimator's meaning).
+    """
+    return ((d_x - d_shifted) / fd_eps).square()
 
 
 def _checked(logits: Tensor, n: int) -> Tensor:

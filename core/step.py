@@ -16,16 +16,14 @@ Every stat is returned as a detached 0-d tensor; the loop decides when to synchr
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
-
 import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel
 
-from core.augment import apply_augment, sample_augment
+from core.augment import AugmentParams, apply_augment, sample_augment
 from core.config import MNG_LEVELS, LRMultipliers, TrainConfig
-from core.loss import gradient_penalty, rpgan_d_loss, rpgan_g_loss
+from core.loss import finite_difference_penalty, gradient_penalty, rpgan_d_loss, rpgan_g_loss
 from core.mng import nested_noise, noise_levels, perturb
 from core.model import Discriminator, Generator, parameters_by_kind
 
@@ -79,24 +77,21 @@ class GATStep:
         )
 
     # -- D input: augment, then MNG-perturb (GAT_METHOD.md §3 "augment first, then perturb") -------
-    def _d_input_fn(self, levels_shape: torch.Size, y: Tensor, D: nn.Module) -> Callable[[Tensor], Tensor]:
-        """A function clean data -> D logits (N,), with augmentation and noise drawn once here.
+    def _d_input(self, levels: Tensor, aug: AugmentParams | None, noise: Tensor) -> Tensor:
+        """Clean levels (K, N, c, H, W) -> D input (N, K*c, H, W) with the given draws."""
+        if aug is not None:
+            levels = apply_augment(levels, aug)
+        return perturb(levels, noise.to(levels.dtype), self.t)
 
-        Clean data is either a real batch (N, c, H, W), repeated to K levels, or a fake stack
-        (K, N, c, H, W). Both R1/R2 branches reuse the same function, hence the same draws.
-        """
-        k, n, _, size, _ = levels_shape
+    def _draws(self, shape: torch.Size) -> tuple[AugmentParams | None, Tensor]:
+        """One augmentation draw (per sample, shared by its levels) and one nested noise chain."""
+        k, n, _, size, _ = shape
         aug = sample_augment(n, size, self.device) if self.cfg.augment else None
-        noise = nested_noise(tuple(levels_shape), self.t, device=self.device)
+        return aug, nested_noise(tuple(shape), self.t, device=self.device)
 
-        def d_of(x: Tensor) -> Tensor:
-            levels = x.unsqueeze(0).expand(k, *x.shape) if x.ndim == 4 else x
-            if aug is not None:
-                levels = apply_augment(levels, aug)
-            with self.autocast:
-                return D(perturb(levels, noise.to(levels.dtype), self.t), y).float()
-
-        return d_of
+    def _logits(self, D: nn.Module, d_input: Tensor, y: Tensor) -> Tensor:
+        with self.autocast:
+            return D(d_input, y).float()
 
     def _clip_and_step(self, model: nn.Module, opt: torch.optim.Optimizer) -> Tensor:
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
@@ -104,30 +99,49 @@ class GATStep:
         return norm.detach()
 
     def d_step(self, x: Tensor, y: Tensor, z: Tensor) -> dict[str, Tensor]:
-        """One discriminator update. x: (N, c, H, W) scaled real latents, y: (N,), z: (N, z_dim)."""
+        """One discriminator update. x: (N, c, H, W) scaled real latents, y: (N,), z: (N, z_dim).
+
+        Reals and fakes, and for the finite-difference R1/R2 their perturbed twins
+        ``x + fd_eps * eps``, go through D in one batched forward: D treats samples
+        independently, so this equals separate calls (same draws) with far fewer kernel launches.
+        R1 perturbs the real latent before it is repeated to the K levels; R2 perturbs each fake
+        level (reference ``approximated_gradient_penalty``).
+        """
         cfg = self.cfg
+        n = x.shape[0]
         with torch.no_grad(), self.autocast:
             fake = _unwrap(self.G)(z, y).float()  # (K, N, c, H, W)
         exact = cfg.reg_mode == "exact"
+        regularise = cfg.gamma_r1 > 0 or cfg.gamma_r2 > 0
+        real = x.detach().requires_grad_(exact and regularise)
+        fake = fake.requires_grad_(exact and regularise)
+        clean = torch.cat([real.unsqueeze(0).expand_as(fake), fake], dim=1)  # (K, 2N, c, H, W)
+        aug, noise = self._draws(clean.shape)  # independent draws for reals and fakes
+        inputs, labels = [self._d_input(clean, aug, noise)], [y, y]
+        fd = regularise and not exact
+        if fd:
+            eps_real = torch.randn_like(x).unsqueeze(0).expand_as(fake)
+            shifted = clean + cfg.reg_fd_eps * torch.cat([eps_real, torch.randn_like(fake)], dim=1)
+            inputs.append(self._d_input(shifted, aug, noise))  # same augmentation and noise
+            labels += [y, y]
         # Double backprop needs the math attention kernel (fused kernels have no 2nd derivative).
-        kernel = sdpa_kernel([SDPBackend.MATH]) if exact else contextlib.nullcontext()
+        kernel = sdpa_kernel([SDPBackend.MATH]) if exact and regularise else contextlib.nullcontext()
         with kernel:
-            real = x.detach().requires_grad_(exact and cfg.gamma_r1 > 0)
-            fake = fake.requires_grad_(exact and cfg.gamma_r2 > 0)
-            d_real_of = self._d_input_fn(fake.shape, y, self.D)
-            d_fake_of = self._d_input_fn(fake.shape, y, self.D)
-            d_real, d_fake = d_real_of(real), d_fake_of(fake)
+            logits = self._logits(self.D, torch.cat(inputs), torch.cat(labels)).split(n)
+            d_real, d_fake = logits[0], logits[1]
             loss = rpgan_d_loss(d_real, d_fake)
-            total = loss
             stats = {"loss/D": loss.detach(), "diag/d_real": d_real.detach().mean(),
                      "diag/d_fake": d_fake.detach().mean()}
-            for key, gamma, fn, data, logits in (("reg/r1", cfg.gamma_r1, d_real_of, real, d_real),
-                                                 ("reg/r2", cfg.gamma_r2, d_fake_of, fake, d_fake)):
-                if gamma > 0:
-                    penalty = gradient_penalty(fn, data, mode=cfg.reg_mode, fd_eps=cfg.reg_fd_eps,
-                                               d_x=logits).mean()
-                    total = total + gamma / 2 * penalty
-                    stats[key] = penalty.detach()
+            total = loss
+            for i, (key, gamma, data) in enumerate((("reg/r1", cfg.gamma_r1, real), ("reg/r2", cfg.gamma_r2, fake))):
+                if gamma <= 0:
+                    continue
+                if fd:
+                    penalty = finite_difference_penalty(logits[i], logits[2 + i], cfg.reg_fd_eps)
+                else:
+                    penalty = gradient_penalty(lambda _: logits[i], data, mode="exact", d_x=logits[i])
+                total = total + gamma / 2 * penalty.mean()
+                stats[key] = penalty.mean().detach()
             self.opt_d.zero_grad(set_to_none=True)
             total.backward()
         stats["diag/grad_norm_D"] = self._clip_and_step(self.D, self.opt_d)
@@ -140,9 +154,11 @@ class GATStep:
         try:
             with self.autocast:
                 fake = self.G(z, y, update_w_avg=not self.count_only).float()
-            d_fake = self._d_input_fn(fake.shape, y, D)(fake)
+            aug, noise = self._draws(fake.shape)
+            d_fake = self._logits(D, self._d_input(fake, aug, noise), y)
             with torch.no_grad():
-                d_real = self._d_input_fn(fake.shape, y, D)(x)
+                aug, noise = self._draws(fake.shape)
+                d_real = self._logits(D, self._d_input(x.unsqueeze(0).expand_as(fake), aug, noise), y)
             loss = rpgan_g_loss(d_fake, d_real)
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
