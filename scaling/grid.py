@@ -1,0 +1,123 @@
+"""Expand a :class:`~scaling.spec.SweepSpec` into trials, each a complete TrainConfig.
+
+The grid is the cross product (generator shape x discriminator shape x patch x LR rule x base LR
+x seed), in that nesting order. Each trial's learning rates come from ``scaling.lr_rules``
+(G and D by their own widths). Trial names are unique, file-system safe and readable, e.g.
+``w64-d4-p2_gat_lr0.001_s0``; they name the run directory, the Ray Tune trial and the MLflow run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from core.config import ConfigError, LRMultipliers, NetConfig, TrainConfig
+from core.flops import train_flops_per_iter
+from core.model import build_models, count_parameters
+from scaling.lr_rules import apply_rule
+from scaling.spec import SweepSpec
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One grid point: its config plus the sweep coordinates logged beside it."""
+
+    name: str
+    config: TrainConfig
+    size: str
+    """Model label: a named size ('S') or 'w64-d4'; 'G+D' labels when D has its own grid."""
+    lr_rule: str
+    base_lr: float
+    base_width: int
+
+    def sweep_params(self) -> dict[str, str | float | int]:
+        """The ``sweep.*`` params of docs/TRACKING.md."""
+        return {"sweep.size": self.size, "sweep.lr_rule": self.lr_rule,
+                "sweep.base_lr": self.base_lr, "sweep.base_width": self.base_width}
+
+
+def expand(spec: SweepSpec) -> list[Trial]:
+    """All trials of a sweep, in grid order.
+
+    Raises core.config.ConfigError (message prefixed with the trial name) if a grid point is an
+    impossible TrainConfig.
+    """
+    base = spec.base_config()
+    g_shapes = spec.model.shapes()
+    d_shapes = spec.model.discriminator.shapes() if spec.model.discriminator else [None]
+    trials = []
+    for g_shape, d_shape, patch, rule, base_lr, seed in itertools.product(
+        g_shapes, d_shapes, spec.model.patch, spec.lr.rules, spec.lr.base_lrs, spec.seeds
+    ):
+        g_label, g = g_shape[0], NetConfig(*g_shape[1:])
+        d_label, d = (g_label, g) if d_shape is None else (d_shape[0], NetConfig(*d_shape[1:]))
+        size = g_label if d_shape is None else f"G{g_label}+D{d_label}"
+        name = f"{size}-p{patch}_{rule}_lr{base_lr:.3g}_s{seed}"
+        lr_g = apply_rule(rule, base_lr, g.width, spec.lr.base_width)
+        lr_d = apply_rule(rule, base_lr, d.width, spec.lr.base_width)
+        try:
+            config = base.replace(name=name, g=g, d=d, patch=patch, seed=seed, lr_g=lr_g.lr,
+                                  lr_d=lr_d.lr, lr_mult_g=lr_g.mult, lr_mult_d=lr_d.mult)
+        except ValueError as err:
+            raise type(err)(f"trial {name}: {err}") from err
+        trials.append(Trial(name, config, size, rule, base_lr, spec.lr.base_width))
+    names = [t.name for t in trials]
+    if len(set(names)) < len(names):
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"trial names collide: {', '.join(duplicates)} (base LRs that differ "
+                          "only after 3 significant digits, or repeated grid values)")
+    return trials
+
+
+def sweep_hash(trials: list[Trial]) -> str:
+    """Short SHA-256 of everything that decides the trials' results (names, configs, coordinates).
+
+    Two sweep files with the same hash train exactly the same runs; resources, concurrency and
+    where to log do not enter it.
+    """
+    payload = [
+        {"name": t.name, "config": t.config.to_dict(), **t.sweep_params()} for t in trials
+    ]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrialCost:
+    """Size and training cost of one trial (FLOPs convention: ``core.flops.FLOPS_CONVENTION``)."""
+
+    g_params: int
+    d_params: int
+    flops_per_iter: int
+    total_flops: int
+
+
+def trial_cost(config: TrainConfig) -> TrialCost:
+    """Parameter counts (all tensors, GAT_METHOD.md §6 convention) and measured training FLOPs.
+
+    Models are built on the meta device, so paper-scale sizes cost no memory.
+    """
+    g, d = build_models(config, "meta")
+    # LRs, seed, name and budget do not change the work of one iteration: share one measurement.
+    shape = config.replace(name="", seed=0, lr_g=1.0, lr_d=1.0, lr_mult_g=LRMultipliers(),
+                           lr_mult_d=LRMultipliers(), iterations=1)
+    per_iter = train_flops_per_iter(shape)
+    return TrialCost(count_parameters(g), count_parameters(d), per_iter, per_iter * config.iterations)
+
+
+def trial_rows(trials: list[Trial]) -> list[dict[str, Any]]:
+    """One row per trial for the dry-run table and trials.csv (parameter counts, FLOPs, LRs)."""
+    rows = []
+    for t in trials:
+        cost, c = trial_cost(t.config), t.config
+        rows.append({
+            "name": t.name, "size": t.size, "lr_rule": t.lr_rule, "base_lr": t.base_lr,
+            "g_width": c.g.width, "g_depth": c.g.depth, "g_heads": c.g.heads,
+            "d_width": c.d.width, "d_depth": c.d.depth, "d_heads": c.d.heads, "patch": c.patch,
+            "g_params": cost.g_params, "d_params": cost.d_params, "flops_per_iter": cost.flops_per_iter,
+            "lr_g": c.lr_g, "lr_d": c.lr_d, "batch": c.batch, "iterations": c.iterations,
+            "kimg": c.kimg, "seed": c.seed, "total_flops": cost.total_flops,
+        })
+    return rows
