@@ -1,0 +1,317 @@
+"""``make_report``: one sweep's MLflow runs -> CSV, fits (JSON), figures (PNG), HTML report, summary.
+
+This is the entry point of ``gat-sweep plot SWEEP [--out DIR] [--tracking-uri URI]``. It works on a
+finished sweep and on one still running (whatever has been logged so far). What the report shows
+and the conventions are described in docs/ANALYSIS.md.
+
+Files written into ``out_dir``: ``runs.csv`` (one row per evaluation, columns
+``runs.POINT_COLUMNS``), ``fits.json`` (every fitted value, no NaN), ``report.html``
+(self-contained: the figures are embedded as base64 data URIs), the figures
+``fd_vs_compute.png``, ``fd_vs_kimg.png``, ``lr_transfer.png``, ``diagnostics.png``,
+``samples.png``, and the downloaded sample grids under ``samples/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import figures
+from analysis.fit import ScalingFit, fit_scaling
+from analysis.frontier import EXCLUDED_STATUSES, compute_frontier, usable_points
+from analysis.paper import PAPER_LAW
+from analysis.runs import STATUSES, SweepRuns, last_sample_grid, load_sweep
+from analysis.transfer import RuleTransfer, analyse_transfer
+
+MODELS = ("saturating", "power")
+SUMMARY_COLUMNS = ("size", "width", "depth", "trials", "finished", "running", "diverged", "failed",
+                   "best FD", "best trial", "at kimg", "at FLOPs")
+"""Keys of every ``ReportResult.summary_rows`` entry (all values are strings)."""
+
+
+@dataclass
+class ReportResult:
+    """What :func:`make_report` wrote and what to print.
+
+    ``summary_rows``: one dict per model size with the keys ``SUMMARY_COLUMNS`` (strings, ready
+    for a table). ``summary``: a plain-text block (the same table, the fits, the LR-transfer
+    verdicts and the notes) to print as is. ``notes``: every data-quality note (points left out,
+    fits not possible, ...), also shown in the HTML.
+    """
+
+    out_dir: Path
+    html: Path
+    csv: Path
+    json: Path
+    figures: dict[str, Path]
+    summary_rows: list[dict[str, str]]
+    summary: str
+    notes: list[str]
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file written (report, CSV, JSON, figures)."""
+        return [self.html, self.csv, self.json, *self.figures.values()]
+
+
+def make_report(sweep: str, tracking_uri: str, out_dir: Path, *, target_fd: float | None = None,
+                n_boot: int = 1000, seed: int = 0) -> ReportResult:
+    """Load sweep ``sweep`` (experiment name or parent run id) from ``tracking_uri``, fit, plot
+    and write the report files into ``out_dir`` (created if needed).
+
+    ``target_fd``: FD whose required compute is reported (default: half the best FD observed).
+    ``n_boot``/``seed``: bootstrap resamples and seed of the fit intervals.
+    Raises ``analysis.runs.SweepNotFound`` (a ValueError naming the sweeps that exist) when the
+    sweep or the sqlite database does not exist.
+    """
+    runs = load_sweep(sweep, tracking_uri)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notes = list(runs.notes)
+    metric_key = runs.metric_key or "eval/fd"
+    points = runs.points[runs.points["metric_key"] == metric_key]
+    usable, dropped = usable_points(runs.points, metric_key)
+    notes += dropped
+    front = compute_frontier(usable)
+    fits = {m: fit_scaling(front["train_flops"], front["fd"], m, c_unit="FLOPs", n_boot=n_boot,
+                           seed=seed) for m in MODELS}
+    notes += [f"{m} fit: {f.reason}" for m, f in fits.items() if not f.ok]
+    notes += [f"{m} fit: {n}" for m, f in fits.items() for n in f.notes]
+    best_fd = float(usable["fd"].min()) if len(usable) else None
+    target = target_fd if target_fd is not None else (best_fd / 2 if best_fd else None)
+    c_next, next_note = _next_size_compute(runs.trials)
+    if next_note:
+        notes.append(next_note)
+    transfer = analyse_transfer(points, runs.trials)
+
+    colours = figures.size_colours(runs.trials)
+    figs = {
+        "fd_vs_compute": figures.fd_vs_compute(usable, front, fits, colours, metric_key,
+                                               out_dir / "fd_vs_compute.png", c_next, dropped),
+        "fd_vs_kimg": figures.fd_vs_kimg(points, runs.trials, colours, metric_key,
+                                         out_dir / "fd_vs_kimg.png"),
+        "lr_transfer": figures.lr_transfer(transfer, out_dir / "lr_transfer.png"),
+        "diagnostics": figures.diagnostics(runs.trials, out_dir / "diagnostics.png"),
+        "samples": figures.sample_grids(_best_grids(runs, out_dir / "samples"),
+                                        out_dir / "samples.png"),
+    }
+    rows = _summary_rows(runs.trials)
+    values = _fitted_values(runs, metric_key, front, fits, target, c_next, transfer, notes)
+    json_path = out_dir / "fits.json"
+    json_path.write_text(json.dumps(_no_nan(values), indent=2, allow_nan=False))
+    csv_path = runs.to_csv(out_dir / "runs.csv")
+    summary = _summary_text(runs, rows, values, notes)
+    html_path = out_dir / "report.html"
+    html_path.write_text(_html(runs, rows, values, figs, notes))
+    return ReportResult(out_dir, html_path, csv_path, json_path, figs, rows, summary, notes)
+
+
+# ---- pieces ----------------------------------------------------------------------------------
+
+def _size_order(trials: pd.DataFrame) -> list[str]:
+    return trials.sort_values(["g_width", "g_depth"])["size"].drop_duplicates().tolist()
+
+
+def _next_size_compute(trials: pd.DataFrame) -> tuple[float | None, str | None]:
+    """Planned training compute of the next larger size, continuing the sweep's geometric
+    progression: c_next = c_last**2 / c_prev, where c of a size is the median planned compute of
+    its trials (``compute.flops_per_iter`` x ``iterations``, else the last logged compute)."""
+    if trials.empty:
+        return None, None
+    planned = trials["flops_per_iter"].astype(float) * trials["iterations"].astype(float)
+    budget = planned.where(np.isfinite(planned), trials["last_train_flops"].astype(float))
+    per_size = budget.groupby(trials["size"]).median()
+    order = [s for s in _size_order(trials) if np.isfinite(per_size.get(s, np.nan))]
+    if len(order) < 2:
+        return None, "no next-size prediction: compute budgets known for fewer than 2 sizes"
+    prev, last = per_size[order[-2]], per_size[order[-1]]
+    if not last > prev > 0:
+        return None, "no next-size prediction: the largest size does not use more compute"
+    return float(last**2 / prev), None
+
+
+def _best_grids(runs: SweepRuns, dst: Path) -> list[tuple[str, Path]]:
+    """Last sample grid of the best (lowest best FD, not diverged/failed) trial of each size."""
+    ok = runs.trials[~runs.trials["status"].isin(EXCLUDED_STATUSES)
+                     & np.isfinite(runs.trials["best_fd"].astype(float))]
+    grids = []
+    for size in _size_order(ok):
+        best = ok[ok["size"] == size].sort_values("best_fd").iloc[0]
+        path = last_sample_grid(runs.tracking_uri, best["run_id"], dst / best["trial"])
+        if path is not None:
+            grids.append((f"{size}: {best['trial']}\nbest FD {best['best_fd']:.3g}, {path.stem}", path))
+    return grids
+
+
+def _fmt(v, spec: str = ".3g") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return format(v, spec)
+
+
+def _summary_rows(trials: pd.DataFrame) -> list[dict[str, str]]:
+    rows = []
+    for size in _size_order(trials):
+        group = trials[trials["size"] == size]
+        counts = group["status"].value_counts()
+        scored = group[np.isfinite(group["best_fd"].astype(float))
+                       & ~group["status"].isin(EXCLUDED_STATUSES)]
+        best = scored.sort_values("best_fd").iloc[0] if len(scored) else None
+        at = None if best is None else (best["best_iter"] * best["batch"] / 1000.0)
+        flops = None if best is None else best["best_iter"] * best["flops_per_iter"]
+        rows.append({
+            "size": str(size), "width": _fmt(group["g_width"].iloc[0], "g"),
+            "depth": _fmt(group["g_depth"].iloc[0], "g"), "trials": str(len(group)),
+            **{s: str(int(counts.get(s, 0))) for s in STATUSES},
+            "best FD": _fmt(None if best is None else float(best["best_fd"])),
+            "best trial": "-" if best is None else str(best["trial"]),
+            "at kimg": _fmt(at, "g"), "at FLOPs": _fmt(flops, ".3g"),
+        })
+    return [{k: r[k] for k in SUMMARY_COLUMNS} for r in rows]
+
+
+def _fitted_values(runs: SweepRuns, metric_key: str, front: pd.DataFrame, fits: dict[str, ScalingFit],
+                   target: float | None, c_next: float | None, transfer: dict[str, RuleTransfer],
+                   notes: list[str]) -> dict:
+    """Everything fitted, as plain JSON types (the content of fits.json)."""
+    trials = runs.trials
+    fit_values = {}
+    for model, fit in fits.items():
+        entry = fit.to_dict()
+        if fit.ok:
+            reach = fit.compute_for(target) if target else None
+            entry["target_fd"] = target
+            entry["compute_for_target"] = None if reach is None else reach.to_dict()
+            entry["next_size"] = (None if c_next is None else
+                                  {"compute": c_next, "fd": fit.predict_estimate(c_next).to_dict()})
+        fit_values[model] = entry
+    return {
+        "sweep": runs.sweep, "tracking_uri": runs.tracking_uri, "parent_run_id": runs.parent_run_id,
+        "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "metric_key": metric_key,
+        "eval_extractor": sorted(trials["eval_extractor"].dropna().unique().tolist()),
+        "eval_num_samples": sorted(int(v) for v in trials["eval_num_samples"].dropna().unique()),
+        "flops_convention": sorted(trials["flops_convention"].dropna().unique().tolist()),
+        "status_counts": {s: int((trials["status"] == s).sum()) for s in STATUSES},
+        "frontier": [{"trial": r.trial, "size": r.size, "iter": int(r.iter), "kimg": float(r.kimg),
+                      "train_flops": float(r.train_flops), "fd": float(r.fd)}
+                     for r in front.itertuples()],
+        "fits": fit_values,
+        "lr_transfer": {rule: res.to_dict() for rule, res in transfer.items()},
+        "paper_law": PAPER_LAW,
+        "notes": notes,
+    }
+
+
+def _no_nan(obj):
+    """Replace non-finite floats by None and numpy scalars by Python ones (strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_no_nan(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def _fit_lines(values: dict) -> list[str]:
+    lines = []
+    for model, fit in values["fits"].items():
+        if not fit["ok"]:
+            lines.append(f"{fit['formula']}: {fit['reason']}")
+            continue
+
+        def est(d: dict, spec: str = ".4g") -> str:
+            lo = "-inf" if d["lo"] is None else format(d["lo"], spec)
+            hi = "inf" if d["hi"] is None else format(d["hi"], spec)
+            return f"{format(d['value'], spec)} [{lo}, {hi}]"
+
+        text = f"{fit['formula']} (C in FLOPs, {fit['n_points']} frontier points): alpha {est(fit['alpha'])}"
+        if model == "saturating":
+            text += f", E {est(fit['E'])}"
+        text += f", A {est(fit['A'])}; R^2(log) {fit['r2_log']:.3f}, RMSE(log) {fit['rmse_log']:.3f}"
+        if fit.get("target_fd") is not None:
+            reach = fit["compute_for_target"]
+            text += (f"; FD {fit['target_fd']:.3g} needs " +
+                     ("unreachable (below E)" if reach is None else f"{est(reach, '.3g')} FLOPs"))
+        if fit.get("next_size"):
+            nxt = fit["next_size"]
+            text += f"; next size ({nxt['compute']:.3g} FLOPs): FD {est(nxt['fd'], '.3g')}"
+        lines.append(text)
+    return lines
+
+
+def _summary_text(runs: SweepRuns, rows: list[dict[str, str]], values: dict, notes: list[str]) -> str:
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) if rows else len(c) for c in SUMMARY_COLUMNS}
+    table = ["  ".join(c.ljust(widths[c]) for c in SUMMARY_COLUMNS)]
+    table += ["  ".join(r[c].ljust(widths[c]) for c in SUMMARY_COLUMNS) for r in rows]
+    out = [f"sweep {runs.sweep} - metric {values['metric_key']}", *table, "", "fits (95% bootstrap intervals):"]
+    out += [f"  {line}" for line in _fit_lines(values)]
+    out += ["", "LR transfer (slope of log best LR vs log width):"]
+    out += [f"  {rule}: {t['verdict']} - {t['expected']}" for rule, t in values["lr_transfer"].items()]
+    if notes:
+        out += ["", "notes:", *(f"  - {n}" for n in notes)]
+    return "\n".join(out)
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px}
+th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}.note{color:#8a4b00}code{background:#f5f5f5}"""
+
+
+def _html(runs: SweepRuns, rows: list[dict[str, str]], values: dict, figs: dict[str, Path],
+          notes: list[str]) -> str:
+    esc = html.escape
+    counts = ", ".join(f"{n} {s}" for s, n in values["status_counts"].items())
+    provenance = (f"metric <code>{esc(values['metric_key'])}</code> "
+                  f"(extractor: {esc(', '.join(values['eval_extractor']) or 'not logged')}, "
+                  f"samples: {esc(', '.join(map(str, values['eval_num_samples'])) or 'not logged')}); "
+                  f"compute convention: {esc('; '.join(values['flops_convention']) or 'not logged')}")
+    transfer_rows = [[rule, t["verdict"], t["expected"]] for rule, t in values["lr_transfer"].items()]
+    alphas = [f"{m}: alpha {f['alpha']['value']:.3f}" for m, f in values["fits"].items() if f["ok"]]
+    paper = (f"The GAT paper reports FID ~ {PAPER_LAW['A']:.3g} C^-{PAPER_LAW['alpha']} (C in GFLOPs, "
+             f"ImageNet-256, FID-50K); this sweep: {'; '.join(alphas) or 'no fit yet'}. "
+             "Only the exponents are comparable across datasets and metrics.")
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>gat-sweep report: {esc(runs.sweep)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>Scaling report: {esc(runs.sweep)}</h1>",
+        f"<p>Generated {esc(values['generated'])} from <code>{esc(runs.tracking_uri)}</code>. "
+        f"Trials: {esc(counts)}. {provenance}.</p>",
+        "<h2>Sizes</h2>", _table(list(SUMMARY_COLUMNS), [[r[c] for c in SUMMARY_COLUMNS] for r in rows]),
+        "<h2>FD against training compute</h2>", _img(figs["fd_vs_compute"], "FD vs compute"),
+        "<p>Fits on the compute-efficient frontier, Huber loss in log space, 95% intervals from a "
+        "seeded bootstrap of the frontier points (docs/ANALYSIS.md).</p>",
+        "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in _fit_lines(values)) + "</ul>",
+        f"<p>{esc(paper)}</p>",
+        "<h2>Learning-rate transfer</h2>", _img(figs["lr_transfer"], "LR transfer"),
+        _table(["rule", "verdict", "expectation"], transfer_rows),
+        "<h2>Training curves</h2>", _img(figs["fd_vs_kimg"], "FD vs kimg"),
+        "<h2>Failure-mode diagnostics</h2>", _img(figs["diagnostics"], "diagnostics"),
+        "<h2>Samples of the best trial per size</h2>", _img(figs["samples"], "sample grids"),
+        "<h2>Notes</h2><ul>" + ("".join(f"<li class='note'>{esc(n)}</li>" for n in notes)
+                                or "<li>none</li>") + "</ul>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)

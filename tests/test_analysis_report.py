@@ -1,0 +1,243 @@
+"""analysis.runs + analysis.report against a real sqlite MLflow store holding a synthetic sweep
+written with the MLflow client exactly as docs/TRACKING.md describes; the HTML report is opened
+in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from analysis.report import SUMMARY_COLUMNS, make_report
+from analysis.runs import POINT_COLUMNS, SweepNotFound, load_sweep
+
+SWEEP = "synth"
+KEY = "eval/fd_digits_1k"
+WIDTHS = (32, 64, 128)
+LRS = (1.25e-4, 2.5e-4, 5e-4, 1e-3, 2e-3)
+ITERS, EVAL_EVERY, BATCH = 1000, 200, 32
+# ground truth of the synthetic sweep: frontier FD(C) = E + A C^-alpha, times an LR penalty
+ALPHA, E_TRUE = 0.5, 2.0
+A_TRUE = 40.0 * 1e10**ALPHA  # FD 42 at C = 1e10 FLOPs
+PENALTY = 0.5                # log FD rises by PENALTY * (ln lr - ln lr*)^2
+DIVERGED = ("constant", 128, 2e-3)
+RUNNING = ("gat", 128, 2e-3)
+FAILED = ("gat", 32, 1.25e-4)
+
+
+def flops_per_iter(width: int) -> float:
+    return 1e8 * (width / 32) ** 2
+
+
+def best_lr(rule: str, width: int) -> float:
+    """Optimal *base* LR: 1e-3 * 32/width under constant LR (slope -1), 1e-3 under the GAT rule."""
+    return 1e-3 * 32 / width if rule == "constant" else 1e-3
+
+
+def true_fd(rule: str, width: int, lr: float, flops: np.ndarray) -> np.ndarray:
+    return (E_TRUE + A_TRUE * flops**-ALPHA) * np.exp(PENALTY * np.log(lr / best_lr(rule, width)) ** 2)
+
+
+def trial_name(rule: str, width: int, lr: float) -> str:
+    return f"{rule}-w{width}-lr{lr:g}"
+
+
+def write_synthetic_sweep(uri: str, artifacts: Path, scratch: Path) -> str:
+    """Write the sweep (parent + 30 child runs) and return the parent run id."""
+    client = MlflowClient(uri)
+    exp = client.create_experiment(SWEEP, artifact_location=artifacts.as_uri())
+    parent = client.create_run(exp, run_name=SWEEP, tags={
+        "gat_sweep.role": "parent", "gat_sweep.sweep": SWEEP, "gat_sweep.spec_hash": "abc123"})
+    pid = parent.info.run_id
+    rng = np.random.default_rng(0)
+    grid = scratch / "iter_0001000.png"
+    for rule in ("constant", "gat"):
+        for width in WIDTHS:
+            for lr in LRS:
+                key = (rule, width, lr)
+                name = trial_name(*key)
+                status = ("diverged" if key == DIVERGED else "running" if key == RUNNING
+                          else "failed" if key == FAILED else "finished")
+                actual_lr = lr if rule == "constant" else lr * 32 / width
+                run = client.create_run(exp, run_name=name, tags={
+                    "mlflow.parentRunId": pid, "gat_sweep.role": "trial", "gat_sweep.sweep": SWEEP,
+                    "gat_sweep.trial": name, "gat_sweep.status": status})
+                params = {"g.width": width, "g.depth": 4, "g.heads": 4, "d.width": width, "d.depth": 4,
+                          "lr_g": actual_lr, "lr_d": actual_lr, "batch": BATCH, "patch": 2, "seed": 0,
+                          "iterations": ITERS, "sweep.size": f"w{width}", "sweep.lr_rule": rule,
+                          "sweep.base_lr": lr, "sweep.base_width": 32,
+                          "compute.flops_per_iter": flops_per_iter(width),
+                          "compute.flops_convention": "synthetic: 2 x MACs x (fwd + bwd)",
+                          "eval.metric_key": KEY, "eval.extractor": "digits-cnn",
+                          "eval.num_samples": 1000, "eval.reference": "train", "eval.ema": True,
+                          "eval.truncation_psi": 0.0}
+                last = 0 if status == "failed" else 600 if status == "running" else ITERS
+                metrics = []
+                for it in range(100, last + 1, 100):
+                    metrics += [Metric("progress/iter", it, 0, it),
+                                Metric("progress/kimg", it * BATCH / 1000, 0, it),
+                                Metric("diag/early_skip_rel", 0.3 * (32 / width) ** 0.5, 0, it),
+                                Metric("diag/g_update_rel", 0.01 * actual_lr / 1e-3 * width / 32, 0, it)]
+                    if it % 300 == 0 or it == 100 or it == last:  # interpolation needed in between
+                        metrics.append(Metric("compute/train_flops", it * flops_per_iter(width), 0, it))
+                for it in range(EVAL_EVERY, last + 1, EVAL_EVERY):
+                    fd = float(true_fd(rule, width, lr, it * flops_per_iter(width)) * np.exp(rng.normal(0, 0.01)))
+                    if status == "diverged" and it == last:
+                        fd = float("nan")
+                    if status == "diverged" and it == last - EVAL_EVERY:
+                        fd = 0.5  # spuriously good value just before divergence: must not be fitted
+                    metrics.append(Metric(KEY, fd, 0, it))
+                client.log_batch(run.info.run_id, metrics=metrics,
+                                 params=[Param(k, str(v)) for k, v in params.items()],
+                                 tags=[RunTag("mlflow.runName", name)])
+                if last:
+                    mpimg.imsave(grid, np.full((16, 16, 3), width / 255.0))
+                    client.log_artifact(run.info.run_id, str(grid), "samples")
+                if status != "running":
+                    client.set_terminated(run.info.run_id, "FAILED" if status == "failed" else "FINISHED")
+    return pid
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    pid = write_synthetic_sweep(uri, root / "artifacts", root)
+    return uri, pid
+
+
+@pytest.fixture(scope="module")
+def report(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return make_report(SWEEP, store[0], out)
+
+
+def test_loader_reads_the_schema(store):
+    runs = load_sweep(SWEEP, store[0])
+    assert runs.parent_run_id == store[1]
+    assert runs.metric_key == KEY
+    assert len(runs.trials) == 2 * len(WIDTHS) * len(LRS)
+    assert runs.trials["status"].value_counts().to_dict() == {"finished": 27, "diverged": 1,
+                                                              "running": 1, "failed": 1}
+    assert list(runs.points.columns) == POINT_COLUMNS
+    # 27 finished x 5 evals + diverged 5 + running 3 (failed: none)
+    assert len(runs.points) == 27 * 5 + 5 + 3
+    one = runs.points[runs.points["trial"] == trial_name("gat", 64, 5e-4)]
+    assert one["iter"].tolist() == [200, 400, 600, 800, 1000]
+    assert one["kimg"].tolist() == [6.4, 12.8, 19.2, 25.6, 32.0]
+    # compute/train_flops was logged at 100, 300, 600, 900, 1000 only: linear interpolation is exact
+    np.testing.assert_allclose(one["train_flops"], one["iter"] * flops_per_iter(64), rtol=1e-12)
+    assert one["lr_rule"].unique().tolist() == ["gat"] and one["g_width"].unique().tolist() == [64]
+    assert one["base_lr"].iloc[0] == 5e-4 and one["lr_g"].iloc[0] == pytest.approx(2.5e-4)
+    running = runs.trials.set_index("trial").loc[trial_name(*RUNNING)]
+    assert running["n_evals"] == 3 and running["last_iter"] == 600
+    diverged = runs.points[runs.points["trial"] == trial_name(*DIVERGED)]
+    assert math.isnan(diverged["fd"].iloc[-1]) and diverged["fd"].iloc[-2] == 0.5
+    row = runs.trials.set_index("trial").loc[trial_name("constant", 32, 1e-3)]
+    assert row["early_skip_rel"] == pytest.approx(0.3) and row["g_update_rel"] == pytest.approx(0.01)
+
+
+def test_loader_by_parent_run_id_matches_by_name(store):
+    by_id = load_sweep(store[1], store[0])
+    by_name = load_sweep(SWEEP, store[0])
+    pd.testing.assert_frame_equal(by_id.points, by_name.points)
+
+
+def test_unknown_sweep_names_what_exists(store, tmp_path):
+    with pytest.raises(SweepNotFound, match=rf"no sweep named 'nope'.*sweeps there: {SWEEP} \(parent run {store[1]}\)"):
+        load_sweep("nope", store[0])
+    missing = tmp_path / "none.db"
+    with pytest.raises(SweepNotFound, match=re.escape(str(missing))):
+        load_sweep(SWEEP, f"sqlite:///{missing}")
+    assert not missing.exists()  # we did not let MLflow create an empty database
+
+
+def test_report_writes_every_file(report):
+    names = {p.name for p in report.files}
+    assert names == {"report.html", "runs.csv", "fits.json", "fd_vs_compute.png", "fd_vs_kimg.png",
+                     "lr_transfer.png", "diagnostics.png", "samples.png"}
+    for path in report.files:
+        assert path.is_file() and path.stat().st_size > 0
+    for path in report.figures.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = report.html.read_text()
+    assert html.count('src="data:image/png;base64,') == 5 and "<img src=\"report" not in html
+    csv = pd.read_csv(report.csv)
+    assert list(csv.columns) == POINT_COLUMNS and len(csv) == 27 * 5 + 5 + 3
+    # 3 sizes, one sample grid per size downloaded from the artifact store
+    assert len(list((report.out_dir / "samples").rglob("*.png"))) == 3
+
+
+def test_report_fits_and_verdicts(report):
+    values = json.loads(report.json.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert all(p["trial"] != trial_name(*DIVERGED) for p in values["frontier"])
+    assert any("diverged/failed" in n and trial_name(*DIVERGED) in n for n in report.notes)
+    sat = values["fits"]["saturating"]
+    assert sat["ok"] and abs(sat["alpha"]["value"] - ALPHA) < 0.02
+    assert sat["alpha"]["lo"] <= ALPHA <= sat["alpha"]["hi"]
+    assert sat["n_boot"] == 1000 and sat["next_size"]["compute"] == pytest.approx(
+        flops_per_iter(256) * ITERS)
+    verdicts = values["lr_transfer"]
+    assert verdicts["gat"]["transfers"] is True and verdicts["constant"]["transfers"] is False
+    assert verdicts["constant"]["slope"] == pytest.approx(-1.0, abs=0.1)
+    assert "falls with width" in verdicts["constant"]["verdict"]
+    assert [r["size"] for r in report.summary_rows] == ["w32", "w64", "w128"]
+    assert all(set(r) == set(SUMMARY_COLUMNS) for r in report.summary_rows)
+    assert report.summary_rows[2]["diverged"] == "1" and report.summary_rows[2]["running"] == "1"
+    assert "does not transfer" in report.summary and "transfers: slope" in report.summary
+
+
+def test_report_on_a_sweep_with_no_evaluations_yet(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("fresh", artifact_location=(tmp_path / "a").as_uri())
+    pid = client.create_run(exp, run_name="fresh", tags={"gat_sweep.role": "parent"}).info.run_id
+    client.create_run(exp, run_name="t0", tags={"mlflow.parentRunId": pid, "gat_sweep.role": "trial",
+                                                "gat_sweep.status": "running"})
+    result = make_report("fresh", uri, tmp_path / "out")
+    assert all(p.is_file() for p in result.files)
+    values = json.loads(result.json.read_text())
+    assert values["fits"]["power"]["ok"] is False and "need at least 3" in values["fits"]["power"]["reason"]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHECK_SCRIPT = """<script>
+window.addEventListener('load', () => {
+  const imgs = Array.from(document.images);
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.setAttribute('data-images', ok + '/' + imgs.length);
+});
+</script></body>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    # A copy of the report with a probe script that records how many images decoded.
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.html.read_text().replace("</body>", CHECK_SCRIPT))
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+           probe.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    match = re.search(r'data-images="(\d+)/(\d+)"', dom)
+    assert match, f"probe did not run; chromium printed: {dom[:300]!r}"
+    assert match.group(1) == match.group(2) == "5"
+
+
+def test_analysis_does_not_import_torch():
+    code = ("import sys, analysis.report, analysis.paper, analysis.figures, analysis.transfer; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
