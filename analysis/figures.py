@@ -74,6 +74,14 @@ def readable_log_axes(ax: Axes, x: bool = True, y: bool = True) -> None:
         set_(lo, hi)
 
 
+def width_axis(ax: Axes, widths: list[int]) -> None:
+    """Log x axis ticked at exactly the sweep's widths."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(sorted(widths)))
+    ax.xaxis.set_major_formatter(FixedFormatter([str(w) for w in sorted(widths)]))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _empty(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True)
     ax.set_xticks([])
@@ -197,8 +205,9 @@ def lr_transfer(transfer: dict[str, RuleTransfer], path: Path) -> Path:
             lrs, scores = np.array(o.lrs), np.array(o.scores)
             ok = np.isfinite(scores)
             ax.plot(lrs[ok], scores[ok], "o-", color=wcol[o.width], ms=4, label=f"width {o.width}")
-            ax.plot(lrs[~ok], np.full((~ok).sum(), 0.97), "x", color=wcol[o.width], ms=9, mew=2,
-                    transform=ax.get_xaxis_transform(), clip_on=False)
+            if (~ok).any():  # diverged LRs: an x near the top of the panel
+                ax.plot(lrs[~ok], np.full((~ok).sum(), 0.96), "x", color=wcol[o.width], ms=9, mew=2,
+                        transform=ax.get_xaxis_transform())
             ax.axvline(o.best_lr, color=wcol[o.width], ls="--", lw=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -223,13 +232,13 @@ def lr_transfer(transfer: dict[str, RuleTransfer], path: Path) -> Path:
         ax.plot(w, line, "-", color=colour, lw=1)
         drawn = True
     if drawn:
-        ax.set_xscale("log")
         ax.set_yscale("log")
+        readable_log_axes(ax, x=False)
+        width_axis(ax, widths)
         ax.set_xlabel("width")
         ax.set_ylabel("best base LR")
         ax.set_title("best LR vs width (slope 0 = transfers)", fontsize=10)
         ax.grid(True, alpha=0.3)
-        readable_log_axes(ax)
         ax.legend(fontsize=7)
     else:
         _empty(ax, "best LRs at fewer than 2 widths")
@@ -253,12 +262,12 @@ def diagnostics(trials: pd.DataFrame, path: Path) -> Path:
         for rule, group in data.groupby("lr_rule"):
             ax.scatter(group["g_width"], group[col], color=RULE_COLOURS.get(rule, "k"), s=20,
                        alpha=0.7, label=rule)
-        ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("width")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
-        readable_log_axes(ax)
+        readable_log_axes(ax, x=False)
+        width_axis(ax, sorted(data["g_width"].astype(int).unique()))
         ax.legend(fontsize=7, title="LR rule")
     fig.tight_layout()
     return _save(fig, path)

@@ -16,6 +16,7 @@ Trials may still be running: whatever has been logged so far is loaded.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,7 +130,9 @@ def load_sweep(sweep: str, tracking_uri: str) -> SweepRuns:
 
 def last_sample_grid(tracking_uri: str, run_id: str, dst_dir: Path) -> Path | None:
     """Download the run's last ``samples/*.png`` artifact into ``dst_dir``; None if it has none
-    or the artifact store cannot be read."""
+    or the artifact store cannot be read. MLflow's download progress bar is off unless the user
+    set ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = MlflowClient(tracking_uri)
     try:
         files = [f.path for f in client.list_artifacts(run_id, "samples") if f.path.endswith(".png")]

@@ -96,14 +96,15 @@ def interpolate_best_lr(lrs: np.ndarray, scores: np.ndarray) -> tuple[float, boo
     [lr[i-1], lr[i+1]]. Otherwise returns lr[i]; ``at_edge`` is True if i is the first or last LR.
     Raises ValueError if no score is finite.
     """
-    x, y = np.log(np.asarray(lrs, float)), np.log(np.asarray(scores, float))
+    lrs = np.asarray(lrs, float)
+    x, y = np.log(lrs), np.log(np.asarray(scores, float))
     finite = np.isfinite(y)
     if not finite.any():
         raise ValueError("no finite FD: every LR diverged or failed")
     i = int(np.argmin(np.where(finite, y, np.inf)))
     at_edge = i == 0 or i == len(x) - 1
     if at_edge or not (finite[i - 1] and finite[i + 1]):
-        return float(np.exp(x[i])), at_edge
+        return float(lrs[i]), at_edge
     (x0, x1, x2), (y0, y1, y2) = x[i - 1:i + 2], y[i - 1:i + 2]
     # vertex of the parabola through three points (divided differences)
     d01, d12 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)
@@ -113,13 +114,20 @@ def interpolate_best_lr(lrs: np.ndarray, scores: np.ndarray) -> tuple[float, boo
 
 
 def width_slope(widths: np.ndarray, best_lrs: np.ndarray) -> tuple[float, tuple[float, float] | None]:
-    """OLS slope of log(best LR) on log(width) and its LEVEL t interval (None with < 3 widths)."""
-    lw, llr = np.log(np.asarray(widths, float)), np.log(np.asarray(best_lrs, float))
-    fit = stats.linregress(lw, llr)
-    if len(lw) < 3:
-        return float(fit.slope), None
-    half = stats.t.ppf(0.5 + LEVEL / 2, len(lw) - 2) * fit.stderr
-    return float(fit.slope), (float(fit.slope - half), float(fit.slope + half))
+    """OLS slope of log(best LR) on log(width) and its LEVEL t interval (None with < 3 widths).
+
+    Standard error ``sqrt(SSR / (n - 2) / Sxx)`` (any textbook on linear regression); identical
+    optima give slope 0 with the interval [0, 0].
+    """
+    x, y = np.log(np.asarray(widths, float)), np.log(np.asarray(best_lrs, float))
+    dx = x - x.mean()
+    slope = float((dx * (y - y.mean())).sum() / (dx**2).sum())
+    if len(x) < 3:
+        return slope, None
+    resid = y - y.mean() - slope * dx
+    stderr = np.sqrt((resid**2).sum() / (len(x) - 2) / (dx**2).sum())
+    half = float(stats.t.ppf(0.5 + LEVEL / 2, len(x) - 2) * stderr)
+    return slope, (slope - half, slope + half)
 
 
 def verdict(slope: float | None, ci: tuple[float, float] | None) -> tuple[bool | None, str]:

@@ -109,11 +109,21 @@ def write_synthetic_sweep(uri: str, artifacts: Path, scratch: Path) -> str:
     return pid
 
 
+def write_fresh_sweep(uri: str, artifacts: Path) -> None:
+    """A sweep whose only trial has just started: no params, no metrics yet."""
+    client = MlflowClient(uri)
+    exp = client.create_experiment("fresh", artifact_location=artifacts.as_uri())
+    pid = client.create_run(exp, run_name="fresh", tags={"gat_sweep.role": "parent"}).info.run_id
+    client.create_run(exp, run_name="t0", tags={"mlflow.parentRunId": pid, "gat_sweep.role": "trial",
+                                                "gat_sweep.status": "running"})
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     pid = write_synthetic_sweep(uri, root / "artifacts", root)
+    write_fresh_sweep(uri, root / "artifacts-fresh")
     return uri, pid
 
 
@@ -155,7 +165,7 @@ def test_loader_by_parent_run_id_matches_by_name(store):
 
 
 def test_unknown_sweep_names_what_exists(store, tmp_path):
-    with pytest.raises(SweepNotFound, match=rf"no sweep named 'nope'.*sweeps there: {SWEEP} \(parent run {store[1]}\)"):
+    with pytest.raises(SweepNotFound, match=rf"no sweep named 'nope'.*sweeps there: .*{SWEEP} \(parent run {store[1]}\)"):
         load_sweep("nope", store[0])
     missing = tmp_path / "none.db"
     with pytest.raises(SweepNotFound, match=re.escape(str(missing))):
@@ -198,17 +208,12 @@ def test_report_fits_and_verdicts(report):
     assert "does not transfer" in report.summary and "transfers: slope" in report.summary
 
 
-def test_report_on_a_sweep_with_no_evaluations_yet(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("fresh", artifact_location=(tmp_path / "a").as_uri())
-    pid = client.create_run(exp, run_name="fresh", tags={"gat_sweep.role": "parent"}).info.run_id
-    client.create_run(exp, run_name="t0", tags={"mlflow.parentRunId": pid, "gat_sweep.role": "trial",
-                                                "gat_sweep.status": "running"})
-    result = make_report("fresh", uri, tmp_path / "out")
+def test_report_on_a_sweep_with_no_evaluations_yet(store, tmp_path):
+    result = make_report("fresh", store[0], tmp_path / "out")
     assert all(p.is_file() for p in result.files)
     values = json.loads(result.json.read_text())
     assert values["fits"]["power"]["ok"] is False and "need at least 3" in values["fits"]["power"]["reason"]
+    assert values["status_counts"]["running"] == 1 and values["lr_transfer"] == {}
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
