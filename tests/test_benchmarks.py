@@ -1,0 +1,72 @@
+"""The benchmark scripts still run (CI guard against rot): each is run at a tiny setting on CPU in
+a subprocess, as a user would, and its output is checked for the figures it promises."""
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.model import build_models, count_parameters
+from core.presets import PRESETS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(*args: str) -> str:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_gpu_benchmark_runs_on_cpu_at_tiny_size():
+    out = run_script("benchmarks/gpu.py", "--device", "cpu", "--sizes", "tiny", "--batch", "2,4",
+                     "--smoke", "--threads", "1")
+    lines = out.splitlines()
+    assert lines[0].startswith("device cpu (1 threads)") and "fp32 matmul" in lines[0]
+    assert lines[1].startswith("FLOPs = 2 x multiply-accumulates", len("FLOPs: "))
+    assert lines[2].split() == ["size", "batch", "ms/it", "img/s", "TFLOP/it", "TFLOP/s", "MFU", "peak", "GiB",
+                                "loss", "D", "loss", "G", "attention", "kernels"]
+    table = [line.split() for line in lines[3:5]]
+    assert [row[:2] for row in table] == [["tiny", "2"], ["tiny", "4"]]
+    assert all(row[7] == "n/a" for row in table)  # no peak memory on CPU
+
+    figures = json.loads(lines[-1])
+    assert figures["precision"] == "fp32" and figures["matmul_fp32_tflops"] > 0
+    assert (figures["warmup"], figures["iters"]) == (2, 3)
+    b2, b4 = figures["rows"]
+    for row, batch in ((b2, 2), (b4, 4)):
+        assert (row["size"], row["batch"], row["finite"]) == ("tiny", batch, True)
+        assert math.isfinite(row["loss_D"]) and math.isfinite(row["loss_G"])
+        assert row["images_per_s"] * row["ms_per_iter"] / 1e3 == pytest.approx(batch)
+        assert row["achieved_tflops"] / figures["matmul_fp32_tflops"] == pytest.approx(row["mfu"])
+        assert row["attention_kernels"] == ["_scaled_dot_product_flash_attention_for_cpu[float32]",
+                                            "_scaled_dot_product_flash_attention_for_cpu_backward[float32]"]
+    G, D = build_models(PRESETS["tiny"], "meta")
+    assert (b2["g_params"], b2["d_params"]) == (count_parameters(G), count_parameters(D))
+    # FLOPs are linear in the batch size
+    assert b4["tflop_per_iter"] == pytest.approx(2 * b2["tflop_per_iter"])
+
+
+def test_gpu_benchmark_rejects_unknown_size():
+    proc = subprocess.run([sys.executable, "benchmarks/gpu.py", "--device", "cpu", "--sizes", "GAT-XXL/2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "unknown preset(s) GAT-XXL/2" in proc.stderr and "GAT-XL/2" in proc.stderr
+
+
+def test_train_step_benchmark_runs_at_tiny_setting():
+    out = run_script("benchmarks/train_step.py", "--widths", "32", "--depth", "4", "--latent", "8", "--iters", "1",
+                     "--no-small", "--batch", "4", "--d-proj", "32", "--threads", "1")
+    lines = out.splitlines()
+    assert lines[0].startswith("device cpu, 1 threads, fp32 matmul")
+    assert lines[1].split() == ["width", "depth", "tokens", "proj", "ms/it", "img/s", "GFLOP/it", "GFLOP/s", "MFU"]
+    assert lines[2].split()[:4] == ["32", "4", "16", "32"]
+    assert lines[2].endswith("%")
+    assert lines[4].startswith("split of one iteration (ms)")
+    assert len(lines) == 6 and lines[5].split()[:8] == ["width", "32", "depth", "4", "tokens", "16", "proj", "32:"]
+    parts = dict(re.findall(r"(D|D-noreg|R1/R2|G|EMA)\s+(-?[\d.]+)", lines[5]))
+    assert list(parts) == ["D", "D-noreg", "R1/R2", "G", "EMA"]
+    assert all(float(parts[key]) > 0 for key in ("D", "D-noreg", "G", "EMA"))
