@@ -1,0 +1,299 @@
+"""The GAT training loop: one function, counted in iterations and kimg.
+
+``train(cfg, run_dir, reporter)`` owns everything a run does, in this fixed order per iteration:
+seed the iteration's RNGs -> sample a real batch and z -> D step -> G step (+ EMA) -> divergence
+check -> diagnostics -> logging -> evaluation (EMA G) -> sample grid -> checkpoint. Metrics reach
+the outside world through a :class:`Reporter` (``scaling`` supplies Ray Tune + MLflow) and
+``stats.jsonl``; ``core`` imports no ray, mlflow, pydantic or yaml.
+
+Determinism and resume: the RNGs are re-seeded from (seed, iteration, rank) at the start of every
+iteration and evaluation uses its own seeds, so a run resumed from a checkpoint follows exactly
+the trajectory of an uninterrupted one (bit-for-bit on CPU; tested).
+
+Run directory (ARCHITECTURE.md): ``config.json`` written before step 0, ``stats.jsonl``,
+``checkpoints/``, ``samples/``, ``result.json`` written when the run ends.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from core import diagnostics
+from core.checkpoint import LATEST, load_checkpoint, save_checkpoint
+from core.config import ConfigError, TrainConfig
+from core.flops import FLOPS_CONVENTION, train_flops_per_iter
+from core.latents import load_latents
+from core.model import Discriminator, Generator, build_models, count_parameters
+from core.step import GATStep
+
+CONFIG_FILE, STATS_FILE, RESULT_FILE = "config.json", "stats.jsonl", "result.json"
+RESUMABLE_CHANGES = {"iterations", "device", "num_threads", "compile", "name"}
+"""Config fields that may differ between a run directory and a resuming call (a longer budget
+continues a finished run; execution settings may change between machines)."""
+DIAG_SAMPLES = 16
+
+
+@dataclass
+class Report:
+    """What :func:`train` sends to the reporter at a logging, evaluation or checkpoint step."""
+
+    step: int
+    """Iterations completed."""
+    metrics: dict[str, float]
+    """Metric keys as in docs/TRACKING.md (``loss/G``, ``eval/fd_digits_1k``, ...)."""
+    images: list[Path] = field(default_factory=list)
+    """Sample grids written at this step (absolute paths)."""
+    checkpoint: Path | None = None
+    """Checkpoint written at this step (absolute), if any."""
+
+
+@dataclass
+class TrainResult:
+    """How a run ended."""
+
+    status: str
+    """'finished' or 'diverged'."""
+    iterations: int
+    kimg: float
+    metrics: dict[str, float]
+    """Last logged value of every metric."""
+    run_dir: Path
+
+
+class Reporter:
+    """Receives a run's progress. Subclass and override; every method is a no-op here."""
+
+    def start(self, cfg: TrainConfig, info: dict[str, str], state: dict[str, Any] | None) -> None:
+        """Called once before the first iteration. ``info``: extra params (parameter counts,
+        FLOPs per iteration and convention, evaluation provenance). ``state``: what
+        :meth:`state_dict` returned when the checkpoint being resumed was written, else None."""
+
+    def report(self, report: Report) -> None:
+        """Called at every logging / evaluation / checkpoint step (rank 0 only)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data stored in every checkpoint (e.g. a tracking run id)."""
+        return {}
+
+    def finish(self, result: TrainResult) -> None:
+        """Called once when the run ends (finished or diverged)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> this rank's CUDA device if available, else CPU. Raises ConfigError for CUDA
+    requested on a machine without it."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name!r} but CUDA is not available; use device='cpu'")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+def _iteration_seed(seed: int, iteration: int, rank: int) -> int:
+    return (seed * 1_000_003 + iteration) * 1_009 + rank
+
+
+def _check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
+    """Write config.json, or refuse a run directory that holds an incompatible config."""
+    path = run_dir / CONFIG_FILE
+    if path.exists():
+        old = json.loads(path.read_text())
+        new = cfg.to_dict()
+        diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+        if diff:
+            raise ConfigError(
+                f"run directory {run_dir} holds a run with a different config (fields: "
+                f"{', '.join(diff)}); choose another output directory or delete this one"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
+    os.replace(tmp, path)
+
+
+def _finished(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+    path = run_dir / RESULT_FILE
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    if result["status"] == "finished" and result["iterations"] < cfg.iterations:
+        return None  # a longer budget continues the run from its last checkpoint
+    return result
+
+
+def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, progress: bool = True) -> TrainResult:
+    """Train (or resume, or return at once if finished) one GAT run in ``run_dir``.
+
+    Args:
+        cfg: the validated run configuration.
+        run_dir: run directory; made absolute. Resumes from ``checkpoints/latest.pt`` if present.
+        reporter: progress sink (Ray Tune / MLflow in ``scaling``); None = files only.
+        progress: show a tqdm progress bar (rank 0).
+    Returns: :class:`TrainResult`; status 'diverged' when a loss became non-finite (no exception).
+    Raises: ConfigError for an impossible config, a missing dataset or evaluation weights, or a
+        run directory holding a different config. Other exceptions propagate (Ray retries them).
+    """
+    run_dir = Path(run_dir).resolve()
+    reporter = reporter or Reporter()
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if cfg.batch % world:
+        raise ConfigError(f"batch={cfg.batch} is not divisible by the {world} distributed workers")
+    if rank == 0:
+        _check_run_dir(cfg, run_dir)
+        done = _finished(run_dir, cfg)
+        if done is not None:
+            return TrainResult(done["status"], done["iterations"], done["kimg"], done["metrics"], run_dir)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+
+    device = resolve_device(cfg.device)
+    data = load_latents(cfg)
+    evaluator = None
+    if rank == 0 and cfg.eval_every >= 0:
+        from core.evaluate import make_evaluator  # torch-fidelity and the VAE load only when needed
+
+        evaluator = make_evaluator(cfg, data, device)
+    G, D = build_models(cfg, device)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    info = {
+        "model.g_params": str(count_parameters(G)), "model.d_params": str(count_parameters(D)),
+        "compute.flops_per_iter": str(train_flops_per_iter(cfg)),
+        "compute.flops_convention": FLOPS_CONVENTION,
+        **(evaluator.provenance if evaluator is not None else {}),
+    }
+    flops_per_iter = int(info["compute.flops_per_iter"])
+
+    start, best, reporter_state = 0, {"value": math.inf, "iteration": -1}, None
+    ckpt_dir = run_dir / "checkpoints"
+    if (ckpt_dir / LATEST).exists():
+        state = load_checkpoint(ckpt_dir / LATEST, device)
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+        G_ema.load_state_dict(state["G_ema"])
+        start, best, reporter_state = state["iteration"], state["best"], state["reporter"]
+    G_train: torch.nn.Module = G
+    D_train: torch.nn.Module = D
+    if cfg.compile:
+        G.compile()
+        D.compile()
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        G_train, D_train = DistributedDataParallel(G, device_ids=ids), DistributedDataParallel(D, device_ids=ids)
+    step = GATStep(cfg, G_train, D_train, device, G_ema=G_ema)
+    if start:
+        step.opt_g.load_state_dict(state["opt_g"])
+        step.opt_d.load_state_dict(state["opt_d"])
+    if rank == 0:
+        reporter.start(cfg, info, reporter_state)
+
+    # Fixed inputs for diagnostics (and nothing else): drawn once from the run's seed.
+    fixed = torch.Generator().manual_seed(cfg.seed + 12_345)
+    z_fix = torch.randn(DIAG_SAMPLES, cfg.z_dim, generator=fixed).to(device)
+    y_fix = torch.randint(cfg.num_classes, (DIAG_SAMPLES,), generator=fixed).to(device)
+
+    local_batch = cfg.batch // world
+    data_gen = torch.Generator()
+    window: dict[str, torch.Tensor] = {}
+    window_iters, window_start = 0, time.perf_counter()
+    last: dict[str, float] = {}
+    status = "finished"
+    bar = tqdm(total=cfg.iterations, initial=start, unit="it", disable=not progress or rank != 0,
+               desc=cfg.name, dynamic_ncols=True)
+
+    def emit(it: int, metrics: dict[str, float], images: list[Path] | None = None,
+             checkpoint: Path | None = None) -> None:
+        metrics = {"progress/iter": float(it), "progress/kimg": it * cfg.batch / 1000.0,
+                   "compute/train_flops": float(it * flops_per_iter), **metrics}
+        last.update(metrics)
+        with open(run_dir / STATS_FILE, "a") as f:
+            f.write(json.dumps({"step": it, **metrics}) + "\n")
+        reporter.report(Report(it, metrics, images or [], checkpoint))
+
+    for it in range(start, cfg.iterations):
+        seed = _iteration_seed(cfg.seed, it, rank)
+        torch.manual_seed(seed)
+        data_gen.manual_seed(seed)
+        x, y = data.sample(local_batch, data_gen)
+        z = torch.randn(local_batch, cfg.z_dim, generator=data_gen)
+        x, y, z = x.to(device, non_blocking=True), y.to(device), z.to(device)
+
+        done_it = it + 1
+        diag_now = rank == 0 and done_it % cfg.diag_every == 0
+        before = diagnostics.g_output(G, z_fix, y_fix) if diag_now else None
+        stats = {**step.d_step(x, y, z), **step.g_step(x, y, z)}
+        if not bool(torch.isfinite(stats["loss/D"]) & torch.isfinite(stats["loss/G"])):
+            status = "diverged"
+            if rank == 0:
+                emit(done_it, {k: v.item() for k, v in stats.items() if torch.isfinite(v)})
+            bar.write(f"{cfg.name}: non-finite loss at iteration {done_it}; stopping (diverged)")
+            break
+        for key, value in stats.items():
+            window[key] = window.get(key, 0.0) + value
+        window_iters += 1
+        bar.update(1)
+        if rank != 0:
+            continue
+
+        metrics: dict[str, float] = {}
+        if diag_now:
+            metrics["diag/g_update_rel"] = diagnostics.relative_change(before, diagnostics.g_output(G, z_fix, y_fix))
+            metrics["diag/early_skip_rel"] = diagnostics.early_skip_rel(G_ema, z_fix, y_fix)
+        if done_it % cfg.log_every == 0 or done_it == cfg.iterations:
+            elapsed = time.perf_counter() - window_start
+            metrics.update({k: (v / window_iters).item() for k, v in window.items()})
+            metrics["time/sec_per_kimg"] = elapsed / (window_iters * cfg.batch / 1000.0)
+            window, window_iters, window_start = {}, 0, time.perf_counter()
+            bar.set_postfix({"kimg": f"{done_it * cfg.batch / 1000:.1f}", "D": f"{metrics['loss/D']:.3f}",
+                             "G": f"{metrics['loss/G']:.3f}"}, refresh=False)
+        images: list[Path] = []
+        is_best = False
+        evaluate_now = evaluator is not None and (
+            done_it == cfg.iterations or (cfg.eval_every > 0 and done_it % cfg.eval_every == 0))
+        if evaluate_now:
+            results = evaluator.evaluate(G_ema)  # RNG use here is harmless: iterations re-seed
+            images.append(evaluator.sample_grid(G_ema, run_dir / "samples" / f"iter_{done_it:07d}.png"))
+            metrics.update(results)
+            value = results.get(evaluator.metric_key, math.inf)
+            if value < best["value"]:
+                best, is_best = {"value": value, "iteration": done_it}, True
+            bar.write(f"{cfg.name} iter {done_it}: {evaluator.metric_key} = {value:.4g}")
+        elif evaluator is not None and cfg.sample_every > 0 and done_it % cfg.sample_every == 0:
+            images.append(evaluator.sample_grid(G_ema, run_dir / "samples" / f"iter_{done_it:07d}.png"))
+        checkpoint = None
+        if done_it % cfg.ckpt_every == 0 or done_it == cfg.iterations or is_best:
+            checkpoint = save_checkpoint(
+                {"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
+                 "opt_g": step.opt_g.state_dict(), "opt_d": step.opt_d.state_dict(),
+                 "iteration": done_it, "kimg": done_it * cfg.batch / 1000.0, "best": best,
+                 "config": cfg.to_dict(), "reporter": reporter.state_dict()},
+                ckpt_dir, done_it, keep=cfg.keep_checkpoints, best=is_best)
+        if metrics or images or checkpoint:
+            emit(done_it, metrics, images, checkpoint)
+    bar.close()
+
+    final_it = done_it if cfg.iterations > start else start
+    result = TrainResult(status, final_it, final_it * cfg.batch / 1000.0, dict(last), run_dir)
+    if rank == 0:
+        tmp = run_dir / (RESULT_FILE + ".tmp")
+        tmp.write_text(json.dumps({"status": status, "iterations": result.iterations, "kimg": result.kimg,
+                                   "metrics": result.metrics, "best": best}, indent=2))
+        os.replace(tmp, run_dir / RESULT_FILE)
+        reporter.finish(result)
+    return result

@@ -1,0 +1,157 @@
+"""Training-loop tests on Gaussian latents (dataset 'random'): finite losses, bit-exact resume,
+checkpoint schedule, divergence handling, reporter contract, FLOP accounting."""
+
+import json
+
+import pytest
+import torch
+
+from core import train as train_mod
+from core.checkpoint import load_checkpoint
+from core.config import ConfigError, NetConfig, TrainConfig
+from core.flops import measure_iteration_flops, train_flops_per_iter
+from core.train import Reporter, train
+
+SMALL = NetConfig(width=32, depth=4, heads=2)
+
+
+def tiny(**kw) -> TrainConfig:
+    base = dict(name="t", dataset="random", g=SMALL, d=SMALL, d_proj_dim=32, batch=8,
+                iterations=6, ckpt_every=3, log_every=2, diag_every=2, eval_every=-1, seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+class Recorder(Reporter):
+    def __init__(self, fail_at: int | None = None, tag: str = "run-1") -> None:
+        self.reports, self.started, self.finished, self.fail_at, self.tag = [], [], [], fail_at, tag
+
+    def start(self, cfg, info, state):
+        self.started.append((info, state))
+
+    def report(self, report):
+        self.reports.append(report)
+        if self.fail_at is not None and report.step >= self.fail_at:
+            self.fail_at = None
+            raise RuntimeError("injected crash")
+
+    def state_dict(self):
+        return {"run_id": self.tag}
+
+    def finish(self, result):
+        self.finished.append(result)
+
+
+def states(run_dir):
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    return {k: ckpt[k] for k in ("G", "D", "G_ema", "opt_g", "opt_d")}, ckpt
+
+
+def assert_same(a, b):
+    for key in ("G", "D", "G_ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    for key in ("opt_g", "opt_d"):
+        for idx, s in a[key]["state"].items():
+            for k, v in s.items():
+                assert torch.equal(v, b[key]["state"][idx][k]), f"{key} state {idx}.{k} differs"
+
+
+def test_run_is_finite_and_writes_run_dir(tmp_path):
+    rec = Recorder()
+    result = train(tiny(), tmp_path / "run", rec, progress=False)
+    assert result.status == "finished" and result.iterations == 6 and result.kimg == pytest.approx(0.048)
+    for key in ("loss/G", "loss/D", "reg/r1", "reg/r2", "diag/g_update_rel", "diag/early_skip_rel"):
+        assert key in result.metrics and torch.isfinite(torch.tensor(result.metrics[key])), key
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text()) == tiny().to_dict()
+    lines = [json.loads(l) for l in (run / "stats.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [2, 3, 4, 6]  # logs every 2, checkpoint at 3
+    flops = train_flops_per_iter(tiny())
+    assert lines[-1]["compute/train_flops"] == 6 * flops
+    assert json.loads((run / "result.json").read_text())["status"] == "finished"
+    info, state = rec.started[0]
+    assert state is None and int(info["compute.flops_per_iter"]) == flops
+    assert rec.finished[0].status == "finished"
+    assert [r.step for r in rec.reports if r.checkpoint] == [3, 6]
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    train(tiny(), tmp_path / "straight", progress=False)
+    crash = Recorder(fail_at=4)
+    with pytest.raises(RuntimeError, match="injected"):
+        train(tiny(), tmp_path / "resumed", crash, progress=False)
+    _, ckpt = states(tmp_path / "resumed")
+    assert ckpt["iteration"] == 3 and ckpt["reporter"] == {"run_id": "run-1"}
+    again = Recorder(tag="run-1")
+    train(tiny(), tmp_path / "resumed", again, progress=False)
+    assert again.started[0][1] == {"run_id": "run-1"}  # reporter state handed back on resume
+    assert_same(states(tmp_path / "straight")[0], states(tmp_path / "resumed")[0])
+
+
+def test_longer_budget_continues_a_finished_run(tmp_path):
+    train(tiny(iterations=6), tmp_path / "full", progress=False)
+    train(tiny(iterations=3), tmp_path / "grown", progress=False)
+    result = train(tiny(iterations=6), tmp_path / "grown", progress=False)
+    assert result.iterations == 6
+    assert_same(states(tmp_path / "full")[0], states(tmp_path / "grown")[0])
+
+
+def test_finished_run_returns_without_training(tmp_path):
+    train(tiny(), tmp_path / "r", progress=False)
+    rec = Recorder()
+    result = train(tiny(), tmp_path / "r", rec, progress=False)
+    assert result.status == "finished" and rec.reports == [] and rec.started == []
+
+
+def test_final_checkpoint_at_last_iteration(tmp_path):
+    train(tiny(iterations=5, ckpt_every=3, keep_checkpoints=5), tmp_path / "r", progress=False)
+    ckpts = sorted(p.name for p in (tmp_path / "r" / "checkpoints").glob("*.pt"))
+    assert ckpts == ["iter_0000003.pt", "iter_0000005.pt", "latest.pt"]
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "latest.pt")["iteration"] == 5
+
+
+def test_old_checkpoints_pruned(tmp_path):
+    train(tiny(iterations=8, ckpt_every=1, keep_checkpoints=2), tmp_path / "r", progress=False)
+    names = sorted(p.name for p in (tmp_path / "r" / "checkpoints").glob("iter_*.pt"))
+    assert names == ["iter_0000007.pt", "iter_0000008.pt"]
+
+
+def test_non_finite_loss_ends_as_diverged(tmp_path, monkeypatch):
+    real_load = train_mod.load_latents
+
+    def poisoned(cfg):
+        data = real_load(cfg)
+        sample = data.sample
+        calls = {"n": 0}
+
+        def bad_sample(batch, generator):
+            calls["n"] += 1
+            x, y = sample(batch, generator)
+            return (x * float("nan") if calls["n"] >= 4 else x), y
+
+        data.sample = bad_sample
+        return data
+
+    monkeypatch.setattr(train_mod, "load_latents", poisoned)
+    rec = Recorder()
+    result = train(tiny(), tmp_path / "r", rec, progress=False)
+    assert result.status == "diverged" and result.iterations == 4
+    assert json.loads((tmp_path / "r" / "result.json").read_text())["status"] == "diverged"
+    assert rec.finished[0].status == "diverged"
+
+
+def test_different_config_in_run_dir_is_refused(tmp_path):
+    train(tiny(iterations=2), tmp_path / "r", progress=False)
+    with pytest.raises(ConfigError, match="lr_g"):
+        train(tiny(iterations=2, lr_g=1e-3), tmp_path / "r", progress=False)
+
+
+def test_exact_regulariser_mode_trains(tmp_path):
+    result = train(tiny(iterations=2, reg_mode="exact"), tmp_path / "r", progress=False)
+    assert result.status == "finished" and result.metrics["reg/r1"] > 0
+
+
+def test_flops_cpu_count_equals_meta_count():
+    cfg = tiny(batch=4)
+    assert measure_iteration_flops(cfg, "cpu") == measure_iteration_flops(cfg, "meta") > 0
+    assert train_flops_per_iter(cfg.replace(batch=16)) == 4 * measure_iteration_flops(cfg, "meta")
