@@ -107,22 +107,25 @@ def main() -> None:
             G.compile()
             step.D.compile()
         flops = train_flops_per_iter(cfg)
-        sec = timed(lambda: (step.d_step(x, y, z), step.g_step(x, y, z)), device, args.iters)
+        sec = timed(lambda: step.iteration(x, y, z), device, args.iters)
         rate = flops / sec
         tokens = (latent // args.patch) ** 2
         print(f"{width:>5} {depth:>5} {tokens:>6} {proj:>5} {sec * 1e3:>8.1f} {args.batch / sec:>7.1f} "
               f"{flops / 1e9:>9.2f} {rate / 1e9:>8.1f} {rate / peak:>6.1%}")
         rows.append((cfg, step, G, G_ema, x, y, z))
 
-    print("\nsplit of one iteration (ms): D step, D step without R1/R2, G step (incl. EMA), EMA alone")
+    print("\nsplit of one iteration (ms): G forward, D step, D step without R1/R2, G step (backward "
+          "through D and G, optimiser, EMA), EMA alone")
     for cfg, step, G, G_ema, x, y, z in rows:
-        d_ms = timed(lambda: step.d_step(x, y, z), device, args.iters) * 1e3
+        fake = step.generate(z, y).detach()
+        gen_ms = timed(lambda: step.generate(z, y), device, args.iters) * 1e3
+        d_ms = timed(lambda: step.d_step(x, y, fake), device, args.iters) * 1e3
         no_reg = GATStep(cfg.replace(gamma_r1=0.0, gamma_r2=0.0), step.G, step.D, device)
-        d_noreg_ms = timed(lambda: no_reg.d_step(x, y, z), device, args.iters) * 1e3
-        g_ms = timed(lambda: step.g_step(x, y, z), device, args.iters) * 1e3
+        d_noreg_ms = timed(lambda: no_reg.d_step(x, y, fake), device, args.iters) * 1e3
+        g_ms = timed(lambda: step.g_step(x, y, step.generate(z, y)), device, args.iters) * 1e3 - gen_ms
         ema_ms = timed(lambda: update_ema(G_ema, G, 0.999), device, args.iters) * 1e3
         print(f"width {cfg.g.width:>4} depth {cfg.g.depth} tokens {cfg.tokens:>3} proj {cfg.d_proj_dim:>4}: "
-              f"D {d_ms:7.1f}  D-noreg {d_noreg_ms:7.1f} (R1/R2 {d_ms - d_noreg_ms:6.1f})  "
+              f"Gfwd {gen_ms:6.1f}  D {d_ms:7.1f}  D-noreg {d_noreg_ms:7.1f} (R1/R2 {d_ms - d_noreg_ms:6.1f})  "
               f"G {g_ms:7.1f}  EMA {ema_ms:5.2f}")
 
 

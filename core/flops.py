@@ -53,7 +53,7 @@ def flop_counter() -> FlopCounterMode:
 def measure_iteration_flops(cfg: TrainConfig, device: torch.device | str = "meta", batch: int | None = None) -> int:
     """FLOPs of one training iteration (convention: :data:`FLOPS_CONVENTION`) at ``batch`` images.
 
-    Runs :class:`core.step.GATStep`'s D step and G step once under the counter. Raises whatever
+    Runs one :meth:`core.step.GATStep.iteration` under the counter. Raises whatever
     the step raises for an impossible config (the config itself is validated on construction).
     """
     from core.model import build_models
@@ -68,8 +68,7 @@ def measure_iteration_flops(cfg: TrainConfig, device: torch.device | str = "meta
     y = torch.zeros(n, dtype=torch.long, device=device)
     z = torch.randn(n, cfg.z_dim, device=device)
     with flop_counter() as counter:
-        step.d_step(x, y, z)
-        step.g_step(x, y, z)
+        step.iteration(x, y, z)
     return int(counter.get_total_flops())
 
 

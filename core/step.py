@@ -2,13 +2,16 @@
 
 Blocks in a fixed order (GAT_METHOD.md §3-§5, reference ``train.py``):
 
-D step: fakes ``G(z, y)`` (no grad, all K = 4 MNG levels) -> DiffAugment reals and fakes with
+Fakes: ``G(z, y)`` once, with grad (all K = 4 MNG levels; updates the per-class w running mean).
+The reference runs G twice, once without grad for the D step and once with grad for the G step;
+G's weights do not change in between, so both give the same fakes and one forward suffices.
+
+D step: on the detached fakes -> DiffAugment reals and fakes with
 independent parameters (the same parameters for all levels of a sample) -> MNG-perturb with
 independent nested noise chains -> RpGAN D loss + gamma/2 R1 (reals) + gamma/2 R2 (fakes), both
 with the same augmentation and noise as the loss -> clip -> AdamW.
 
-G step: ``G(z, y)`` with grad (updates the per-class w running mean) -> fresh augmentation and
-noise for reals and fakes -> RpGAN G loss with D(real) detached -> clip -> AdamW -> EMA update.
+G step: the same fakes, with grad -> fresh augmentation and noise for reals and fakes -> RpGAN G loss with D(real) detached -> clip -> AdamW -> EMA update.
 
 Every stat is returned as a detached 0-d tensor; the loop decides when to synchronise (``item``).
 """
@@ -98,8 +101,19 @@ class GATStep:
         opt.step()
         return norm.detach()
 
-    def d_step(self, x: Tensor, y: Tensor, z: Tensor) -> dict[str, Tensor]:
-        """One discriminator update. x: (N, c, H, W) scaled real latents, y: (N,), z: (N, z_dim).
+    def generate(self, z: Tensor, y: Tensor) -> Tensor:
+        """Fakes with grad for this iteration: (N, z_dim), (N,) -> (K, N, c, H, W) float32."""
+        with self.autocast:
+            return self.G(z, y, update_w_avg=not self.count_only).float()
+
+    def iteration(self, x: Tensor, y: Tensor, z: Tensor) -> dict[str, Tensor]:
+        """One full iteration: fakes, D step, G step (+ EMA). Returns detached 0-d stats."""
+        fake = self.generate(z, y)
+        return {**self.d_step(x, y, fake.detach()), **self.g_step(x, y, fake)}
+
+    def d_step(self, x: Tensor, y: Tensor, fake: Tensor) -> dict[str, Tensor]:
+        """One discriminator update. x: (N, c, H, W) scaled real latents, y: (N,),
+        fake: (K, N, c, H, W) detached generator output.
 
         Reals and fakes, and for the finite-difference R1/R2 their perturbed twins
         ``x + fd_eps * eps``, go through D in one batched forward: D treats samples
@@ -109,12 +123,10 @@ class GATStep:
         """
         cfg = self.cfg
         n = x.shape[0]
-        with torch.no_grad(), self.autocast:
-            fake = _unwrap(self.G)(z, y).float()  # (K, N, c, H, W)
         exact = cfg.reg_mode == "exact"
         regularise = cfg.gamma_r1 > 0 or cfg.gamma_r2 > 0
         real = x.detach().requires_grad_(exact and regularise)
-        fake = fake.requires_grad_(exact and regularise)
+        fake = fake.detach().requires_grad_(exact and regularise)
         clean = torch.cat([real.unsqueeze(0).expand_as(fake), fake], dim=1)  # (K, 2N, c, H, W)
         aug, noise = self._draws(clean.shape)  # independent draws for reals and fakes
         inputs, labels = [self._d_input(clean, aug, noise)], [y, y]
@@ -147,13 +159,14 @@ class GATStep:
         stats["diag/grad_norm_D"] = self._clip_and_step(self.D, self.opt_d)
         return stats
 
-    def g_step(self, x: Tensor, y: Tensor, z: Tensor) -> dict[str, Tensor]:
-        """One generator update, then the EMA update. Same shapes as :meth:`d_step`."""
+    def g_step(self, x: Tensor, y: Tensor, fake: Tensor) -> dict[str, Tensor]:
+        """One generator update through the just-updated D, then the EMA update.
+
+        fake: (K, N, c, H, W) from :meth:`generate`, still attached to G's graph.
+        """
         D = _unwrap(self.D)  # D is not updated here: no gradient sync, no parameter grads
         D.requires_grad_(False)
         try:
-            with self.autocast:
-                fake = self.G(z, y, update_w_avg=not self.count_only).float()
             aug, noise = self._draws(fake.shape)
             d_fake = self._logits(D, self._d_input(fake, aug, noise), y)
             with torch.no_grad():

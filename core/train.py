@@ -237,7 +237,7 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         done_it = it + 1
         diag_now = rank == 0 and done_it % cfg.diag_every == 0
         before = diagnostics.g_output(G, z_fix, y_fix) if diag_now else None
-        stats = {**step.d_step(x, y, z), **step.g_step(x, y, z)}
+        stats = step.iteration(x, y, z)
         if not bool(torch.isfinite(stats["loss/D"]) & torch.isfinite(stats["loss/G"])):
             status = "diverged"
             if rank == 0:

@@ -25,7 +25,9 @@ def test_batched_d_step_equals_separate_calls():
     x, y, z = torch.randn(4, 4, 8, 8), torch.tensor([0, 1, 2, 3]), torch.randn(4, 64)
 
     torch.manual_seed(7)
-    stats = step.d_step(x, y, z)
+    with torch.no_grad():
+        fake = step.generate(z, y)
+    stats = step.d_step(x, y, fake)
 
     # The same draws, in the same order, through separate D calls with the pre-step weights.
     torch.manual_seed(0)
@@ -72,14 +74,17 @@ def test_optimizer_groups_and_settings():
     assert g["betas"] == (0.0, 0.99) and g["eps"] == 1e-8 and g["weight_decay"] == 0.0
 
 
-def test_g_step_leaves_d_untouched_and_updates_w_avg():
+def test_g_step_leaves_d_untouched_and_generate_updates_w_avg():
     c = cfg()
     G, D = build_models(c)
     ema, _ = build_models(c)
     step = GATStep(c, G, D, torch.device("cpu"), G_ema=ema)
+    y = torch.tensor([0, 0, 1, 1])
+    fake = step.generate(torch.randn(4, 64), y)
+    assert G.w_avg[0].abs().sum() > 0 and G.w_avg[2].abs().sum() == 0
     before = {k: v.clone() for k, v in D.state_dict().items()}
-    step.g_step(torch.randn(4, 4, 8, 8), torch.tensor([0, 0, 1, 1]), torch.randn(4, 64))
+    step.g_step(torch.randn(4, 4, 8, 8), y, fake)
     assert all(torch.equal(before[k], v) for k, v in D.state_dict().items())
     assert all(p.grad is None for p in D.parameters()) and all(p.requires_grad for p in D.parameters())
-    assert G.w_avg[0].abs().sum() > 0 and G.w_avg[2].abs().sum() == 0
+    assert all(p.grad is not None for p in G.parameters() if p.requires_grad)
     assert torch.equal(ema.w_avg, G.w_avg)
