@@ -76,14 +76,13 @@ def make_report(sweep: str, tracking_uri: str, out_dir: Path, *, target_fd: floa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     notes = list(runs.notes)
-    metric_key = runs.metric_key or "eval/fd"
+    metric_key = runs.metric_key or "no FD/FID logged yet"
     points = runs.points[runs.points["metric_key"] == metric_key]
     usable, dropped = usable_points(runs.points, metric_key)
     notes += dropped
     front = compute_frontier(usable)
     fits = {m: fit_scaling(front["train_flops"], front["fd"], m, c_unit="FLOPs", n_boot=n_boot,
                            seed=seed) for m in MODELS}
-    notes += [f"{m} fit: {f.reason}" for m, f in fits.items() if not f.ok]
     notes += [f"{m} fit: {n}" for m, f in fits.items() for n in f.notes]
     best_fd = float(usable["fd"].min()) if len(usable) else None
     target = target_fd if target_fd is not None else (best_fd / 2 if best_fd else None)
@@ -145,7 +144,7 @@ def _best_grids(runs: SweepRuns, dst: Path) -> list[tuple[str, Path]]:
     grids = []
     for size in _size_order(ok):
         best = ok[ok["size"] == size].sort_values("best_fd").iloc[0]
-        path = last_sample_grid(runs.tracking_uri, best["run_id"], dst / best["trial"])
+        path = last_sample_grid(runs.tracking_uri, best["run_id"], dst / str(best["trial"]).replace("/", "_"))
         if path is not None:
             grids.append((f"{size}: {best['trial']}\nbest FD {best['best_fd']:.3g}, {path.stem}", path))
     return grids
@@ -228,7 +227,7 @@ def _fit_lines(values: dict) -> list[str]:
     lines = []
     for model, fit in values["fits"].items():
         if not fit["ok"]:
-            lines.append(f"{fit['formula']}: {fit['reason']}")
+            lines.append(fit["reason"])
             continue
 
         def est(d: dict, spec: str = ".4g") -> str:
