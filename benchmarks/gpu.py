@@ -1,12 +1,12 @@
 """Benchmark: GAT-B/2 and GAT-XL/2 training-iteration throughput and peak memory on one GPU.
 
-One iteration = one D step (MNG, augmentation, RpGAN loss, R1 + R2) and one G step (+ EMA),
-exactly the trainer's ``core.step.GATStep``, on random latents (32x32x4, 1000 classes, the
-paper's ImageNet-256 presets from ``core.presets``), at a per-GPU batch size. For each preset and
-batch size it prints ms/iter, images/s, measured FLOPs per iteration (``core.flops``; the
-convention is printed: model FLOPs, so recomputation under --grad-checkpointing is not counted),
-achieved TFLOP/s, model FLOPs utilisation (MFU) against the GPU's bf16 matmul rate measured in the
-same process with a large ``torch.mm``, peak memory (``torch.cuda.max_memory_allocated``: weights,
+One iteration = one G forward, one D step (MNG, augmentation, RpGAN loss, R1 + R2) and one
+G step (+ EMA): exactly the trainer's ``core.step.GATStep.iteration``, on random latents
+(32x32x4, 1000 classes: the paper's ImageNet-256 presets from ``core.presets``), at a per-GPU
+batch size. For each preset and batch size it prints ms/iter, images/s, measured FLOPs per
+iteration (``core.flops``; the convention is printed: model FLOPs, so recomputation under
+--grad-checkpointing is not counted), achieved TFLOP/s, model FLOPs utilisation (MFU) against the
+GPU's bf16 matmul rate measured in the same process with a large ``torch.mm``, peak memory (``torch.cuda.max_memory_allocated``: weights,
 gradients, AdamW states, EMA and activations) and the scaled-dot-product-attention kernel the
 step actually ran (flash / cuDNN / memory-efficient / math). The losses of every iteration must
 be finite. The last line of output is one JSON object with every figure; the exit status is 1 if
@@ -98,7 +98,7 @@ def benchmark(cfg: TrainConfig, device: torch.device, warmup: int, iters: int, p
     losses: list[torch.Tensor] = []
 
     def iteration() -> None:
-        stats = {**step.d_step(x, y, z), **step.g_step(x, y, z)}
+        stats = step.iteration(x, y, z)
         losses.append(torch.stack([stats["loss/D"], stats["loss/G"]]))
 
     kernels = AttentionKernels()
