@@ -254,7 +254,8 @@ def _summary_text(runs: SweepRuns, rows: list[dict[str, str]], values: dict, not
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) if rows else len(c) for c in SUMMARY_COLUMNS}
     table = ["  ".join(c.ljust(widths[c]) for c in SUMMARY_COLUMNS)]
     table += ["  ".join(r[c].ljust(widths[c]) for c in SUMMARY_COLUMNS) for r in rows]
-    out = [f"sweep {runs.sweep} - metric {values['metric_key']}", *table, "", "fits (95% bootstrap intervals):"]
+    out = [f"sweep {runs.sweep} - metric {values['metric_key']}", *table, "",
+           "fits (95% bootstrap intervals):"]
     out += [f"  {line}" for line in _fit_lines(values)]
     out += ["", "LR transfer (slope of log best LR vs log width):"]
     out += [f"  {rule}: {t['verdict']} - {t['expected']}" for rule, t in values["lr_transfer"].items()]

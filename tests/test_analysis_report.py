@@ -92,7 +92,8 @@ def write_synthetic_sweep(uri: str, artifacts: Path, scratch: Path) -> str:
                     if it % 300 == 0 or it == 100 or it == last:  # interpolation needed in between
                         metrics.append(Metric("compute/train_flops", it * flops_per_iter(width), 0, it))
                 for it in range(EVAL_EVERY, last + 1, EVAL_EVERY):
-                    fd = float(true_fd(rule, width, lr, it * flops_per_iter(width)) * np.exp(rng.normal(0, 0.01)))
+                    noise = np.exp(rng.normal(0, 0.01))
+                    fd = float(true_fd(rule, width, lr, it * flops_per_iter(width)) * noise)
                     if status == "diverged" and it == last:
                         fd = float("nan")
                     if status == "diverged" and it == last - EVAL_EVERY:
@@ -165,7 +166,8 @@ def test_loader_by_parent_run_id_matches_by_name(store):
 
 
 def test_unknown_sweep_names_what_exists(store, tmp_path):
-    with pytest.raises(SweepNotFound, match=rf"no sweep named 'nope'.*sweeps there: .*{SWEEP} \(parent run {store[1]}\)"):
+    known = rf"sweeps there: .*{SWEEP} \(parent run {store[1]}\)"
+    with pytest.raises(SweepNotFound, match=rf"no sweep named 'nope'.*{known}"):
         load_sweep("nope", store[0])
     missing = tmp_path / "none.db"
     with pytest.raises(SweepNotFound, match=re.escape(str(missing))):
