@@ -60,13 +60,15 @@ def sincos_pos_embed_2d(width: int, grid: int) -> Tensor:
     return torch.cat([half(cols), half(rows)], dim=1).float()
 
 
-def rope_2d(head_dim: int, grid: int) -> tuple[Tensor, Tensor]:
+def rope_2d(head_dim: int, grid: int, prefix: int = 0) -> tuple[Tensor, Tensor]:
     """cos/sin tables of 2-D axial RoPE for a grid x grid token map (GAT_METHOD.md §8).
 
     The first head_dim/2 channels rotate with the row index, the last head_dim/2 with the
     column index; channel pairs (2m, 2m+1) of each half turn by ``pos * 10000 ** (-2m / (hd/2))``.
+    ``prefix`` leading rows are the identity (cos 1, sin 0): D's CLS token is not rotated.
 
-    Returns: (cos, sin), each float32 (grid*grid, head_dim), every angle repeated for its pair.
+    Returns: (cos, sin), each float32 (prefix + grid*grid, head_dim), every angle repeated for its
+    pair. Raises ValueError if head_dim % 4 != 0.
     """
     if head_dim % 4:
         raise ValueError(f"2-D RoPE needs head_dim divisible by 4, got {head_dim}")
@@ -75,7 +77,8 @@ def rope_2d(head_dim: int, grid: int) -> tuple[Tensor, Tensor]:
     idx = torch.arange(grid * grid)
     rows, cols = (idx // grid).double(), (idx % grid).double()
     angles = torch.cat([rows[:, None] * freqs, cols[:, None] * freqs], dim=1)  # (T, hd/2)
-    angles = angles.repeat_interleave(2, dim=1)  # (T, hd)
+    angles = torch.cat([angles.new_zeros(prefix, half), angles])  # identity rows first
+    angles = angles.repeat_interleave(2, dim=1)  # (prefix + T, hd)
     return angles.cos().float(), angles.sin().float()
 
 
@@ -119,7 +122,8 @@ def pixel_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
 class Attention(nn.Module):
     """Multi-head self-attention with qkv bias, QK-norm (RMSNorm over head dim, affine) and 2-D RoPE.
 
-    ``prefix`` leading tokens (D's CLS) are not rotated. (N, prefix + T, C) -> same.
+    (N, T, C) -> (N, T, C); cos, sin: (T, head_dim) from :func:`rope_2d` (identity rows for
+    tokens that are not rotated, such as D's CLS).
     """
 
     def __init__(self, width: int, heads: int) -> None:
@@ -131,15 +135,11 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(head_dim, eps=1e-6)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, prefix: int = 0) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         n, t, c = x.shape
         q, k, v = self.qkv(x).view(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = self.q_norm(q), self.k_norm(k)  # RoPE after QK-norm (reference order)
-        if prefix:
-            q = torch.cat([q[:, :, :prefix], apply_rope(q[:, :, prefix:], cos, sin)], dim=2)
-            k = torch.cat([k[:, :, :prefix], apply_rope(k[:, :, prefix:], cos, sin)], dim=2)
-        else:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # RoPE after QK-norm (reference order).
+        q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
         out = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(head_dim)
         return self.proj(out.transpose(1, 2).reshape(n, t, c))
 
@@ -346,7 +346,7 @@ class DiscriminatorBlock(nn.Module):
         self.ls2 = nn.Parameter(torch.full((width,), LAYERSCALE_INIT))
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        x = x + self.ls1 * self.attn(self.norm1(x), cos, sin, prefix=1)
+        x = x + self.ls1 * self.attn(self.norm1(x), cos, sin)
         x = x + self.ls2 * self.mlp(self.norm2(x))
         return x
 
@@ -377,7 +377,7 @@ class Discriminator(nn.Module):
                           nn.Linear(2048, REPA_DIM))
             if cfg.repa else None
         )
-        cos, sin = rope_2d(net.head_dim, self.grid)
+        cos, sin = rope_2d(net.head_dim, self.grid, prefix=1)  # CLS first, not rotated
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self._init_weights()

@@ -84,16 +84,17 @@ def test_rope_rotates_pairs_by_row_then_column():
 def test_discriminator_cls_token_not_rotated():
     torch.manual_seed(0)
     attn = Attention(16, 2)
-    cos, sin = rope_2d(8, 2)
+    cos, sin = rope_2d(8, 2, prefix=1)
+    assert torch.equal(cos[0], torch.ones(8)) and torch.equal(sin[0], torch.zeros(8))
+    torch.testing.assert_close(cos[1:], rope_2d(8, 2)[0])
     x = torch.randn(1, 5, 16)
-    # CLS output depends on token content only; permuting tokens' content must change the spatial
-    # outputs but RoPE must not be applied at index 0: compare with a manual call.
-    out = attn(x, cos, sin, prefix=1)
+    # Compare with a manual computation that rotates the 4 spatial tokens and leaves CLS alone.
+    out = attn(x, cos, sin)
     assert out.shape == (1, 5, 16)
     q, k, v = attn.qkv(x).view(1, 5, 3, 2, 8).permute(2, 0, 3, 1, 4)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    q = torch.cat([q[:, :, :1], apply_rope(q[:, :, 1:], cos, sin)], 2)
-    k = torch.cat([k[:, :, :1], apply_rope(k[:, :, 1:], cos, sin)], 2)
+    q = torch.cat([q[:, :, :1], apply_rope(q[:, :, 1:], cos[1:], sin[1:])], 2)
+    k = torch.cat([k[:, :, :1], apply_rope(k[:, :, 1:], cos[1:], sin[1:])], 2)
     ref = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8), -1) @ v
     torch.testing.assert_close(out, attn.proj(ref.transpose(1, 2).reshape(1, 5, 16)), atol=1e-5, rtol=1e-5)
 
