@@ -119,6 +119,12 @@ def pixel_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
     return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
 
 
+def _rms_norm(norm: nn.RMSNorm, x: Tensor) -> Tensor:
+    """Apply an affine RMSNorm in x's dtype: under bf16 autocast q and k arrive in bf16, and a
+    float32 gain would force PyTorch's slower unfused kernel."""
+    return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with qkv bias, QK-norm (RMSNorm over head dim, affine) and 2-D RoPE.
 
@@ -139,7 +145,7 @@ class Attention(nn.Module):
         n, t, c = x.shape
         q, k, v = self.qkv(x).view(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         # RoPE after QK-norm (reference order).
-        q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
+        q, k = apply_rope(_rms_norm(self.q_norm, q), cos, sin), apply_rope(_rms_norm(self.k_norm, k), cos, sin)
         out = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(head_dim)
         return self.proj(out.transpose(1, 2).reshape(n, t, c))
 

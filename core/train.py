@@ -155,11 +155,21 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
     world = dist.get_world_size() if dist.is_initialized() else 1
     if cfg.batch % world:
         raise ConfigError(f"batch={cfg.batch} is not divisible by the {world} distributed workers")
+    # Rank 0 owns the run directory; every rank follows its decision (or its error).
+    decision: list[Any] = [None]
     if rank == 0:
-        _check_run_dir(cfg, run_dir)
-        done = _finished(run_dir, cfg)
-        if done is not None:
-            return TrainResult(done["status"], done["iterations"], done["kimg"], done["metrics"], run_dir)
+        try:
+            _check_run_dir(cfg, run_dir)
+            decision[0] = ("ok", _finished(run_dir, cfg))
+        except ConfigError as error:
+            decision[0] = ("error", str(error))
+    if world > 1:
+        dist.broadcast_object_list(decision, src=0)
+    kind, done = decision[0]
+    if kind == "error":
+        raise ConfigError(done)
+    if done is not None:
+        return TrainResult(done["status"], done["iterations"], done["kimg"], done["metrics"], run_dir)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
 
@@ -170,6 +180,7 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         from core.evaluate import make_evaluator  # torch-fidelity and the VAE load only when needed
 
         evaluator = make_evaluator(cfg, data, device)
+    torch.manual_seed(cfg.seed)  # the initialisation is part of what a seed names
     G, D = build_models(cfg, device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     info = {
@@ -195,7 +206,9 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         D.compile()
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
-        G_train, D_train = DistributedDataParallel(G, device_ids=ids), DistributedDataParallel(D, device_ids=ids)
+        # w_avg stays rank-local (rank 0's copy is saved), as in the reference: no buffer broadcast.
+        G_train = DistributedDataParallel(G, device_ids=ids, broadcast_buffers=False)
+        D_train = DistributedDataParallel(D, device_ids=ids)
     step = GATStep(cfg, G_train, D_train, device, G_ema=G_ema)
     if start:
         step.opt_g.load_state_dict(state["opt_g"])
@@ -238,7 +251,10 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         diag_now = rank == 0 and done_it % cfg.diag_every == 0
         before = diagnostics.g_output(G, z_fix, y_fix) if diag_now else None
         stats = step.iteration(x, y, z)
-        if not bool(torch.isfinite(stats["loss/D"]) & torch.isfinite(stats["loss/G"])):
+        finite = (torch.isfinite(stats["loss/D"]) & torch.isfinite(stats["loss/G"])).int()
+        if world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # all ranks stop together
+        if not bool(finite):
             status = "diverged"
             if rank == 0:
                 emit(done_it, {k: v.item() for k, v in stats.items() if torch.isfinite(v)})
@@ -248,6 +264,12 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
             window[key] = window.get(key, 0.0) + value
         window_iters += 1
         bar.update(1)
+        log_now = done_it % cfg.log_every == 0 or done_it == cfg.iterations
+        if log_now and world > 1:  # logged losses are means over the global batch
+            keys = sorted(window)
+            sums = torch.stack([window[k] for k in keys])
+            dist.all_reduce(sums)
+            window = dict(zip(keys, sums / world))
         if rank != 0:
             continue
 
@@ -255,7 +277,7 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         if diag_now:
             metrics["diag/g_update_rel"] = diagnostics.relative_change(before, diagnostics.g_output(G, z_fix, y_fix))
             metrics["diag/early_skip_rel"] = diagnostics.early_skip_rel(G_ema, z_fix, y_fix)
-        if done_it % cfg.log_every == 0 or done_it == cfg.iterations:
+        if log_now:
             elapsed = time.perf_counter() - window_start
             metrics.update({k: (v / window_iters).item() for k, v in window.items()})
             metrics["time/sec_per_kimg"] = elapsed / (window_iters * cfg.batch / 1000.0)

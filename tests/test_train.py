@@ -155,3 +155,13 @@ def test_flops_cpu_count_equals_meta_count():
     cfg = tiny(batch=4)
     assert measure_iteration_flops(cfg, "cpu") == measure_iteration_flops(cfg, "meta") > 0
     assert train_flops_per_iter(cfg.replace(batch=16)) == 4 * measure_iteration_flops(cfg, "meta")
+
+
+def test_seed_controls_initialisation(tmp_path):
+    train(tiny(iterations=1), tmp_path / "a", progress=False)
+    torch.rand(1000)  # whatever the global RNG did in between
+    train(tiny(iterations=1), tmp_path / "b", progress=False)
+    train(tiny(iterations=1, seed=4), tmp_path / "c", progress=False)
+    a, b, c = (states(tmp_path / d)[0]["G"] for d in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["blocks.0.attn.qkv.weight"], c["blocks.0.attn.qkv.weight"])
