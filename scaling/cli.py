@@ -1,0 +1,301 @@
+"""The ``gat-sweep`` command line (typer + rich).
+
+Commands: ``run`` (a sweep file -> Ray Tune trials -> MLflow), ``train`` (one run in-process, no
+Ray), ``schema`` (the sweep file's JSON schema), ``encode`` (images -> VAE latents) and ``plot``
+(a sweep's report). Heavy libraries (torch, ray, mlflow) are imported inside the commands, so
+``--help`` is quick. Mistakes a user can fix (a bad sweep file, an impossible config, a missing
+file) print one message without a traceback and exit with status 2; a sweep with failed trials
+exits with status 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from core.config import ConfigError, TrainConfig, flatten
+from core.presets import PRESETS, get_preset
+from scaling.spec import EMBEDDED_DATASETS, SweepSpec, load_spec, load_yaml, parse_scalar
+
+app = typer.Typer(
+    name="gat-sweep",
+    help="Scaling-law sweeps of GAT (transformer GANs in a VAE latent space) with Ray Tune and MLflow.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown",
+)
+console = Console(width=None if sys.stdout.isatty() else 160)  # wide tables in logs and pipes
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ValidationError, FileNotFoundError, NotADirectoryError)
+"""Exceptions that mean 'fix your input': printed as one line, exit status 2."""
+
+
+@contextlib.contextmanager
+def user_errors(*extra: type[BaseException]) -> Iterator[None]:
+    """Turn a user's mistake into one red line on stderr and exit status 2 (no traceback)."""
+    try:
+        yield
+    except (*USER_ERRORS, *extra) as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def si(value: float, unit: str = "") -> str:
+    """Engineering notation: 4.64e11 -> '464G' (3 significant digits)."""
+    for factor, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{prefix}{unit}"
+    return f"{value:.3g}{unit}"
+
+
+# ----------------------------------------------------------------------------------------------
+# gat-sweep run
+# ----------------------------------------------------------------------------------------------
+@app.command()
+def run(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep file (YAML); see `gat-sweep schema`.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials and their cost; start nothing.")] = False,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join (overrides ray_address), e.g. auto.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (overrides tracking_uri).")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Output directory (overrides output_dir).")] = None,
+) -> None:
+    """Run a sweep: every grid point of SWEEP_FILE as a Ray Tune trial, logged to MLflow.
+
+    Starts a local Ray instance unless an address is given. Each trial trains in its own run
+    directory under the output directory; crashed trials are retried from their last checkpoint.
+    Progress is printed as trials start and end; at the end a summary table and the
+    `mlflow ui` command that shows the runs. Exit status 1 if any trial failed.
+
+    **Resuming:** run the same command again. Trials that ended (finished or diverged) are
+    not rerun; the others continue from their checkpoints; MLflow runs are reattached. If the
+    sweep file's trials changed since the output directory was created, the command stops with
+    an error (a changed sweep is a new sweep: give it a new name or output_dir).
+
+    **Examples:**
+
+      gat-sweep run sweeps/width_lr.yaml --dry-run
+
+      gat-sweep run sweeps/width_lr.yaml
+
+      gat-sweep run sweeps/imagenet256_gat.yaml --address auto --tracking-uri http://mlflow:5000
+    """
+    with user_errors():
+        spec = load_spec(sweep_file)
+        overrides = {"ray_address": address, "tracking_uri": tracking_uri,
+                     "output_dir": str(output_dir) if output_dir else None}
+        spec = spec.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+        if dry_run:
+            _print_trials(spec)
+            return
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        from scaling.tune import run_sweep
+
+        outcome = run_sweep(spec, sweep_file, console=console)
+    _print_outcome(outcome)
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+def _print_trials(spec: SweepSpec) -> None:
+    from core.flops import FLOPS_CONVENTION
+    from scaling.grid import expand, trial_rows
+
+    rows = trial_rows(expand(spec))
+    tied = all((r["g_width"], r["g_depth"], r["g_heads"]) == (r["d_width"], r["d_depth"], r["d_heads"]) for r in rows)
+    table = Table(title=f"sweep {spec.name}: {len(rows)} trials", title_justify="left", box=box.SIMPLE_HEAD)
+    columns = ["trial", "width", "depth", "heads"] + ([] if tied else ["D width", "D depth", "D heads"])
+    columns += ["G params", "D params", "FLOPs/iter", "lr_G", "lr_D", "train FLOPs"]
+    for name in columns:
+        table.add_column(name, justify="left" if name == "trial" else "right", no_wrap=name == "trial")
+    for r in rows:
+        cells = [r["name"], str(r["g_width"]), str(r["g_depth"]), str(r["g_heads"])]
+        cells += [] if tied else [str(r["d_width"]), str(r["d_depth"]), str(r["d_heads"])]
+        cells += [si(r["g_params"]), si(r["d_params"]), si(r["flops_per_iter"]), f"{r['lr_g']:.4g}",
+                  f"{r['lr_d']:.4g}", si(r["total_flops"])]
+        table.add_row(*cells)
+    console.print(table)
+    res, first = spec.resources, rows[0]
+    console.print(
+        f"budget {first['iterations']} iterations x batch {first['batch']} = {first['kimg']:g} kimg per trial; "
+        f"total training compute {si(sum(r['total_flops'] for r in rows), 'FLOPs')} "
+        f"({FLOPS_CONVENTION.split(',')[0]})\n"
+        f"per trial: {res.workers} worker(s) x ({res.cpus:g} CPU, {res.gpus:g} GPU); "
+        f"at most {spec.max_concurrent or 'as many as fit'} at once; retries {spec.max_failures}\n"
+        f"output {spec.output_path()}\ntracking {spec.tracking()}\n"
+        f"ray {spec.ray_address or 'local instance'}", highlight=False)
+
+
+def _print_outcome(outcome: Any) -> None:
+    keys = sorted({k for t in outcome.trials for k in t.metrics if k.startswith("eval/")})
+    table = Table(title=f"sweep {outcome.name}", title_justify="left", box=box.SIMPLE_HEAD)
+    for name in ["trial", "status", "iterations", "kimg", *keys, "loss/G", "loss/D"]:
+        table.add_column(name, justify="left" if name in ("trial", "status") else "right")
+    styles = {"finished": "green", "diverged": "yellow", "error": "red", "incomplete": "dim"}
+    for t in outcome.trials:
+        values = [f"{t.metrics[k]:.4g}" if k in t.metrics else "-" for k in [*keys, "loss/G", "loss/D"]]
+        table.add_row(t.name, f"[{styles[t.status]}]{t.status}[/]", str(t.iterations), f"{t.kimg:g}", *values)
+    console.print(table)
+    for t in outcome.trials:
+        if t.error:
+            console.print(f"[red]{t.name}[/]: {t.error}", highlight=False)
+    counts = {s: sum(t.status == s for t in outcome.trials) for s in styles}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n), highlight=False)
+    if outcome.tracking_uri.startswith(("http://", "https://")):
+        console.print(f"MLflow: open {outcome.tracking_uri} (experiment {outcome.name})", highlight=False)
+    else:
+        console.print(f"MLflow UI:  mlflow ui --backend-store-uri {outcome.tracking_uri}", highlight=False, soft_wrap=True)
+    console.print(f"Report:     gat-sweep plot {outcome.name} --tracking-uri {outcome.tracking_uri}",
+                  highlight=False, soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# gat-sweep train
+# ----------------------------------------------------------------------------------------------
+def resolve_config(source: str, sets: list[str]) -> TrainConfig:
+    """A preset name or a YAML/JSON file of TrainConfig fields, then ``key=value`` overrides.
+
+    Nested fields use dots (``g.width=128``); values are read like YAML scalars (``1e-4``).
+    A relative dataset path becomes absolute. Raises FileNotFoundError or ConfigError.
+    """
+    if source in PRESETS:
+        data = get_preset(source).to_dict()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+        loaded = load_yaml(path)
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of TrainConfig fields")
+        data = TrainConfig.from_dict(loaded).to_dict()
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: write key=value, e.g. --set g.width=128")
+        *parents, leaf = key.split(".")
+        target = data
+        for part in parents:
+            if not isinstance(target.get(part), dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a nested field")
+            target = target[part]
+        if leaf not in target:
+            raise ConfigError(f"--set {key}: unknown field; choose one of: {', '.join(target)}")
+        target[leaf] = parse_scalar(text)
+    if data["dataset"] not in EMBEDDED_DATASETS:
+        data["dataset"] = str(Path(data["dataset"]).expanduser().absolute())
+    return TrainConfig.from_dict(data)
+
+
+@app.command()
+def train(
+    config: Annotated[str, typer.Argument(
+        help=f"Preset ({', '.join(PRESETS)}) or a YAML/JSON file of TrainConfig fields.")],
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a field, key=value; nested with dots (g.width=128). Repeatable.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default outputs/train/<name>).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print config, parameter counts and FLOPs; do not train.")] = False,
+) -> None:
+    """Train one run in this process (no Ray, no MLflow), with a progress bar.
+
+    The run directory gets config.json, stats.jsonl, checkpoints/, samples/ and result.json.
+    Running the same command again resumes from the last checkpoint; a finished run returns at
+    once (raise iterations to continue it).
+
+    **Examples:**
+
+      gat-sweep train digits
+
+      gat-sweep train GAT-B/2 --dry-run
+
+      gat-sweep train tiny --set g.width=128 --set d.width=128 --set iterations=50
+
+      gat-sweep train my_config.yaml --out outputs/debug
+    """
+    with user_errors():
+        cfg = resolve_config(config, set_ or [])
+        run_dir = (out or Path("outputs/train") / cfg.name.replace("/", "-")).absolute()
+        if dry_run:
+            _print_config(cfg, run_dir)
+            return
+        from core.train import train as train_run
+
+        result = train_run(cfg, run_dir, progress=True)
+    style = "green" if result.status == "finished" else "yellow"
+    metrics = "  ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())
+                        if k.startswith(("eval/", "loss/")))
+    console.print(f"[{style}]{result.status}[/] after {result.iterations} iterations "
+                  f"({result.kimg:g} kimg): {metrics}\nrun directory {result.run_dir}", highlight=False)
+
+
+def _print_config(cfg: TrainConfig, run_dir: Path) -> None:
+    from core.flops import FLOPS_CONVENTION
+    from scaling.grid import trial_cost
+
+    table = Table(title=f"config {cfg.name}", title_justify="left", show_header=False, box=box.SIMPLE)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in flatten(cfg.to_dict()).items():
+        table.add_row(key, repr(value) if isinstance(value, str) else str(value))
+    console.print(table)
+    cost = trial_cost(cfg)
+    console.print(
+        f"G parameters {cost.g_params:,} ({si(cost.g_params)}), D parameters {cost.d_params:,} "
+        f"({si(cost.d_params)})\nFLOPs per iteration {cost.flops_per_iter:.4g}; {cfg.iterations} iterations "
+        f"({cfg.kimg:g} kimg) -> {si(cost.total_flops, 'FLOPs')}\nconvention: {FLOPS_CONVENTION}\n"
+        f"run directory {run_dir}", highlight=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# gat-sweep schema / encode / plot
+# ----------------------------------------------------------------------------------------------
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of sweep files (for editor completion and validation).
+
+    **Example:**  gat-sweep schema > sweep.schema.json
+    """
+    print(json.dumps(SweepSpec.model_json_schema(), indent=2))
+
+
+@app.command()
+def plot(
+    sweep: Annotated[str, typer.Argument(help="Sweep file, or a sweep name (MLflow experiment) or parent run id.")],
+    out: Annotated[Path | None, typer.Option(help="Report directory (default <sweep output>/report).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="MLflow tracking URI (default: the sweep file's, or outputs/<name>/mlflow.db).")] = None,
+) -> None:
+    """Fit FD/FID against training compute for a sweep and write figures and an HTML report.
+
+    Works on a finished sweep and on one still running.
+
+    **Examples:**
+
+      gat-sweep plot sweeps/width_lr.yaml
+
+      gat-sweep plot width_lr --tracking-uri sqlite:///$PWD/outputs/width_lr/mlflow.db
+
+      gat-sweep plot imagenet256_gat --tracking-uri http://mlflow:5000 --out report/
+    """
+    from analysis.runs import SweepNotFound
+
+    with user_errors(SweepNotFound):
+        if Path(sweep).is_file():
+            spec = load_spec(Path(sweep))
+            name, uri, default_out = spec.name, tracking_uri or spec.tracking(), spec.output_path() / "report"
+        else:
+            default_dir = Path("outputs") / sweep
+            name, uri = sweep, tracking_uri or f"sqlite:///{(default_dir / 'mlflow.db').absolute()}"
+            default_out = default_dir.absolute() / "report"
+        from analysis.report import make_report
+
+        result = make_report(name, uri, out or default_out)
+    console.print(result.summary, highlight=False)
+    console.print(f"report {result.html}", highlight=False)

@@ -1,0 +1,404 @@
+"""Run a sweep as Ray Tune trials: the driver (:func:`run_sweep`) and the trainable (:func:`run_trial`).
+
+Output directory of a sweep (absolute; on a cluster a path every node sees)::
+
+    <out>/sweep.json         spec hash, tracking URI, MLflow experiment and parent run ids
+    <out>/sweep.yaml         the sweep file as given;  <out>/trials.csv  the expanded grid
+    <out>/trials/<trial>/    one run directory per trial (docs/TRACKING.md), + attempts.jsonl
+    <out>/tune/<started>/    Ray Tune's files for each invocation of the driver
+    <out>/mlflow.db, <out>/mlartifacts/   the default (local) MLflow store
+
+The run directories are the sweep's state. Rerunning the driver resumes: trials whose
+``result.json`` says they ended (finished or diverged) are skipped, all others start again and
+``core.train.train`` continues each from its ``checkpoints/latest.pt``. A crashed trial is retried
+by Ray Tune (``FailureConfig(max_failures)``) the same way. A sweep file whose trials changed is
+refused for an existing output directory (its spec hash differs) instead of mixing two sweeps.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+from rich.console import Console
+
+from core.config import ConfigError
+from core.train import RESULT_FILE, Report, TrainResult, train
+from scaling.grid import Trial, expand, sweep_hash, trial_rows
+from scaling.spec import Resources, SweepSpec
+from scaling.tracking import (
+    MlflowReporter,
+    TrialTracking,
+    is_local_store,
+    open_experiment,
+    set_run_status,
+    start_parent_run,
+)
+
+STATE_FILE, TRIALS_DIR, TUNE_DIR, ATTEMPTS_FILE = "sweep.json", "trials", "tune", "attempts.jsonl"
+NODE_LOCAL_ROOTS = ("/tmp", "/var/tmp", "/dev/shm")
+"""Directories that are private to each machine of a cluster."""
+STATUS_EVERY_S = 30.0
+"""Seconds between progress lines while trials run."""
+
+
+class SweepChangedError(ConfigError):
+    """The output directory holds a sweep whose trials differ from the sweep file's."""
+
+
+# ----------------------------------------------------------------------------------------------
+# What a trial gets, and the trainable
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SweepPlan:
+    """Everything a trial needs; plain data, put once into Ray's object store."""
+
+    out: Path
+    tracking: TrialTracking
+    trials: dict[str, Trial]
+    resources: Resources
+
+    def run_dir(self, trial: str) -> Path:
+        return self.out / TRIALS_DIR / trial
+
+
+class TrialReporter(MlflowReporter):
+    """The reporter of a sweep trial: the MLflow child run, a Ray Tune result per logging step,
+    and one line in ``<run_dir>/attempts.jsonl`` each time training (re)starts."""
+
+    def __init__(self, plan: SweepPlan, trial: Trial, to_tune: bool = True) -> None:
+        super().__init__(plan.tracking, trial.name, trial.sweep_params())
+        self.run_dir = plan.run_dir(trial.name)
+        self.to_tune = to_tune
+
+    def start(self, cfg, info, state) -> None:  # type: ignore[no-untyped-def]
+        record = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
+                  "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+                  "resumed": state is not None}
+        with open(self.run_dir / ATTEMPTS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        super().start(cfg, info, state)
+
+    def report(self, report: Report) -> None:
+        super().report(report)
+        if self.to_tune:
+            tune.report(dict(report.metrics))
+
+
+def read_result(run_dir: Path) -> dict[str, Any] | None:
+    """The ``result.json`` of a run directory, or None if the run has not ended."""
+    path = run_dir / RESULT_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def is_done(trial: Trial, run_dir: Path) -> bool:
+    """True if the trial ended: diverged, or finished its full budget."""
+    result = read_result(run_dir)
+    return result is not None and (
+        result["status"] == "diverged" or result["iterations"] >= trial.config.iterations)
+
+
+def run_trial(config: dict[str, str], plan: SweepPlan, reporter_cls: type[TrialReporter]) -> None:
+    """Ray Tune trainable: train one trial in its run directory (resuming if it has a checkpoint).
+
+    ``config = {"trial": <name>}``. Raises whatever training raises (Ray Tune retries the trial),
+    after marking the MLflow run failed; a trial started on a node that cannot see the sweep's
+    output directory fails with a message saying so.
+    """
+    trial = plan.trials[config["trial"]]
+    run_dir = plan.run_dir(trial.name)
+    if not (plan.out / STATE_FILE).exists():
+        raise FileNotFoundError(
+            f"output_dir {plan.out} is not visible on node {socket.gethostname()}: on a cluster the "
+            "sweep's output_dir must be a shared filesystem mounted at the same path on every node")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if plan.resources.workers > 1:
+        result = _train_ddp(plan, trial, reporter_cls)
+    else:
+        torch.set_num_threads(max(1, int(plan.resources.cpus)))
+        reporter = reporter_cls(plan, trial)
+        try:
+            result = train(trial.config, run_dir, reporter, progress=False)
+        except Exception as err:
+            reporter.mark_failed(err)
+            raise
+    tune.report({**result.metrics, "status": result.status, "iterations": result.iterations})
+
+
+def _ddp_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: one DDP rank of a trial (``core.train`` sees torch.distributed)."""
+    import ray.train
+
+    plan, trial, reporter_cls = config["plan"], config["trial"], config["reporter_cls"]
+    rank = ray.train.get_context().get_world_rank()
+    reporter = reporter_cls(plan, trial, to_tune=False) if rank == 0 else None
+    try:
+        train(trial.config, plan.run_dir(trial.name), reporter, progress=False)
+    except Exception as err:
+        if reporter is not None:
+            reporter.mark_failed(err)
+        raise
+
+
+def _train_ddp(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter]) -> TrainResult:
+    """Train one trial on ``resources.workers`` DDP processes through Ray Train's TorchTrainer."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    res = plan.resources
+    trainer = TorchTrainer(
+        _ddp_worker,
+        train_loop_config={"plan": plan, "trial": trial, "reporter_cls": reporter_cls},
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.gpus > 0,
+                                     resources_per_worker={"CPU": res.cpus, "GPU": res.gpus}),
+        run_config=RunConfig(name=trial.name, storage_path=str(plan.out / "ray_train"),
+                             failure_config=FailureConfig(max_failures=0)),
+    )
+    trainer.fit()  # a worker's exception surfaces here; Tune then retries the whole trial
+    result = read_result(plan.run_dir(trial.name))
+    return TrainResult(result["status"], result["iterations"], result["kimg"], result["metrics"],
+                       plan.run_dir(trial.name))
+
+
+# ----------------------------------------------------------------------------------------------
+# The driver
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class TrialOutcome:
+    """How one trial stands after a driver run."""
+
+    name: str
+    status: str
+    """'finished', 'diverged', 'error' (failed more than max_failures times) or 'incomplete'."""
+    iterations: int = 0
+    kimg: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    out: Path
+    tracking_uri: str
+    trials: list[TrialOutcome]
+
+    @property
+    def failed(self) -> bool:
+        """True if any trial ended in error."""
+        return any(t.status == "error" for t in self.trials)
+
+
+def check_cluster_settings(out: Path, tracking_uri: str, address: str | None) -> None:
+    """With a Ray cluster address, refuse storage that other nodes cannot reach.
+
+    Raises ConfigError naming ``tracking_uri`` (a sqlite/file store on this machine) or
+    ``output_dir`` (under /tmp, /var/tmp or /dev/shm).
+    """
+    if address is None:
+        return
+    if is_local_store(tracking_uri):
+        raise ConfigError(
+            f"tracking_uri: {tracking_uri} is a file on this machine, which trials on other nodes of "
+            f"the Ray cluster at {address} cannot write. Start an MLflow tracking server "
+            "(mlflow server --host 0.0.0.0 --port 5000 --backend-store-uri sqlite:///...) and set "
+            "tracking_uri: http://<server>:5000 in the sweep file (or pass --tracking-uri)")
+    if any(out == Path(root) or Path(root) in out.parents for root in NODE_LOCAL_ROOTS):
+        raise ConfigError(
+            f"output_dir: {out} is node-local storage, which trials on other nodes of the Ray cluster "
+            f"at {address} cannot reach. Use a shared filesystem path mounted on every node "
+            "(NFS, Lustre, a cloud bucket mount) for output_dir (or pass --output-dir)")
+
+
+def _prepare_data(trial: Trial) -> None:
+    """Prepare what all trials share before any starts, so that trials do not race for it."""
+    cfg = trial.config
+    if cfg.dataset == "digits":
+        from core.evaluate import make_evaluator
+        from core.latents import load_latents
+
+        data = load_latents(cfg)  # builds the embedded dataset's cache on first use
+        if cfg.eval_every >= 0:
+            make_evaluator(cfg, data, torch.device("cpu"))  # caches the reference statistics
+    elif cfg.dataset != "random" and not Path(cfg.dataset).is_dir():
+        raise FileNotFoundError(f"dataset directory not found: {cfg.dataset} "
+                                "(write one with `gat-sweep encode`)")
+
+
+def _existing_state(out: Path, digest: str, tracking_uri: str, sweep_file: Path) -> dict[str, str] | None:
+    """The sweep state in ``out`` if this sweep was started before; refuse a different sweep."""
+    path = out / STATE_FILE
+    if not path.exists():
+        return None
+    state = json.loads(path.read_text())
+    if state["spec_hash"] != digest:
+        raise SweepChangedError(
+            f"{out} holds sweep {state['name']!r} with other trials (spec hash {state['spec_hash']}; "
+            f"{sweep_file} gives {digest}). A changed sweep is a new sweep: give it a new name or "
+            f"output_dir, or delete {out} to start over")
+    if state["tracking_uri"] != tracking_uri:
+        raise ConfigError(
+            f"tracking_uri: this sweep logs to {state['tracking_uri']} (recorded in {path}); got "
+            f"{tracking_uri}. Use the same tracking URI to resume it")
+    return state
+
+
+def _create_sweep(spec: SweepSpec, sweep_file: Path, digest: str, rows: list[dict[str, Any]], out: Path,
+                  tracking_uri: str) -> dict[str, str]:
+    """Write the output directory's sweep files and create the MLflow experiment and parent run."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sweep_file, out / "sweep.yaml")
+    with open(out / "trials.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    artifact_dir = out / "mlartifacts" if is_local_store(tracking_uri) else None
+    experiment_id = open_experiment(tracking_uri, spec.name, artifact_dir)
+    parent = start_parent_run(tracking_uri, experiment_id, spec.name, digest,
+                              [out / "sweep.yaml", out / "trials.csv"])
+    state = {"name": spec.name, "spec_hash": digest, "tracking_uri": tracking_uri,
+             "experiment_id": experiment_id, "parent_run_id": parent}
+    tmp = out / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, out / STATE_FILE)
+    return state
+
+
+class ProgressLines(tune.Callback):
+    """Readable progress: one line per trial event, and a status line every STATUS_EVERY_S."""
+
+    def __init__(self, total: int, done_before: int) -> None:
+        self.total, self.done = total, done_before
+        self.iters: dict[str, int] = {}
+        self.last_status = time.monotonic()
+
+    def _print(self, text: str) -> None:
+        from rich import get_console
+
+        get_console().print(text, highlight=False)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
+        self._print(f"[cyan]start[/]     {trial.config['trial']}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # type: ignore[no-untyped-def]
+        if "progress/iter" in result:
+            self.iters[trial.config["trial"]] = int(result["progress/iter"])
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
+        self.done += 1
+        result = trial.last_result or {}
+        evals = "  ".join(f"{k}={v:.4g}" for k, v in result.items() if k.startswith("eval/"))
+        style = "red" if result.get("status") == "diverged" else "green"
+        self._print(f"[{style}]{result.get('status', 'done'):<9}[/] {trial.config['trial']}  "
+                    f"({self.done}/{self.total})  {evals}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
+        self._print(f"[yellow]retry[/]     {trial.config['trial']} crashed; resuming from its checkpoint")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
+        self._print(f"[red]error[/]     {trial.config['trial']}: {trial.error_file or 'see Ray logs'}")
+
+    def on_step_end(self, iteration, trials, **info) -> None:  # type: ignore[no-untyped-def]
+        if time.monotonic() - self.last_status < STATUS_EVERY_S:
+            return
+        self.last_status = time.monotonic()
+        running = [t.config["trial"] for t in trials if t.status == "RUNNING"]
+        now = ", ".join(f"{n} @ {self.iters.get(n, 0)} it" for n in running)
+        self._print(f"[dim]{self.done}/{self.total} done; running: {now or '-'}[/]")
+
+
+def _trial_name(trial: Any) -> str:
+    return trial.config["trial"]
+
+
+def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporter] = TrialReporter,
+              console: Console | None = None) -> SweepOutcome:
+    """Run (or resume) a sweep to the end and return how every trial stands.
+
+    ``reporter_cls`` is the hook for a different reporter (a subclass of TrialReporter).
+    Raises ConfigError / SweepChangedError / FileNotFoundError for settings the user must fix;
+    nothing is started then.
+    """
+    console = console or Console()
+    trials = expand(spec)
+    digest = sweep_hash(trials)
+    out, tracking_uri, address = spec.output_path(), spec.tracking(), spec.ray_address
+    check_cluster_settings(out, tracking_uri, address)
+    state = _existing_state(out, digest, tracking_uri, Path(sweep_file))
+    _prepare_data(trials[0])
+    rows = trial_rows(trials)
+    if state is None:
+        state = _create_sweep(spec, Path(sweep_file), digest, rows, out, tracking_uri)
+    else:
+        set_run_status(tracking_uri, state["parent_run_id"], running=True)
+    plan = SweepPlan(out, TrialTracking(tracking_uri, state["experiment_id"], spec.name, state["parent_run_id"]),
+                     {t.name: t for t in trials}, spec.resources)
+
+    # Skip ended trials; start the most expensive first (shortest overall time for a fixed pool).
+    cost = {row["name"]: row["total_flops"] for row in rows}
+    todo = sorted((t.name for t in trials if not is_done(t, plan.run_dir(t.name))), key=lambda n: -cost[n])
+    console.print(f"sweep [bold]{spec.name}[/]: {len(trials)} trials, {len(trials) - len(todo)} already "
+                  f"ended, {len(todo)} to run; output {out}")
+    errors: dict[str, str] = {}
+    if todo:
+        started_ray = not ray.is_initialized()
+        if started_ray:
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING)
+        try:
+            errors = _fit(plan, spec, todo, reporter_cls, len(trials) - len(todo))
+        finally:
+            if started_ray:
+                ray.shutdown()
+    outcome = _collect(spec, plan, trials, errors)
+    set_run_status(tracking_uri, state["parent_run_id"], running=False,
+                   failed=any(t.status in ("error", "incomplete") for t in outcome.trials))
+    return outcome
+
+
+def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[TrialReporter],
+         done_before: int) -> dict[str, str]:
+    """Run the trials ``todo`` as one Ray Tune experiment; return {trial: error} of failed ones."""
+    res = spec.resources
+    request = {"cpu": res.cpus, "gpu": res.gpus} if res.workers == 1 else {"cpu": 0.01}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan, reporter_cls=reporter_cls), request)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(todo)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
+                                    trial_name_creator=_trial_name,
+                                    trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(
+            name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(plan.out / TUNE_DIR), verbose=0,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            callbacks=[ProgressLines(done_before + len(todo), done_before)]),
+    )
+    results = tuner.fit()
+    return {r.config["trial"]: f"{type(r.error).__name__}: {r.error}" for r in results if r.error is not None}
+
+
+def _collect(spec: SweepSpec, plan: SweepPlan, trials: list[Trial], errors: dict[str, str]) -> SweepOutcome:
+    """How every trial stands: its result.json if it ended, else its error, else incomplete."""
+    outcomes = []
+    for t in trials:
+        run_dir = plan.run_dir(t.name)
+        result = read_result(run_dir)
+        if result is not None and is_done(t, run_dir):
+            outcomes.append(TrialOutcome(t.name, result["status"], result["iterations"], result["kimg"],
+                                         result["metrics"]))
+        elif t.name in errors:
+            outcomes.append(TrialOutcome(t.name, "error", error=errors[t.name]))
+        else:
+            outcomes.append(TrialOutcome(t.name, "incomplete"))
+    return SweepOutcome(spec.name, plan.out, plan.tracking.tracking_uri, outcomes)

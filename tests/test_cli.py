@@ -1,0 +1,123 @@
+"""The gat-sweep command line (scaling/cli.py): help with examples, schema, dry runs that start
+nothing, user errors as one message with exit status 2, a real in-process training run, and the
+summary and exit status of `run`."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from scaling import cli
+from scaling.tune import SweepOutcome, TrialOutcome
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(cli.app, list(args))
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+@pytest.mark.parametrize("command", ["run", "train", "schema", "plot", "encode"])
+def test_every_command_has_help_with_an_example(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.output and f"gat-sweep {command}" in result.output
+
+
+def test_schema_prints_the_sweep_json_schema():
+    result = invoke("schema")
+    schema = json.loads(result.output)
+    assert result.exit_code == 0 and schema["title"] == "SweepSpec"
+    assert schema["additionalProperties"] is False
+
+
+def test_run_dry_run_prints_trials_and_starts_nothing(tmp_path):
+    out = tmp_path / "never"
+    result = invoke("run", str(SWEEPS / "smoke.yaml"), "--dry-run", "--output-dir", str(out))
+    assert result.exit_code == 0, result.output
+    for name in ("w32-d4-p2_gat_lr0.001_s0", "w64-d4-p2_gat_lr0.001_s0", "w64-d4-p2_constant_lr0.001_s0"):
+        assert name in result.output
+    # gat halves the LR at twice the base width: 0.0005 appears for the w64 gat trial only.
+    rows = {line.split()[0]: line.split() for line in result.output.splitlines() if line.strip().startswith("w")}
+    assert rows["w64-d4-p2_gat_lr0.001_s0"][7:9] == ["0.0005", "0.0005"]
+    assert rows["w64-d4-p2_constant_lr0.001_s0"][7:9] == ["0.001", "0.001"]
+    assert "budget 6 iterations x batch 8" in result.output and str(out) in result.output
+    assert not out.exists()
+
+
+def test_bad_sweep_file_is_one_message_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((SWEEPS / "smoke.yaml").read_text().replace("widths:", "widthz:").replace(
+        "rules: [gat, constant]", "rules: [gat, sqrt]"))
+    result = invoke("run", str(bad))
+    assert result.exit_code == 2
+    assert "model.widthz: unknown key (did you mean 'widths'?)" in result.output
+    assert "lr.rules.1: Input should be 'constant', 'gat' or 'mup'" in result.output
+    missing = invoke("run", str(tmp_path / "nope.yaml"))
+    assert missing.exit_code == 2 and "sweep file not found" in missing.output
+
+
+def test_train_dry_run_resolves_preset_and_overrides(tmp_path):
+    result = invoke("train", "tiny", "--set", "g.width=128", "--set", "lr_g=1e-4", "--dry-run",
+                    "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    lines = {tuple(line.split()[:2]) for line in result.output.splitlines() if line.split()}
+    assert ("g.width", "128") in lines and ("lr_g", "0.0001") in lines and ("d.width", "64") in lines
+    assert "G parameters" in result.output and "FLOPs per iteration" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_reads_a_config_file(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: mine\ndataset: random\ng: {width: 32, depth: 4, heads: 2}\nbatch: 4\n")
+    result = invoke("train", str(cfg), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "config mine" in result.output and str(Path("outputs/train/mine").absolute()) in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["huge"], "'huge' is neither a preset (tiny, digits"),
+    (["tiny", "--set", "g.widht=3"], "--set g.widht: unknown field; choose one of: width, depth, heads"),
+    (["tiny", "--set", "batch"], "write key=value"),
+    (["tiny", "--set", "g.width=30"], "g.width=30 is not divisible by g.heads=4"),
+])
+def test_train_user_errors(args, message):
+    result = invoke("train", *args, "--dry-run")
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_train_runs_in_process_and_resumes_at_once(tmp_path):
+    args = ["train", "tiny", "--set", "iterations=3", "--set", "ckpt_every=2", "--set", "g.width=32",
+            "--set", "g.heads=2", "--set", "d.width=32", "--set", "d.heads=2", "--set", "batch=4",
+            "--out", str(tmp_path / "r")]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "finished after 3 iterations (0.012 kimg)" in result.output
+    assert json.loads((tmp_path / "r" / "result.json").read_text())["iterations"] == 3
+    again = invoke(*args)  # a finished run returns at once
+    assert again.exit_code == 0 and "finished after 3 iterations" in again.output
+
+
+def test_run_prints_summary_and_exits_1_when_a_trial_failed(monkeypatch, tmp_path):
+    outcome = SweepOutcome("smoke", tmp_path, f"sqlite:///{tmp_path}/mlflow.db", [
+        TrialOutcome("a", "finished", 6, 0.048, {"loss/G": 0.7, "loss/D": 1.3, "eval/fd_digits_1k": 12.5}),
+        TrialOutcome("b", "diverged", 1, 0.008, {}),
+        TrialOutcome("c", "error", error="RuntimeError: boom")])
+    monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console: outcome)
+    result = invoke("run", str(SWEEPS / "smoke.yaml"))
+    assert result.exit_code == 1
+    assert "12.5" in result.output and "c: RuntimeError: boom" in result.output
+    assert "1 finished, 1 diverged, 1 error" in result.output
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in result.output
+    outcome.trials.pop()
+    assert invoke("run", str(SWEEPS / "smoke.yaml")).exit_code == 0
+
+
+def test_plot_of_an_unknown_sweep_is_a_user_error(tmp_path):
+    result = invoke("plot", "no_such_sweep", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                    "--out", str(tmp_path / "report"))
+    assert result.exit_code == 2 and f"no MLflow database at {tmp_path}/mlflow.db" in result.output

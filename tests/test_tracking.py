@@ -1,0 +1,124 @@
+"""MLflow tracking (scaling/tracking.py) driven by the real training loop on Gaussian latents:
+the child run's tags, params, metrics and artifacts (docs/TRACKING.md), and exactly one run per
+trial when training crashes and resumes, before or after its first checkpoint."""
+
+import pytest
+from mlflow import MlflowClient
+
+from core.config import NetConfig, TrainConfig
+from core.train import TrainResult, train
+from scaling.tracking import (
+    MlflowReporter,
+    TrialTracking,
+    is_local_store,
+    open_experiment,
+    start_parent_run,
+)
+
+SMALL = NetConfig(width=32, depth=4, heads=2)
+CFG = TrainConfig(name="w32_gat", dataset="random", g=SMALL, d=SMALL, d_proj_dim=32, batch=8,
+                  iterations=6, ckpt_every=3, log_every=2, diag_every=2, eval_every=-1, lr_g=5e-4)
+SWEEP = {"sweep.size": "w32-d4", "sweep.lr_rule": "gat", "sweep.base_lr": 1e-3, "sweep.base_width": 64}
+
+
+class CrashOnce(MlflowReporter):
+    """Raises once when the loop reports ``crash_at`` (a crash inside training)."""
+
+    def __init__(self, *args, crash_at: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.crash_at = crash_at
+
+    def report(self, report):
+        super().report(report)
+        if report.step == self.crash_at:
+            raise RuntimeError("injected crash")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite store, experiment and parent run for the module (creating the schema is slow)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    experiment = open_experiment(uri, "tracking-test", root / "artifacts")
+    sweep_file = root / "sweep.yaml"
+    sweep_file.write_text("name: tracking-test\n")
+    parent = start_parent_run(uri, experiment, "tracking-test", "abc123", [sweep_file])
+    return TrialTracking(uri, experiment, "tracking-test", parent)
+
+
+def children(store):
+    client = MlflowClient(store.tracking_uri)
+    return client, client.search_runs([store.experiment_id], "tags.`gat_sweep.role` = 'trial'")
+
+
+def run_trial(store, run_dir, name, reporter=None):
+    reporter = reporter or MlflowReporter(store, name, SWEEP)
+    return reporter, train(CFG.replace(name=name), run_dir, reporter, progress=False)
+
+
+def test_open_experiment_is_idempotent_and_parent_is_tagged(store):
+    assert open_experiment(store.tracking_uri, "tracking-test", None) == store.experiment_id
+    parent = MlflowClient(store.tracking_uri).get_run(store.parent_run_id)
+    assert parent.info.run_name == "tracking-test"
+    assert parent.data.tags["gat_sweep.role"] == "parent"
+    assert parent.data.tags["gat_sweep.spec_hash"] == "abc123"
+    artifacts = [a.path for a in MlflowClient(store.tracking_uri).list_artifacts(store.parent_run_id)]
+    assert artifacts == ["sweep.yaml"]
+
+
+def test_child_run_follows_the_schema(store, tmp_path):
+    reporter, result = run_trial(store, tmp_path / "a", "trial_a")
+    client = MlflowClient(store.tracking_uri)
+    run = client.get_run(reporter.run_id)
+    tags, params = run.data.tags, run.data.params
+    assert run.info.run_name == "trial_a" and run.info.status == "FINISHED"
+    assert tags["mlflow.parentRunId"] == store.parent_run_id
+    assert (tags["gat_sweep.role"], tags["gat_sweep.trial"], tags["gat_sweep.status"]) == ("trial", "trial_a", "finished")
+    assert (params["g.width"], params["d.heads"], params["lr_g"], params["batch"]) == ("32", "2", "0.0005", "8")
+    assert (params["sweep.lr_rule"], params["sweep.base_width"], params["lr_mult_g.hidden"]) == ("gat", "64", "1.0")
+    assert int(params["model.g_params"]) > 0 and int(params["compute.flops_per_iter"]) > 0
+    assert "compute.flops_convention" in params
+    history = client.get_metric_history(reporter.run_id, "progress/iter")
+    assert [(m.step, m.value) for m in history] == [(2, 2.0), (3, 3.0), (4, 4.0), (6, 6.0)]  # logs + ckpt at 3
+    kimg = client.get_metric_history(reporter.run_id, "progress/kimg")
+    assert kimg[-1].value == pytest.approx(6 * 8 / 1000)
+    assert run.data.metrics["loss/D"] == pytest.approx(result.metrics["loss/D"])
+    assert [a.path for a in client.list_artifacts(reporter.run_id)] == ["config.json"]
+
+
+@pytest.mark.parametrize("crash_at", [2, 4], ids=["before-first-checkpoint", "after-checkpoint"])
+def test_crash_and_resume_log_to_one_run_without_duplicate_steps(store, tmp_path, crash_at):
+    name = f"crash_{crash_at}"
+    first = CrashOnce(store, name, SWEEP, crash_at=crash_at)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        run_trial(store, tmp_path / name, name, first)
+    first.mark_failed(RuntimeError("injected crash"))
+    client, runs = children(store)
+    failed = client.get_run(first.run_id)
+    assert failed.info.status == "FAILED" and failed.data.tags["gat_sweep.status"] == "failed"
+    assert failed.data.tags["gat_sweep.error"] == "RuntimeError: injected crash"
+
+    second, result = run_trial(store, tmp_path / name, name)  # a fresh process would do the same
+    assert result.status == "finished"
+    assert second.run_id == first.run_id
+    client, runs = children(store)
+    assert [r.info.run_id for r in runs if r.data.tags["gat_sweep.trial"] == name] == [first.run_id]
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["gat_sweep.status"] == "finished"
+    steps = [m.step for m in client.get_metric_history(first.run_id, "progress/iter")]
+    assert steps == [2, 3, 4, 6]
+
+
+def test_diverged_result_is_tagged(store):
+    reporter = MlflowReporter(store, "diverging", SWEEP)
+    reporter.start(CFG, {}, None)
+    reporter.finish(TrainResult("diverged", 3, 0.024, {}, None))
+    run = MlflowClient(store.tracking_uri).get_run(reporter.run_id)
+    assert run.data.tags["gat_sweep.status"] == "diverged" and run.info.status == "FINISHED"
+    assert reporter.state_dict() == {"mlflow_run_id": reporter.run_id}
+
+
+def test_local_store_detection():
+    assert is_local_store("sqlite:////abs/mlflow.db") and is_local_store("file:///x") and is_local_store("/x/mlruns")
+    assert not is_local_store("http://127.0.0.1:5000") and not is_local_store("https://mlflow.example.org")
+    assert not is_local_store("postgresql://user@db/mlflow") and not is_local_store("databricks")
