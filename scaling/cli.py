@@ -26,7 +26,13 @@ from rich.table import Table
 
 from core.config import ConfigError, TrainConfig, flatten
 from core.presets import PRESETS, get_preset
-from scaling.spec import EMBEDDED_DATASETS, SweepSpec, load_spec, load_yaml, parse_scalar
+from scaling.spec import (
+    EMBEDDED_DATASETS,
+    SweepSpec,
+    load_spec,
+    load_yaml,
+    parse_scalar,
+)
 
 app = typer.Typer(
     name="gat-sweep",
@@ -96,7 +102,11 @@ def run(
         if dry_run:
             _print_trials(spec)
             return
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        spec.check_cluster_settings()  # before the slow imports: a quick answer
+        # Offline by default, and quiet: our own progress lines replace Ray's and MLflow's banners.
+        for key, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AIR_NEW_OUTPUT", "0"),
+                           ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")):
+            os.environ.setdefault(key, value)
         from scaling.tune import run_sweep
 
         outcome = run_sweep(spec, sweep_file, console=console)
@@ -150,7 +160,8 @@ def _print_outcome(outcome: Any) -> None:
     counts = {s: sum(t.status == s for t in outcome.trials) for s in styles}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n), highlight=False)
     if outcome.tracking_uri.startswith(("http://", "https://")):
-        console.print(f"MLflow: open {outcome.tracking_uri} (experiment {outcome.name})", highlight=False)
+        console.print(f"MLflow:     {outcome.tracking_uri.rstrip('/')}/#/experiments/{outcome.experiment_id}",
+                      highlight=False, soft_wrap=True)
     else:
         console.print(f"MLflow UI:  mlflow ui --backend-store-uri {outcome.tracking_uri}", highlight=False, soft_wrap=True)
     console.print(f"Report:     gat-sweep plot {outcome.name} --tracking-uri {outcome.tracking_uri}",

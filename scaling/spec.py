@@ -29,6 +29,7 @@ import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import (
@@ -46,6 +47,9 @@ from pydantic import (
 
 from core.config import MNG_LEVELS, SIZES, ConfigError, TrainConfig
 from core.presets import PRESETS, get_preset
+
+NODE_LOCAL_ROOTS = ("/tmp", "/var/tmp", "/dev/shm")
+"""Directories private to each machine of a cluster (refused for output_dir with a Ray address)."""
 
 EMBEDDED_DATASETS = ("digits", "random")
 """Dataset names that are not paths: the embedded default and Gaussian test latents."""
@@ -95,14 +99,14 @@ def load_yaml(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"sweep file not found: {path}")
     try:
-        return yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+        return yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
 
 
 def parse_scalar(text: str) -> Any:
     """A command-line value read like a YAML scalar: ``64`` -> int, ``1e-4`` -> float, ``x`` -> str."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506
+    return yaml.load(text, Loader=_Loader)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,6 +335,35 @@ class SweepSpec(_Strict):
     def tracking(self) -> str:
         """MLflow tracking URI; default an absolute sqlite file in the output directory."""
         return self.tracking_uri or f"sqlite:///{self.output_path() / 'mlflow.db'}"
+
+    def check_cluster_settings(self) -> None:
+        """With a Ray cluster address, refuse storage that other nodes cannot reach.
+
+        Raises ConfigError naming ``tracking_uri`` (a sqlite/file store on this machine) or
+        ``output_dir`` (under /tmp, /var/tmp or /dev/shm).
+        """
+        if self.ray_address is None:
+            return
+        out, uri = self.output_path(), self.tracking()
+        if is_local_store(uri):
+            raise ConfigError(
+                f"tracking_uri: {uri} is a file on this machine, which trials on other nodes of the "
+                f"Ray cluster at {self.ray_address} cannot write. Start an MLflow tracking server "
+                "(mlflow server --host 0.0.0.0 --port 5000 --backend-store-uri sqlite:///...) and set "
+                "tracking_uri: http://<server>:5000 in the sweep file (or pass --tracking-uri)")
+        if any(out == Path(root) or Path(root) in out.parents for root in NODE_LOCAL_ROOTS):
+            raise ConfigError(
+                f"output_dir: {out} is node-local storage, which trials on other nodes of the Ray "
+                f"cluster at {self.ray_address} cannot reach. Use a shared filesystem path mounted on "
+                "every node (NFS, Lustre, a cloud bucket mount) for output_dir (or pass --output-dir)")
+
+
+def is_local_store(tracking_uri: str) -> bool:
+    """True for an MLflow store in this machine's files (sqlite, file URI or a plain path);
+    False for a server (http, https, databricks, a database server such as postgresql)."""
+    if tracking_uri == "databricks" or tracking_uri.startswith("databricks://"):
+        return False
+    return urlparse(tracking_uri).scheme in ("", "file", "sqlite")
 
 
 # ----------------------------------------------------------------------------------------------

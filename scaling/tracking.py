@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
@@ -30,14 +29,6 @@ STATUSES = ("running", "finished", "diverged", "failed")
 """Values of the ``gat_sweep.status`` tag of a child run."""
 PARAMS_PER_BATCH = 100
 """MLflow's limit of params per log_batch call."""
-
-
-def is_local_store(tracking_uri: str) -> bool:
-    """True for a tracking store in this machine's files (sqlite, file URI or a plain path);
-    False for a server (http, https, databricks, a database server such as postgresql)."""
-    if tracking_uri == "databricks" or tracking_uri.startswith("databricks://"):
-        return False
-    return urlparse(tracking_uri).scheme in ("", "file", "sqlite")
 
 
 def open_experiment(tracking_uri: str, name: str, artifact_dir: Path | None) -> str:

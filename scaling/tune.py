@@ -36,19 +36,16 @@ from rich.console import Console
 from core.config import ConfigError
 from core.train import RESULT_FILE, Report, TrainResult, train
 from scaling.grid import Trial, expand, sweep_hash, trial_rows
-from scaling.spec import Resources, SweepSpec
+from scaling.spec import Resources, SweepSpec, is_local_store
 from scaling.tracking import (
     MlflowReporter,
     TrialTracking,
-    is_local_store,
     open_experiment,
     set_run_status,
     start_parent_run,
 )
 
 STATE_FILE, TRIALS_DIR, TUNE_DIR, ATTEMPTS_FILE = "sweep.json", "trials", "tune", "attempts.jsonl"
-NODE_LOCAL_ROOTS = ("/tmp", "/var/tmp", "/dev/shm")
-"""Directories that are private to each machine of a cluster."""
 STATUS_EVERY_S = 30.0
 """Seconds between progress lines while trials run."""
 
@@ -192,33 +189,13 @@ class SweepOutcome:
     name: str
     out: Path
     tracking_uri: str
+    experiment_id: str
     trials: list[TrialOutcome]
 
     @property
     def failed(self) -> bool:
         """True if any trial ended in error."""
         return any(t.status == "error" for t in self.trials)
-
-
-def check_cluster_settings(out: Path, tracking_uri: str, address: str | None) -> None:
-    """With a Ray cluster address, refuse storage that other nodes cannot reach.
-
-    Raises ConfigError naming ``tracking_uri`` (a sqlite/file store on this machine) or
-    ``output_dir`` (under /tmp, /var/tmp or /dev/shm).
-    """
-    if address is None:
-        return
-    if is_local_store(tracking_uri):
-        raise ConfigError(
-            f"tracking_uri: {tracking_uri} is a file on this machine, which trials on other nodes of "
-            f"the Ray cluster at {address} cannot write. Start an MLflow tracking server "
-            "(mlflow server --host 0.0.0.0 --port 5000 --backend-store-uri sqlite:///...) and set "
-            "tracking_uri: http://<server>:5000 in the sweep file (or pass --tracking-uri)")
-    if any(out == Path(root) or Path(root) in out.parents for root in NODE_LOCAL_ROOTS):
-        raise ConfigError(
-            f"output_dir: {out} is node-local storage, which trials on other nodes of the Ray cluster "
-            f"at {address} cannot reach. Use a shared filesystem path mounted on every node "
-            "(NFS, Lustre, a cloud bucket mount) for output_dir (or pass --output-dir)")
 
 
 def _prepare_data(trial: Trial) -> None:
@@ -334,7 +311,7 @@ def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporte
     trials = expand(spec)
     digest = sweep_hash(trials)
     out, tracking_uri, address = spec.output_path(), spec.tracking(), spec.ray_address
-    check_cluster_settings(out, tracking_uri, address)
+    spec.check_cluster_settings()
     state = _existing_state(out, digest, tracking_uri, Path(sweep_file))
     _prepare_data(trials[0])
     rows = trial_rows(trials)
@@ -401,4 +378,4 @@ def _collect(spec: SweepSpec, plan: SweepPlan, trials: list[Trial], errors: dict
             outcomes.append(TrialOutcome(t.name, "error", error=errors[t.name]))
         else:
             outcomes.append(TrialOutcome(t.name, "incomplete"))
-    return SweepOutcome(spec.name, plan.out, plan.tracking.tracking_uri, outcomes)
+    return SweepOutcome(spec.name, plan.out, plan.tracking.tracking_uri, plan.tracking.experiment_id, outcomes)

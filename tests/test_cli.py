@@ -103,7 +103,7 @@ def test_train_runs_in_process_and_resumes_at_once(tmp_path):
 
 
 def test_run_prints_summary_and_exits_1_when_a_trial_failed(monkeypatch, tmp_path):
-    outcome = SweepOutcome("smoke", tmp_path, f"sqlite:///{tmp_path}/mlflow.db", [
+    outcome = SweepOutcome("smoke", tmp_path, f"sqlite:///{tmp_path}/mlflow.db", "1", [
         TrialOutcome("a", "finished", 6, 0.048, {"loss/G": 0.7, "loss/D": 1.3, "eval/fd_digits_1k": 12.5}),
         TrialOutcome("b", "diverged", 1, 0.008, {}),
         TrialOutcome("c", "error", error="RuntimeError: boom")])

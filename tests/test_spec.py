@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from core.config import ConfigError
-from scaling.spec import SweepFileError, SweepSpec, load_spec, parse_scalar
+from scaling.spec import (
+    SweepFileError,
+    SweepSpec,
+    is_local_store,
+    load_spec,
+    parse_scalar,
+)
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
@@ -146,6 +152,25 @@ def test_paths_and_defaults_are_absolute(tmp_path, monkeypatch):
     assert spec.dataset_value() == str(tmp_path / "data" / "latents")
     assert spec.output_path() == tmp_path / "outputs" / "t"
     assert spec.tracking() == f"sqlite:///{tmp_path}/outputs/t/mlflow.db"
+
+
+def test_cluster_address_refuses_node_local_settings(tmp_path):
+    def spec(**settings):
+        return load_spec(write(tmp_path, VALID + "".join(f"{k}: {v}\n" for k, v in settings.items())))
+
+    spec(output_dir="/tmp/sweep").check_cluster_settings()  # a local Ray instance: fine
+    with pytest.raises(ConfigError, match=r"^tracking_uri: sqlite:////shared/x/mlflow.db is a file on this machine"):
+        spec(output_dir="/shared/x", ray_address="10.0.0.1:6379").check_cluster_settings()
+    with pytest.raises(ConfigError, match=r"^output_dir: /tmp/sweep is node-local storage"):
+        spec(output_dir="/tmp/sweep", tracking_uri="http://10.0.0.2:5000",
+             ray_address="10.0.0.1:6379").check_cluster_settings()
+    spec(output_dir="/shared/x", tracking_uri="http://10.0.0.2:5000", ray_address="auto").check_cluster_settings()
+
+
+def test_local_store_detection():
+    assert is_local_store("sqlite:////abs/mlflow.db") and is_local_store("file:///x") and is_local_store("/x/mlruns")
+    assert not is_local_store("http://127.0.0.1:5000") and not is_local_store("https://mlflow.example.org")
+    assert not is_local_store("postgresql://user@db/mlflow") and not is_local_store("databricks")
 
 
 def test_missing_file_bad_yaml_and_non_mapping(tmp_path):

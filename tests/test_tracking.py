@@ -10,7 +10,6 @@ from core.train import TrainResult, train
 from scaling.tracking import (
     MlflowReporter,
     TrialTracking,
-    is_local_store,
     open_experiment,
     start_parent_run,
 )
@@ -116,9 +115,3 @@ def test_diverged_result_is_tagged(store):
     run = MlflowClient(store.tracking_uri).get_run(reporter.run_id)
     assert run.data.tags["gat_sweep.status"] == "diverged" and run.info.status == "FINISHED"
     assert reporter.state_dict() == {"mlflow_run_id": reporter.run_id}
-
-
-def test_local_store_detection():
-    assert is_local_store("sqlite:////abs/mlflow.db") and is_local_store("file:///x") and is_local_store("/x/mlruns")
-    assert not is_local_store("http://127.0.0.1:5000") and not is_local_store("https://mlflow.example.org")
-    assert not is_local_store("postgresql://user@db/mlflow") and not is_local_store("databricks")

@@ -3,23 +3,21 @@ parallel trials with one MLflow child run each, a diverged trial that does not s
 a crash retried from its checkpoint into the same run, a trial that keeps failing, resuming,
 and a changed sweep file refused. Gaussian latents, width 32, a few iterations."""
 
+import itertools
 import json
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import ray
 import ray.cloudpickle
 from mlflow import MlflowClient
 
-from core.config import ConfigError
 from scaling.spec import SweepSpec
 from scaling.tune import (
     ATTEMPTS_FILE,
     SweepChangedError,
     TrialReporter,
-    check_cluster_settings,
     run_sweep,
 )
 
@@ -96,7 +94,7 @@ def test_parallel_trials_one_child_run_each_and_diverged_goes_on(ray_local, tmp_
     assert status == {"w32-d4-p2_gat_lr0.001_s0": "finished", "w32-d4-p2_gat_lr1e+30_s0": "diverged",
                       "w32-d4-p2_constant_lr0.001_s0": "finished", "w32-d4-p2_constant_lr1e+30_s0": "diverged"}
     assert not outcome.failed
-    client, runs, parents = child_runs(outcome)
+    _, runs, parents = child_runs(outcome)
     assert len(parents) == 1 and set(runs) == set(status)
     parent_id = parents[0].info.run_id
     for name, run in runs.items():
@@ -110,7 +108,7 @@ def test_parallel_trials_one_child_run_each_and_diverged_goes_on(ray_local, tmp_
     # Trials ran at the same time (max_concurrent 2 on 2 CPUs): some [start, end] spans overlap.
     spans = sorted((attempts(outcome, n)[0]["time"], (outcome.out / "trials" / n / "result.json").stat().st_mtime)
                    for n in status)
-    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+    assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
 
 
 def test_crash_retries_from_checkpoint_then_failing_trial_resumes(ray_local, tmp_path):
@@ -151,13 +149,3 @@ def test_crash_retries_from_checkpoint_then_failing_trial_resumes(ray_local, tmp
     with pytest.raises(SweepChangedError, match="A changed sweep is a new sweep"):
         run_sweep(make_spec(tmp_path, [4e-3], name="tune-test-2", output_dir=str(tmp_path / "out2")),
                   sweep_file(tmp_path))
-
-
-def test_cluster_address_refuses_node_local_settings():
-    shared, local = Path("/shared/sweeps/x"), Path("/tmp/sweep")
-    check_cluster_settings(local, "sqlite:////x/mlflow.db", None)  # a local Ray instance: fine
-    with pytest.raises(ConfigError, match=r"^tracking_uri: sqlite:////x/mlflow.db is a file on this machine"):
-        check_cluster_settings(shared, "sqlite:////x/mlflow.db", "10.0.0.1:6379")
-    with pytest.raises(ConfigError, match=r"^output_dir: /tmp/sweep is node-local storage"):
-        check_cluster_settings(local, "http://10.0.0.2:5000", "10.0.0.1:6379")
-    check_cluster_settings(shared, "http://10.0.0.2:5000", "auto")
