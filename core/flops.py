@@ -50,8 +50,8 @@ def flop_counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
 
 
-def measure_iteration_flops(cfg: TrainConfig, device: torch.device | str = "meta", batch: int | None = None) -> int:
-    """FLOPs of one training iteration (convention: :data:`FLOPS_CONVENTION`) at ``batch`` images.
+def measure_iteration_flops(cfg: TrainConfig, device: torch.device | str = "meta") -> int:
+    """FLOPs of one training iteration (convention: :data:`FLOPS_CONVENTION`) at ``cfg.batch``.
 
     Runs one :meth:`core.step.GATStep.iteration` under the counter. Raises whatever
     the step raises for an impossible config (the config itself is validated on construction).
@@ -59,7 +59,7 @@ def measure_iteration_flops(cfg: TrainConfig, device: torch.device | str = "meta
     from core.model import build_models
     from core.step import GATStep  # the step imports this module's siblings only
 
-    cfg = cfg.replace(batch=batch or cfg.batch, grad_checkpointing=False, compile=False)
+    cfg = cfg.replace(grad_checkpointing=False, compile=False)
     device = torch.device(device)
     G, D = build_models(cfg, device)
     step = GATStep(cfg, G, D, device, count_only=True)
@@ -81,21 +81,23 @@ _COMPUTE_IRRELEVANT = dict(
 share one cached measurement (a learning-rate sweep measures each architecture once)."""
 
 SMALL_MODEL_PARAMS = 20_000_000
-"""Below this many G + D parameters the count runs on real CPU tensors (about a second);
-above it on the meta device (no memory, no arithmetic, but slower per op)."""
+"""Below this many G + D parameters the count runs on real CPU tensors (about one training
+iteration of time); above it on the meta device (no memory, no arithmetic, but a fixed cost of a
+few seconds per iteration's ops)."""
 
 
 def train_flops_per_iter(cfg: TrainConfig) -> int:
     """FLOPs of one training iteration at ``cfg.batch`` (convention: :data:`FLOPS_CONVENTION`).
 
-    Every counted op is linear in the batch size, so the count is measured at batch 2 and scaled,
-    which keeps paper-size batches cheap. Cached per architecture.
+    Measured at the real batch size (D's class projection costs the same for any batch that
+    holds more rows than classes, so FLOPs are not exactly linear in the batch). Cached per
+    architecture and batch.
     """
-    return _per_two_images(cfg.replace(**_COMPUTE_IRRELEVANT, batch=2)) * cfg.batch // 2
+    return _measure_cached(cfg.replace(**_COMPUTE_IRRELEVANT))
 
 
 @functools.lru_cache(maxsize=256)
-def _per_two_images(cfg: TrainConfig) -> int:
+def _measure_cached(cfg: TrainConfig) -> int:
     from core.model import build_models, count_parameters
 
     G, D = build_models(cfg, "meta")

@@ -169,3 +169,13 @@ def test_config_round_trip():
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="widht"):
         TrainConfig.from_dict({**cfg.to_dict(), "widht": 3})
+
+
+def test_class_projection_table_path_equals_per_sample():
+    torch.manual_seed(0)
+    _, D = build_models(TrainConfig(d_proj_dim=64))
+    y_long = torch.randint(10, (25,))  # more rows than classes: table then gather
+    per_sample = D.class_map(D.class_embed(y_long))
+    torch.testing.assert_close(D.class_projection(y_long), per_sample, rtol=1e-6, atol=1e-6)
+    y_short = torch.tensor([3, 1])
+    torch.testing.assert_close(D.class_projection(y_short), D.class_map(D.class_embed(y_short)))
