@@ -1,0 +1,93 @@
+"""The user cache directory and crash-safe writes into it.
+
+Everything gat-sweep prepares once and reuses (the embedded digits dataset, its VAE and
+classifier, torch-fidelity reference statistics) lives under one directory:
+``$GAT_SWEEP_CACHE`` if set, else ``~/.cache/gat-sweep``. Entries are keyed by a content hash,
+so a changed input or preparation setting never reuses a stale entry.
+
+Writes are atomic: a directory is built under a temporary name beside its final name and renamed
+into place in one step (POSIX ``rename`` of a directory is atomic), so a killed preparation
+leaves no half-written entry, and when two processes prepare the same entry at once the first
+rename wins and the second discards its copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+CACHE_ENV = "GAT_SWEEP_CACHE"
+"""Environment variable naming the cache directory (absolute path)."""
+DEFAULT_CACHE = Path("~/.cache/gat-sweep")
+
+
+def cache_root() -> Path:
+    """Absolute cache directory: ``$GAT_SWEEP_CACHE`` or ``~/.cache/gat-sweep`` (not created here)."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser().resolve()
+
+
+def content_hash(*parts: bytes | str | dict[str, Any], length: int = 16) -> str:
+    """Hex SHA-256 prefix (``length`` characters) over the parts, in order.
+
+    Dicts are hashed as canonical JSON (sorted keys), strings as UTF-8, bytes as they are; each
+    part is length-prefixed so ("ab", "c") and ("a", "bc") differ.
+    """
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, dict):
+            part = json.dumps(part, sort_keys=True, separators=(",", ":"))
+        data = part.encode() if isinstance(part, str) else part
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()[:length]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Full hex SHA-256 of a file's bytes, read in ``chunk``-byte pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Build a directory under a temporary name and rename it to ``final`` on success.
+
+    Yields the temporary directory (same parent, so the rename stays on one file system). On an
+    exception the temporary directory is removed and ``final`` is untouched. If ``final`` appeared
+    meanwhile (another process finished first), the copy built here is discarded and the existing
+    one kept.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,34 @@
+"""Session-wide fixtures shared by the test files.
+
+``tiny_digits_cache``: one prepared embedded-digits entry (preset 'tiny': a 40-step VAE, a
+4-epoch classifier; about 15 s on 2 cores) in a temporary cache directory. While the session runs
+it sets
+
+* ``GAT_SWEEP_CACHE`` = that temporary directory (so nothing is written to ``~/.cache``), and
+* ``GAT_SWEEP_DIGITS_PRESET`` = 'tiny',
+
+so ``core.latents.load_latents(TrainConfig(dataset='digits'))`` and
+``core.evaluate.make_evaluator`` find the tiny entry instead of preparing the full one. Both
+variables are restored when the session ends; processes started while it runs (Ray workers)
+inherit them. The fixture returns the :class:`core.digits.DigitsCache`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from core.cache import CACHE_ENV
+from core.digits import PRESET_ENV, DigitsCache, prepare_digits
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DigitsCache]:
+    patch = pytest.MonkeyPatch()
+    patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("gat_sweep_cache")))
+    patch.setenv(PRESET_ENV, "tiny")
+    try:
+        yield prepare_digits(progress=False)
+    finally:
+        patch.undo()
