@@ -28,8 +28,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -52,7 +52,7 @@ from core.vae import (
     train_vae,
 )
 
-PREPARATION_VERSION = 1
+PREPARATION_VERSION = 2
 """Bump when the preparation code changes what it produces (invalidates cached entries)."""
 PRESET_ENV = "GAT_SWEEP_DIGITS_PRESET"
 """Environment variable choosing the digits preset ('full' if unset)."""
@@ -175,14 +175,21 @@ def load_entry(root: Path) -> DigitsCache:
 
 
 @contextmanager
-def _deterministic() -> Iterator[None]:
-    """``torch.use_deterministic_algorithms(True)`` for the block, restoring the previous mode."""
-    previous = torch.are_deterministic_algorithms_enabled()
+def deterministic_cpu() -> Iterator[None]:
+    """Deterministic algorithms on one intra-op thread for the block, restoring both settings.
+
+    One thread makes the prepared entry independent of the machine's thread count (reductions
+    are summed in one order), and it is barely slower: the small convolutions of the digits VAE
+    do not parallelise well, and on a busy machine extra threads wait for each other.
+    """
+    previous_mode, previous_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous)
+        torch.use_deterministic_algorithms(previous_mode)
+        torch.set_num_threads(previous_threads)
 
 
 def _build_entry(out: Path, preset: str, settings: DigitsSettings, progress: bool) -> None:
@@ -195,7 +202,7 @@ def _build_entry(out: Path, preset: str, settings: DigitsSettings, progress: boo
     heldout[order[: settings.heldout]] = True
     pixels = from_uint8(images)
 
-    with _deterministic():
+    with deterministic_cpu():
         start = time.perf_counter()
         vae = build_vae(settings.vae, settings.image_size)
         train_vae(vae, pixels[~heldout], settings.vae, progress)
@@ -232,7 +239,6 @@ def _build_entry(out: Path, preset: str, settings: DigitsSettings, progress: boo
         "classifier_heldout_accuracy": heldout_accuracy,
         "vae_reconstruction_mse": recon,
         "seconds": seconds,
-        "torch_threads": torch.get_num_threads(),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     stages.update()

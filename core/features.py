@@ -15,7 +15,7 @@ and ``"logits"`` (10 classes). Its weights come from ``feature_extractor_weights
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,9 +45,6 @@ class ClassifierSettings:
     batch: int = 64
     lr: float = 2e-3
     seed: int = 0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class DigitsClassifier(nn.Module):

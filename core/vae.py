@@ -17,7 +17,7 @@ Images are float in [-1, 1], shape (N, 3, H, W); latents (N, c, H/f, W/f), f = 2
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,9 +42,6 @@ class VAESettings:
     kl_weight: float = 1e-4
     """Weight of the KL term per latent element against the per-pixel MSE (beta-VAE)."""
     seed: int = 0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def build_vae(settings: VAESettings, image_size: int) -> AutoencoderKL:

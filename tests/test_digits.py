@@ -11,7 +11,7 @@ from sklearn.datasets import load_digits
 
 from core import digits as digits_mod
 from core.config import ConfigError, TrainConfig
-from core.digits import digits_images, entry_dir, prepare_digits
+from core.digits import deterministic_cpu, digits_images, entry_dir, prepare_digits
 from core.features import accuracy, load_classifier
 from core.latents import load_latents
 from core.vae import VAESettings, build_vae, decode_latents, encode_posterior, from_uint8, train_vae
@@ -19,6 +19,14 @@ from core.vae import VAESettings, build_vae, decode_latents, encode_posterior, f
 # Class counts of scikit-learn's digits (load_digits().target), 1797 images in all.
 CLASS_COUNTS = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on 2 shared cores, two threads wait for each other (and Ray trials use one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 def test_images_are_rgb_upsampled_digits():
     images, labels = digits_images(32)
@@ -76,10 +84,11 @@ def test_vae_training_is_deterministic():
     images = from_uint8(digits_images(32)[0][:64])
     settings = VAESettings(steps=2, batch=8)
     runs = []
-    for _ in range(2):
-        vae = build_vae(settings, 32)
-        train_vae(vae, images, settings, progress=False)
-        runs.append(vae.state_dict())
+    with deterministic_cpu():  # as in the preparation
+        for _ in range(2):
+            vae = build_vae(settings, 32)
+            train_vae(vae, images, settings, progress=False)
+            runs.append(vae.state_dict())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 

@@ -1,0 +1,366 @@
+"""Evaluation of the EMA generator through torch-fidelity: FD/FID, KID, precision and recall.
+
+``make_evaluator(cfg, data, device)`` validates everything evaluation needs before training starts
+and warms the reference-feature cache; ``Evaluator.evaluate(G_ema)`` then draws a fixed set of
+``cfg.eval_samples`` latents (z and labels fixed per run by ``cfg.seed``; labels cycle through the
+classes), decodes them with the dataset's VAE (dividing by the scaling factor once), converts
+them to uint8 [0, 255] (clamped, never wrapped) and hands them to ``torch_fidelity.calculate_metrics``.
+
+Two feature extractors (``cfg.eval_metric``; 'auto' = fd_domain for the embedded digits, fid
+otherwise):
+
+* ``fd_domain``: the digits classifier of :mod:`core.features` -> ``eval/fd_digits_<n>`` (a Frechet
+  distance in that network's 64-d feature space, not Inception FID), ``eval/kid_digits_<n>``,
+  ``eval/precision_digits_<n>``, ``eval/recall_digits_<n>``;
+* ``fid``: torch-fidelity's ``inception-v3-compat`` (the TF-FID Inception, 2048-d pool features)
+  from the local file ``cfg.inception_weights`` -> ``eval/fid<n>``, ``eval/kid<n>``,
+  ``eval/precision<n>``, ``eval/recall<n>`` (precision/recall in Inception space, not the
+  VGG-16 space of Kynkaanniemi et al. 2019).
+
+``<n>`` is the sample count, '1k' for 1000 ('5k', '50k'; other counts written out in full).
+
+References: the reference statistics are the real images of the dataset (digits: all 1,797
+images; an encoded folder: up to :data:`REFERENCE_MAX` images of ``images_dir``, a seeded subset,
+ADM-cropped at the encode resolution), their features cached by torch-fidelity under
+``<cache>/fidelity/`` with a name holding (dataset, resolution, sample count) and the extractor,
+so a second run does not recompute them. Or ``cfg.fid_ref_npz``: ADM-style ``mu``/``sigma``
+(Dhariwal & Nichol 2021, evaluations/), FID only (KID and precision/recall need features).
+
+Invalid results: non-finite generated latents or images, or a non-finite metric, raise
+:class:`InvalidMetricError`; a NaN is never returned.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch_fidelity
+import torchvision
+from torch import Tensor
+from torch.utils.data import Dataset
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.utils import (
+    create_feature_extractor,
+    extract_featuresdict_from_input_id_cached,
+    get_featuresdict_from_dataset,
+)
+
+from core.cache import atomic_write_bytes, cache_root, content_hash
+from core.config import ConfigError, TrainConfig
+from core.digits import load_entry
+from core.encode import MANIFEST, image_folder
+from core.features import EXTRACTOR_NAME, FEATURE_DIM
+from core.latents import LatentData
+from core.model import Generator
+from core.vae import decode_latents, load_vae, to_uint8
+
+INCEPTION = "inception-v3-compat"
+INCEPTION_LAYER, INCEPTION_DIM = "2048", 2048
+DOMAIN_LAYER = "features"
+INCEPTION_WEIGHTS_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+)
+EVAL_BATCH = 64
+"""Generated images per generator/VAE/extractor batch."""
+KID_SUBSET_SIZE = 1000
+"""KID subset size (Binkowski et al. 2018 use 1000), capped at the sample counts."""
+KID_SUBSETS = 10
+"""KID subsets averaged (torch-fidelity's default is 100). Each costs three 1000 x 1000 kernel
+matrices; with 100 subsets KID took 3/4 of a 1000-sample digits evaluation on one CPU core, and
+with <= 1000 generated samples every subset holds all of them, so only the real side varies."""
+REFERENCE_MAX = 50_000
+"""At most this many real images of an encoded folder form its reference statistics."""
+GRID_COLUMNS, GRID_MAX_ROWS = 8, 10
+"""Sample grid: one row per class (at most 10 classes, evenly spaced), 8 samples per row."""
+GRID_SEED_OFFSET = 1
+"""The grid's z come from seed ``cfg.seed + 1`` (evaluation uses ``cfg.seed``)."""
+
+
+class InvalidMetricError(RuntimeError):
+    """Evaluation produced no valid number (non-finite samples or result): the run has diverged."""
+
+
+def count_label(n: int) -> str:
+    """Sample count as written in metric keys: 1000 -> '1k', 50000 -> '50k', 1500 -> '1500'."""
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+def frechet_distance(stats_1: dict[str, np.ndarray], stats_2: dict[str, np.ndarray]) -> float:
+    """Frechet distance between Gaussians N(mu_1, sigma_1) and N(mu_2, sigma_2) (Heusel et al. 2017, eq. 6):
+
+    ``|mu_1 - mu_2|^2 + tr(sigma_1 + sigma_2 - 2 (sigma_1 sigma_2)^(1/2))``, computed by torch-fidelity
+    (trace of the square root from the eigenvalues of sigma_1 sigma_2) in float64.
+    stats_*: {'mu': (d,), 'sigma': (d, d)} numpy arrays.
+    """
+    as64 = [{key: np.asarray(stats[key], dtype=np.float64) for key in ("mu", "sigma")} for stats in (stats_1, stats_2)]
+    return float(fid_statistics_to_metric(as64[0], as64[1], verbose=False)[torch_fidelity.KEY_METRIC_FID])
+
+
+def fidelity_metrics(
+    generated: Dataset, reference: Dataset, extractor: str, weights_path: str, device: torch.device,
+    reference_cache_name: str | None = None, seed: int = 0,
+) -> dict[str, float]:
+    """FD, KID (mean), precision and recall of ``generated`` against ``reference`` via
+    ``torch_fidelity.calculate_metrics`` (both datasets yield uint8 (3, H, W) tensors).
+
+    ``reference_cache_name``: cache the reference's features and statistics under
+    ``<cache>/fidelity/`` with this name (None: no caching). KID (Binkowski et al. 2018):
+    :data:`KID_SUBSETS` subsets of min(1000, both counts), cubic polynomial kernel;
+    precision/recall (Kynkaanniemi et al. 2019) with k = 3 neighbours.
+    Returns {'fd', 'kid', 'precision', 'recall'} as floats.
+    """
+    cuda = device.type == "cuda"
+    with torch.cuda.device(device) if cuda else nullcontext():
+        metrics = torch_fidelity.calculate_metrics(
+            input1=generated, input2=reference, input2_cache_name=reference_cache_name,
+            fid=True, kid=True, prc=True, feature_extractor=extractor,
+            feature_extractor_weights_path=weights_path, cuda=cuda, save_cpu_ram=True, verbose=False,
+            batch_size=EVAL_BATCH, kid_subsets=KID_SUBSETS,
+            kid_subset_size=min(KID_SUBSET_SIZE, len(generated), len(reference)),
+            cache_root=str(cache_root() / "fidelity"), rng_seed=seed,
+        )
+    return {
+        "fd": metrics[torch_fidelity.KEY_METRIC_FID],
+        "kid": metrics[torch_fidelity.KEY_METRIC_KID_MEAN],
+        "precision": metrics[torch_fidelity.KEY_METRIC_PRECISION],
+        "recall": metrics[torch_fidelity.KEY_METRIC_RECALL],
+    }
+
+
+class UInt8Images(Dataset):
+    """A uint8 image tensor (N, 3, H, W) as a torch-fidelity input (bare tensors, no labels)."""
+
+    def __init__(self, images: Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.images[index]
+
+
+class FolderImages(Dataset):
+    """Selected images of an ImageFolder, ADM-cropped, as uint8 (3, R, R) tensors."""
+
+    def __init__(self, images_dir: Path, resolution: int, indices: list[int]) -> None:
+        self.folder = image_folder(images_dir, resolution, as_uint8=True)
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.folder[self.indices[index]][0]
+
+
+class GeneratedImages(Dataset):
+    """Generator samples rendered lazily, one chunk of ``chunk`` images at a time, in index order.
+
+    torch-fidelity reads a dataset sequentially (``save_cpu_ram=True``: no worker processes), so
+    each chunk is rendered once and only one chunk of images is held in memory at a time.
+    """
+
+    def __init__(self, render: Callable[[int, int], Tensor], count: int, chunk: int) -> None:
+        self.render, self.count, self.chunk = render, count, chunk
+        self._start, self._images = -1, torch.empty(0)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> Tensor:
+        start = index - index % self.chunk
+        if start != self._start:
+            self._images, self._start = self.render(start, min(start + self.chunk, self.count)), start
+        return self._images[index - start]
+
+
+class Evaluator:
+    """Evaluates an EMA generator against a dataset's reference; built by :func:`make_evaluator`."""
+
+    def __init__(self, cfg: TrainConfig, data: LatentData, device: torch.device, metric: str) -> None:
+        self.device, self.num_samples, self.psi = device, cfg.eval_samples, cfg.truncation_psi
+        self.seed, self.scaling_factor = cfg.seed, data.scaling_factor
+        n = count_label(cfg.eval_samples)
+        suffix = f"_digits_{n}" if metric == "fd_domain" else n
+        self.keys = {name: f"eval/{name}{suffix}" for name in ("kid", "precision", "recall")}
+        self.keys["fd"] = f"eval/fd{suffix}" if metric == "fd_domain" else f"eval/fid{suffix}"
+        self.metric_key = self.keys["fd"]
+        if metric == "fd_domain":
+            weights = str(load_entry(data.root).classifier_path)
+            self.extractor, self.layer, self.weights = EXTRACTOR_NAME, DOMAIN_LAYER, weights
+        else:
+            self.extractor, self.layer, self.weights = INCEPTION, INCEPTION_LAYER, cfg.inception_weights
+        self.npz = _read_npz(Path(cfg.fid_ref_npz)) if cfg.fid_ref_npz else None
+        self.reference, self.reference_name, reference_desc = _reference(cfg, data)
+        self.provenance = {
+            "eval.metric_key": self.metric_key,
+            "eval.extractor": f"{self.extractor} ({self.weights})",
+            "eval.num_samples": str(cfg.eval_samples),
+            "eval.reference": reference_desc,
+            "eval.ema": "true",
+            "eval.truncation_psi": str(cfg.truncation_psi),
+        }
+        self.vae = load_vae(data.vae).to(device)
+        eval_gen = torch.Generator().manual_seed(cfg.seed)
+        self.z = torch.randn(cfg.eval_samples, cfg.z_dim, generator=eval_gen)
+        self.labels = torch.arange(cfg.eval_samples) % data.num_classes
+        rows = min(data.num_classes, GRID_MAX_ROWS)
+        grid_classes = torch.linspace(0, data.num_classes - 1, rows).round().long()
+        self.grid_labels = grid_classes.repeat_interleave(GRID_COLUMNS)
+        grid_gen = torch.Generator().manual_seed(cfg.seed + GRID_SEED_OFFSET)
+        self.grid_z = torch.randn(len(self.grid_labels), cfg.z_dim, generator=grid_gen)
+
+    # -- sampling ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def render(self, generator: Generator, z: Tensor, labels: Tensor) -> Tensor:
+        """EMA samples for (z (n, z_dim), labels (n,)) -> uint8 images (n, 3, H, W) on CPU.
+
+        Raises InvalidMetricError if the latents or decoded images are not finite.
+        """
+        latents = generator.sample(z.to(self.device), labels.to(self.device), psi=self.psi)
+        if not torch.isfinite(latents).all():
+            raise InvalidMetricError("the generator produced non-finite latents; the run has diverged")
+        images = decode_latents(self.vae, latents, self.scaling_factor, batch=EVAL_BATCH)
+        if not torch.isfinite(images).all():
+            raise InvalidMetricError("decoding the generated latents gave non-finite pixels")
+        return to_uint8(images).cpu()
+
+    def warm_reference(self) -> None:
+        """Compute and cache the reference features now (no-op for an npz reference or a cache hit)."""
+        if self.npz is not None:
+            return
+        kwargs = self._fidelity_kwargs()
+        extractor = create_feature_extractor(self.extractor, [self.layer], **kwargs)
+        with torch.cuda.device(self.device) if kwargs["cuda"] else nullcontext():
+            extract_featuresdict_from_input_id_cached(2, extractor, **kwargs)
+
+    def _fidelity_kwargs(self) -> dict:
+        return dict(
+            input2=self.reference, input2_cache_name=self.reference_name, feature_extractor=self.extractor,
+            feature_extractor_weights_path=self.weights, cuda=self.device.type == "cuda", save_cpu_ram=True,
+            verbose=False, batch_size=EVAL_BATCH, cache_root=str(cache_root() / "fidelity"),
+        )
+
+    # -- metrics -------------------------------------------------------------------------------
+    def evaluate(self, generator: Generator) -> dict[str, float]:
+        """Metrics of ``generator`` (EMA G, eval mode, on the evaluator's device).
+
+        Returns {metric_key: FD/FID, kid key, precision key, recall key} (FD/FID only with an npz
+        reference). Raises InvalidMetricError instead of returning a non-finite value.
+        """
+        generated = GeneratedImages(
+            lambda start, stop: self.render(generator, self.z[start:stop], self.labels[start:stop]),
+            self.num_samples, EVAL_BATCH,
+        )
+        if self.npz is None:
+            values = fidelity_metrics(generated, self.reference, self.extractor, self.weights, self.device,
+                                      self.reference_name, seed=self.seed)
+        else:
+            kwargs = self._fidelity_kwargs()
+            extractor = create_feature_extractor(self.extractor, [self.layer], **kwargs)
+            with torch.cuda.device(self.device) if kwargs["cuda"] else nullcontext():
+                features = get_featuresdict_from_dataset(
+                    generated, extractor, EVAL_BATCH, kwargs["cuda"], True, False)[self.layer]
+            values = {"fd": frechet_distance(fid_features_to_statistics(features), self.npz)}
+        bad = {name: value for name, value in values.items() if not math.isfinite(value)}
+        if bad:
+            raise InvalidMetricError(f"non-finite evaluation result {bad}")
+        return {self.keys[name]: float(value) for name, value in values.items()}
+
+    def sample_grid(self, generator: Generator, path: Path) -> Path:
+        """Write a PNG grid of EMA samples (a row per class, fixed z) atomically; returns ``path``."""
+        images = self.render(generator, self.grid_z, self.grid_labels)
+        buffer = io.BytesIO()
+        torchvision.utils.save_image(images.float() / 255.0, buffer, nrow=GRID_COLUMNS, padding=2, format="png")
+        atomic_write_bytes(Path(path), buffer.getvalue())
+        return Path(path)
+
+
+def make_evaluator(cfg: TrainConfig, data: LatentData, device: torch.device) -> Evaluator | None:
+    """Validate evaluation settings, build the :class:`Evaluator` and cache the reference features.
+
+    Returns None for dataset 'random' (no images to compare with). Raises ConfigError for:
+    eval_metric 'fd_domain' on a dataset without a domain extractor; 'fid' without a readable
+    ``inception_weights`` file (the message says where to get it); an unreadable or malformed
+    ``fid_ref_npz``; a folder reference whose images are gone; ``eval_samples`` below the feature
+    dimension (64 for the digits extractor, 2048 for Inception: the sample covariance would be
+    singular and the distance unstable).
+    """
+    if data.kind == "random":
+        return None
+    metric = cfg.eval_metric
+    if metric == "auto":
+        metric = "fd_domain" if data.kind == "digits" else "fid"
+    if metric == "fd_domain" and data.kind != "digits":
+        raise ConfigError(
+            f"eval_metric='fd_domain' needs the embedded digits dataset (no domain feature extractor "
+            f"exists for {data.name}); use eval_metric='fid' with inception_weights"
+        )
+    if metric == "fd_domain" and cfg.fid_ref_npz:
+        raise ConfigError("fid_ref_npz holds Inception statistics; it applies only with eval_metric='fid'")
+    if metric == "fid":
+        _check_inception_weights(cfg.inception_weights)
+    dim = FEATURE_DIM if metric == "fd_domain" else INCEPTION_DIM
+    if cfg.eval_samples < dim:
+        raise ConfigError(
+            f"eval_samples={cfg.eval_samples} is below the {dim}-d feature size of the {metric} extractor; "
+            f"the covariance estimate would be singular. Use eval_samples >= {dim}"
+        )
+    evaluator = Evaluator(cfg, data, device, metric)
+    evaluator.warm_reference()
+    return evaluator
+
+
+def _check_inception_weights(path: str) -> None:
+    how = (f"download {INCEPTION_WEIGHTS_URL} on a machine with internet access, copy it here and set "
+           "inception_weights to its absolute path (or use the digits dataset, whose eval_metric "
+           "'fd_domain' needs no download)")
+    if not path:
+        raise ConfigError(f"eval_metric 'fid' needs inception_weights (torch-fidelity's Inception-v3 file): {how}")
+    if not Path(path).is_file():
+        raise ConfigError(f"inception_weights={path} does not exist: {how}")
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """ADM reference batch statistics: ``mu`` (2048,) and ``sigma`` (2048, 2048)."""
+    if not path.is_file():
+        raise ConfigError(f"fid_ref_npz={path} does not exist")
+    with np.load(path) as npz:
+        if "mu" not in npz or "sigma" not in npz:
+            raise ConfigError(f"fid_ref_npz={path} lacks 'mu' and 'sigma' (ADM reference statistics)")
+        stats = {"mu": npz["mu"], "sigma": npz["sigma"]}
+    if stats["mu"].shape != (INCEPTION_DIM,) or stats["sigma"].shape != (INCEPTION_DIM, INCEPTION_DIM):
+        raise ConfigError(
+            f"fid_ref_npz={path}: mu {stats['mu'].shape} / sigma {stats['sigma'].shape} are not "
+            f"({INCEPTION_DIM},) / ({INCEPTION_DIM}, {INCEPTION_DIM}) Inception pool statistics"
+        )
+    return stats
+
+
+def _reference(cfg: TrainConfig, data: LatentData) -> tuple[Dataset | None, str | None, str]:
+    """(reference dataset, its torch-fidelity cache name, provenance text); no dataset for an npz."""
+    if cfg.fid_ref_npz:
+        return None, None, f"npz {cfg.fid_ref_npz}"
+    if data.kind == "digits":
+        digits = load_entry(data.root)
+        name = f"{digits.name}-{digits.key}-{digits.images.shape[-1]}px-n{len(digits.images)}"
+        return UInt8Images(digits.images), name, f"{data.name}: all {len(digits.images)} real images ({digits.key})"
+    manifest = json.loads((data.root / MANIFEST).read_text())
+    images_dir, resolution = Path(manifest["images_dir"]), int(manifest["resolution"])
+    if not images_dir.is_dir():
+        raise ConfigError(
+            f"the reference images {images_dir} of {data.name} are gone; restore them or set fid_ref_npz"
+        )
+    count = min(int(manifest["count"]), REFERENCE_MAX)
+    order = torch.randperm(int(manifest["count"]), generator=torch.Generator().manual_seed(0))
+    indices = sorted(order[:count].tolist())
+    name = f"folder-{content_hash(str(images_dir), manifest['fingerprint'], length=12)}-{resolution}px-n{count}"
+    return FolderImages(images_dir, resolution, indices), name, f"{images_dir} at {resolution}px, {count} images"

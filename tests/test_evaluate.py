@@ -1,0 +1,184 @@
+"""Evaluation through torch-fidelity: the Frechet distance against scipy, the domain extractor on
+real and noise images, the Evaluator (keys, provenance, fixed seeds, cached reference statistics,
+npz references, non-finite samples, sample grids) and make_evaluator's checks before training."""
+
+import shutil
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from PIL import Image
+
+from core import evaluate as evaluate_mod
+from core.cache import cache_root
+from core.config import ConfigError, NetConfig, TrainConfig
+from core.evaluate import (
+    EXTRACTOR_NAME,
+    InvalidMetricError,
+    UInt8Images,
+    count_label,
+    fidelity_metrics,
+    frechet_distance,
+    make_evaluator,
+)
+from core.features import load_classifier
+from core.latents import LatentData, load_latents
+from core.model import Generator
+from core.vae import from_uint8
+
+CPU = torch.device("cpu")
+NET = NetConfig(width=32, depth=4, heads=2)
+
+
+def eval_cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{"dataset": "digits", "g": NET, "d": NET, "eval_samples": 128, "seed": 5, **kw})
+
+
+def generator(cfg: TrainConfig) -> Generator:
+    torch.manual_seed(0)
+    return Generator(cfg).eval().requires_grad_(False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on 2 shared cores, two threads wait for each other (and Ray trials use one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+def test_frechet_distance_matches_scipy():
+    rng = np.random.default_rng(0)
+    d = 16
+    a, b = rng.normal(size=(d, 2 * d)), rng.normal(size=(d, 2 * d))
+    stats_1 = {"mu": rng.normal(size=d), "sigma": a @ a.T / d}
+    stats_2 = {"mu": rng.normal(size=d), "sigma": b @ b.T / d}
+    covmean = scipy.linalg.sqrtm(stats_1["sigma"] @ stats_2["sigma"]).real
+    diff = stats_1["mu"] - stats_2["mu"]
+    expected = diff @ diff + np.trace(stats_1["sigma"] + stats_2["sigma"] - 2 * covmean)
+    assert frechet_distance(stats_1, stats_2) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(stats_1, stats_1) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_count_label():
+    assert [count_label(n) for n in (1000, 5000, 50_000, 1500, 128)] == ["1k", "5k", "50k", "1500", "128"]
+
+
+def test_domain_distance_real_vs_real_small_noise_vs_real_large(tiny_digits_cache):
+    d = tiny_digits_cache
+    train, heldout = UInt8Images(d.images[~d.heldout]), UInt8Images(d.images[d.heldout])
+    noise = UInt8Images(torch.randint(0, 256, (360, 3, 32, 32), dtype=torch.uint8,
+                                      generator=torch.Generator().manual_seed(0)))
+    weights = str(d.classifier_path)
+    real = fidelity_metrics(heldout, train, EXTRACTOR_NAME, weights, CPU)
+    fake = fidelity_metrics(noise, train, EXTRACTOR_NAME, weights, CPU)
+    assert real["fd"] < 0.05 * fake["fd"]
+    assert real["kid"] < 0.05 * fake["kid"]
+    assert real["precision"] > 0.8 and real["recall"] > 0.8
+    assert fake["precision"] == 0.0 and fake["recall"] == 0.0
+
+
+def test_evaluator_keys_provenance_and_fixed_seeds(tiny_digits_cache):
+    cfg = eval_cfg()
+    evaluator = make_evaluator(cfg, load_latents(cfg), CPU)
+    assert evaluator.metric_key == "eval/fd_digits_128"
+    assert evaluator.provenance == {
+        "eval.metric_key": "eval/fd_digits_128",
+        "eval.extractor": f"{EXTRACTOR_NAME} ({tiny_digits_cache.classifier_path})",
+        "eval.num_samples": "128",
+        "eval.reference": f"digits-tiny: all 1797 real images ({tiny_digits_cache.key})",
+        "eval.ema": "true",
+        "eval.truncation_psi": "0.0",
+    }
+    G = generator(cfg)
+    first = evaluator.evaluate(G)
+    assert sorted(first) == ["eval/fd_digits_128", "eval/kid_digits_128",
+                             "eval/precision_digits_128", "eval/recall_digits_128"]
+    assert all(np.isfinite(v) for v in first.values()) and first["eval/fd_digits_128"] > 0
+    assert evaluator.evaluate(G) == first  # fixed z and labels, fixed KID subsets
+    assert torch.equal(evaluator.labels[:12], torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]))
+
+
+def test_reference_statistics_are_cached(tiny_digits_cache, monkeypatch):
+    shutil.rmtree(cache_root() / "fidelity", ignore_errors=True)
+    reads = []
+    original = UInt8Images.__getitem__
+    monkeypatch.setattr(UInt8Images, "__getitem__", lambda self, i: reads.append(i) or original(self, i))
+    cfg = eval_cfg()
+    data = load_latents(cfg)
+    make_evaluator(cfg, data, CPU)
+    assert len(reads) == 1797 + 1  # every real image once (+ torch-fidelity's type check)
+    assert sorted(p.name.split("-digits-cnn-")[1] for p in (cache_root() / "fidelity").iterdir()) == [
+        "features-features.pt"]
+    reads.clear()
+    second = make_evaluator(cfg, data, CPU)
+    second.evaluate(generator(cfg))
+    assert reads == []  # features (and then the FD statistics) come from the cache
+
+
+def test_npz_reference_gives_the_same_distance(tiny_digits_cache, monkeypatch, tmp_path):
+    # The npz path, exercised with the domain extractor standing in for Inception: statistics of
+    # the real images written as an ADM-style npz must give the distance of the dataset path.
+    d = tiny_digits_cache
+    features, _ = load_classifier(d.classifier_path)(from_uint8(d.images))
+    features = features.double().numpy()
+    np.savez(tmp_path / "ref.npz", mu=features.mean(0), sigma=np.cov(features, rowvar=False))
+    (tmp_path / "weights.pth").write_bytes(b"")
+    cfg = eval_cfg()
+    G = generator(cfg)
+    expected = make_evaluator(cfg, load_latents(cfg), CPU).evaluate(G)["eval/fd_digits_128"]
+    monkeypatch.setattr(evaluate_mod, "INCEPTION", EXTRACTOR_NAME)
+    monkeypatch.setattr(evaluate_mod, "INCEPTION_LAYER", "features")
+    monkeypatch.setattr(evaluate_mod, "INCEPTION_DIM", 64)
+    cfg = eval_cfg(eval_metric="fid", inception_weights=str(d.classifier_path), fid_ref_npz=str(tmp_path / "ref.npz"))
+    evaluator = make_evaluator(cfg, load_latents(cfg), CPU)
+    assert evaluator.provenance["eval.reference"] == f"npz {tmp_path / 'ref.npz'}"
+    result = evaluator.evaluate(G)
+    assert list(result) == ["eval/fid128"]  # no features of the reference: FID only
+    assert result["eval/fid128"] == pytest.approx(expected, rel=1e-5)
+    np.savez(tmp_path / "bad.npz", mu=np.zeros(3), sigma=np.eye(3))
+    with pytest.raises(ConfigError, match="not \\(64,\\)"):
+        make_evaluator(cfg.replace(fid_ref_npz=str(tmp_path / "bad.npz")), load_latents(cfg), CPU)
+
+
+def test_missing_inception_weights_is_one_clear_error(tiny_digits_cache, tmp_path):
+    cfg = eval_cfg(eval_metric="fid", eval_samples=5000)
+    data = load_latents(cfg)
+    with pytest.raises(ConfigError, match="needs inception_weights .*weights-inception-2015-12-05"):
+        make_evaluator(cfg, data, CPU)
+    missing = tmp_path / "inception.pth"
+    with pytest.raises(ConfigError, match=f"inception_weights={missing} does not exist: download"):
+        make_evaluator(cfg.replace(inception_weights=str(missing)), data, CPU)
+
+
+def test_config_errors_before_training(tiny_digits_cache):
+    data = load_latents(eval_cfg())
+    with pytest.raises(ConfigError, match="eval_samples=32 is below the 64-d feature size"):
+        make_evaluator(eval_cfg(eval_samples=32), data, CPU)
+    with pytest.raises(ConfigError, match="fid_ref_npz holds Inception statistics"):
+        make_evaluator(eval_cfg(fid_ref_npz="/x.npz"), data, CPU)
+    encoded = LatentData(name="/data/x", kind="encoded", num_classes=10, channels=4, size=8, scaling_factor=1.0,
+                         mean=data.mean, std=None, labels=data.labels, sample_posterior=False, vae=None, root=None)
+    with pytest.raises(ConfigError, match="eval_metric='fd_domain' needs the embedded digits"):
+        make_evaluator(eval_cfg(eval_metric="fd_domain"), encoded, CPU)
+    assert make_evaluator(eval_cfg(dataset="random"), load_latents(eval_cfg(dataset="random")), CPU) is None
+
+
+def test_non_finite_samples_raise(tiny_digits_cache):
+    cfg = eval_cfg()
+    evaluator = make_evaluator(cfg, load_latents(cfg), CPU)
+    G = generator(cfg)
+    G.heads[-1].out.bias.data[0] = float("nan")
+    with pytest.raises(InvalidMetricError, match="non-finite latents"):
+        evaluator.evaluate(G)
+
+
+def test_sample_grid(tiny_digits_cache, tmp_path):
+    cfg = eval_cfg()
+    evaluator = make_evaluator(cfg, load_latents(cfg), CPU)
+    path = evaluator.sample_grid(generator(cfg), tmp_path / "samples" / "iter_0000010.png")
+    image = Image.open(path)
+    assert image.size == (8 * 34 + 2, 10 * 34 + 2)  # 8 columns x 10 classes of 32 px, padding 2
+    assert list((tmp_path / "samples").iterdir()) == [path]  # no temporary file left
+    assert torch.equal(evaluator.grid_labels[::8], torch.arange(10))
