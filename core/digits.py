@@ -10,17 +10,18 @@ cached under ``<cache>/digits/<preset>-<hash>/`` (see :mod:`core.cache`):
    ``scaling_factor`` = 1 / std of the posterior means, stored in the VAE config;
 3. posterior mean and std of every image (unscaled latents, 4 x 8 x 8), and labels;
 4. the domain classifier of :mod:`core.features`, trained on the same images, with its
-   held-out accuracy and the VAE's held-out reconstruction error recorded in ``meta.json``.
+   held-out accuracy and the VAE's held-out reconstruction error (MSE of ``decode(mean)`` in
+   [-1, 1] pixel units) recorded in ``meta.json``.
 
 The hash covers the digit pixels, the preparation settings and :data:`PREPARATION_VERSION`, so a
 change in any of them prepares a new entry. The entry is written atomically, so a killed
 preparation leaves nothing behind and concurrent preparations do not corrupt it.
 
-Two presets: ``full`` (the default; a few minutes on 2 CPU cores the first time) and ``tiny`` (a
-few-step VAE and classifier for plumbing tests and smoke runs: reconstructions are blurry, the
-classifier is still accurate). ``$GAT_SWEEP_DIGITS_PRESET`` selects the preset that
-``load_latents(cfg)`` with ``cfg.dataset == 'digits'`` uses; the preset name is part of
-:attr:`DigitsCache.name`, so provenance says which one a run used.
+Two presets: ``full`` (the default; about 100 s of CPU time the first time, on one thread) and
+``tiny`` (a 40-step VAE and a 4-epoch classifier, about 20 s, for plumbing tests and smoke runs:
+reconstructions are blurry, the classifier is still accurate). ``$GAT_SWEEP_DIGITS_PRESET``
+selects the preset that ``load_latents(cfg)`` with ``cfg.dataset == 'digits'`` uses; the preset
+name is part of :attr:`DigitsCache.name`, so provenance says which one a run used.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from core.vae import (
     train_vae,
 )
 
-PREPARATION_VERSION = 2
+PREPARATION_VERSION = 3
 """Bump when the preparation code changes what it produces (invalidates cached entries)."""
 PRESET_ENV = "GAT_SWEEP_DIGITS_PRESET"
 """Environment variable choosing the digits preset ('full' if unset)."""
@@ -213,8 +214,8 @@ def _build_entry(out: Path, preset: str, settings: DigitsSettings, progress: boo
         mean, std = encode_posterior(vae, pixels)
         scaling_factor = scaling_factor_from_latents(mean)
         vae.register_to_config(scaling_factor=scaling_factor)
-        squared_error = (decode_latents(vae, mean, scaling_factor=1.0) - pixels).square().mean(dim=(1, 2, 3))
-        recon = {"train": squared_error[~heldout].mean().item(), "heldout": squared_error[heldout].mean().item()}
+        recon = decode_latents(vae, mean[heldout], scaling_factor=1.0)
+        recon_mse = (recon - pixels[heldout]).square().mean().item()
         seconds["latents"] = time.perf_counter() - start
         stages.update()
 
@@ -237,7 +238,7 @@ def _build_entry(out: Path, preset: str, settings: DigitsSettings, progress: boo
         "scaling_factor": scaling_factor,
         "latent_shape": list(mean.shape[1:]),
         "classifier_heldout_accuracy": heldout_accuracy,
-        "vae_reconstruction_mse": recon,
+        "vae_heldout_mse": recon_mse,
         "seconds": seconds,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))

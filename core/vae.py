@@ -179,7 +179,7 @@ def load_vae(
         path = path / "vae"
     local = path.is_dir()
     if not local and (name_or_path.startswith(("/", ".", "~")) or path.exists()):
-        raise FileNotFoundError(f"VAE directory {path} does not exist (expected save_pretrained output)")
+        raise FileNotFoundError(f"VAE directory {path} does not exist (expected a save_pretrained directory)")
     try:
         vae = AutoencoderKL.from_pretrained(
             str(path) if local else name_or_path,

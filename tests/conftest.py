@@ -1,7 +1,7 @@
 """Session-wide fixtures shared by the test files.
 
 ``tiny_digits_cache``: one prepared embedded-digits entry (preset 'tiny': a 40-step VAE, a
-4-epoch classifier; about 15 s on 2 cores) in a temporary cache directory. While the session runs
+4-epoch classifier; about 20 s of CPU time) in a temporary cache directory. While the session runs
 it sets
 
 * ``GAT_SWEEP_CACHE`` = that temporary directory (so nothing is written to ``~/.cache``), and

@@ -14,7 +14,7 @@ from core.config import ConfigError, TrainConfig
 from core.digits import deterministic_cpu, digits_images, entry_dir, prepare_digits
 from core.features import accuracy, load_classifier
 from core.latents import load_latents
-from core.vae import VAESettings, build_vae, decode_latents, encode_posterior, from_uint8, train_vae
+from core.vae import VAESettings, build_vae, decode_latents, encode_posterior, from_uint8, to_uint8, train_vae
 
 # Class counts of scikit-learn's digits (load_digits().target), 1797 images in all.
 CLASS_COUNTS = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
@@ -77,7 +77,9 @@ def test_vae_reconstruction_and_scaling_round_trip(tiny_digits_cache):
     # Even the 40-step tiny VAE halves the error of predicting the mean image; the meta records it.
     baseline = F.mse_loss(pixels.mean(0, keepdim=True).expand_as(pixels), pixels).item()
     assert mse < 0.5 * baseline
-    assert d.meta["vae_reconstruction_mse"]["heldout"] < 0.5 * baseline
+    assert d.meta["vae_heldout_mse"] == pytest.approx(
+        F.mse_loss(decode_latents(vae, d.latent_mean[d.heldout], 1.0), from_uint8(d.images[d.heldout])).item(),
+        rel=1e-5)
 
 
 def test_vae_training_is_deterministic():
@@ -151,3 +153,11 @@ def test_random_dataset():
     x, y = data.sample(8, torch.Generator().manual_seed(0))
     assert x.shape == (8, 3, 4, 4) and y.max() < 5
     assert torch.equal(load_latents(cfg).mean, data.mean)  # fixed pool per seed
+
+
+def test_pixels_are_clamped_never_wrapped():
+    x = torch.tensor([-3.0, -1.0, -0.5, 0.0, 1.0, 7.0]).view(1, 1, 1, 6)
+    assert to_uint8(x).flatten().tolist() == [0, 0, 64, 128, 255, 255]  # round(63.75), round(127.5) half-even
+    assert torch.equal(to_uint8(from_uint8(torch.arange(256, dtype=torch.uint8))), torch.arange(256, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="NaN"):
+        to_uint8(torch.tensor([0.0, float("nan")]))

@@ -13,6 +13,7 @@ from core import encode as encode_mod
 from core.config import ConfigError, TrainConfig
 from core.encode import MANIFEST, center_crop_arr, encode_folder, read_encoded
 from core.latents import load_latents
+from core.vae import load_vae
 
 CLASSES = ["cat", "dog", "emu"]
 PER_CLASS = 5
@@ -143,6 +144,11 @@ def test_read_encoded_detects_corruption(folder):
         read_encoded(folder / "out")
     with pytest.raises(FileNotFoundError, match="gat-sweep encode"):
         read_encoded(folder / "nowhere")
+
+
+def test_load_vae_accepts_a_pipeline_directory(folder):
+    AutoencoderKL.from_pretrained(folder / "vae").save_pretrained(folder / "pipeline" / "vae")
+    assert load_vae(str(folder / "pipeline")).config.scaling_factor == 0.5
 
 
 def test_missing_inputs_are_named(folder):
