@@ -10,6 +10,7 @@ from diffusers import AutoencoderKL
 from sklearn.datasets import load_digits
 
 from core import digits as digits_mod
+from core.cache import atomic_directory
 from core.config import ConfigError, TrainConfig
 from core.digits import deterministic_cpu, digits_images, entry_dir, prepare_digits
 from core.features import accuracy, load_classifier
@@ -161,3 +162,13 @@ def test_pixels_are_clamped_never_wrapped():
     assert torch.equal(to_uint8(from_uint8(torch.arange(256, dtype=torch.uint8))), torch.arange(256, dtype=torch.uint8))
     with pytest.raises(ValueError, match="NaN"):
         to_uint8(torch.tensor([0.0, float("nan")]))
+
+
+def test_atomic_directory_first_writer_wins(tmp_path):
+    final = tmp_path / "entry"
+    with atomic_directory(final) as tmp:
+        (tmp / "mine.txt").write_text("second")
+        final.mkdir()  # another process finished first
+        (final / "theirs.txt").write_text("first")
+    assert [p.name for p in final.iterdir()] == ["theirs.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]  # the losing copy is gone
