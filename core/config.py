@@ -137,7 +137,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    """EMA decay of G per iteration."""
+    """EMA decay of G per iteration (paper: 0.999 at batch 512)."""
+    ema_warmup: bool = False
+    """Use ``min(ema_decay, (1 + t) / (10 + t))`` at iteration t (TensorFlow's
+    ExponentialMovingAverage with ``num_updates``), so that a run of a few hundred iterations is
+    not evaluated on an EMA still dominated by the initialisation. Off = the paper's constant."""
     w_avg_beta: float = 0.995
 
     # ---- losses and regularisers (GAT_METHOD.md §4) ----------------------------------------

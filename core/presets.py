@@ -35,7 +35,7 @@ PRESETS: dict[str, TrainConfig] = {
     # The embedded default (scikit-learn digits through a small VAE), a few minutes on 2 CPU cores.
     "digits": TrainConfig(name="digits", dataset="digits", g=_SMALL, d=_SMALL, d_proj_dim=256,
                           lr_g=1e-3, lr_d=1e-3, iterations=1500, eval_every=500, eval_samples=1000,
-                          ckpt_every=250),
+                          ckpt_every=250, ema_warmup=True),
     **{f"GAT-{s}/{p}": _imagenet(s, p) for s in SIZES for p in (2, 4, 8)},
 }
 

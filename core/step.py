@@ -55,6 +55,17 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         b_ema.copy_(b)
 
 
+def ema_decay_at(cfg: TrainConfig, iteration: int) -> float:
+    """EMA decay used after ``iteration`` completed iterations (0-based count before the update).
+
+    ``cfg.ema_decay``, or with ``cfg.ema_warmup`` ``min(ema_decay, (1 + t) / (10 + t))``
+    (TensorFlow ``tf.train.ExponentialMovingAverage(num_updates=t)``).
+    """
+    if cfg.ema_warmup:
+        return min(cfg.ema_decay, (1 + iteration) / (10 + iteration))
+    return cfg.ema_decay
+
+
 def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, DistributedDataParallel) else module
 
@@ -70,6 +81,8 @@ class GATStep:
     def __init__(self, cfg: TrainConfig, G: nn.Module, D: nn.Module, device: torch.device,
                  G_ema: Generator | None = None, count_only: bool = False) -> None:
         self.cfg, self.G, self.D, self.G_ema, self.device = cfg, G, D, G_ema, device
+        self.done = 0
+        """Iterations completed (set on resume; drives the EMA warm-up)."""
         self.count_only = count_only
         self.t = noise_levels(MNG_LEVELS)  # float64 on CPU; perturb moves it to the data's device
         self.opt_g = make_optimizer(_unwrap(G), cfg.lr_g, cfg.lr_mult_g, cfg)
@@ -109,7 +122,9 @@ class GATStep:
     def iteration(self, x: Tensor, y: Tensor, z: Tensor) -> dict[str, Tensor]:
         """One full iteration: fakes, D step, G step (+ EMA). Returns detached 0-d stats."""
         fake = self.generate(z, y)
-        return {**self.d_step(x, y, fake.detach()), **self.g_step(x, y, fake)}
+        stats = {**self.d_step(x, y, fake.detach()), **self.g_step(x, y, fake)}
+        self.done += 1
+        return stats
 
     def d_step(self, x: Tensor, y: Tensor, fake: Tensor) -> dict[str, Tensor]:
         """One discriminator update. x: (N, c, H, W) scaled real latents, y: (N,),
@@ -179,5 +194,5 @@ class GATStep:
             D.requires_grad_(True)
         stats = {"loss/G": loss.detach(), "diag/grad_norm_G": self._clip_and_step(self.G, self.opt_g)}
         if self.G_ema is not None:
-            update_ema(self.G_ema, _unwrap(self.G), self.cfg.ema_decay)
+            update_ema(self.G_ema, _unwrap(self.G), ema_decay_at(self.cfg, self.done))
         return stats

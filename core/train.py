@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from core import diagnostics
 from core.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from core.config import ConfigError, TrainConfig
+from core.evaluate import InvalidMetricError, make_evaluator
 from core.flops import FLOPS_CONVENTION, train_flops_per_iter
 from core.latents import load_latents
 from core.model import Discriminator, Generator, build_models, count_parameters
@@ -177,8 +178,6 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
     data = load_latents(cfg)
     evaluator = None
     if rank == 0 and cfg.eval_every >= 0:
-        from core.evaluate import make_evaluator  # torch-fidelity and the VAE load only when needed
-
         evaluator = make_evaluator(cfg, data, device)
     torch.manual_seed(cfg.seed)  # the initialisation is part of what a seed names
     G, D = build_models(cfg, device)
@@ -210,6 +209,7 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         G_train = DistributedDataParallel(G, device_ids=ids, broadcast_buffers=False)
         D_train = DistributedDataParallel(D, device_ids=ids)
     step = GATStep(cfg, G_train, D_train, device, G_ema=G_ema)
+    step.done = start
     if start:
         step.opt_g.load_state_dict(state["opt_g"])
         step.opt_d.load_state_dict(state["opt_d"])
@@ -289,8 +289,14 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         evaluate_now = evaluator is not None and (
             done_it == cfg.iterations or (cfg.eval_every > 0 and done_it % cfg.eval_every == 0))
         if evaluate_now:
-            results = evaluator.evaluate(G_ema)  # RNG use here is harmless: iterations re-seed
-            images.append(evaluator.sample_grid(G_ema, run_dir / "samples" / f"iter_{done_it:07d}.png"))
+            try:
+                results = evaluator.evaluate(G_ema)  # RNG use here is harmless: iterations re-seed
+                images.append(evaluator.sample_grid(G_ema, run_dir / "samples" / f"iter_{done_it:07d}.png"))
+            except InvalidMetricError as error:  # non-finite samples: the run has diverged
+                status = "diverged"
+                bar.write(f"{cfg.name}: {error}; stopping (diverged)")
+                emit(done_it, metrics)
+                break
             metrics.update(results)
             value = results.get(evaluator.metric_key, math.inf)
             if value < best["value"]:
