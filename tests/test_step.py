@@ -93,6 +93,6 @@ def test_g_step_leaves_d_untouched_and_generate_updates_w_avg():
 def test_ema_warmup_schedule():
     from core.step import ema_decay_at
     c = cfg(ema_warmup=True)
-    assert [ema_decay_at(c, t) for t in (0, 10, 990)] == pytest.approx([0.1, 11 / 20, 0.99])
+    assert [ema_decay_at(c, t) for t in (0, 10, 990)] == pytest.approx([0.1, 11 / 20, 991 / 1000])
     assert ema_decay_at(c, 10_000) == 0.999  # capped at ema_decay
     assert ema_decay_at(cfg(), 0) == 0.999  # the paper's constant decay by default
