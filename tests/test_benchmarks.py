@@ -47,8 +47,9 @@ def test_gpu_benchmark_runs_on_cpu_at_tiny_size():
                                             "_scaled_dot_product_flash_attention_for_cpu_backward[float32]"]
     G, D = build_models(PRESETS["tiny"], "meta")
     assert (b2["g_params"], b2["d_params"]) == (count_parameters(G), count_parameters(D))
-    # FLOPs are linear in the batch size
-    assert b4["tflop_per_iter"] == pytest.approx(2 * b2["tflop_per_iter"])
+    # FLOPs grow with the batch size, all but D's class projection linearly (its MLP runs once
+    # on the class table when the batched D step has more rows than classes)
+    assert 1.9 * b2["tflop_per_iter"] < b4["tflop_per_iter"] < 2 * b2["tflop_per_iter"]
 
 
 def test_gpu_benchmark_rejects_unknown_size():
