@@ -79,7 +79,8 @@ def run(
     Starts a local Ray instance unless an address is given. Each trial trains in its own run
     directory under the output directory; crashed trials are retried from their last checkpoint.
     Progress is printed as trials start and end; at the end a summary table and the
-    `mlflow ui` command that shows the runs. Exit status 1 if any trial failed.
+    `mlflow ui` command that shows the runs. Exit status 1 if any trial failed (or the run was
+    interrupted), 2 for a mistake in the sweep file or the options.
 
     **Resuming:** run the same command again. Trials that ended (finished or diverged) are
     not rerun; the others continue from their checkpoints; MLflow runs are reattached. If the
@@ -103,15 +104,16 @@ def run(
             _print_trials(spec)
             return
         spec.check_cluster_settings()  # before the slow imports: a quick answer
+        sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
         # Offline by default, and quiet: our own progress lines replace Ray's and MLflow's banners.
         for key, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AIR_NEW_OUTPUT", "0"),
-                           ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")):
+                           ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1"), ("MLFLOW_LOGGING_LEVEL", "WARNING")):
             os.environ.setdefault(key, value)
         from scaling.tune import run_sweep
 
         outcome = run_sweep(spec, sweep_file, console=console)
     _print_outcome(outcome)
-    if outcome.failed:
+    if outcome.failed or any(t.status == "incomplete" for t in outcome.trials):
         raise typer.Exit(1)
 
 
@@ -145,10 +147,10 @@ def _print_trials(spec: SweepSpec) -> None:
 
 
 def _print_outcome(outcome: Any) -> None:
-    keys = sorted({k for t in outcome.trials for k in t.metrics if k.startswith("eval/")})
+    keys = sorted({k for t in outcome.trials for k in t.metrics if k.startswith(("eval/fd", "eval/fid"))})
     table = Table(title=f"sweep {outcome.name}", title_justify="left", box=box.SIMPLE_HEAD)
     for name in ["trial", "status", "iterations", "kimg", *keys, "loss/G", "loss/D"]:
-        table.add_column(name, justify="left" if name in ("trial", "status") else "right")
+        table.add_column(name, justify="left" if name in ("trial", "status") else "right", no_wrap=name == "trial")
     styles = {"finished": "green", "diverged": "yellow", "error": "red", "incomplete": "dim"}
     for t in outcome.trials:
         values = [f"{t.metrics[k]:.4g}" if k in t.metrics else "-" for k in [*keys, "loss/G", "loss/D"]]
@@ -159,6 +161,9 @@ def _print_outcome(outcome: Any) -> None:
             console.print(f"[red]{t.name}[/]: {t.error}", highlight=False)
     counts = {s: sum(t.status == s for t in outcome.trials) for s in styles}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n), highlight=False)
+    if counts["incomplete"] or counts["error"]:
+        console.print("Run the same command again to resume: ended trials are kept, the others continue "
+                      "from their checkpoints.", highlight=False)
     if outcome.tracking_uri.startswith(("http://", "https://")):
         console.print(f"MLflow:     {outcome.tracking_uri.rstrip('/')}/#/experiments/{outcome.experiment_id}",
                       highlight=False, soft_wrap=True)
@@ -274,6 +279,53 @@ def schema() -> None:
     **Example:**  gat-sweep schema > sweep.schema.json
     """
     print(json.dumps(SweepSpec.model_json_schema(), indent=2))
+
+
+@app.command()
+def encode(
+    images_dir: Annotated[Path, typer.Argument(help="ImageFolder: one sub-folder of images per class.")],
+    out_dir: Annotated[Path, typer.Argument(help="Output directory for latent shards and manifest.json.")],
+    vae: Annotated[str, typer.Option(help="Local AutoencoderKL directory (save_pretrained), e.g. SD-VAE.")],
+    resolution: Annotated[int, typer.Option(help="Image side in px after the ADM centre crop.")] = 256,
+    batch: Annotated[int, typer.Option(help="Images per VAE forward pass.")] = 32,
+    precision: Annotated[str, typer.Option(help="fp32 or bf16 (VAE compute and stored latents).")] = "fp32",
+    shard_size: Annotated[int | None, typer.Option(help="Images per shard file (default 2048).")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu, cuda, cuda:N.")] = "auto",
+    workers: Annotated[int, typer.Option(help="DataLoader processes decoding images.")] = 0,
+    allow_download: Annotated[bool, typer.Option(help="Allow fetching a hub VAE id (offline by default).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count images and classes; encode nothing.")] = False,
+) -> None:
+    """Encode an image folder into VAE latents that sweeps and `gat-sweep train` can use as dataset.
+
+    Resumable: run the same command again after an interruption (finished shards are kept).
+    Use the output directory as `dataset:` in a sweep file, with `latent_size` = resolution / 8
+    and `num_classes` = the number of class folders.
+
+    **Examples:**
+
+      gat-sweep encode /data/imagenet/train /shared/latents/in256 --vae /weights/sd-vae-ft-ema --dry-run
+
+      gat-sweep encode /data/imagenet/train /shared/latents/in256 --vae /weights/sd-vae-ft-ema --precision bf16 --batch 128
+    """
+    with user_errors(ValueError):
+        from core.encode import DEFAULT_SHARD_SIZE, encode_folder, image_folder
+
+        if dry_run:
+            folder = image_folder(images_dir, resolution)
+            console.print(f"{len(folder.samples)} images in {len(folder.classes)} classes under "
+                          f"{images_dir.absolute()} -> {out_dir.absolute()} at {resolution} px, {precision}, "
+                          f"VAE {vae}", highlight=False)
+            return
+        import torch
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        manifest = encode_folder(images_dir, out_dir, vae, resolution=resolution, batch=batch, precision=precision,
+                                 shard_size=shard_size or DEFAULT_SHARD_SIZE, device=device,
+                                 allow_download=allow_download, num_workers=workers)
+    info = json.loads(manifest.read_text())
+    console.print(f"{info['count']} images, {len(info['classes'])} classes, latents {info['latent_shape']} "
+                  f"-> {manifest.parent}", highlight=False)
 
 
 @app.command()

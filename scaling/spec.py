@@ -307,7 +307,29 @@ class SweepSpec(_Strict):
         bad = [p for p in self.model.patch if base.latent_size % p]
         if bad:
             raise ValueError(f"model.patch {bad} does not divide latent_size={base.latent_size}")
+        self._check_eval()
         return self
+
+    def _check_eval(self) -> None:
+        """Frechet distances need at least as many samples as feature dimensions (else the sample
+        covariance is singular); the domain extractor exists for digits only. Mirrors the checks
+        of ``core.evaluate.make_evaluator`` so a sweep fails here, before anything starts."""
+        if self.eval.every < 0 or self.dataset == "random":
+            return
+        # Imported here: torch-fidelity is slow to import and only evaluating sweeps need it.
+        from core.evaluate import INCEPTION_DIM
+        from core.features import FEATURE_DIM
+
+        metric = self.eval.metric
+        if metric == "auto":
+            metric = "fd_domain" if self.dataset == "digits" else "fid"
+        if metric == "fd_domain" and self.dataset != "digits":
+            raise ValueError("eval.metric fd_domain needs dataset digits (the only one with a domain "
+                             "feature extractor); use eval.metric fid with train.inception_weights")
+        need = FEATURE_DIM if metric == "fd_domain" else INCEPTION_DIM
+        if self.eval.samples < need:
+            raise ValueError(f"eval.samples={self.eval.samples} is below the {need}-d features of the "
+                             f"{metric} extractor (singular covariance); use eval.samples >= {need}")
 
     def base_config(self) -> TrainConfig:
         """The TrainConfig every trial starts from: preset, then ``train``, dataset, budget and eval.

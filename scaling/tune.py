@@ -33,7 +33,7 @@ import torch
 from ray import tune
 from rich.console import Console
 
-from core.config import ConfigError
+from core.config import ConfigError, TrainConfig
 from core.train import RESULT_FILE, Report, TrainResult, train
 from scaling.grid import Trial, expand, sweep_hash, trial_rows
 from scaling.spec import Resources, SweepSpec, is_local_store
@@ -48,6 +48,9 @@ from scaling.tracking import (
 STATE_FILE, TRIALS_DIR, TUNE_DIR, ATTEMPTS_FILE = "sweep.json", "trials", "tune", "attempts.jsonl"
 STATUS_EVERY_S = 30.0
 """Seconds between progress lines while trials run."""
+DDP_LAUNCHER_CPU = 0.01
+"""CPU share reserved by the Tune trial that launches a multi-worker Ray Train run: it only waits,
+so it must not hold back a CPU the DDP workers need."""
 
 
 class SweepChangedError(ConfigError):
@@ -79,7 +82,7 @@ class TrialReporter(MlflowReporter):
         self.run_dir = plan.run_dir(trial.name)
         self.to_tune = to_tune
 
-    def start(self, cfg, info, state) -> None:  # type: ignore[no-untyped-def]
+    def start(self, cfg: TrainConfig, info: dict[str, str], state: dict[str, Any] | None) -> None:
         record = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
                   "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
                   "resumed": state is not None}
@@ -186,6 +189,8 @@ class TrialOutcome:
 
 @dataclass
 class SweepOutcome:
+    """How a sweep stands after a driver run: every trial, and where its results are."""
+
     name: str
     out: Path
     tracking_uri: str
@@ -255,15 +260,18 @@ def _create_sweep(spec: SweepSpec, sweep_file: Path, digest: str, rows: list[dic
 class ProgressLines(tune.Callback):
     """Readable progress: one line per trial event, and a status line every STATUS_EVERY_S."""
 
-    def __init__(self, total: int, done_before: int) -> None:
-        self.total, self.done = total, done_before
+    def __init__(self, console: Console, total: int, done_before: int) -> None:
+        self.console, self.total, self.done = console, total, done_before
         self.iters: dict[str, int] = {}
         self.last_status = time.monotonic()
 
-    def _print(self, text: str) -> None:
-        from rich import get_console
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray Tune pickles callbacks into its experiment state; a console does not pickle.
+        return {**self.__dict__, "console": None}
 
-        get_console().print(text, highlight=False)
+    def _print(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text, highlight=False, soft_wrap=True)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
         self._print(f"[cyan]start[/]     {trial.config['trial']}")
@@ -275,7 +283,7 @@ class ProgressLines(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
         self.done += 1
         result = trial.last_result or {}
-        evals = "  ".join(f"{k}={v:.4g}" for k, v in result.items() if k.startswith("eval/"))
+        evals = "  ".join(f"{k}={v:.4g}" for k, v in result.items() if k.startswith(("eval/fd", "eval/fid")))
         style = "red" if result.get("status") == "diverged" else "green"
         self._print(f"[{style}]{result.get('status', 'done'):<9}[/] {trial.config['trial']}  "
                     f"({self.done}/{self.total})  {evals}")
@@ -334,7 +342,8 @@ def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporte
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING)
         try:
-            errors = _fit(plan, spec, todo, reporter_cls, len(trials) - len(todo))
+            progress = ProgressLines(console, len(trials), len(trials) - len(todo))
+            errors = _fit(plan, spec, todo, reporter_cls, progress)
         finally:
             if started_ray:
                 ray.shutdown()
@@ -345,10 +354,10 @@ def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporte
 
 
 def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[TrialReporter],
-         done_before: int) -> dict[str, str]:
+         progress: ProgressLines) -> dict[str, str]:
     """Run the trials ``todo`` as one Ray Tune experiment; return {trial: error} of failed ones."""
     res = spec.resources
-    request = {"cpu": res.cpus, "gpu": res.gpus} if res.workers == 1 else {"cpu": 0.01}
+    request = {"cpu": res.cpus, "gpu": res.gpus} if res.workers == 1 else {"cpu": DDP_LAUNCHER_CPU}
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan, reporter_cls=reporter_cls), request)
     tuner = tune.Tuner(
         trainable,
@@ -359,7 +368,7 @@ def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[T
         run_config=tune.RunConfig(
             name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(plan.out / TUNE_DIR), verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[ProgressLines(done_before + len(todo), done_before)]),
+            callbacks=[progress]),
     )
     results = tuner.fit()
     return {r.config["trial"]: f"{type(r.error).__name__}: {r.error}" for r in results if r.error is not None}

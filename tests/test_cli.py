@@ -5,7 +5,9 @@ summary and exit status of `run`."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from scaling import cli
@@ -115,6 +117,25 @@ def test_run_prints_summary_and_exits_1_when_a_trial_failed(monkeypatch, tmp_pat
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in result.output
     outcome.trials.pop()
     assert invoke("run", str(SWEEPS / "smoke.yaml")).exit_code == 0
+
+
+def test_encode_writes_latents_from_an_image_folder(tmp_path, tiny_digits_cache):
+    images = tmp_path / "images"
+    for label in ("a", "b"):
+        (images / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((40, 48, 3), 60 * i, np.uint8)).save(images / label / f"{i}.png")
+    args = [str(images), str(tmp_path / "latents"), "--vae", str(tiny_digits_cache.vae_dir), "--resolution", "32"]
+    dry = invoke("encode", *args, "--dry-run")
+    assert dry.exit_code == 0 and "6 images in 2 classes" in dry.output
+    assert not (tmp_path / "latents").exists()
+    result = invoke("encode", *args, "--batch", "4", "--shard-size", "4", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "6 images, 2 classes, latents [4, 8, 8]" in result.output
+    manifest = json.loads((tmp_path / "latents" / "manifest.json").read_text())
+    assert manifest["count"] == 6 and [s["count"] for s in manifest["shards"]] == [4, 2]
+    missing = invoke("encode", str(tmp_path / "none"), str(tmp_path / "l2"), "--vae", "x", "--dry-run")
+    assert missing.exit_code == 2 and f"image folder {tmp_path / 'none'} does not exist" in missing.output
 
 
 def test_plot_of_an_unknown_sweep_is_a_user_error(tmp_path):

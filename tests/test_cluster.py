@@ -21,18 +21,22 @@ import pytest
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 SWEEP = """
 name: {name}
-dataset: random
+dataset: {dataset}
 model: {{widths: [32], depths: [4], head_dim: 16}}
 lr: {{base_lrs: {lrs}, rules: [gat], base_width: 32}}
 budget: {{iterations: {iterations}}}
-eval: {{every: -1}}
+eval: {{every: {eval_every}, samples: 64}}
 train: {{d_proj_dim: 32, batch: 8, ckpt_every: 3, log_every: 2, diag_every: 2}}
 resources: {{cpus: 1}}
 max_concurrent: {concurrent}
 """
+
+
+def environment() -> dict[str, str]:
+    """The environment of every process started here (read when called: fixtures set variables)."""
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 def free_port() -> int:
@@ -42,7 +46,7 @@ def free_port() -> int:
 
 
 def start(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=ENV,
+    return subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=environment(),
                             start_new_session=True)
 
 
@@ -79,8 +83,9 @@ def rest(base: str, endpoint: str, **params):
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """An MLflow server and a two-node Ray cluster (1 CPU each), all on 127.0.0.1."""
+def cluster(tmp_path_factory, tiny_digits_cache):
+    """An MLflow server and a two-node Ray cluster (1 CPU each), all on 127.0.0.1; the nodes
+    inherit the tiny digits cache's environment."""
     logs = tmp_path_factory.mktemp("cluster")
     temp = Path(f"/tmp/rt{uuid.uuid4().hex[:6]}")  # Ray's socket paths must stay short
     mlflow_port, ray_port = free_port(), free_port()
@@ -121,12 +126,14 @@ def shared_dir():
 
 
 def gat_sweep(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "gat-sweep"), *args], capture_output=True, text=True, env=ENV,
+    return subprocess.run([str(BIN / "gat-sweep"), *args], capture_output=True, text=True, env=environment(),
                           timeout=600, check=False, **kwargs)
 
 
-def write_sweep(path: Path, name: str, lrs: str, iterations: int, concurrent: int) -> Path:
-    path.write_text(SWEEP.format(name=name, lrs=lrs, iterations=iterations, concurrent=concurrent))
+def write_sweep(path: Path, name: str, lrs: str, iterations: int, concurrent: int, digits: bool = False) -> Path:
+    """A one-width sweep; with ``digits`` on the tiny digits data, evaluated every 2 iterations."""
+    path.write_text(SWEEP.format(name=name, lrs=lrs, iterations=iterations, concurrent=concurrent,
+                                 dataset="digits" if digits else "random", eval_every=2 if digits else -1))
     return path
 
 
@@ -145,7 +152,7 @@ def _tags(run: dict) -> dict[str, str]:
 
 
 def test_two_node_sweep_logs_over_http(cluster, shared_dir, tmp_path):
-    sweep = write_sweep(tmp_path / "two_nodes.yaml", "two_nodes", "[1e-3, 2e-3]", 6, 2)
+    sweep = write_sweep(tmp_path / "two_nodes.yaml", "two_nodes", "[1e-3, 2e-3]", 4, 2, digits=True)
     out = shared_dir / "two_nodes"
     done = gat_sweep("run", str(sweep), "--address", cluster["address"], "--tracking-uri", cluster["mlflow"],
                      "--output-dir", str(out))
@@ -168,10 +175,16 @@ def test_two_node_sweep_logs_over_http(cluster, shared_dir, tmp_path):
         assert _tags(run)["gat_sweep.status"] == "finished" and run["info"]["status"] == "FINISHED"
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
         assert params["lr_g"] == name.split("_lr")[1].split("_")[0] and params["g.width"] == "32"
-        history = rest(base, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="progress/kimg")
-        assert [(m["step"], m["value"]) for m in history["metrics"]] == [(2, 0.016), (3, 0.024), (4, 0.032), (6, 0.048)]
-        files = {f["path"] for f in rest(base, "artifacts/list", run_id=run["info"]["run_id"])["files"]}
-        assert "config.json" in files
+        assert params["eval.metric_key"] == "eval/fd_digits_64" and params["eval.num_samples"] == "64"
+        run_id = run["info"]["run_id"]
+        history = rest(base, "metrics/get-history", run_id=run_id, metric_key="progress/kimg")
+        assert [(m["step"], m["value"]) for m in history["metrics"]] == [(2, 0.016), (3, 0.024), (4, 0.032)]
+        fd = rest(base, "metrics/get-history", run_id=run_id, metric_key="eval/fd_digits_64")["metrics"]
+        assert [m["step"] for m in fd] == [2, 4] and all(m["value"] > 0 for m in fd)
+        files = {f["path"] for f in rest(base, "artifacts/list", run_id=run_id)["files"]}
+        assert {"config.json", "samples"} <= files
+        grids = {f["path"] for f in rest(base, "artifacts/list", run_id=run_id, path="samples")["files"]}
+        assert grids == {"samples/iter_0000002.png", "samples/iter_0000004.png"}
 
 
 def test_cluster_address_refuses_node_local_settings(cluster, shared_dir, tmp_path):
@@ -192,7 +205,7 @@ def test_killed_driver_rerun_skips_finished_trials(cluster, shared_dir, tmp_path
     args = ["run", str(sweep), "--address", cluster["address"], "--tracking-uri", cluster["mlflow"],
             "--output-dir", str(out)]
     driver = subprocess.Popen([str(BIN / "gat-sweep"), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env=ENV, start_new_session=True)
+                              env=environment(), start_new_session=True)
     trials = out / "trials"
 
     def one_finished_one_midway() -> bool:

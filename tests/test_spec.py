@@ -105,6 +105,12 @@ def test_wrong_types_and_values_name_the_field(tmp_path):
     ("batch: 8", "batch: 8, latent_size: 6", "model.patch [4] does not divide latent_size=6"),
     ("batch: 8", "batch: 0", "train: batch must be positive, got 0"),
     ("dataset: random", "dataset: random\npreset: huge", "preset 'huge' is unknown"),
+    ("dataset: random", "dataset: digits\neval: {every: 10, samples: 50}",
+     "eval.samples=50 is below the 64-d features of the fd_domain extractor"),
+    ("dataset: random", "dataset: /data/latents\neval: {samples: 1000}",
+     "eval.samples=1000 is below the 2048-d features of the fid extractor"),
+    ("dataset: random", "dataset: /data/latents\neval: {metric: fd_domain, samples: 5000}",
+     "eval.metric fd_domain needs dataset digits"),
 ])
 def test_cross_field_rules(tmp_path, old, new, expected):
     text = VALID.replace("head_dim: 16}", "head_dim: 16, patch: [2, 4]}") if "patch" in expected else VALID
@@ -148,7 +154,7 @@ def test_base_config_applies_preset_train_budget_and_eval(tmp_path):
 
 def test_paths_and_defaults_are_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    spec = load_spec(write(tmp_path, VALID.replace("dataset: random", "dataset: data/latents")))
+    spec = load_spec(write(tmp_path, VALID.replace("dataset: random", "dataset: data/latents\neval: {every: -1}")))
     assert spec.dataset_value() == str(tmp_path / "data" / "latents")
     assert spec.output_path() == tmp_path / "outputs" / "t"
     assert spec.tracking() == f"sqlite:///{tmp_path}/outputs/t/mlflow.db"
