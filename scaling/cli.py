@@ -123,22 +123,26 @@ def _print_trials(spec: SweepSpec) -> None:
 
     rows = trial_rows(expand(spec))
     tied = all((r["g_width"], r["g_depth"], r["g_heads"]) == (r["d_width"], r["d_depth"], r["d_heads"]) for r in rows)
+    repeats = any(r["same_as"] for r in rows)
     table = Table(title=f"sweep {spec.name}: {len(rows)} trials", title_justify="left", box=box.SIMPLE_HEAD)
     columns = ["trial", "width", "depth", "heads"] + ([] if tied else ["D width", "D depth", "D heads"])
-    columns += ["G params", "D params", "FLOPs/iter", "lr_G", "lr_D", "train FLOPs"]
+    columns += ["G params", "D params", "FLOPs/iter", "lr_G", "lr_D", "train FLOPs"] + (["same training as"] if repeats else [])
     for name in columns:
-        table.add_column(name, justify="left" if name == "trial" else "right", no_wrap=name == "trial")
+        table.add_column(name, justify="left" if name in ("trial", "same training as") else "right",
+                         no_wrap=name == "trial")
     for r in rows:
         cells = [r["name"], str(r["g_width"]), str(r["g_depth"]), str(r["g_heads"])]
         cells += [] if tied else [str(r["d_width"]), str(r["d_depth"]), str(r["d_heads"])]
         cells += [si(r["g_params"]), si(r["d_params"]), si(r["flops_per_iter"]), f"{r['lr_g']:.4g}",
-                  f"{r['lr_d']:.4g}", si(r["total_flops"])]
+                  f"{r['lr_d']:.4g}", si(r["total_flops"])] + ([r["same_as"]] if repeats else [])
         table.add_row(*cells)
     console.print(table)
     res, first = spec.resources, rows[0]
+    trained = [r for r in rows if not r["same_as"]]
     console.print(
         f"budget {first['iterations']} iterations x batch {first['batch']} = {first['kimg']:g} kimg per trial; "
-        f"total training compute {si(sum(r['total_flops'] for r in rows), 'FLOPs')} "
+        f"{len(trained)} trainings ({len(rows) - len(trained)} trials repeat an identical trial's training and "
+        f"get a copy of its results); total training compute {si(sum(r['total_flops'] for r in trained), 'FLOPs')} "
         f"({FLOPS_CONVENTION.split(',')[0]})\n"
         f"per trial: {res.workers} worker(s) x ({res.cpus:g} CPU, {res.gpus:g} GPU); "
         f"at most {spec.max_concurrent or 'as many as fit'} at once; retries {spec.max_failures}\n"
@@ -160,7 +164,10 @@ def _print_outcome(outcome: Any) -> None:
         if t.error:
             console.print(f"[red]{t.name}[/]: {t.error}", highlight=False)
     counts = {s: sum(t.status == s for t in outcome.trials) for s in styles}
-    console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n), highlight=False)
+    copies = sum(t.same_as is not None for t in outcome.trials)
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n)
+                  + (f" ({copies} repeat an identical trial's training: copied runs, tag gat_sweep.same_as)"
+                     if copies else ""), highlight=False)
     if counts["incomplete"] or counts["error"]:
         console.print("Run the same command again to resume: ended trials are kept, the others continue "
                       "from their checkpoints.", highlight=False)

@@ -72,6 +72,29 @@ def expand(spec: SweepSpec) -> list[Trial]:
     return trials
 
 
+def training_key(config: TrainConfig) -> str:
+    """Short SHA-256 of everything that decides a training run: the config without its name."""
+    data = config.to_dict()
+    data.pop("name")
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def shared_trainings(trials: list[Trial]) -> dict[str, str]:
+    """{trial: earlier trial it repeats} for trials whose TrainConfig equals an earlier one's but for
+    the name. Rules coincide wherever they give the same learning rates: ``gat`` and ``constant``
+    at the base width, and ``gat`` at width C with base LR b and ``constant`` with b * C0 / C.
+    Such a trial needs no training of its own (training is deterministic given the config)."""
+    first: dict[str, str] = {}
+    repeats = {}
+    for t in trials:
+        key = training_key(t.config)
+        if key in first:
+            repeats[t.name] = first[key]
+        else:
+            first[key] = t.name
+    return repeats
+
+
 def sweep_hash(trials: list[Trial]) -> str:
     """Short SHA-256 of everything that decides the trials' results (names, configs, coordinates).
 
@@ -108,7 +131,9 @@ def trial_cost(config: TrainConfig) -> TrialCost:
 
 
 def trial_rows(trials: list[Trial]) -> list[dict[str, Any]]:
-    """One row per trial for the dry-run table and trials.csv (parameter counts, FLOPs, LRs)."""
+    """One row per trial for the dry-run table and trials.csv (parameter counts, FLOPs, LRs, and
+    ``same_as``: the earlier trial whose training this one repeats, if any)."""
+    repeats = shared_trainings(trials)
     rows = []
     for t in trials:
         cost, c = trial_cost(t.config), t.config
@@ -118,6 +143,6 @@ def trial_rows(trials: list[Trial]) -> list[dict[str, Any]]:
             "d_width": c.d.width, "d_depth": c.d.depth, "d_heads": c.d.heads, "patch": c.patch,
             "g_params": cost.g_params, "d_params": cost.d_params, "flops_per_iter": cost.flops_per_iter,
             "lr_g": c.lr_g, "lr_d": c.lr_d, "batch": c.batch, "iterations": c.iterations,
-            "kimg": c.kimg, "seed": c.seed, "total_flops": cost.total_flops,
+            "kimg": c.kimg, "seed": c.seed, "total_flops": cost.total_flops, "same_as": repeats.get(t.name, ""),
         })
     return rows

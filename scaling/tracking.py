@@ -6,7 +6,8 @@ database raced when two trials created it); every trial logs through :class:`Mlf
 which ``core.train.train`` drives. The child run id travels inside each checkpoint
 (:meth:`MlflowReporter.state_dict`) and is reattached on retry or resume, so a trial has exactly
 one run however often it restarts; a trial that crashed before its first checkpoint finds its run
-again by its tags.
+again by its tags. A trial whose training repeats another trial's exactly gets a copy of that
+run (:func:`copy_run`) instead of training again.
 """
 
 from __future__ import annotations
@@ -17,18 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag, ViewType
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from core.config import TrainConfig, flatten
 from core.train import Report, Reporter, TrainResult
 
 TAG_ROLE, TAG_SWEEP, TAG_TRIAL = "gat_sweep.role", "gat_sweep.sweep", "gat_sweep.trial"
-TAG_STATUS, TAG_SPEC_HASH = "gat_sweep.status", "gat_sweep.spec_hash"
+TAG_STATUS, TAG_SPEC_HASH, TAG_SAME_AS = "gat_sweep.status", "gat_sweep.spec_hash", "gat_sweep.same_as"
 STATUSES = ("running", "finished", "diverged", "failed")
 """Values of the ``gat_sweep.status`` tag of a child run."""
-PARAMS_PER_BATCH = 100
-"""MLflow's limit of params per log_batch call."""
+PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 1000
+"""MLflow's limits of params and of metrics per log_batch call."""
 
 
 def open_experiment(tracking_uri: str, name: str, artifact_dir: Path | None) -> str:
@@ -79,6 +80,52 @@ class TrialTracking:
     sweep: str
     parent_run_id: str | None = None
 
+    def tags(self, trial: str) -> dict[str, str]:
+        """The identifying tags of a trial's child run."""
+        tags = {TAG_ROLE: "trial", TAG_SWEEP: self.sweep, TAG_TRIAL: trial}
+        if self.parent_run_id:
+            tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
+        return tags
+
+    def find_run(self, client: MlflowClient, trial: str) -> Run | None:
+        """The (oldest) active child run of ``trial``, or None."""
+        filters = [f"tags.`{key}` = '{value}'" for key, value in self.tags(trial).items()]
+        runs = client.search_runs([self.experiment_id], " and ".join(filters), run_view_type=ViewType.ACTIVE_ONLY,
+                                  max_results=1, order_by=["attributes.start_time ASC"])
+        return runs[0] if runs else None
+
+
+def copy_run(tracking: TrialTracking, source: str, trial: str, config: TrainConfig, params: dict[str, Any],
+             samples: list[Path]) -> str:
+    """Log the run of trial ``source`` again as the child run of ``trial``, whose training is
+    identical (the same TrainConfig but for the name): its params with this trial's config and
+    sweep coordinates, every metric history, ``config.json`` and the sample grids ``samples``;
+    tagged ``gat_sweep.same_as = source``. A partial copy left by an interrupted driver is
+    replaced. Returns the new run id; raises LookupError if ``source`` has no run.
+    """
+    client = MlflowClient(tracking.tracking_uri)
+    original = tracking.find_run(client, source)
+    if original is None:
+        raise LookupError(f"no MLflow run of trial {source} to copy for {trial}")
+    stale = tracking.find_run(client, trial)
+    if stale is not None:
+        client.delete_run(stale.info.run_id)
+    tags = {**tracking.tags(trial), TAG_SAME_AS: source, TAG_STATUS: original.data.tags[TAG_STATUS]}
+    run_id = client.create_run(tracking.experiment_id, run_name=trial, tags=tags).info.run_id
+    merged = {**original.data.params, **flatten(config.to_dict()), **params}
+    items = [Param(key, str(value)) for key, value in sorted(merged.items())]
+    for i in range(0, len(items), PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=items[i:i + PARAMS_PER_BATCH])
+    for key in original.data.metrics:
+        history = client.get_metric_history(original.info.run_id, key)
+        for i in range(0, len(history), METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=history[i:i + METRICS_PER_BATCH])
+    client.log_dict(run_id, config.to_dict(), "config.json")
+    for path in samples:
+        client.log_artifact(run_id, str(path), "samples")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
 
 class MlflowReporter(Reporter):
     """Logs one training run to its MLflow child run (docs/TRACKING.md).
@@ -99,7 +146,8 @@ class MlflowReporter(Reporter):
     # -- Reporter interface ----------------------------------------------------------------------
     def start(self, cfg: TrainConfig, info: dict[str, str], state: dict[str, Any] | None) -> None:
         """Create the child run, or reattach the one named in ``state`` or found by its tags."""
-        self.run_id = (state or {}).get("mlflow_run_id") or self._find_run() or self._create_run()
+        found = None if state else self.tracking.find_run(self.client, self.trial)
+        self.run_id = (state or {}).get("mlflow_run_id") or (found.info.run_id if found else self._create_run())
         self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         self.client.set_tag(self.run_id, TAG_STATUS, "running")
         params = {**flatten(cfg.to_dict()), **self.params, **info}
@@ -136,20 +184,7 @@ class MlflowReporter(Reporter):
             RunTag(TAG_STATUS, "failed"), RunTag("gat_sweep.error", f"{type(error).__name__}: {error}"[:5000])])
         self.client.set_terminated(self.run_id, "FAILED")
 
-    def _tags(self) -> dict[str, str]:
-        tags = {TAG_ROLE: "trial", TAG_SWEEP: self.tracking.sweep, TAG_TRIAL: self.trial}
-        if self.tracking.parent_run_id:
-            tags[MLFLOW_PARENT_RUN_ID] = self.tracking.parent_run_id
-        return tags
-
-    def _find_run(self) -> str | None:
-        """The run an earlier attempt of this trial created (same parent and trial name)."""
-        filters = [f"tags.`{key}` = '{value}'" for key, value in self._tags().items()]
-        runs = self.client.search_runs([self.tracking.experiment_id], " and ".join(filters),
-                                       run_view_type=ViewType.ACTIVE_ONLY, max_results=1,
-                                       order_by=["attributes.start_time ASC"])
-        return runs[0].info.run_id if runs else None
-
     def _create_run(self) -> str:
-        run = self.client.create_run(self.tracking.experiment_id, run_name=self.trial, tags=self._tags())
+        run = self.client.create_run(self.tracking.experiment_id, run_name=self.trial,
+                                     tags=self.tracking.tags(self.trial))
         return run.info.run_id

@@ -13,6 +13,10 @@ The run directories are the sweep's state. Rerunning the driver resumes: trials 
 ``core.train.train`` continues each from its ``checkpoints/latest.pt``. A crashed trial is retried
 by Ray Tune (``FailureConfig(max_failures)``) the same way. A sweep file whose trials changed is
 refused for an existing output directory (its spec hash differs) instead of mixing two sweeps.
+
+Trials whose TrainConfig repeats an earlier trial's (``scaling.grid.shared_trainings``, e.g.
+``gat`` and ``constant`` at the base width) are not trained again: once the earlier trial has
+ended, its run directory files and MLflow run are copied under the repeating trial's name.
 """
 
 from __future__ import annotations
@@ -35,17 +39,20 @@ from rich.console import Console
 
 from core.config import ConfigError, TrainConfig
 from core.train import RESULT_FILE, Report, TrainResult, train
-from scaling.grid import Trial, expand, sweep_hash, trial_rows
+from scaling.grid import Trial, expand, shared_trainings, sweep_hash, trial_rows
 from scaling.spec import Resources, SweepSpec, is_local_store
 from scaling.tracking import (
     MlflowReporter,
     TrialTracking,
+    copy_run,
     open_experiment,
     set_run_status,
     start_parent_run,
 )
 
 STATE_FILE, TRIALS_DIR, TUNE_DIR, ATTEMPTS_FILE = "sweep.json", "trials", "tune", "attempts.jsonl"
+COPY_FILE = "same_as.json"
+"""In the run directory of a trial that repeats another's training: which trial it copies."""
 STATUS_EVERY_S = 30.0
 """Seconds between progress lines while trials run."""
 DDP_LAUNCHER_CPU = 0.01
@@ -185,6 +192,8 @@ class TrialOutcome:
     kimg: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    same_as: str | None = None
+    """The trial whose training this one repeats (its results are a copy), if any."""
 
 
 @dataclass
@@ -330,11 +339,14 @@ def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporte
     plan = SweepPlan(out, TrialTracking(tracking_uri, state["experiment_id"], spec.name, state["parent_run_id"]),
                      {t.name: t for t in trials}, spec.resources)
 
-    # Skip ended trials; start the most expensive first (shortest overall time for a fixed pool).
+    # Train each distinct config once, skipping ended trials; start the most expensive first
+    # (the shortest overall time for a fixed pool of workers).
+    repeats = shared_trainings(trials)
     cost = {row["name"]: row["total_flops"] for row in rows}
-    todo = sorted((t.name for t in trials if not is_done(t, plan.run_dir(t.name))), key=lambda n: -cost[n])
-    console.print(f"sweep [bold]{spec.name}[/]: {len(trials)} trials, {len(trials) - len(todo)} already "
-                  f"ended, {len(todo)} to run; output {out}")
+    todo = sorted((t.name for t in trials if t.name not in repeats and not is_done(t, plan.run_dir(t.name))),
+                  key=lambda n: -cost[n])
+    console.print(f"sweep [bold]{spec.name}[/]: {len(trials)} trials ({len(repeats)} repeat another's training "
+                  f"and are copied), {len(todo)} to train; output {out}")
     errors: dict[str, str] = {}
     if todo:
         started_ray = not ray.is_initialized()
@@ -342,15 +354,35 @@ def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporte
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING)
         try:
-            progress = ProgressLines(console, len(trials), len(trials) - len(todo))
+            progress = ProgressLines(console, len(trials) - len(repeats), len(trials) - len(repeats) - len(todo))
             errors = _fit(plan, spec, todo, reporter_cls, progress)
         finally:
             if started_ray:
                 ray.shutdown()
-    outcome = _collect(spec, plan, trials, errors)
+    by_name = {t.name: t for t in trials}
+    for name, source in repeats.items():
+        if not is_done(by_name[name], plan.run_dir(name)) and is_done(by_name[source], plan.run_dir(source)):
+            _copy_trial(plan, by_name[name], source)
+    outcome = _collect(spec, plan, trials, errors, repeats)
     set_run_status(tracking_uri, state["parent_run_id"], running=False,
                    failed=any(t.status in ("error", "incomplete") for t in outcome.trials))
     return outcome
+
+
+def _copy_trial(plan: SweepPlan, trial: Trial, source: str) -> None:
+    """Give ``trial`` the results of ``source``, whose training it repeats: the MLflow run, then the
+    run directory's files (config.json of its own, stats, samples, ``same_as.json``, and
+    result.json last, which marks the copy complete)."""
+    src, dst = plan.run_dir(source), plan.run_dir(trial.name)
+    samples = sorted((src / "samples").glob("*.png"))
+    run_id = copy_run(plan.tracking, source, trial.name, trial.config, trial.sweep_params(), samples)
+    (dst / "samples").mkdir(parents=True, exist_ok=True)
+    for path in samples:
+        shutil.copyfile(path, dst / "samples" / path.name)
+    (dst / "config.json").write_text(json.dumps(trial.config.to_dict(), indent=2))
+    shutil.copyfile(src / "stats.jsonl", dst / "stats.jsonl")
+    (dst / COPY_FILE).write_text(json.dumps({"trial": source, "mlflow_run_id": run_id}, indent=2))
+    shutil.copyfile(src / RESULT_FILE, dst / RESULT_FILE)
 
 
 def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[TrialReporter],
@@ -374,17 +406,21 @@ def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[T
     return {r.config["trial"]: f"{type(r.error).__name__}: {r.error}" for r in results if r.error is not None}
 
 
-def _collect(spec: SweepSpec, plan: SweepPlan, trials: list[Trial], errors: dict[str, str]) -> SweepOutcome:
-    """How every trial stands: its result.json if it ended, else its error, else incomplete."""
+def _collect(spec: SweepSpec, plan: SweepPlan, trials: list[Trial], errors: dict[str, str],
+             repeats: dict[str, str]) -> SweepOutcome:
+    """How every trial stands: its result.json if it ended, else its error (or the error of the
+    trial it repeats), else incomplete."""
     outcomes = []
     for t in trials:
         run_dir = plan.run_dir(t.name)
         result = read_result(run_dir)
+        same_as = repeats.get(t.name)
         if result is not None and is_done(t, run_dir):
             outcomes.append(TrialOutcome(t.name, result["status"], result["iterations"], result["kimg"],
-                                         result["metrics"]))
-        elif t.name in errors:
-            outcomes.append(TrialOutcome(t.name, "error", error=errors[t.name]))
+                                         result["metrics"], same_as=same_as))
+        elif t.name in errors or same_as in errors:
+            error = errors.get(t.name) or f"repeats the training of {same_as}, which failed"
+            outcomes.append(TrialOutcome(t.name, "error", error=error, same_as=same_as))
         else:
-            outcomes.append(TrialOutcome(t.name, "incomplete"))
+            outcomes.append(TrialOutcome(t.name, "incomplete", same_as=same_as))
     return SweepOutcome(spec.name, plan.out, plan.tracking.tracking_uri, plan.tracking.experiment_id, outcomes)

@@ -7,7 +7,14 @@ import pytest
 
 from core.config import ConfigError, LRMultipliers
 from scaling import grid
-from scaling.grid import expand, sweep_hash, trial_cost, trial_rows
+from scaling.grid import (
+    expand,
+    shared_trainings,
+    sweep_hash,
+    training_key,
+    trial_cost,
+    trial_rows,
+)
 from scaling.spec import SweepSpec, load_spec
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
@@ -51,6 +58,19 @@ def test_learning_rates_follow_each_rule_and_network_width():
     mup = trials["Gw64-d4+Dw128-d2-p2_mup_lr0.001_s0"]
     assert (mup.lr_g, mup.lr_d) == (1e-3, 1e-3)
     assert (mup.lr_mult_g, mup.lr_mult_d) == (LRMultipliers(1.0, 0.5, 0.5), LRMultipliers(1.0, 0.25, 0.25))
+
+
+def test_repeated_trainings_are_found_across_rules():
+    """gat at width C and base LR b trains exactly like constant at b * C0 / C, and like constant
+    at b at the base width: those trials repeat the earlier one."""
+    trials = expand(spec(seeds=[0]))  # widths 32 (= base width) and 64; base LRs 1e-3, 2e-3
+    assert shared_trainings(trials) == {
+        "w32-d4-p2_constant_lr0.001_s0": "w32-d4-p2_gat_lr0.001_s0",
+        "w32-d4-p2_constant_lr0.002_s0": "w32-d4-p2_gat_lr0.002_s0",
+        "w64-d4-p2_constant_lr0.001_s0": "w64-d4-p2_gat_lr0.002_s0",  # gat: 2e-3 * 32/64 = 1e-3
+    }
+    assert training_key(trials[0].config) == training_key(trials[0].config.replace(name="other"))
+    assert training_key(trials[0].config) != training_key(trials[0].config.replace(seed=1))
 
 
 def test_hash_tracks_trials_not_execution_settings():

@@ -88,13 +88,16 @@ class ConstantAlwaysCrashes(TrialReporter):
 
 def test_parallel_trials_one_child_run_each_and_diverged_goes_on(ray_local, tmp_path):
     # base LR 1e30 makes the first Adam step overflow: those trials diverge at iteration 1.
-    spec = make_spec(tmp_path, [1e-3, 1e30])
+    # gat at half the base width doubles the LR, so gat at 1e-3 repeats constant at 2e-3.
+    spec = make_spec(tmp_path, [1e-3, 2e-3, 1e30])
     outcome = run_sweep(spec, sweep_file(tmp_path))
     status = {t.name: t.status for t in outcome.trials}
-    assert status == {"w32-d4-p2_gat_lr0.001_s0": "finished", "w32-d4-p2_gat_lr1e+30_s0": "diverged",
-                      "w32-d4-p2_constant_lr0.001_s0": "finished", "w32-d4-p2_constant_lr1e+30_s0": "diverged"}
+    assert status == {
+        "w32-d4-p2_gat_lr0.001_s0": "finished", "w32-d4-p2_gat_lr0.002_s0": "finished",
+        "w32-d4-p2_gat_lr1e+30_s0": "diverged", "w32-d4-p2_constant_lr0.001_s0": "finished",
+        "w32-d4-p2_constant_lr0.002_s0": "finished", "w32-d4-p2_constant_lr1e+30_s0": "diverged"}
     assert not outcome.failed
-    _, runs, parents = child_runs(outcome)
+    client, runs, parents = child_runs(outcome)
     assert len(parents) == 1 and set(runs) == set(status)
     parent_id = parents[0].info.run_id
     for name, run in runs.items():
@@ -106,9 +109,28 @@ def test_parallel_trials_one_child_run_each_and_diverged_goes_on(ray_local, tmp_
     assert runs["w32-d4-p2_constant_lr0.001_s0"].data.params["lr_d"] == "0.001"
     assert runs["w32-d4-p2_gat_lr0.001_s0"].data.metrics["progress/iter"] == 6.0
     # Trials ran at the same time (max_concurrent 2 on 2 CPUs): some [start, end] spans overlap.
+    trained = [n for n in status if n != "w32-d4-p2_constant_lr0.002_s0"]
     spans = sorted((attempts(outcome, n)[0]["time"], (outcome.out / "trials" / n / "result.json").stat().st_mtime)
-                   for n in status)
+                   for n in trained)
     assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
+
+    # The repeated training was not run again: its run and run directory are copies.
+    copy, source = runs["w32-d4-p2_constant_lr0.002_s0"], runs["w32-d4-p2_gat_lr0.001_s0"]
+    copy_dir = outcome.out / "trials" / "w32-d4-p2_constant_lr0.002_s0"
+    assert not (copy_dir / ATTEMPTS_FILE).exists()
+    assert json.loads((copy_dir / "same_as.json").read_text())["trial"] == "w32-d4-p2_gat_lr0.001_s0"
+    assert copy.data.tags["gat_sweep.same_as"] == "w32-d4-p2_gat_lr0.001_s0"
+    assert (copy.data.params["sweep.lr_rule"], copy.data.params["sweep.base_lr"]) == ("constant", "0.002")
+    assert copy.data.params["name"] == "w32-d4-p2_constant_lr0.002_s0"
+    assert copy.data.params["lr_g"] == source.data.params["lr_g"] == "0.002"
+    assert copy.data.params["compute.flops_per_iter"] == source.data.params["compute.flops_per_iter"]
+    for key in ("loss/D", "progress/kimg", "diag/g_update_rel"):
+        history = [(m.step, m.value) for m in client.get_metric_history(copy.info.run_id, key)]
+        assert history == [(m.step, m.value) for m in client.get_metric_history(source.info.run_id, key)]
+        assert history
+    by_name = {t.name: t for t in outcome.trials}
+    assert by_name["w32-d4-p2_constant_lr0.002_s0"].same_as == "w32-d4-p2_gat_lr0.001_s0"
+    assert by_name["w32-d4-p2_constant_lr0.002_s0"].metrics == by_name["w32-d4-p2_gat_lr0.001_s0"].metrics
 
 
 def test_crash_retries_from_checkpoint_then_failing_trial_resumes(ray_local, tmp_path):
