@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from core import train as train_mod
 from core.checkpoint import load_checkpoint
 from core.config import ConfigError, NetConfig, TrainConfig
+from core.latents import LatentData
 from core.flops import measure_iteration_flops, train_flops_per_iter
 from core.train import Reporter, train
 
@@ -117,22 +117,15 @@ def test_old_checkpoints_pruned(tmp_path):
 
 
 def test_non_finite_loss_ends_as_diverged(tmp_path, monkeypatch):
-    real_load = train_mod.load_latents
+    real_sample = LatentData.sample
+    calls = {"n": 0}
 
-    def poisoned(cfg):
-        data = real_load(cfg)
-        sample = data.sample
-        calls = {"n": 0}
+    def poisoned(self, batch, generator):  # NaN latents from the 4th batch on
+        calls["n"] += 1
+        x, y = real_sample(self, batch, generator)
+        return (x * float("nan") if calls["n"] >= 4 else x), y
 
-        def bad_sample(batch, generator):
-            calls["n"] += 1
-            x, y = sample(batch, generator)
-            return (x * float("nan") if calls["n"] >= 4 else x), y
-
-        data.sample = bad_sample
-        return data
-
-    monkeypatch.setattr(train_mod, "load_latents", poisoned)
+    monkeypatch.setattr(LatentData, "sample", poisoned)
     rec = Recorder()
     result = train(tiny(), tmp_path / "r", rec, progress=False)
     assert result.status == "diverged" and result.iterations == 4
