@@ -8,8 +8,8 @@ import torch
 
 from core.checkpoint import load_checkpoint
 from core.config import ConfigError, NetConfig, TrainConfig
-from core.latents import LatentData
 from core.flops import measure_iteration_flops, train_flops_per_iter
+from core.latents import LatentData
 from core.train import Reporter, train
 
 SMALL = NetConfig(width=32, depth=4, heads=2)
