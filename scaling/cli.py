@@ -22,6 +22,7 @@ import typer
 from pydantic import ValidationError
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from core.config import ConfigError, TrainConfig, flatten
@@ -51,7 +52,7 @@ def user_errors(*extra: type[BaseException]) -> Iterator[None]:
     try:
         yield
     except (*USER_ERRORS, *extra) as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -147,7 +148,7 @@ def _print_trials(spec: SweepSpec) -> None:
         f"per trial: {res.workers} worker(s) x ({res.cpus:g} CPU, {res.gpus:g} GPU); "
         f"at most {spec.max_concurrent or 'as many as fit'} at once; retries {spec.max_failures}\n"
         f"output {spec.output_path()}\ntracking {spec.tracking()}\n"
-        f"ray {spec.ray_address or 'local instance'}", highlight=False)
+        f"ray {spec.ray_address or 'local instance'}", highlight=False, markup=False)
 
 
 def _print_outcome(outcome: Any) -> None:
@@ -162,7 +163,7 @@ def _print_outcome(outcome: Any) -> None:
     console.print(table)
     for t in outcome.trials:
         if t.error:
-            console.print(f"[red]{t.name}[/]: {t.error}", highlight=False)
+            console.print(f"[red]{t.name}[/]: {escape(t.error)}", highlight=False)
     counts = {s: sum(t.status == s for t in outcome.trials) for s in styles}
     copies = sum(t.same_as is not None for t in outcome.trials)
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n)
@@ -173,11 +174,11 @@ def _print_outcome(outcome: Any) -> None:
                       "from their checkpoints.", highlight=False)
     if outcome.tracking_uri.startswith(("http://", "https://")):
         console.print(f"MLflow:     {outcome.tracking_uri.rstrip('/')}/#/experiments/{outcome.experiment_id}",
-                      highlight=False, soft_wrap=True)
+                      highlight=False, soft_wrap=True, markup=False)
     else:
-        console.print(f"MLflow UI:  mlflow ui --backend-store-uri {outcome.tracking_uri}", highlight=False, soft_wrap=True)
+        console.print(f"MLflow UI:  mlflow ui --backend-store-uri {outcome.tracking_uri}", highlight=False, soft_wrap=True, markup=False)
     console.print(f"Report:     gat-sweep plot {outcome.name} --tracking-uri {outcome.tracking_uri}",
-                  highlight=False, soft_wrap=True)
+                  highlight=False, soft_wrap=True, markup=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,7 +256,7 @@ def train(
     metrics = "  ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())
                         if k.startswith(("eval/", "loss/")))
     console.print(f"[{style}]{result.status}[/] after {result.iterations} iterations "
-                  f"({result.kimg:g} kimg): {metrics}\nrun directory {result.run_dir}", highlight=False)
+                  f"({result.kimg:g} kimg): {metrics}\nrun directory {escape(str(result.run_dir))}", highlight=False)
 
 
 def _print_config(cfg: TrainConfig, run_dir: Path) -> None:
@@ -273,7 +274,7 @@ def _print_config(cfg: TrainConfig, run_dir: Path) -> None:
         f"G parameters {cost.g_params:,} ({si(cost.g_params)}), D parameters {cost.d_params:,} "
         f"({si(cost.d_params)})\nFLOPs per iteration {cost.flops_per_iter:.4g}; {cfg.iterations} iterations "
         f"({cfg.kimg:g} kimg) -> {si(cost.total_flops, 'FLOPs')}\nconvention: {FLOPS_CONVENTION}\n"
-        f"run directory {run_dir}", highlight=False)
+        f"run directory {run_dir}", highlight=False, markup=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -321,7 +322,7 @@ def encode(
             folder = image_folder(images_dir, resolution)
             console.print(f"{len(folder.samples)} images in {len(folder.classes)} classes under "
                           f"{images_dir.absolute()} -> {out_dir.absolute()} at {resolution} px, {precision}, "
-                          f"VAE {vae}", highlight=False)
+                          f"VAE {vae}", highlight=False, markup=False)
             return
         import torch
 
@@ -332,7 +333,7 @@ def encode(
                                  allow_download=allow_download, num_workers=workers)
     info = json.loads(manifest.read_text())
     console.print(f"{info['count']} images, {len(info['classes'])} classes, latents {info['latent_shape']} "
-                  f"-> {manifest.parent}", highlight=False)
+                  f"-> {manifest.parent}", highlight=False, markup=False)
 
 
 @app.command()
@@ -367,5 +368,5 @@ def plot(
         from analysis.report import make_report
 
         result = make_report(name, uri, out or default_out)
-    console.print(result.summary, highlight=False)
-    console.print(f"report {result.html}", highlight=False)
+    console.print(result.summary, highlight=False, markup=False)
+    console.print(f"report {result.html}", highlight=False, markup=False)

@@ -36,6 +36,7 @@ import ray
 import torch
 from ray import tune
 from rich.console import Console
+from rich.markup import escape
 
 from core.config import ConfigError, TrainConfig
 from core.train import RESULT_FILE, Report, TrainResult, train
@@ -301,7 +302,7 @@ class ProgressLines(tune.Callback):
         self._print(f"[yellow]retry[/]     {trial.config['trial']} crashed; resuming from its checkpoint")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
-        self._print(f"[red]error[/]     {trial.config['trial']}: {trial.error_file or 'see Ray logs'}")
+        self._print(f"[red]error[/]     {trial.config['trial']}: {escape(str(trial.error_file or 'see Ray logs'))}")
 
     def on_step_end(self, iteration, trials, **info) -> None:  # type: ignore[no-untyped-def]
         if time.monotonic() - self.last_status < STATUS_EVERY_S:
@@ -346,7 +347,7 @@ def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporte
     todo = sorted((t.name for t in trials if t.name not in repeats and not is_done(t, plan.run_dir(t.name))),
                   key=lambda n: -cost[n])
     console.print(f"sweep [bold]{spec.name}[/]: {len(trials)} trials ({len(repeats)} repeat another's training "
-                  f"and are copied), {len(todo)} to train; output {out}")
+                  f"and are copied), {len(todo)} to train; output {escape(str(out))}")
     errors: dict[str, str] = {}
     if todo:
         started_ray = not ray.is_initialized()

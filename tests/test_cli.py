@@ -61,6 +61,9 @@ def test_bad_sweep_file_is_one_message_and_exit_2(tmp_path):
     assert "lr.rules.1: Input should be 'constant', 'gat' or 'mup'" in result.output
     missing = invoke("run", str(tmp_path / "nope.yaml"))
     assert missing.exit_code == 2 and "sweep file not found" in missing.output
+    odd = tmp_path / "[" / "x].yaml"  # a message containing '[/x]' is text, not rich markup
+    result = invoke("run", str(odd))
+    assert result.exit_code == 2 and f"sweep file not found: {odd}" in result.output
 
 
 def test_train_dry_run_resolves_preset_and_overrides(tmp_path):

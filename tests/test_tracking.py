@@ -6,10 +6,11 @@ import pytest
 from mlflow import MlflowClient
 
 from core.config import NetConfig, TrainConfig
-from core.train import TrainResult, train
+from core.train import Report, TrainResult, train
 from scaling.tracking import (
     MlflowReporter,
     TrialTracking,
+    copy_run,
     open_experiment,
     start_parent_run,
 )
@@ -115,3 +116,29 @@ def test_diverged_result_is_tagged(store):
     run = MlflowClient(store.tracking_uri).get_run(reporter.run_id)
     assert run.data.tags["gat_sweep.status"] == "diverged" and run.info.status == "FINISHED"
     assert reporter.state_dict() == {"mlflow_run_id": reporter.run_id}
+
+
+def test_copy_run_repeats_a_run_under_another_trial_once(store, tmp_path):
+    source = MlflowReporter(store, "source", SWEEP)
+    source.start(CFG, {"model.g_params": "123"}, None)
+    grid = tmp_path / "iter_0000002.png"
+    grid.write_bytes(b"png")
+    source.report(Report(2, {"loss/D": 1.5, "progress/iter": 2.0}, [grid]))
+    source.report(Report(4, {"loss/D": 1.25, "progress/iter": 4.0}))
+    source.finish(TrainResult("finished", 4, 0.032, {}, tmp_path))
+    cfg = CFG.replace(name="repeat")
+    params = {**SWEEP, "sweep.lr_rule": "constant"}
+    first = copy_run(store, "source", "repeat", cfg, params, [grid])
+    second = copy_run(store, "source", "repeat", cfg, params, [grid])  # an interrupted copy is redone
+    client, runs = children(store)
+    copies = [r for r in runs if r.data.tags["gat_sweep.trial"] == "repeat"]
+    assert [r.info.run_id for r in copies] == [second] and first != second
+    run = copies[0]
+    assert run.data.tags["gat_sweep.same_as"] == "source" and run.data.tags["gat_sweep.status"] == "finished"
+    assert run.data.tags["mlflow.parentRunId"] == store.parent_run_id and run.info.status == "FINISHED"
+    assert (run.data.params["name"], run.data.params["sweep.lr_rule"], run.data.params["model.g_params"]) == (
+        "repeat", "constant", "123")
+    assert [(m.step, m.value) for m in client.get_metric_history(second, "loss/D")] == [(2, 1.5), (4, 1.25)]
+    assert sorted(a.path for a in client.list_artifacts(second, "samples")) == ["samples/iter_0000002.png"]
+    with pytest.raises(LookupError, match="no MLflow run of trial ghost"):
+        copy_run(store, "ghost", "repeat2", cfg, params, [])
