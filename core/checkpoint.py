@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -25,13 +25,13 @@ LATEST = "latest.pt"
 BEST = "best.pt"
 
 
-def atomic_save(obj: Any, path: Path) -> Path:
-    """``torch.save`` to a temp file beside ``path``, then rename over it. Returns ``path``."""
+def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -39,17 +39,14 @@ def atomic_save(obj: Any, path: Path) -> Path:
     return path
 
 
+def atomic_save(obj: Any, path: Path) -> Path:
+    """``torch.save`` to a temp file beside ``path``, then rename over it. Returns ``path``."""
+    return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
 def atomic_copy(src: Path, dst: Path) -> Path:
     """Copy ``src`` to ``dst`` through a temp file and rename. Returns ``dst``."""
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return dst
+    return _atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def numbered(ckpt_dir: Path, iteration: int) -> Path:
