@@ -7,12 +7,12 @@ go. ``gat-sweep schema`` prints the JSON schema of this file for editors. Exampl
     name: width_lr
     dataset: digits                # 'digits', 'random' or a directory from `gat-sweep encode`
     preset: digits                 # optional starting TrainConfig (core.presets)
-    model: {widths: [32, 64, 128], depths: [4], head_dim: 16, patch: 2}
-    lr: {base_lrs: [2.5e-4, 5e-4, 1e-3, 2e-3], rules: [gat, constant], base_width: 64}
+    model: {widths: [16, 32, 64], depths: [4], head_dim: 16, patch: 2}
+    lr: {base_lrs: [2e-3, 4e-3, 8e-3, 1.6e-2], rules: [gat, constant], base_width: 32}
     seeds: [0]
-    budget: {iterations: 300}      # or {kimg: 9.6}
-    eval: {every: 150, metric: auto, samples: 1000}
-    train: {d_proj_dim: 256}       # any other TrainConfig field
+    budget: {iterations: 200}      # or {kimg: 6.4}
+    eval: {every: 100, metric: auto, samples: 1000}
+    train: {d_proj_dim: 256, ema_decay: 0.97}   # any other TrainConfig field
     resources: {cpus: 1, gpus: 0, workers: 1}
     max_concurrent: 2
 

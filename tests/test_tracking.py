@@ -5,6 +5,7 @@ trial when training crashes and resumes, before or after its first checkpoint.""
 import pytest
 from mlflow import MlflowClient
 
+from core.checkpoint import load_checkpoint
 from core.config import NetConfig, TrainConfig
 from core.train import Report, TrainResult, train
 from scaling.tracking import (
@@ -17,7 +18,7 @@ from scaling.tracking import (
 
 SMALL = NetConfig(width=32, depth=4, heads=2)
 CFG = TrainConfig(name="w32_gat", dataset="random", g=SMALL, d=SMALL, d_proj_dim=32, batch=8,
-                  iterations=6, ckpt_every=3, log_every=2, diag_every=2, eval_every=-1, lr_g=5e-4)
+                  iterations=6, ckpt_every=4, log_every=2, diag_every=2, eval_every=-1, lr_g=5e-4)
 SWEEP = {"sweep.size": "w32-d4", "sweep.lr_rule": "gat", "sweep.base_lr": 1e-3, "sweep.base_width": 64}
 
 
@@ -79,7 +80,11 @@ def test_child_run_follows_the_schema(store, tmp_path):
     assert int(params["model.g_params"]) > 0 and int(params["compute.flops_per_iter"]) > 0
     assert "compute.flops_convention" in params
     history = client.get_metric_history(reporter.run_id, "progress/iter")
-    assert [(m.step, m.value) for m in history] == [(2, 2.0), (3, 3.0), (4, 4.0), (6, 6.0)]  # logs + ckpt at 3
+    assert [(m.step, m.value) for m in history] == [(2, 2.0), (4, 4.0), (6, 6.0)]
+    # The last iteration checkpoints although 6 is not a multiple of ckpt_every=4.
+    assert load_checkpoint(tmp_path / "a" / "checkpoints" / "latest.pt")["iteration"] == 6
+    assert sorted(p.name for p in (tmp_path / "a" / "checkpoints").glob("iter_*.pt")) == [
+        "iter_0000004.pt", "iter_0000006.pt"]
     kimg = client.get_metric_history(reporter.run_id, "progress/kimg")
     assert kimg[-1].value == pytest.approx(6 * 8 / 1000)
     assert run.data.metrics["loss/D"] == pytest.approx(result.metrics["loss/D"])
@@ -106,7 +111,7 @@ def test_crash_and_resume_log_to_one_run_without_duplicate_steps(store, tmp_path
     run = client.get_run(first.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["gat_sweep.status"] == "finished"
     steps = [m.step for m in client.get_metric_history(first.run_id, "progress/iter")]
-    assert steps == [2, 3, 4, 6]
+    assert steps == [2, 4, 6]
 
 
 def test_diverged_result_is_tagged(store):
