@@ -19,6 +19,7 @@ Every stat is returned as a detached 0-d tensor; the loop decides when to synchr
 from __future__ import annotations
 
 import contextlib
+
 import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -28,7 +29,7 @@ from core.augment import AugmentParams, apply_augment, sample_augment
 from core.config import MNG_LEVELS, LRMultipliers, TrainConfig
 from core.loss import finite_difference_penalty, gradient_penalty, rpgan_d_loss, rpgan_g_loss
 from core.mng import nested_noise, noise_levels, perturb
-from core.model import Discriminator, Generator, parameters_by_kind
+from core.model import Generator, parameters_by_kind
 
 
 def make_optimizer(model: nn.Module, lr: float, mults: LRMultipliers, cfg: TrainConfig) -> torch.optim.AdamW:

@@ -36,7 +36,7 @@ from core.config import ConfigError, TrainConfig
 from core.evaluate import InvalidMetricError, make_evaluator
 from core.flops import FLOPS_CONVENTION, train_flops_per_iter
 from core.latents import load_latents
-from core.model import Discriminator, Generator, build_models, count_parameters
+from core.model import build_models, count_parameters
 from core.step import GATStep
 
 CONFIG_FILE, STATS_FILE, RESULT_FILE = "config.json", "stats.jsonl", "result.json"
