@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 from core.cache import CACHE_ENV
 from core.digits import PRESET_ENV, DigitsCache, prepare_digits
@@ -32,3 +33,12 @@ def tiny_digits_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Digi
         yield prepare_digits(progress=False)
     finally:
         patch.undo()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on 2 shared cores, two threads wait for each other (and Ray trials use one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

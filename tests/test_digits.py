@@ -21,13 +21,7 @@ from core.vae import VAESettings, build_vae, decode_latents, encode_posterior, f
 CLASS_COUNTS = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on 2 shared cores, two threads wait for each other (and Ray trials use one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_images_are_rgb_upsampled_digits():
     images, labels = digits_images(32)

@@ -40,13 +40,7 @@ def generator(cfg: TrainConfig) -> Generator:
     return Generator(cfg).eval().requires_grad_(False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on 2 shared cores, two threads wait for each other (and Ray trials use one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_frechet_distance_matches_scipy():
     rng = np.random.default_rng(0)
