@@ -179,3 +179,16 @@ def test_class_projection_table_path_equals_per_sample():
     torch.testing.assert_close(D.class_projection(y_long), per_sample, rtol=1e-6, atol=1e-6)
     y_short = torch.tensor([3, 1])
     torch.testing.assert_close(D.class_projection(y_short), D.class_map(D.class_embed(y_short)))
+    # ... and so are the gradients of the class table and the MLP (the embedding-style lookup).
+    weights = [D.class_embed.weight, *D.class_map.parameters()]
+    table_grads = torch.autograd.grad(D.class_projection(y_long).square().sum(), weights)
+    sample_grads = torch.autograd.grad(per_sample.square().sum(), weights)
+    for a, b in zip(table_grads, sample_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_precomputed_projection_equals_default():
+    torch.manual_seed(0)
+    _, D = build_models(TrainConfig(d_proj_dim=64))
+    x, y = torch.randn(12, 16, 8, 8), torch.randint(10, (12,))
+    torch.testing.assert_close(D(x, y, projection=D.class_projection(y)), D(x, y), rtol=0, atol=0)

@@ -5,7 +5,7 @@ import torch
 
 from core.augment import apply_augment, sample_augment
 from core.config import LRMultipliers, NetConfig, TrainConfig
-from core.loss import rpgan_d_loss
+from core.loss import rpgan_d_loss, rpgan_g_loss
 from core.mng import nested_noise, noise_levels, perturb
 from core.model import build_models
 from core.step import GATStep, make_optimizer, update_ema
@@ -72,6 +72,29 @@ def test_optimizer_groups_and_settings():
     assert lrs == pytest.approx({"vector": 1e-3, "hidden": 5e-4, "output": 2.5e-4})
     g = opt.param_groups[0]
     assert g["betas"] == (0.0, 0.99) and g["eps"] == 1e-8 and g["weight_decay"] == 0.0
+    assert opt.defaults["fused"]  # one kernel per step on CPU (benchmarks/train_step.py)
+
+
+def test_g_step_equals_separate_calls():
+    c = cfg()
+    torch.manual_seed(0)
+    G, D = build_models(c)
+    step = GATStep(c, G, D, torch.device("cpu"))
+    x, y, z = torch.randn(4, 4, 8, 8), torch.tensor([0, 1, 2, 3]), torch.randn(4, 64)
+    torch.manual_seed(7)
+    stats = step.g_step(x, y, step.generate(z, y))
+
+    # The same draws through plain D calls, each computing its own class projection.
+    torch.manual_seed(0)
+    G2, D2 = build_models(c)
+    t = noise_levels()
+    torch.manual_seed(7)
+    with torch.no_grad():
+        fake = G2(z, y)
+        d_fake = D2(perturb(apply_augment(fake, sample_augment(4, 8)), nested_noise(tuple(fake.shape), t), t), y)
+        real = x.unsqueeze(0).expand_as(fake)
+        d_real = D2(perturb(apply_augment(real, sample_augment(4, 8)), nested_noise(tuple(fake.shape), t), t), y)
+    torch.testing.assert_close(stats["loss/G"], rpgan_g_loss(d_fake, d_real), rtol=1e-5, atol=1e-6)
 
 
 def test_g_step_leaves_d_untouched_and_generate_updates_w_avg():
