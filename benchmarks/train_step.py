@@ -3,8 +3,8 @@
 For each configuration it prints images/s, ms per iteration, achieved model FLOP/s (measured
 FLOPs per iteration / time, convention ``core.flops.FLOPS_CONVENTION``) and model FLOPs
 utilisation = achieved / the machine's fp32 matmul FLOP/s, measured in the same process with a
-large ``torch.mm``. A second table splits one iteration into D step (with and without R1/R2),
-G step and EMA update.
+large ``torch.mm`` right before and right after each row (the faster of the two is used). A
+second table splits one iteration into D step (with and without R1/R2), G step and EMA update.
 
     python benchmarks/train_step.py                 # CPU, widths 64..512 and the default-sweep scale
     python benchmarks/train_step.py --threads 2 --iters 5 --widths 64,256
@@ -94,7 +94,8 @@ def main() -> None:
     if not args.no_small:
         shapes.append((64, 4, 8, args.d_proj))  # the default sweep's scale: 16 tokens
         shapes.append((64, 4, 8, 256))          # ... with the small class projection of sweeps/width_lr.yaml
-    header = f"{'width':>5} {'depth':>5} {'tokens':>6} {'proj':>5} {'ms/it':>8} {'img/s':>7} {'GFLOP/it':>9} {'GFLOP/s':>8} {'MFU':>6}"
+    header = (f"{'width':>5} {'depth':>5} {'tokens':>6} {'proj':>5} {'ms/it':>8} {'img/s':>7} {'GFLOP/it':>9} "
+              f"{'GFLOP/s':>8} {'matmul':>7} {'MFU':>6}")
     print(header)
     for width, depth, latent, proj in shapes:
         heads = max(1, width // 64)
@@ -107,11 +108,15 @@ def main() -> None:
             G.compile()
             step.D.compile()
         flops = train_flops_per_iter(cfg)
+        # The reference right before and right after this row; the faster one is used, so that a
+        # slow spell of a noisy machine during the reference cannot inflate the MFU.
+        before = matmul_flops_per_s(device)
         sec = timed(lambda: step.iteration(x, y, z), device, args.iters)
+        peak = max(before, matmul_flops_per_s(device))
         rate = flops / sec
         tokens = (latent // args.patch) ** 2
         print(f"{width:>5} {depth:>5} {tokens:>6} {proj:>5} {sec * 1e3:>8.1f} {args.batch / sec:>7.1f} "
-              f"{flops / 1e9:>9.2f} {rate / 1e9:>8.1f} {rate / peak:>6.1%}")
+              f"{flops / 1e9:>9.2f} {rate / 1e9:>8.1f} {peak / 1e9:>7.1f} {rate / peak:>6.1%}")
         rows.append((cfg, step, G, G_ema, x, y, z))
 
     print("\nsplit of one iteration (ms): G forward, D step, D step without R1/R2, G step (backward "
