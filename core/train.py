@@ -289,6 +289,7 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         evaluate_now = evaluator is not None and (
             done_it == cfg.iterations or (cfg.eval_every > 0 and done_it % cfg.eval_every == 0))
         if evaluate_now:
+            eval_start = time.perf_counter()
             try:
                 results = evaluator.evaluate(G_ema)  # RNG use here is harmless: iterations re-seed
                 images.append(evaluator.sample_grid(G_ema, run_dir / "samples" / f"iter_{done_it:07d}.png"))
@@ -297,7 +298,10 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
                 bar.write(f"{cfg.name}: {error}; stopping (diverged)")
                 emit(done_it, metrics)
                 break
+            eval_seconds = time.perf_counter() - eval_start
+            window_start += eval_seconds  # time/sec_per_kimg measures training, not evaluation
             metrics.update(results)
+            metrics["time/eval_s"] = eval_seconds
             value = results.get(evaluator.metric_key, math.inf)
             if value < best["value"]:
                 best, is_best = {"value": value, "iteration": done_it}, True

@@ -2,7 +2,9 @@
 real and noise images, the Evaluator (keys, provenance, fixed seeds, cached reference statistics,
 npz references, non-finite samples, sample grids) and make_evaluator's checks before training."""
 
+import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -25,6 +27,7 @@ from core.evaluate import (
 from core.features import load_classifier
 from core.latents import LatentData, load_latents
 from core.model import Generator
+from core.train import train
 from core.vae import from_uint8
 
 CPU = torch.device("cpu")
@@ -176,3 +179,21 @@ def test_sample_grid(tiny_digits_cache, tmp_path):
     assert image.size == (8 * 34 + 2, 10 * 34 + 2)  # 8 columns x 10 classes of 32 px, padding 2
     assert list((tmp_path / "samples").iterdir()) == [path]  # no temporary file left
     assert torch.equal(evaluator.grid_labels[::8], torch.arange(10))
+
+
+def test_training_logs_evaluation_time_apart_from_training(tiny_digits_cache, tmp_path, monkeypatch):
+    cfg = eval_cfg(iterations=4, eval_every=2, log_every=1, diag_every=4, ckpt_every=4, batch=8)
+    evaluate = evaluate_mod.Evaluator.evaluate
+
+    def slow_evaluate(self, generator):  # an evaluation that takes at least a second
+        time.sleep(1.0)
+        return evaluate(self, generator)
+
+    monkeypatch.setattr(evaluate_mod.Evaluator, "evaluate", slow_evaluate)
+    train(cfg, tmp_path / "run", progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
+    eval_seconds = {line["step"]: line["time/eval_s"] for line in lines if "time/eval_s" in line}
+    assert sorted(eval_seconds) == [2, 4] and all(s >= 1.0 for s in eval_seconds.values())
+    # The iteration logged right after an evaluation is timed without it.
+    after = next(line for line in lines if line["step"] == 3)
+    assert after["time/sec_per_kimg"] * cfg.batch / 1000 < 1.0
