@@ -14,12 +14,10 @@ CPU tensors equal counts on meta tensors (tested).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from core.config import TrainConfig
+from core.config import LRMultipliers, TrainConfig
 
 FLOPS_CONVENTION = (
     "FLOPs = 2 x multiply-accumulates of matmul/conv/attention ops, measured with torch "
@@ -73,12 +71,16 @@ def measure_iteration_flops(cfg: TrainConfig, device: torch.device | str = "meta
 
 
 _COMPUTE_IRRELEVANT = dict(
-    name="flops", lr_g=1.0, lr_d=1.0, seed=0, iterations=1, eval_every=-1, ckpt_every=1, log_every=1,
-    diag_every=1, sample_every=0, device="cpu", num_threads=0, compile=False, precision="fp32",
-    grad_checkpointing=False,
+    name="flops", dataset="random", lr_g=1.0, lr_d=1.0, lr_mult_g=LRMultipliers(), lr_mult_d=LRMultipliers(),
+    beta1=0.0, beta2=0.99, adam_eps=1e-8, weight_decay=0.0, grad_clip=1.0, ema_decay=0.999, ema_warmup=False,
+    w_avg_beta=0.995, seed=0, iterations=1, eval_every=-1, eval_samples=1000, eval_metric="auto",
+    inception_weights="", fid_ref_npz="", truncation_psi=0.0, ckpt_every=1, keep_checkpoints=3,
+    log_every=1, diag_every=1, sample_every=0, device="cpu", num_threads=0, compile=False,
+    precision="fp32", grad_checkpointing=False,
 )
 """Fields that do not change the counted FLOPs; reset so that configs differing only in them
-share one cached measurement (a learning-rate sweep measures each architecture once)."""
+share one measurement (a learning-rate or muP sweep measures each architecture once)."""
+_MEASURED: dict[TrainConfig, int] = {}
 
 SMALL_MODEL_PARAMS = 20_000_000
 """Below this many G + D parameters the count runs on real CPU tensors (about one training
@@ -90,16 +92,21 @@ def train_flops_per_iter(cfg: TrainConfig) -> int:
     """FLOPs of one training iteration at ``cfg.batch`` (convention: :data:`FLOPS_CONVENTION`).
 
     Measured at the real batch size (D's class projection costs the same for any batch that
-    holds more rows than classes, so FLOPs are not exactly linear in the batch). Cached per
-    architecture and batch.
+    holds more rows than classes, so FLOPs are not exactly linear in the batch). Kept per
+    architecture and batch for the life of the process (see :func:`remember_flops`).
     """
-    return _measure_cached(cfg.replace(**_COMPUTE_IRRELEVANT))
+    key = cfg.replace(**_COMPUTE_IRRELEVANT)
+    if key not in _MEASURED:
+        from core.model import build_models, count_parameters
+
+        G, D = build_models(key, "meta")
+        small = count_parameters(G) + count_parameters(D) < SMALL_MODEL_PARAMS
+        _MEASURED[key] = measure_iteration_flops(key, "cpu" if small else "meta")
+    return _MEASURED[key]
 
 
-@functools.lru_cache(maxsize=256)
-def _measure_cached(cfg: TrainConfig) -> int:
-    from core.model import build_models, count_parameters
-
-    G, D = build_models(cfg, "meta")
-    small = count_parameters(G) + count_parameters(D) < SMALL_MODEL_PARAMS
-    return measure_iteration_flops(cfg, "cpu" if small else "meta")
+def remember_flops(cfg: TrainConfig, flops_per_iter: int) -> None:
+    """Record a count made elsewhere (a sweep's driver hands its counts to the trials, so that each
+    trial process does not count again); :func:`train_flops_per_iter` then returns it for ``cfg``
+    and every config of the same architecture and batch."""
+    _MEASURED[cfg.replace(**_COMPUTE_IRRELEVANT)] = flops_per_iter

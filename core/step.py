@@ -78,8 +78,9 @@ class GATStep:
     """Holds G, D, EMA-G and both optimisers; ``d_step`` and ``g_step`` each run one update.
 
     G and D may be wrapped in DistributedDataParallel; gradients then average over ranks.
-    With ``count_only`` (FLOP counting on the meta device) the per-class w average, the EMA and
-    gradient clipping's data-dependent parts still run but nothing is read back.
+    With ``count_only`` (FLOP counting, ``core.flops``) the per-class w average is not updated and
+    gradient clipping and the optimiser steps are skipped: they hold no counted (matmul) FLOPs,
+    and on the meta device the per-tensor optimiser loop cost seconds for large models.
     """
 
     def __init__(self, cfg: TrainConfig, G: nn.Module, D: nn.Module, device: torch.device,
@@ -114,6 +115,8 @@ class GATStep:
             return D(d_input, y, projection=projection).float()
 
     def _clip_and_step(self, model: nn.Module, opt: torch.optim.Optimizer) -> Tensor:
+        if self.count_only:
+            return torch.zeros((), device=self.device)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
         opt.step()
         return norm.detach()

@@ -28,6 +28,7 @@ import os
 import shutil
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from core.config import ConfigError, TrainConfig
+from core.flops import remember_flops
 from core.train import RESULT_FILE, Report, TrainResult, train
 from scaling.grid import Trial, expand, shared_trainings, sweep_hash, trial_rows
 from scaling.spec import Resources, SweepSpec, is_local_store
@@ -76,6 +78,8 @@ class SweepPlan:
     tracking: TrialTracking
     trials: dict[str, Trial]
     resources: Resources
+    flops_per_iter: dict[str, int] = field(default_factory=dict)
+    """Counted by the driver for trials.csv; handed to the trials so they do not count again."""
 
     def run_dir(self, trial: str) -> Path:
         return self.out / TRIALS_DIR / trial
@@ -131,6 +135,8 @@ def run_trial(config: dict[str, str], plan: SweepPlan, reporter_cls: type[TrialR
             f"output_dir {plan.out} is not visible on node {socket.gethostname()}: on a cluster the "
             "sweep's output_dir must be a shared filesystem mounted at the same path on every node")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if trial.name in plan.flops_per_iter:
+        remember_flops(trial.config, plan.flops_per_iter[trial.name])
     if plan.resources.workers > 1:
         result = _train_ddp(plan, trial, reporter_cls)
     else:
@@ -149,6 +155,8 @@ def _ddp_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     plan, trial, reporter_cls = config["plan"], config["trial"], config["reporter_cls"]
+    if trial.name in plan.flops_per_iter:
+        remember_flops(trial.config, plan.flops_per_iter[trial.name])
     rank = ray.train.get_context().get_world_rank()
     reporter = reporter_cls(plan, trial, to_tune=False) if rank == 0 else None
     try:
@@ -332,34 +340,34 @@ def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporte
     spec.check_cluster_settings()
     state = _existing_state(out, digest, tracking_uri, Path(sweep_file))
     _prepare_data(trials[0])
-    rows = trial_rows(trials)
-    if state is None:
-        state = _create_sweep(spec, Path(sweep_file), digest, rows, out, tracking_uri)
-    else:
-        set_run_status(tracking_uri, state["parent_run_id"], running=True)
-    plan = SweepPlan(out, TrialTracking(tracking_uri, state["experiment_id"], spec.name, state["parent_run_id"]),
-                     {t.name: t for t in trials}, spec.resources)
-
-    # Train each distinct config once, skipping ended trials; start the most expensive first
-    # (the shortest overall time for a fixed pool of workers).
     repeats = shared_trainings(trials)
-    cost = {row["name"]: row["total_flops"] for row in rows}
-    todo = sorted((t.name for t in trials if t.name not in repeats and not is_done(t, plan.run_dir(t.name))),
-                  key=lambda n: -cost[n])
-    console.print(f"sweep [bold]{spec.name}[/]: {len(trials)} trials ({len(repeats)} repeat another's training "
-                  f"and are copied), {len(todo)} to train; output {escape(str(out))}")
+    pending = [t for t in trials if t.name not in repeats and not is_done(t, out / TRIALS_DIR / t.name)]
+    started_ray = bool(pending) and not ray.is_initialized()
     errors: dict[str, str] = {}
-    if todo:
-        started_ray = not ray.is_initialized()
-        if started_ray:
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
-        try:
+    try:
+        # Ray's start-up is mostly waiting for its processes: count FLOPs and open the MLflow
+        # store meanwhile (seconds off the time to the first training iteration).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            opening = pool.submit(_open_sweep, spec, Path(sweep_file), digest, trials, out, tracking_uri, state)
+            if started_ray:
+                ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING)
+            rows, state = opening.result()
+        plan = SweepPlan(out, TrialTracking(tracking_uri, state["experiment_id"], spec.name, state["parent_run_id"]),
+                         {t.name: t for t in trials}, spec.resources,
+                         {row["name"]: row["flops_per_iter"] for row in rows})
+        # Train each distinct config once; start the most expensive first (the shortest overall
+        # time for a fixed pool of workers).
+        cost = {row["name"]: row["total_flops"] for row in rows}
+        todo = sorted((t.name for t in pending), key=lambda n: -cost[n])
+        console.print(f"sweep [bold]{spec.name}[/]: {len(trials)} trials ({len(repeats)} repeat another's "
+                      f"training and are copied), {len(todo)} to train; output {escape(str(out))}")
+        if todo:
             progress = ProgressLines(console, len(trials) - len(repeats), len(trials) - len(repeats) - len(todo))
             errors = _fit(plan, spec, todo, reporter_cls, progress)
-        finally:
-            if started_ray:
-                ray.shutdown()
+    finally:
+        if started_ray:
+            ray.shutdown()
     by_name = {t.name: t for t in trials}
     for name, source in repeats.items():
         if not is_done(by_name[name], plan.run_dir(name)) and is_done(by_name[source], plan.run_dir(source)):
@@ -368,6 +376,19 @@ def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporte
     set_run_status(tracking_uri, state["parent_run_id"], running=False,
                    failed=any(t.status in ("error", "incomplete") for t in outcome.trials))
     return outcome
+
+
+def _open_sweep(spec: SweepSpec, sweep_file: Path, digest: str, trials: list[Trial], out: Path,
+                tracking_uri: str, state: dict[str, str] | None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Count every trial's FLOPs (trials.csv and the order of trials), then create the output
+    directory, MLflow experiment and parent run, or mark an existing sweep's parent run running.
+    Returns (trial rows, sweep state)."""
+    rows = trial_rows(trials)
+    if state is None:
+        state = _create_sweep(spec, sweep_file, digest, rows, out, tracking_uri)
+    else:
+        set_run_status(tracking_uri, state["parent_run_id"], running=True)
+    return rows, state
 
 
 def _copy_trial(plan: SweepPlan, trial: Trial, source: str) -> None:

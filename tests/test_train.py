@@ -153,6 +153,19 @@ def test_flops_cpu_count_equals_meta_count():
     assert train_flops_per_iter(cfg.replace(batch=16)) > 3.5 * measure_iteration_flops(cfg, "meta")
 
 
+def test_flop_count_is_shared_by_configs_of_one_architecture():
+    from core.config import LRMultipliers
+    from core.flops import remember_flops
+
+    base = tiny(batch=12, d_proj_dim=24)  # an architecture no other test counts
+    remember_flops(base, 123)  # as a sweep driver hands its count to a trial
+    mup = base.replace(name="other", lr_g=3e-3, lr_d=1e-3, seed=9, lr_mult_g=LRMultipliers(1.0, 0.5, 0.25),
+                       ema_decay=0.97, iterations=50, dataset="digits", grad_clip=2.0)
+    assert train_flops_per_iter(mup) == 123
+    assert train_flops_per_iter(base.replace(d_proj_dim=48)) == measure_iteration_flops(
+        base.replace(d_proj_dim=48), "cpu") != 123  # another architecture is measured
+
+
 def test_seed_controls_initialisation(tmp_path):
     train(tiny(iterations=1), tmp_path / "a", progress=False)
     torch.rand(1000)  # whatever the global RNG did in between
