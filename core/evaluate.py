@@ -287,7 +287,8 @@ class Evaluator:
 def make_evaluator(cfg: TrainConfig, data: LatentData, device: torch.device) -> Evaluator | None:
     """Validate evaluation settings, build the :class:`Evaluator` and cache the reference features.
 
-    Returns None for dataset 'random' (no images to compare with). Raises ConfigError for:
+    Returns None for dataset 'random' with eval_metric 'auto' (no images to compare with).
+    Raises ConfigError for: an explicit eval_metric on dataset 'random';
     eval_metric 'fd_domain' on a dataset without a domain extractor; 'fid' without a readable
     ``inception_weights`` file (the message says where to get it); an unreadable or malformed
     ``fid_ref_npz``; a folder reference whose images are gone; ``eval_samples`` below the feature
@@ -295,6 +296,10 @@ def make_evaluator(cfg: TrainConfig, data: LatentData, device: torch.device) -> 
     singular and the distance unstable).
     """
     if data.kind == "random":
+        if cfg.eval_metric != "auto":
+            raise ConfigError(
+                f"eval_metric={cfg.eval_metric!r} needs real images, and dataset 'random' has none: use "
+                "dataset 'digits' or an encoded folder, or eval_every=-1 (eval.every: -1 in a sweep file)")
         return None
     metric = cfg.eval_metric
     if metric == "auto":

@@ -149,6 +149,14 @@ def test_missing_inception_weights_is_one_clear_error(tiny_digits_cache, tmp_pat
         make_evaluator(cfg.replace(inception_weights=str(missing)), data, CPU)
 
 
+def test_explicit_metric_on_random_latents_is_refused():
+    cfg = TrainConfig(dataset="random", g=NET, d=NET, eval_metric="fid")
+    with pytest.raises(ConfigError, match="dataset 'random' has none"):
+        make_evaluator(cfg, load_latents(cfg), CPU)
+    auto = cfg.replace(eval_metric="auto")
+    assert make_evaluator(auto, load_latents(auto), CPU) is None  # 'auto': nothing to evaluate
+
+
 def test_config_errors_before_training(tiny_digits_cache):
     data = load_latents(eval_cfg())
     with pytest.raises(ConfigError, match="eval_samples=32 is below the 64-d feature size"):
