@@ -38,11 +38,16 @@ from scaling.spec import load_spec
 SWEEP = Path(__file__).resolve().parent.parent / "sweeps" / "width_lr.yaml"
 
 
-def trial_config(width: int, samples: int = 0):  # type: ignore[no-untyped-def]
+def trial_config(width: int, samples: int = 0, iterations: int = 0):  # type: ignore[no-untyped-def]
     """The default sweep's first trial of ``width`` (its evaluation settings, 200 iterations);
-    ``samples`` > 0 replaces its eval.samples."""
+    ``samples`` > 0 replaces its eval.samples, ``iterations`` > 0 its length (evaluated at the
+    middle and the end, as the sweep's trials are)."""
     cfg = next(t.config for t in expand(load_spec(SWEEP)) if t.config.g.width == width)
-    return cfg.replace(eval_samples=samples) if samples else cfg
+    if samples:
+        cfg = cfg.replace(eval_samples=samples)
+    if iterations:
+        cfg = cfg.replace(iterations=iterations, eval_every=max(1, iterations // 2))
+    return cfg
 
 
 def reference_cost(cfg) -> tuple[float, float]:  # type: ignore[no-untyped-def]
@@ -98,6 +103,7 @@ def main() -> None:
     parser.add_argument("--widths", default="16,64", help="widths of sweeps/width_lr.yaml to measure")
     parser.add_argument("--samples", type=int, default=0,
                         help="samples per evaluation, also in the trial (0: the sweep file's eval.samples)")
+    parser.add_argument("--iterations", type=int, default=0, help="trial length (0: the sweep file's, 200)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (sweep trials use 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -112,7 +118,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="gat-sweep-evalbench-runs-") as tmp:
         for width in widths:
-            cfg = trial_config(width, args.samples)
+            cfg = trial_config(width, args.samples, args.iterations)
             seconds, render = evaluation_cost(cfg)
             wall, in_eval, count = trial_share(cfg, Path(tmp))
             results.append({"width": width, "eval_s": round(seconds, 3), "images_per_s": round(cfg.eval_samples / seconds, 1),

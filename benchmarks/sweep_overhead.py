@@ -11,8 +11,8 @@ twice in one benchmark run:
 Printed: the sweep's wall time over the in-process sum (the sweep overhead; 1.00 = none; with
 ``--concurrent 1`` trials run one at a time as in the reference), the time from launching
 ``gat-sweep run`` to the first trial's first iteration, the start-up cost of the CLI alone
-(``gat-sweep --help``), and the CPU seconds the driver process (Ray Tune's controller loop and
-the MLflow client) used, read from /proc.
+(``gat-sweep --help``), and the CPU the driver process (Ray Tune's controller loop and the MLflow
+client) used in all and while trials trained, read from /proc.
 
     python benchmarks/sweep_overhead.py                        # 8 trials of about 30 s, one at a time
     python benchmarks/sweep_overhead.py --trials 4 --concurrent 2
@@ -100,14 +100,17 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def as_sweep(sweep_file: Path, out: Path) -> tuple[float, float, float | None]:
-    """Run ``gat-sweep run``: (wall seconds, seconds to the first iteration, driver CPU seconds)."""
+def as_sweep(sweep_file: Path, out: Path) -> tuple[float, float, float | None, float | None]:
+    """Run ``gat-sweep run``: (wall seconds, seconds to the first iteration, driver CPU seconds in
+    all, driver CPU seconds per wall second while trials trained)."""
     launched = time.time()
     proc = subprocess.Popen([str(BIN / "gat-sweep"), "run", str(sweep_file), "--output-dir", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    driver_cpu = None
+    samples: list[tuple[float, float]] = []  # (seconds since launch, driver CPU seconds)
     while proc.poll() is None:
-        driver_cpu = cpu_seconds(proc.pid) or driver_cpu
+        cpu = cpu_seconds(proc.pid)
+        if cpu is not None:
+            samples.append((time.time() - launched, cpu))
         time.sleep(0.5)
     wall = time.time() - launched
     output = proc.stdout.read() if proc.stdout else ""
@@ -115,7 +118,12 @@ def as_sweep(sweep_file: Path, out: Path) -> tuple[float, float, float | None]:
         raise SystemExit(f"gat-sweep run failed (exit {proc.returncode}):\n{output}")
     starts = [json.loads(line)["time"] for path in (out / "trials").glob("*/attempts.jsonl")
               for line in path.read_text().splitlines()]
-    return wall, min(starts) - launched, driver_cpu
+    first = min(starts) - launched
+    if not samples:
+        return wall, first, None, None
+    training = [(t, cpu) for t, cpu in samples if t >= first]
+    rate = (training[-1][1] - training[0][1]) / (training[-1][0] - training[0][0]) if len(training) > 1 else None
+    return wall, first, samples[-1][1], rate
 
 
 def cli_startup() -> float:
@@ -141,7 +149,7 @@ def main() -> None:
     try:
         startup = cli_startup()
         rows = in_process(sweep_file, root / "in_process")
-        wall, first, driver_cpu = as_sweep(sweep_file, root / "sweep")
+        wall, first, driver_cpu, driver_rate = as_sweep(sweep_file, root / "sweep")
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -158,12 +166,14 @@ def main() -> None:
     print(f"launch -> first iteration       {first:8.1f} s   (in-process: {rows[0][1]:.1f} s; "
           f"CLI start-up alone {startup:.1f} s)")
     if driver_cpu is not None:
-        print(f"driver CPU                      {driver_cpu:8.1f} s   ({driver_cpu / wall:.0%} of one core)")
+        busy = "" if driver_rate is None else f"; {driver_rate:.0%} of one core while trials trained"
+        print(f"driver CPU                      {driver_cpu:8.1f} s   ({driver_cpu / wall:.0%} of one core overall{busy})")
     print(json.dumps({"trials": args.trials, "iterations": args.iterations, "concurrent": args.concurrent,
                       "in_process_s": round(total, 2), "sweep_wall_s": round(wall, 2),
                       "overhead": round(wall / total, 4), "first_iteration_s": round(first, 2),
                       "cli_startup_s": round(startup, 2),
-                      "driver_cpu_s": None if driver_cpu is None else round(driver_cpu, 2)}))
+                      "driver_cpu_s": None if driver_cpu is None else round(driver_cpu, 2),
+                      "driver_cpu_share_training": None if driver_rate is None else round(driver_rate, 3)}))
 
 
 if __name__ == "__main__":

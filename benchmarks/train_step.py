@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--latent", type=int, default=16, help="latent size; tokens = (latent/patch)^2")
     parser.add_argument("--patch", type=int, default=2)
+    parser.add_argument("--head-dim", type=int, default=64, help="heads = width / head-dim (sweeps/width_lr.yaml: 16)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--d-proj", type=int, default=2048)
     parser.add_argument("--iters", type=int, default=5)
@@ -94,11 +95,11 @@ def main() -> None:
     if not args.no_small:
         shapes.append((64, 4, 8, args.d_proj))  # the default sweep's scale: 16 tokens
         shapes.append((64, 4, 8, 256))          # ... with the small class projection of sweeps/width_lr.yaml
-    header = (f"{'width':>5} {'depth':>5} {'tokens':>6} {'proj':>5} {'ms/it':>8} {'img/s':>7} {'GFLOP/it':>9} "
+    header = (f"{'width':>5} {'depth':>5} {'heads':>5} {'tokens':>6} {'proj':>5} {'ms/it':>8} {'img/s':>7} {'GFLOP/it':>9} "
               f"{'GFLOP/s':>8} {'matmul':>7} {'MFU':>6}")
     print(header)
     for width, depth, latent, proj in shapes:
-        heads = max(1, width // 64)
+        heads = max(1, width // args.head_dim)
         cfg = TrainConfig(dataset="random", g=NetConfig(width, depth, heads), d=NetConfig(width, depth, heads),
                           latent_size=latent, patch=args.patch, batch=args.batch, d_proj_dim=proj,
                           precision=args.precision, grad_checkpointing=args.grad_checkpointing,
@@ -115,7 +116,7 @@ def main() -> None:
         peak = max(before, matmul_flops_per_s(device))
         rate = flops / sec
         tokens = (latent // args.patch) ** 2
-        print(f"{width:>5} {depth:>5} {tokens:>6} {proj:>5} {sec * 1e3:>8.1f} {args.batch / sec:>7.1f} "
+        print(f"{width:>5} {depth:>5} {heads:>5} {tokens:>6} {proj:>5} {sec * 1e3:>8.1f} {args.batch / sec:>7.1f} "
               f"{flops / 1e9:>9.2f} {rate / 1e9:>8.1f} {peak / 1e9:>7.1f} {rate / peak:>6.1%}")
         rows.append((cfg, step, G, G_ema, x, y, z))
 

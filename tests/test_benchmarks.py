@@ -63,11 +63,33 @@ def test_train_step_benchmark_runs_at_tiny_setting():
                      "--no-small", "--batch", "4", "--d-proj", "32", "--threads", "1")
     lines = out.splitlines()
     assert lines[0].startswith("device cpu, 1 threads, fp32 matmul")
-    assert lines[1].split() == ["width", "depth", "tokens", "proj", "ms/it", "img/s", "GFLOP/it", "GFLOP/s", "MFU"]
-    assert lines[2].split()[:4] == ["32", "4", "16", "32"]
-    assert lines[2].endswith("%")
+    assert lines[1].split() == ["width", "depth", "heads", "tokens", "proj", "ms/it", "img/s", "GFLOP/it", "GFLOP/s",
+                                "matmul", "MFU"]
+    row = lines[2].split()
+    assert row[:5] == ["32", "4", "1", "16", "32"] and row[-1].endswith("%")
+    assert float(row[-1][:-1]) == pytest.approx(100 * float(row[8]) / float(row[9]), abs=0.1)  # MFU = achieved / matmul
     assert lines[4].startswith("split of one iteration (ms)")
     assert len(lines) == 6 and lines[5].split()[:8] == ["width", "32", "depth", "4", "tokens", "16", "proj", "32:"]
     parts = dict(re.findall(r"(Gfwd|D|D-noreg|R1/R2|G|EMA)\s+(-?[\d.]+)", lines[5]))
     assert list(parts) == ["Gfwd", "D", "D-noreg", "R1/R2", "G", "EMA"]
     assert all(float(parts[key]) > 0 for key in ("Gfwd", "D", "D-noreg", "EMA"))
+
+
+def test_evaluation_benchmark_runs_on_tiny_digits(tiny_digits_cache):
+    out = run_script("benchmarks/evaluation.py", "--widths", "16", "--samples", "64", "--iterations", "2")
+    lines = out.splitlines()
+    assert lines[0].startswith("torch threads 1, 64 samples per evaluation; reference statistics")
+    figures = json.loads(lines[-1])
+    assert figures["reference_cold_s"] > figures["reference_cached_s"] > 0
+    (row,) = figures["rows"]
+    assert row["width"] == 16 and row["images_per_s"] == pytest.approx(64 / row["eval_s"], rel=0.01)
+    assert 0 < row["trial_eval_s"] < row["trial_s"] and row["eval_share"] == pytest.approx(
+        row["trial_eval_s"] / row["trial_s"], abs=1e-3)
+
+
+def test_sweep_overhead_benchmark_runs_two_short_trials():
+    out = run_script("benchmarks/sweep_overhead.py", "--trials", "2", "--iterations", "3")
+    figures = json.loads(out.splitlines()[-1])
+    assert (figures["trials"], figures["iterations"], figures["concurrent"]) == (2, 3, 1)
+    assert figures["sweep_wall_s"] > figures["first_iteration_s"] > 0 and figures["in_process_s"] > 0
+    assert figures["overhead"] == pytest.approx(figures["sweep_wall_s"] / figures["in_process_s"], rel=1e-2)  # rounded figures
