@@ -17,12 +17,27 @@ def cfg(**kw) -> TrainConfig:
     return TrainConfig(dataset="random", g=NET, d=NET, d_proj_dim=32, batch=4, **kw)
 
 
-def test_batched_d_step_equals_separate_calls():
-    c = cfg()
+def seeded_step(c: TrainConfig) -> tuple[GATStep, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A step on models initialised from seed 0 (rebuild them with the same seed to compare),
+    and a batch x (4, 4, 8, 8), y (4,), z (4, 64)."""
     torch.manual_seed(0)
     G, D = build_models(c)
-    step = GATStep(c, G, D, torch.device("cpu"))
-    x, y, z = torch.randn(4, 4, 8, 8), torch.tensor([0, 1, 2, 3]), torch.randn(4, 64)
+    return GATStep(c, G, D, torch.device("cpu")), torch.randn(4, 4, 8, 8), torch.tensor([0, 1, 2, 3]), torch.randn(4, 64)
+
+
+def reference_fakes(c: TrainConfig, z: torch.Tensor, y: torch.Tensor):
+    """The models of :func:`seeded_step` rebuilt, and their fakes drawn after seeding 7, as the
+    tests draw the step's: (D, MNG noise levels, fakes (K, N, c, H, W))."""
+    torch.manual_seed(0)
+    G, D = build_models(c)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        return D, noise_levels(), G(z, y)
+
+
+def test_batched_d_step_equals_separate_calls():
+    c = cfg()
+    step, x, y, z = seeded_step(c)
 
     torch.manual_seed(7)
     with torch.no_grad():
@@ -30,12 +45,8 @@ def test_batched_d_step_equals_separate_calls():
     stats = step.d_step(x, y, fake)
 
     # The same draws, in the same order, through separate D calls with the pre-step weights.
-    torch.manual_seed(0)
-    G2, D2 = build_models(c)
-    t = noise_levels()
-    torch.manual_seed(7)
+    D2, t, fake = reference_fakes(c, z, y)
     with torch.no_grad():
-        fake = G2(z, y)
         clean = torch.cat([x.unsqueeze(0).expand_as(fake), fake], dim=1)
         aug = sample_augment(8, 8)
         noise = nested_noise(tuple(clean.shape), t)
@@ -77,20 +88,13 @@ def test_optimizer_groups_and_settings():
 
 def test_g_step_equals_separate_calls():
     c = cfg()
-    torch.manual_seed(0)
-    G, D = build_models(c)
-    step = GATStep(c, G, D, torch.device("cpu"))
-    x, y, z = torch.randn(4, 4, 8, 8), torch.tensor([0, 1, 2, 3]), torch.randn(4, 64)
+    step, x, y, z = seeded_step(c)
     torch.manual_seed(7)
     stats = step.g_step(x, y, step.generate(z, y))
 
     # The same draws through plain D calls, each computing its own class projection.
-    torch.manual_seed(0)
-    G2, D2 = build_models(c)
-    t = noise_levels()
-    torch.manual_seed(7)
+    D2, t, fake = reference_fakes(c, z, y)
     with torch.no_grad():
-        fake = G2(z, y)
         d_fake = D2(perturb(apply_augment(fake, sample_augment(4, 8)), nested_noise(tuple(fake.shape), t), t), y)
         real = x.unsqueeze(0).expand_as(fake)
         d_real = D2(perturb(apply_augment(real, sample_augment(4, 8)), nested_noise(tuple(fake.shape), t), t), y)
