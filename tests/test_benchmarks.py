@@ -84,7 +84,7 @@ def test_evaluation_benchmark_runs_on_tiny_digits(tiny_digits_cache):
     (row,) = figures["rows"]
     assert row["width"] == 16 and row["images_per_s"] == pytest.approx(64 / row["eval_s"], rel=0.01)
     assert 0 < row["trial_eval_s"] < row["trial_s"] and row["eval_share"] == pytest.approx(
-        row["trial_eval_s"] / row["trial_s"], abs=1e-3)
+        row["trial_eval_s"] / row["trial_s"], rel=0.02)  # rounded figures
 
 
 def test_sweep_overhead_benchmark_runs_two_short_trials():
