@@ -130,6 +130,12 @@ def test_frontier_is_the_lower_envelope():
     assert list(zip(front["train_flops"], front["fd"])) == [(1, 10), (2, 8), (4, 7), (6, 5)]
 
 
+def test_copied_trials_enter_the_frontier_once():
+    # A sweep's copied runs (tag gat_sweep.same_as) repeat their source's (compute, FD) exactly.
+    pts = pd.DataFrame({"train_flops": [1, 1, 2, 2], "fd": [9, 9, 6, 6], "trial": ["a", "a-copy", "b", "b-copy"]})
+    assert compute_frontier(pts)["trial"].tolist() == ["a", "b"]
+
+
 def test_paper_points_compute_and_fit():
     pts = paper_points()
     assert pts["size"].tolist() == ["S", "B", "L", "XL"]
