@@ -7,8 +7,8 @@ import torch
 
 from core.config import ConfigError, NetConfig, TrainConfig
 from core.model import (
-    Attention, Discriminator, Generator, apply_rope, build_models, count_parameters,
-    parameter_kind, parameters_by_kind, rope_2d, sincos_pos_embed_2d,
+    Attention, apply_rope, build_models, count_parameters, parameter_kind, parameters_by_kind, rope_2d,
+    sincos_pos_embed_2d,
 )
 
 # GAT_METHOD.md §6: (G params, D params) in millions, ImageNet-256 (1000 classes, 32x32x4 latents).
