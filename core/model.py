@@ -14,7 +14,6 @@ K = 4 MNG levels, P = ``d_proj_dim``.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
