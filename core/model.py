@@ -88,7 +88,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     over x instead of five (benchmarks/train_step.py at width 256).
     """
     swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
-    signed_sin = (sin.unflatten(-1, (-1, 2)) * sin.new_tensor([-1.0, 1.0])).flatten(-2)
+    pairs = sin.unflatten(-1, (-1, 2))  # no host tensor here: on CUDA that would be a copy per call
+    signed_sin = torch.stack((-pairs[..., 0], pairs[..., 1]), dim=-1).flatten(-2)
     return torch.addcmul(x * cos, swapped, signed_sin)
 
 
