@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from core.config import LRMultipliers, TrainConfig
+from core.config import TrainConfig
 
 FLOPS_CONVENTION = (
     "FLOPs = 2 x multiply-accumulates of matmul/conv/attention ops, measured with torch "
@@ -70,16 +70,15 @@ def measure_iteration_flops(cfg: TrainConfig, device: torch.device | str = "meta
     return int(counter.get_total_flops())
 
 
-_COMPUTE_IRRELEVANT = dict(
-    name="flops", dataset="random", lr_g=1.0, lr_d=1.0, lr_mult_g=LRMultipliers(), lr_mult_d=LRMultipliers(),
-    beta1=0.0, beta2=0.99, adam_eps=1e-8, weight_decay=0.0, grad_clip=1.0, ema_decay=0.999, ema_warmup=False,
-    w_avg_beta=0.995, seed=0, iterations=1, eval_every=-1, eval_samples=1000, eval_metric="auto",
-    inception_weights="", fid_ref_npz="", truncation_psi=0.0, ckpt_every=1, keep_checkpoints=3,
-    log_every=1, diag_every=1, sample_every=0, device="cpu", num_threads=0, compile=False,
-    precision="fp32", grad_checkpointing=False,
+_COMPUTE_IRRELEVANT = (
+    "name", "dataset", "lr_g", "lr_d", "lr_mult_g", "lr_mult_d", "beta1", "beta2", "adam_eps", "weight_decay",
+    "grad_clip", "ema_decay", "ema_warmup", "w_avg_beta", "seed", "iterations", "eval_every", "eval_samples",
+    "eval_metric", "inception_weights", "fid_ref_npz", "truncation_psi", "ckpt_every", "keep_checkpoints",
+    "log_every", "diag_every", "sample_every", "device", "num_threads", "compile", "precision",
+    "grad_checkpointing",
 )
-"""Fields that do not change the counted FLOPs; reset so that configs differing only in them
-share one measurement (a learning-rate or muP sweep measures each architecture once)."""
+"""Fields that do not change the counted FLOPs; reset to their defaults so that configs differing
+only in them share one measurement (a learning-rate or muP sweep measures each architecture once)."""
 _MEASURED: dict[TrainConfig, int] = {}
 
 SMALL_MODEL_PARAMS = 20_000_000
@@ -95,7 +94,7 @@ def train_flops_per_iter(cfg: TrainConfig) -> int:
     holds more rows than classes, so FLOPs are not exactly linear in the batch). Kept per
     architecture and batch for the life of the process (see :func:`remember_flops`).
     """
-    key = cfg.replace(**_COMPUTE_IRRELEVANT)
+    key = _architecture(cfg)
     if key not in _MEASURED:
         from core.model import build_models, count_parameters
 
@@ -109,4 +108,10 @@ def remember_flops(cfg: TrainConfig, flops_per_iter: int) -> None:
     """Record a count made elsewhere (a sweep's driver hands its counts to the trials, so that each
     trial process does not count again); :func:`train_flops_per_iter` then returns it for ``cfg``
     and every config of the same architecture and batch."""
-    _MEASURED[cfg.replace(**_COMPUTE_IRRELEVANT)] = flops_per_iter
+    _MEASURED[_architecture(cfg)] = flops_per_iter
+
+
+def _architecture(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with every :data:`_COMPUTE_IRRELEVANT` field at its default: the measurement's key."""
+    defaults = TrainConfig()
+    return cfg.replace(**{name: getattr(defaults, name) for name in _COMPUTE_IRRELEVANT})

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from core.config import ConfigError, LRMultipliers, NetConfig, TrainConfig
+from core.config import ConfigError, NetConfig, TrainConfig
 from core.flops import train_flops_per_iter
 from core.model import build_models, count_parameters
 from scaling.lr_rules import apply_rule
@@ -123,10 +123,7 @@ def trial_cost(config: TrainConfig) -> TrialCost:
     Models are built on the meta device, so paper-scale sizes cost no memory.
     """
     g, d = build_models(config, "meta")
-    # LRs, seed, name and budget do not change the work of one iteration: share one measurement.
-    shape = config.replace(name="", seed=0, lr_g=1.0, lr_d=1.0, lr_mult_g=LRMultipliers(),
-                           lr_mult_d=LRMultipliers(), iterations=1)
-    per_iter = train_flops_per_iter(shape)
+    per_iter = train_flops_per_iter(config)  # one measurement per architecture (core.flops)
     return TrialCost(count_parameters(g), count_parameters(d), per_iter, per_iter * config.iterations)
 
 
