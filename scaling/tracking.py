@@ -26,8 +26,6 @@ from core.train import Report, Reporter, TrainResult
 
 TAG_ROLE, TAG_SWEEP, TAG_TRIAL = "gat_sweep.role", "gat_sweep.sweep", "gat_sweep.trial"
 TAG_STATUS, TAG_SPEC_HASH, TAG_SAME_AS = "gat_sweep.status", "gat_sweep.spec_hash", "gat_sweep.same_as"
-STATUSES = ("running", "finished", "diverged", "failed")
-"""Values of the ``gat_sweep.status`` tag of a child run."""
 PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 1000
 """MLflow's limits of params and of metrics per log_batch call."""
 
@@ -78,14 +76,11 @@ class TrialTracking:
     tracking_uri: str
     experiment_id: str
     sweep: str
-    parent_run_id: str | None = None
+    parent_run_id: str
 
     def tags(self, trial: str) -> dict[str, str]:
         """The identifying tags of a trial's child run."""
-        tags = {TAG_ROLE: "trial", TAG_SWEEP: self.sweep, TAG_TRIAL: trial}
-        if self.parent_run_id:
-            tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
-        return tags
+        return {TAG_ROLE: "trial", TAG_SWEEP: self.sweep, TAG_TRIAL: trial, MLFLOW_PARENT_RUN_ID: self.parent_run_id}
 
     def find_run(self, client: MlflowClient, trial: str) -> Run | None:
         """The (oldest) active child run of ``trial``, or None."""
@@ -93,6 +88,13 @@ class TrialTracking:
         runs = client.search_runs([self.experiment_id], " and ".join(filters), run_view_type=ViewType.ACTIVE_ONLY,
                                   max_results=1, order_by=["attributes.start_time ASC"])
         return runs[0] if runs else None
+
+
+def _log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log ``params`` (sorted, values as strings) in batches of MLflow's per-request limit."""
+    items = [Param(key, str(value)) for key, value in sorted(params.items())]
+    for i in range(0, len(items), PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=items[i:i + PARAMS_PER_BATCH])
 
 
 def copy_run(tracking: TrialTracking, source: str, trial: str, config: TrainConfig, params: dict[str, Any],
@@ -112,10 +114,7 @@ def copy_run(tracking: TrialTracking, source: str, trial: str, config: TrainConf
         client.delete_run(stale.info.run_id)
     tags = {**tracking.tags(trial), TAG_SAME_AS: source, TAG_STATUS: original.data.tags[TAG_STATUS]}
     run_id = client.create_run(tracking.experiment_id, run_name=trial, tags=tags).info.run_id
-    merged = {**original.data.params, **flatten(config.to_dict()), **params}
-    items = [Param(key, str(value)) for key, value in sorted(merged.items())]
-    for i in range(0, len(items), PARAMS_PER_BATCH):
-        client.log_batch(run_id, params=items[i:i + PARAMS_PER_BATCH])
+    _log_params(client, run_id, {**original.data.params, **flatten(config.to_dict()), **params})
     for key in original.data.metrics:
         history = client.get_metric_history(original.info.run_id, key)
         for i in range(0, len(history), METRICS_PER_BATCH):
@@ -150,10 +149,7 @@ class MlflowReporter(Reporter):
         self.run_id = (state or {}).get("mlflow_run_id") or (found.info.run_id if found else self._create_run())
         self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         self.client.set_tag(self.run_id, TAG_STATUS, "running")
-        params = {**flatten(cfg.to_dict()), **self.params, **info}
-        items = [Param(key, str(value)) for key, value in sorted(params.items())]
-        for i in range(0, len(items), PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[i:i + PARAMS_PER_BATCH])
+        _log_params(self.client, self.run_id, {**flatten(cfg.to_dict()), **self.params, **info})
         self.client.log_dict(self.run_id, cfg.to_dict(), "config.json")
         history = self.client.get_metric_history(self.run_id, "progress/iter")
         self._logged_until = max((m.step for m in history), default=-1)

@@ -78,7 +78,7 @@ class SweepPlan:
     tracking: TrialTracking
     trials: dict[str, Trial]
     resources: Resources
-    flops_per_iter: dict[str, int] = field(default_factory=dict)
+    flops_per_iter: dict[str, int]
     """Counted by the driver for trials.csv; handed to the trials so they do not count again."""
 
     def run_dir(self, trial: str) -> Path:
@@ -135,12 +135,11 @@ def run_trial(config: dict[str, str], plan: SweepPlan, reporter_cls: type[TrialR
             f"output_dir {plan.out} is not visible on node {socket.gethostname()}: on a cluster the "
             "sweep's output_dir must be a shared filesystem mounted at the same path on every node")
     run_dir.mkdir(parents=True, exist_ok=True)
-    if trial.name in plan.flops_per_iter:
-        remember_flops(trial.config, plan.flops_per_iter[trial.name])
     if plan.resources.workers > 1:
         result = _train_ddp(plan, trial, reporter_cls)
     else:
         torch.set_num_threads(max(1, int(plan.resources.cpus)))
+        remember_flops(trial.config, plan.flops_per_iter[trial.name])
         reporter = reporter_cls(plan, trial)
         try:
             result = train(trial.config, run_dir, reporter, progress=False)
@@ -155,8 +154,7 @@ def _ddp_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     plan, trial, reporter_cls = config["plan"], config["trial"], config["reporter_cls"]
-    if trial.name in plan.flops_per_iter:
-        remember_flops(trial.config, plan.flops_per_iter[trial.name])
+    remember_flops(trial.config, plan.flops_per_iter[trial.name])
     rank = ray.train.get_context().get_world_rank()
     reporter = reporter_cls(plan, trial, to_tune=False) if rank == 0 else None
     try:
