@@ -13,40 +13,26 @@ run killed mid-write leaves the previous file intact (ARCHITECTURE.md, "atomic w
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+
+from core.cache import atomic_write
 
 LATEST = "latest.pt"
 BEST = "best.pt"
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def atomic_save(obj: Any, path: Path) -> Path:
     """``torch.save`` to a temp file beside ``path``, then rename over it. Returns ``path``."""
-    return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_copy(src: Path, dst: Path) -> Path:
     """Copy ``src`` to ``dst`` through a temp file and rename. Returns ``dst``."""
-    return _atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+    return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def numbered(ckpt_dir: Path, iteration: int) -> Path:

@@ -24,8 +24,6 @@ written atomically) are kept and skipped. A shard containing any non-finite valu
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +38,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
-from core.cache import atomic_write_bytes, content_hash, file_sha256
+from core.cache import atomic_write, atomic_write_bytes, content_hash, file_sha256
 from core.vae import load_vae
 
 FORMAT = "gat-sweep-latents/1"
@@ -220,14 +218,8 @@ def _encode_shard(model: AutoencoderKL, subset: Subset, path: Path, fingerprint:
             f"non-finite latents in {path.name} (images {first}..{last}); not written. "
             "If the VAE runs in fp16, use precision 'fp32' or 'bf16'"
         )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({"mean": mean.contiguous(), "std": std.contiguous(), "labels": torch.cat(labels)}, tmp,
-                  metadata={"fingerprint": fingerprint})
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    tensors = {"mean": mean.contiguous(), "std": std.contiguous(), "labels": torch.cat(labels)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"fingerprint": fingerprint}))
 
 
 def read_encoded(out_dir: Path, verify: bool = True) -> EncodedLatents:

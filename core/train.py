@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from core import diagnostics
+from core.cache import atomic_write_bytes
 from core.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from core.config import ConfigError, TrainConfig
 from core.evaluate import InvalidMetricError, make_evaluator
@@ -122,10 +123,7 @@ def _check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
                 f"run directory {run_dir} holds a run with a different config (fields: "
                 f"{', '.join(diff)}); choose another output directory or delete this one"
             )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(cfg.to_dict(), indent=2).encode())
 
 
 def _finished(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
@@ -323,9 +321,8 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
     final_it = done_it if cfg.iterations > start else start
     result = TrainResult(status, final_it, final_it * cfg.batch / 1000.0, dict(last), run_dir)
     if rank == 0:
-        tmp = run_dir / (RESULT_FILE + ".tmp")
-        tmp.write_text(json.dumps({"status": status, "iterations": result.iterations, "kimg": result.kimg,
-                                   "metrics": result.metrics, "best": best}, indent=2))
-        os.replace(tmp, run_dir / RESULT_FILE)
+        atomic_write_bytes(run_dir / RESULT_FILE, json.dumps(
+            {"status": status, "iterations": result.iterations, "kimg": result.kimg, "metrics": result.metrics,
+             "best": best}, indent=2).encode())
         reporter.finish(result)
     return result

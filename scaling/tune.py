@@ -39,6 +39,7 @@ from ray import tune
 from rich.console import Console
 from rich.markup import escape
 
+from core.cache import atomic_write_bytes
 from core.config import ConfigError, TrainConfig
 from core.flops import remember_flops
 from core.train import RESULT_FILE, Report, TrainResult, train
@@ -267,9 +268,7 @@ def _create_sweep(spec: SweepSpec, sweep_file: Path, digest: str, rows: list[dic
                               [out / "sweep.yaml", out / "trials.csv"])
     state = {"name": spec.name, "spec_hash": digest, "tracking_uri": tracking_uri,
              "experiment_id": experiment_id, "parent_run_id": parent}
-    tmp = out / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, out / STATE_FILE)
+    atomic_write_bytes(out / STATE_FILE, json.dumps(state, indent=2).encode())
     return state
 
 
