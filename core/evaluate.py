@@ -103,6 +103,17 @@ def frechet_distance(stats_1: dict[str, np.ndarray], stats_2: dict[str, np.ndarr
     return float(fid_statistics_to_metric(as64[0], as64[1], verbose=False)[torch_fidelity.KEY_METRIC_FID])
 
 
+def _fidelity_settings(reference: Dataset | None, reference_cache_name: str | None, extractor: str,
+                       weights_path: str, device: torch.device) -> dict:
+    """torch-fidelity arguments shared by every call here: the same values must reach the metric
+    computation and the cache warm-up, or the warm-up's cache entry would not be hit."""
+    return dict(
+        input2=reference, input2_cache_name=reference_cache_name, feature_extractor=extractor,
+        feature_extractor_weights_path=weights_path, cuda=device.type == "cuda", save_cpu_ram=True,
+        verbose=False, batch_size=EVAL_BATCH, cache_root=str(cache_root() / "fidelity"),
+    )
+
+
 def fidelity_metrics(
     generated: Dataset, reference: Dataset, extractor: str, weights_path: str, device: torch.device,
     reference_cache_name: str | None = None, seed: int = 0,
@@ -116,15 +127,11 @@ def fidelity_metrics(
     precision/recall (Kynkaanniemi et al. 2019) with k = 3 neighbours.
     Returns {'fd', 'kid', 'precision', 'recall'} as floats.
     """
-    cuda = device.type == "cuda"
-    with torch.cuda.device(device) if cuda else nullcontext():
+    with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
         metrics = torch_fidelity.calculate_metrics(
-            input1=generated, input2=reference, input2_cache_name=reference_cache_name,
-            fid=True, kid=True, prc=True, feature_extractor=extractor,
-            feature_extractor_weights_path=weights_path, cuda=cuda, save_cpu_ram=True, verbose=False,
-            batch_size=EVAL_BATCH, kid_subsets=KID_SUBSETS,
-            kid_subset_size=min(KID_SUBSET_SIZE, len(generated), len(reference)),
-            cache_root=str(cache_root() / "fidelity"), rng_seed=seed,
+            input1=generated, fid=True, kid=True, prc=True, kid_subsets=KID_SUBSETS,
+            kid_subset_size=min(KID_SUBSET_SIZE, len(generated), len(reference)), rng_seed=seed,
+            **_fidelity_settings(reference, reference_cache_name, extractor, weights_path, device),
         )
     return {
         "fd": metrics[torch_fidelity.KEY_METRIC_FID],
@@ -237,17 +244,14 @@ class Evaluator:
         """Compute and cache the reference features now (no-op for an npz reference or a cache hit)."""
         if self.npz is not None:
             return
-        kwargs = self._fidelity_kwargs()
-        extractor = create_feature_extractor(self.extractor, [self.layer], **kwargs)
+        extractor, kwargs = self._feature_extractor()
         with torch.cuda.device(self.device) if kwargs["cuda"] else nullcontext():
             extract_featuresdict_from_input_id_cached(2, extractor, **kwargs)
 
-    def _fidelity_kwargs(self) -> dict:
-        return dict(
-            input2=self.reference, input2_cache_name=self.reference_name, feature_extractor=self.extractor,
-            feature_extractor_weights_path=self.weights, cuda=self.device.type == "cuda", save_cpu_ram=True,
-            verbose=False, batch_size=EVAL_BATCH, cache_root=str(cache_root() / "fidelity"),
-        )
+    def _feature_extractor(self) -> tuple[object, dict]:
+        """torch-fidelity's extractor object and the settings it was made with."""
+        kwargs = _fidelity_settings(self.reference, self.reference_name, self.extractor, self.weights, self.device)
+        return create_feature_extractor(self.extractor, [self.layer], **kwargs), kwargs
 
     # -- metrics -------------------------------------------------------------------------------
     def evaluate(self, generator: Generator) -> dict[str, float]:
@@ -264,8 +268,7 @@ class Evaluator:
             values = fidelity_metrics(generated, self.reference, self.extractor, self.weights, self.device,
                                       self.reference_name, seed=self.seed)
         else:
-            kwargs = self._fidelity_kwargs()
-            extractor = create_feature_extractor(self.extractor, [self.layer], **kwargs)
+            extractor, kwargs = self._feature_extractor()
             with torch.cuda.device(self.device) if kwargs["cuda"] else nullcontext():
                 features = get_featuresdict_from_dataset(
                     generated, extractor, EVAL_BATCH, kwargs["cuda"], True, False)[self.layer]
