@@ -287,6 +287,20 @@ class Evaluator:
         return Path(path)
 
 
+def resolve_metric(metric: str, data_kind: str) -> str:
+    """The extractor an ``eval_metric`` means for a dataset kind ('digits', 'random', 'encoded'):
+    'auto' is 'fd_domain' for the embedded digits and 'fid' otherwise; others are themselves."""
+    if metric == "auto":
+        return "fd_domain" if data_kind == "digits" else "fid"
+    return metric
+
+
+def feature_dim(metric: str) -> int:
+    """Feature size of a resolved metric's extractor: the fewest samples a Frechet distance needs
+    (fewer give a singular sample covariance)."""
+    return FEATURE_DIM if metric == "fd_domain" else INCEPTION_DIM
+
+
 def make_evaluator(cfg: TrainConfig, data: LatentData, device: torch.device) -> Evaluator | None:
     """Validate evaluation settings, build the :class:`Evaluator` and cache the reference features.
 
@@ -304,9 +318,7 @@ def make_evaluator(cfg: TrainConfig, data: LatentData, device: torch.device) -> 
                 f"eval_metric={cfg.eval_metric!r} needs real images, and dataset 'random' has none: use "
                 "dataset 'digits' or an encoded folder, or eval_every=-1 (eval.every: -1 in a sweep file)")
         return None
-    metric = cfg.eval_metric
-    if metric == "auto":
-        metric = "fd_domain" if data.kind == "digits" else "fid"
+    metric = resolve_metric(cfg.eval_metric, data.kind)
     if metric == "fd_domain" and data.kind != "digits":
         raise ConfigError(
             f"eval_metric='fd_domain' needs the embedded digits dataset (no domain feature extractor "
@@ -316,7 +328,7 @@ def make_evaluator(cfg: TrainConfig, data: LatentData, device: torch.device) -> 
         raise ConfigError("fid_ref_npz holds Inception statistics; it applies only with eval_metric='fid'")
     if metric == "fid":
         _check_inception_weights(cfg.inception_weights)
-    dim = FEATURE_DIM if metric == "fd_domain" else INCEPTION_DIM
+    dim = feature_dim(metric)
     if cfg.eval_samples < dim:
         raise ConfigError(
             f"eval_samples={cfg.eval_samples} is below the {dim}-d feature size of the {metric} extractor; "

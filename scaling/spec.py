@@ -312,21 +312,19 @@ class SweepSpec(_Strict):
 
     def _check_eval(self) -> None:
         """Frechet distances need at least as many samples as feature dimensions (else the sample
-        covariance is singular); the domain extractor exists for digits only. Mirrors the checks
-        of ``core.evaluate.make_evaluator`` so a sweep fails here, before anything starts."""
+        covariance is singular); the domain extractor exists for digits only. The same rules as
+        ``core.evaluate.make_evaluator`` (shared helpers), checked here so a sweep fails before
+        anything starts."""
         if self.eval.every < 0 or self.dataset == "random":
             return
         # Imported here: torch-fidelity is slow to import and only evaluating sweeps need it.
-        from core.evaluate import INCEPTION_DIM
-        from core.features import FEATURE_DIM
+        from core.evaluate import feature_dim, resolve_metric
 
-        metric = self.eval.metric
-        if metric == "auto":
-            metric = "fd_domain" if self.dataset == "digits" else "fid"
+        metric = resolve_metric(self.eval.metric, "digits" if self.dataset == "digits" else "encoded")
         if metric == "fd_domain" and self.dataset != "digits":
             raise ValueError("eval.metric fd_domain needs dataset digits (the only one with a domain "
                              "feature extractor); use eval.metric fid with train.inception_weights")
-        need = FEATURE_DIM if metric == "fd_domain" else INCEPTION_DIM
+        need = feature_dim(metric)
         if self.eval.samples < need:
             raise ValueError(f"eval.samples={self.eval.samples} is below the {need}-d features of the "
                              f"{metric} extractor (singular covariance); use eval.samples >= {need}")
