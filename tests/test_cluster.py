@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers import attempts, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -37,12 +37,6 @@ max_concurrent: {concurrent}
 def environment() -> dict[str, str]:
     """The environment of every process started here (read when called: fixtures set variables)."""
     return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(args: list[str], log: Path) -> subprocess.Popen:
@@ -135,10 +129,6 @@ def write_sweep(path: Path, name: str, lrs: str, iterations: int, concurrent: in
     path.write_text(SWEEP.format(name=name, lrs=lrs, iterations=iterations, concurrent=concurrent,
                                  dataset="digits" if digits else "random", eval_every=2 if digits else -1))
     return path
-
-
-def attempts(out: Path, trial: str) -> list[dict]:
-    return [json.loads(line) for line in (out / "trials" / trial / "attempts.jsonl").read_text().splitlines()]
 
 
 def children(base: str, experiment: str) -> dict[str, dict]:

@@ -5,7 +5,6 @@ networks stay identical across ranks only if gradients are averaged over ranks."
 import datetime
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -15,17 +14,12 @@ import torch.multiprocessing as mp
 from core import train as train_mod
 from core.checkpoint import load_checkpoint
 from core.config import NetConfig, TrainConfig
+from helpers import free_port
 
 WORLD = 2
 NET = NetConfig(width=32, depth=4, heads=2)
 CFG = TrainConfig(name="ddp", dataset="random", g=NET, d=NET, d_proj_dim=32, batch=8, iterations=3,
                   eval_every=-1, log_every=1, diag_every=2, seed=5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker(rank: int, port: int, tmp: str) -> None:

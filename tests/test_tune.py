@@ -20,6 +20,7 @@ from scaling.tune import (
     TrialReporter,
     run_sweep,
 )
+from helpers import attempts
 
 pytestmark = pytest.mark.slow
 
@@ -61,11 +62,6 @@ def child_runs(outcome):
     runs = client.search_runs([experiment.experiment_id], "tags.`gat_sweep.role` = 'trial'")
     parents = client.search_runs([experiment.experiment_id], "tags.`gat_sweep.role` = 'parent'")
     return client, {r.data.tags["gat_sweep.trial"]: r for r in runs}, parents
-
-
-def attempts(outcome, trial):
-    lines = (outcome.out / "trials" / trial / ATTEMPTS_FILE).read_text().splitlines()
-    return [json.loads(line) for line in lines]
 
 
 class CrashOnceAtFour(TrialReporter):
@@ -110,7 +106,7 @@ def test_parallel_trials_one_child_run_each_and_diverged_goes_on(ray_local, tmp_
     assert runs["w32-d4-p2_gat_lr0.001_s0"].data.metrics["progress/iter"] == 6.0
     # Trials ran at the same time (max_concurrent 2 on 2 CPUs): some [start, end] spans overlap.
     trained = [n for n in status if n != "w32-d4-p2_constant_lr0.002_s0"]
-    spans = sorted((attempts(outcome, n)[0]["time"], (outcome.out / "trials" / n / "result.json").stat().st_mtime)
+    spans = sorted((attempts(outcome.out, n)[0]["time"], (outcome.out / "trials" / n / "result.json").stat().st_mtime)
                    for n in trained)
     assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
 
@@ -139,7 +135,7 @@ def test_crash_retries_from_checkpoint_then_failing_trial_resumes(ray_local, tmp
 
     outcome = run_sweep(spec, sweep_file(tmp_path), reporter_cls=CrashOnceAtFour)
     assert {t.name: t.status for t in outcome.trials} == {gat: "finished", constant: "finished"}
-    tries = attempts(outcome, gat)
+    tries = attempts(outcome.out, gat)
     assert [a["resumed"] for a in tries] == [False, True]  # the retry resumed from latest.pt
     client, runs, _ = child_runs(outcome)
     assert set(runs) == {gat, constant}
@@ -160,8 +156,8 @@ def test_crash_retries_from_checkpoint_then_failing_trial_resumes(ray_local, tmp
     # Rerunning resumes: the finished trial is not trained again, the failed one completes.
     resumed = run_sweep(spec2, sweep_file(tmp_path))
     assert not resumed.failed
-    assert len(attempts(resumed, "w32-d4-p2_gat_lr0.002_s0")) == 1
-    assert len(attempts(resumed, "w32-d4-p2_constant_lr0.002_s0")) == 3  # 2 failed tries + 1
+    assert len(attempts(resumed.out, "w32-d4-p2_gat_lr0.002_s0")) == 1
+    assert len(attempts(resumed.out, "w32-d4-p2_constant_lr0.002_s0")) == 3  # 2 failed tries + 1
     client, runs, parents = child_runs(resumed)
     assert len(runs) == 2 and len(parents) == 1
     assert runs["w32-d4-p2_constant_lr0.002_s0"].data.tags["gat_sweep.status"] == "finished"
