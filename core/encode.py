@@ -23,23 +23,25 @@ written atomically) are kept and skipped. A shard containing any non-finite valu
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 from core.cache import atomic_write, atomic_write_bytes, content_hash, file_sha256
-from core.vae import load_vae
+from core.vae import from_uint8, load_vae
 
 FORMAT = "gat-sweep-latents/1"
 MANIFEST = "manifest.json"
@@ -75,7 +77,7 @@ class CenterCropToTensor:
 
     def __call__(self, image: Image.Image) -> Tensor:
         pixels = torch.from_numpy(np.asarray(center_crop_arr(image, self.resolution)).copy()).permute(2, 0, 1)
-        return pixels if self.as_uint8 else pixels.float() / 127.5 - 1.0
+        return pixels if self.as_uint8 else from_uint8(pixels)
 
 
 def image_folder(images_dir: Path, resolution: int, as_uint8: bool = False) -> ImageFolder:
@@ -173,7 +175,8 @@ def encode_folder(
             bar.refresh()
             shards.append({"file": path.name, "start": start, "count": stop - start, "sha256": file_sha256(path)})
 
-    c, h, w = load_file(str(out_dir / shards[0]["file"]))["mean"].shape[1:]
+    with safe_open(str(out_dir / shards[0]["file"]), "pt") as first:  # the shape, without the data
+        c, h, w = first.get_slice("mean").get_shape()[1:]
     manifest = {
         "format": FORMAT,
         "vae": vae,
@@ -240,9 +243,10 @@ def read_encoded(out_dir: Path, verify: bool = True) -> EncodedLatents:
         path = out_dir / shard["file"]
         if not path.is_file():
             raise FileNotFoundError(f"shard {path} listed in {manifest_path} is missing")
-        if verify and file_sha256(path) != shard["sha256"]:
+        raw = path.read_bytes()  # read once: checksum and tensors
+        if verify and hashlib.sha256(raw).hexdigest() != shard["sha256"]:
             raise ValueError(f"shard {path} does not match its SHA-256 in {manifest_path} (corrupt or replaced)")
-        tensors = load_file(str(path))
+        tensors = safetensors.torch.load(raw)
         means.append(tensors["mean"])
         stds.append(tensors["std"])
         labels.append(tensors["labels"])
