@@ -24,6 +24,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -56,20 +57,13 @@ def reference_cost(cfg) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     real_cache = cache_root()
     with tempfile.TemporaryDirectory(prefix="gat-sweep-evalbench-") as tmp:
         os.symlink(real_cache / "digits", Path(tmp) / "digits")  # the prepared data, no fidelity/
-        previous = os.environ.get(CACHE_ENV)
-        os.environ[CACHE_ENV] = tmp
-        try:
+        with mock.patch.dict(os.environ, {CACHE_ENV: tmp}):
             start = time.perf_counter()
             make_evaluator(cfg, data, torch.device("cpu"))
             cold = time.perf_counter() - start
             start = time.perf_counter()
             make_evaluator(cfg, data, torch.device("cpu"))
             warm = time.perf_counter() - start
-        finally:
-            if previous is None:
-                del os.environ[CACHE_ENV]
-            else:
-                os.environ[CACHE_ENV] = previous
     return cold, warm
 
 
