@@ -114,10 +114,18 @@ class GATStep:
         with self.autocast:
             return D(d_input, y, projection=projection).float()
 
-    def _clip_and_step(self, model: nn.Module, opt: torch.optim.Optimizer) -> Tensor:
+    def _clip_and_step(self, opt: torch.optim.Optimizer) -> Tensor:
+        """Clip the gradient norm of exactly the parameters ``opt`` updates, then step.
+
+        Parameters outside the optimiser (the fixed sin-cos positional embeddings) never enter
+        the norm: had they a gradient, clipping would scale the real update by something the
+        optimiser ignores (GAT_METHOD.md §8, "gradient clipping must see exactly the parameters
+        that are optimised").
+        """
         if self.count_only:
             return torch.zeros((), device=self.device)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+        params = [p for group in opt.param_groups for p in group["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         opt.step()
         return norm.detach()
 
@@ -178,7 +186,7 @@ class GATStep:
                 stats[key] = penalty.mean().detach()
             self.opt_d.zero_grad(set_to_none=True)
             total.backward()
-        stats["diag/grad_norm_D"] = self._clip_and_step(self.D, self.opt_d)
+        stats["diag/grad_norm_D"] = self._clip_and_step(self.opt_d)
         return stats
 
     def g_step(self, x: Tensor, y: Tensor, fake: Tensor) -> dict[str, Tensor]:
@@ -187,7 +195,12 @@ class GATStep:
         fake: (K, N, c, H, W) from :meth:`generate`, still attached to G's graph.
         """
         D = _unwrap(self.D)  # D is not updated here: no gradient sync, no parameter grads
-        D.requires_grad_(False)
+        # Freeze D for this step and restore each parameter's own flag afterwards: a blanket
+        # requires_grad_(True) would switch on the fixed positional embedding after the first
+        # iteration, so a fresh (resumed) process and a running one would differ.
+        trainable = [p for p in D.parameters() if p.requires_grad]
+        for p in trainable:
+            p.requires_grad_(False)
         try:
             with torch.no_grad(), self.autocast:  # D is fixed here: one class MLP for both calls
                 projection = D.class_projection(y)
@@ -200,8 +213,9 @@ class GATStep:
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
         finally:
-            D.requires_grad_(True)
-        stats = {"loss/G": loss.detach(), "diag/grad_norm_G": self._clip_and_step(self.G, self.opt_g)}
+            for p in trainable:
+                p.requires_grad_(True)
+        stats = {"loss/G": loss.detach(), "diag/grad_norm_G": self._clip_and_step(self.opt_g)}
         if self.G_ema is not None:
             update_ema(self.G_ema, _unwrap(self.G), ema_decay_at(self.cfg, self.done))
         return stats

@@ -75,17 +75,51 @@ def test_run_is_finite_and_writes_run_dir(tmp_path):
     assert [r.step for r in rec.reports if r.checkpoint] == [3, 6]
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    train(tiny(), tmp_path / "straight", progress=False)
-    crash = Recorder(fail_at=4)
+def logged(run_dir):
+    """stats.jsonl and result.json without wall-clock timings (the only thing a resume may change)."""
+    lines = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    result = json.loads((run_dir / "result.json").read_text())
+    strip = lambda d: {k: v for k, v in d.items() if not k.startswith("time/")}  # noqa: E731
+    return [strip(line) for line in lines], {**result, "metrics": strip(result["metrics"])}
+
+
+@pytest.mark.parametrize("grad_clip", [1.0, 1e-3])
+def test_resume_equals_uninterrupted(tmp_path, grad_clip):
+    # grad_clip 1e-3 makes clipping bind at every step: before the fix, D's fixed positional
+    # embedding entered the clipped norm from the second iteration of a process on, so the first
+    # iteration after a resume was clipped differently (G.w_avg differed).
+    cfg = tiny(grad_clip=grad_clip)
+    train(cfg, tmp_path / "straight", progress=False)
+    crash = Recorder(fail_at=4)  # iteration 4 is logged but not checkpointed: resume from 3
     with pytest.raises(RuntimeError, match="injected"):
-        train(tiny(), tmp_path / "resumed", crash, progress=False)
+        train(cfg, tmp_path / "resumed", crash, progress=False)
     _, ckpt = states(tmp_path / "resumed")
     assert ckpt["iteration"] == 3 and ckpt["reporter"] == {"run_id": "run-1"}
+    assert ckpt["window_iters"] == 1  # iteration 3 sits in the open logging window (log_every 2)
     again = Recorder(tag="run-1")
-    train(tiny(), tmp_path / "resumed", again, progress=False)
+    train(cfg, tmp_path / "resumed", again, progress=False)
     assert again.started[0][1] == {"run_id": "run-1"}  # reporter state handed back on resume
     assert_same(states(tmp_path / "straight")[0], states(tmp_path / "resumed")[0])
+    # the logged losses (a mean over the window 3-4) and every line of stats.jsonl, once each
+    assert logged(tmp_path / "straight") == logged(tmp_path / "resumed")
+
+
+def test_fixed_positional_embeddings_stay_out_of_gradients_and_clipping(tmp_path):
+    from core.model import build_models
+    from core.step import GATStep
+
+    cfg = tiny()
+    torch.manual_seed(0)
+    G, D = build_models(cfg)
+    step = GATStep(cfg, G, D, torch.device("cpu"))
+    x, y, z = torch.randn(8, 4, 8, 8), torch.randint(10, (8,)), torch.randn(8, cfg.z_dim)
+    for _ in range(2):
+        step.iteration(x, y, z)
+        assert not D.pos_embed.requires_grad and D.pos_embed.grad is None
+        assert not G.pos_embed.requires_grad
+    optimised = {id(p) for group in step.opt_d.param_groups for p in group["params"]}
+    assert id(D.pos_embed) not in optimised
+    assert all(p.requires_grad for p in D.parameters() if id(p) in optimised)
 
 
 def test_longer_budget_continues_a_finished_run(tmp_path):
@@ -131,6 +165,51 @@ def test_non_finite_loss_ends_as_diverged(tmp_path, monkeypatch):
     assert result.status == "diverged" and result.iterations == 4
     assert json.loads((tmp_path / "r" / "result.json").read_text())["status"] == "diverged"
     assert rec.finished[0].status == "diverged"
+
+
+def test_loss_above_bound_ends_as_diverged_with_reason(tmp_path):
+    # RpGAN losses start near log 2 = 0.69, so a bound of 0.5 is crossed at the first iteration.
+    result = train(tiny(diverge_loss=0.5), tmp_path / "r", progress=False)
+    saved = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert result.status == saved["status"] == "diverged" and result.iterations == 1
+    assert "above diverge_loss = 0.5 at iteration 1" in saved["reason"] == result.reason
+
+
+def test_blown_up_learning_rate_is_diverged_not_finished(tmp_path):
+    result = train(tiny(lr_g=10.0, lr_d=10.0, iterations=20), tmp_path / "r", progress=False)
+    assert result.status == "diverged", result.metrics
+    assert "diverge_loss" in result.reason or "non-finite" in result.reason
+
+
+def test_evaluation_far_above_its_best_ends_as_diverged(tmp_path, monkeypatch):
+    import core.train as train_module
+
+    series = iter([70.0, 52.0, 49.0, 50.0, 57.0, 61.0, 480.0, 40.0])
+
+    class FakeEvaluator:
+        metric_key, provenance = "eval/fd_fake", {}
+
+        def evaluate(self, generator):
+            return {self.metric_key: next(series)}
+
+        def sample_grid(self, generator, path):
+            return path
+
+    monkeypatch.setattr(train_module, "make_evaluator", lambda cfg, data, device: FakeEvaluator())
+    result = train(tiny(iterations=8, eval_every=1, ckpt_every=100), tmp_path / "r", progress=False)
+    assert result.status == "diverged" and result.iterations == 7
+    assert result.reason == ("eval/fd_fake = 480 is more than diverge_fd_ratio = 3 times its best 49 "
+                             "(iteration 3)")
+    saved = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert saved["best"] == {"value": 49.0, "iteration": 3} and saved["metrics"]["eval/fd_fake"] == 480.0
+
+
+def test_run_that_never_trained_restarts_with_a_corrected_config(tmp_path):
+    # eval_metric 'fid' on random latents fails before the first iteration, after config.json
+    with pytest.raises(ConfigError, match="random"):
+        train(tiny(eval_metric="fid", eval_every=0), tmp_path / "r", progress=False)
+    assert (tmp_path / "r" / "config.json").exists()
+    assert train(tiny(), tmp_path / "r", progress=False).status == "finished"
 
 
 def test_different_config_in_run_dir_is_refused(tmp_path):
