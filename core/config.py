@@ -178,6 +178,13 @@ class TrainConfig:
     log_every: int = 10
     sample_every: int = 0
     """Write an EMA sample grid every this many iterations (0: only at evaluations and the end)."""
+    diverge_loss: float = 100.0
+    """A D or G loss above this at any iteration ends the run as 'diverged' (RpGAN losses start at
+    log 2 = 0.69; 100 means the real and fake logits are about 100 apart: a blow-up, not training).
+    0: only non-finite losses count. A non-finite loss always ends the run."""
+    diverge_fd_ratio: float = 3.0
+    """An evaluation more than this many times the run's best so far ends the run as 'diverged'
+    (an FD series 70, 52, 49, 480 has blown up). 0: off."""
 
     # ---- execution --------------------------------------------------------------------------
     seed: int = 0
@@ -217,6 +224,10 @@ class TrainConfig:
             raise ConfigError(f"eval_metric must be 'auto', 'fd_domain' or 'fid', got {self.eval_metric!r}")
         if self.gamma_r1 < 0 or self.gamma_r2 < 0:
             raise ConfigError("gamma_r1 and gamma_r2 must be >= 0")
+        if self.diverge_loss < 0:
+            raise ConfigError(f"diverge_loss must be >= 0 (0: off), got {self.diverge_loss}")
+        if self.diverge_fd_ratio != 0 and not self.diverge_fd_ratio > 1:
+            raise ConfigError(f"diverge_fd_ratio must be above 1 (0: off), got {self.diverge_fd_ratio}")
 
     # ---- derived quantities -----------------------------------------------------------------
     @property

@@ -72,6 +72,8 @@ class TrainResult:
     metrics: dict[str, float]
     """Last logged value of every metric."""
     run_dir: Path
+    reason: str | None = None
+    """Why the run diverged (None when it finished)."""
 
 
 class Reporter:
@@ -112,9 +114,15 @@ def _iteration_seed(seed: int, iteration: int, rank: int) -> int:
 
 
 def _check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
-    """Write config.json, or refuse a run directory that holds an incompatible config."""
+    """Write config.json, or refuse a run directory whose run trained under an incompatible config.
+
+    A run directory without a checkpoint or result holds nothing that a new config could
+    contradict (e.g. a first attempt that stopped on a configuration error): its config.json is
+    replaced, so the corrected command just runs.
+    """
     path = run_dir / CONFIG_FILE
-    if path.exists():
+    trained = (run_dir / "checkpoints" / LATEST).exists() or (run_dir / RESULT_FILE).exists()
+    if path.exists() and trained:
         old = json.loads(path.read_text())
         new = cfg.to_dict()
         diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
@@ -124,6 +132,53 @@ def _check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
                 f"{', '.join(diff)}); choose another output directory or delete this one"
             )
     atomic_write_bytes(path, json.dumps(cfg.to_dict(), indent=2).encode())
+
+
+def _truncate_stats(path: Path, start: int) -> None:
+    """Keep the lines of stats.jsonl up to iteration ``start`` (the checkpoint being resumed):
+    the resumed run writes the later ones again, identically, so none appears twice."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= start]
+    if len(kept) != len(lines):
+        atomic_write_bytes(path, "".join(kept).encode())
+
+
+def _losses_healthy(stats: dict[str, torch.Tensor], bound: float) -> torch.Tensor:
+    """1 if loss/D and loss/G are finite (and at most ``bound`` when it is > 0), else 0: an int
+    0-d tensor on the losses' device, ready for an all-reduce (MIN) across ranks."""
+    losses = torch.stack([stats["loss/D"], stats["loss/G"]])
+    ok = torch.isfinite(losses).all()
+    if bound > 0:
+        ok = ok & (losses <= bound).all()
+    return ok.int()
+
+
+def _loss_divergence(stats: dict[str, torch.Tensor], bound: float, iteration: int) -> str:
+    """Why :func:`_losses_healthy` said 0 (this rank's losses; another rank's when they look fine)."""
+    for key in ("loss/D", "loss/G"):
+        value = stats[key].item()
+        if not math.isfinite(value):
+            return f"non-finite {key} at iteration {iteration}"
+        if bound > 0 and value > bound:
+            return f"{key} = {value:.4g} above diverge_loss = {bound:g} at iteration {iteration}"
+    return f"a loss on another worker was non-finite or above diverge_loss at iteration {iteration}"
+
+
+def _fd_divergence(key: str, value: float, best: dict[str, Any], ratio: float) -> str | None:
+    """The reason an evaluation counts as a blow-up (more than ``ratio`` x the best so far), else None."""
+    if ratio > 0 and math.isfinite(best["value"]) and value > ratio * best["value"]:
+        return (f"{key} = {value:.4g} is more than diverge_fd_ratio = {ratio:g} times its best "
+                f"{best['value']:.4g} (iteration {best['iteration']})")
+    return None
+
+
+def _rank0_flag(flag: bool, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every rank (a collective: every rank must call it at the same step)."""
+    tensor = torch.tensor([int(flag)], device=device)
+    dist.broadcast(tensor, src=0)
+    return bool(tensor.item())
 
 
 def _finished(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
@@ -144,7 +199,9 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         run_dir: run directory; made absolute. Resumes from ``checkpoints/latest.pt`` if present.
         reporter: progress sink (Ray Tune / MLflow in ``scaling``); None = files only.
         progress: show a tqdm progress bar (rank 0).
-    Returns: :class:`TrainResult`; status 'diverged' when a loss became non-finite (no exception).
+    Returns: :class:`TrainResult`; status 'diverged' (no exception) when a loss became non-finite
+        or exceeded ``cfg.diverge_loss``, an evaluation's samples were non-finite, or an evaluation
+        exceeded ``cfg.diverge_fd_ratio`` times the best so far; ``reason`` says which.
     Raises: ConfigError for an impossible config, a missing dataset or evaluation weights, or a
         run directory holding a different config. Other exceptions propagate (Ray retries them).
     """
@@ -168,7 +225,8 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
     if kind == "error":
         raise ConfigError(done)
     if done is not None:
-        return TrainResult(done["status"], done["iterations"], done["kimg"], done["metrics"], run_dir)
+        return TrainResult(done["status"], done["iterations"], done["kimg"], done["metrics"], run_dir,
+                           done.get("reason"))
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
 
@@ -188,7 +246,14 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
     }
     flops_per_iter = int(info["compute.flops_per_iter"])
 
+    # Everything the loop carries from one iteration to the next is either re-derived from the
+    # iteration number (RNG seeds, EMA warm-up) or stored in the checkpoint (weights, optimiser
+    # moments, w_avg, best evaluation, the open logging window, the last value of every metric),
+    # so a resumed run logs and trains exactly what the uninterrupted one does.
     start, best, reporter_state = 0, {"value": math.inf, "iteration": -1}, None
+    window: dict[str, torch.Tensor] = {}
+    window_iters = 0
+    last: dict[str, float] = {}
     ckpt_dir = run_dir / "checkpoints"
     if (ckpt_dir / LATEST).exists():
         state = load_checkpoint(ckpt_dir / LATEST, device)
@@ -196,6 +261,9 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         D.load_state_dict(state["D"])
         G_ema.load_state_dict(state["G_ema"])
         start, best, reporter_state = state["iteration"], state["best"], state["reporter"]
+        window, window_iters, last = state["window"], state["window_iters"], state["last"]
+    if rank == 0:
+        _truncate_stats(run_dir / STATS_FILE, start)
     G_train: torch.nn.Module = G
     D_train: torch.nn.Module = D
     if cfg.compile:
@@ -221,17 +289,18 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
 
     local_batch = cfg.batch // world
     data_gen = torch.Generator()
-    window: dict[str, torch.Tensor] = {}
-    window_iters, window_start = 0, time.perf_counter()
-    last: dict[str, float] = {}
-    status = "finished"
+    window_start = time.perf_counter()
+    status, reason = "finished", None
     bar = tqdm(total=cfg.iterations, initial=start, unit="it", disable=not progress or rank != 0,
                desc=cfg.name, dynamic_ncols=True)
 
+    def with_progress(it: int, metrics: dict[str, float]) -> dict[str, float]:
+        return {"progress/iter": float(it), "progress/kimg": it * cfg.batch / 1000.0,
+                "compute/train_flops": float(it * flops_per_iter), **metrics}
+
     def emit(it: int, metrics: dict[str, float], images: list[Path] | None = None,
              checkpoint: Path | None = None) -> None:
-        metrics = {"progress/iter": float(it), "progress/kimg": it * cfg.batch / 1000.0,
-                   "compute/train_flops": float(it * flops_per_iter), **metrics}
+        metrics = with_progress(it, metrics)
         last.update(metrics)
         with open(run_dir / STATS_FILE, "a") as f:
             f.write(json.dumps({"step": it, **metrics}) + "\n")
@@ -249,14 +318,14 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         diag_now = rank == 0 and done_it % cfg.diag_every == 0
         before = diagnostics.g_output(G, z_fix, y_fix) if diag_now else None
         stats = step.iteration(x, y, z)
-        finite = (torch.isfinite(stats["loss/D"]) & torch.isfinite(stats["loss/G"])).int()
+        healthy = _losses_healthy(stats, cfg.diverge_loss)
         if world > 1:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # all ranks stop together
-        if not bool(finite):
-            status = "diverged"
+            dist.all_reduce(healthy, op=dist.ReduceOp.MIN)  # all ranks stop together
+        if not bool(healthy):
+            status, reason = "diverged", _loss_divergence(stats, cfg.diverge_loss, done_it)
             if rank == 0:
                 emit(done_it, {k: v.item() for k, v in stats.items() if torch.isfinite(v)})
-            bar.write(f"{cfg.name}: non-finite loss at iteration {done_it}; stopping (diverged)")
+            bar.write(f"{cfg.name}: {reason}; stopping (diverged)")
             break
         for key, value in stats.items():
             window[key] = window.get(key, 0.0) + value
@@ -268,7 +337,12 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
             sums = torch.stack([window[k] for k in keys])
             dist.all_reduce(sums)
             window = dict(zip(keys, sums / world))
+        eval_step = cfg.eval_every >= 0 and (
+            done_it == cfg.iterations or (cfg.eval_every > 0 and done_it % cfg.eval_every == 0))
         if rank != 0:
+            if eval_step and world > 1 and _rank0_flag(False, device):
+                status = "diverged"
+                break
             continue
 
         metrics: dict[str, float] = {}
@@ -284,26 +358,29 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
                              "G": f"{metrics['loss/G']:.3f}"}, refresh=False)
         images: list[Path] = []
         is_best = False
-        evaluate_now = evaluator is not None and (
-            done_it == cfg.iterations or (cfg.eval_every > 0 and done_it % cfg.eval_every == 0))
-        if evaluate_now:
+        if eval_step and evaluator is not None:
             eval_start = time.perf_counter()
             try:
                 results = evaluator.evaluate(G_ema)  # RNG use here is harmless: iterations re-seed
                 images.append(evaluator.sample_grid(G_ema, run_dir / "samples" / f"iter_{done_it:07d}.png"))
             except InvalidMetricError as error:  # non-finite samples: the run has diverged
-                status = "diverged"
-                bar.write(f"{cfg.name}: {error}; stopping (diverged)")
-                emit(done_it, metrics)
-                break
+                results, reason = {}, str(error)
             eval_seconds = time.perf_counter() - eval_start
             window_start += eval_seconds  # time/sec_per_kimg measures training, not evaluation
             metrics.update(results)
             metrics["time/eval_s"] = eval_seconds
             value = results.get(evaluator.metric_key, math.inf)
-            if value < best["value"]:
+            reason = reason or _fd_divergence(evaluator.metric_key, value, best, cfg.diverge_fd_ratio)
+            if reason is None and value < best["value"]:
                 best, is_best = {"value": value, "iteration": done_it}, True
             bar.write(f"{cfg.name} iter {done_it}: {evaluator.metric_key} = {value:.4g}")
+        if eval_step and world > 1:
+            _rank0_flag(reason is not None, device)
+        if reason is not None:
+            status = "diverged"
+            bar.write(f"{cfg.name} iter {done_it}: {reason}; stopping (diverged)")
+            emit(done_it, metrics, images)
+            break
         elif evaluator is not None and cfg.sample_every > 0 and done_it % cfg.sample_every == 0:
             images.append(evaluator.sample_grid(G_ema, run_dir / "samples" / f"iter_{done_it:07d}.png"))
         checkpoint = None
@@ -312,6 +389,8 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
                 {"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
                  "opt_g": step.opt_g.state_dict(), "opt_d": step.opt_d.state_dict(),
                  "iteration": done_it, "kimg": done_it * cfg.batch / 1000.0, "best": best,
+                 "window": window, "window_iters": window_iters,
+                 "last": {**last, **with_progress(done_it, metrics)},  # as emitted just below
                  "config": cfg.to_dict(), "reporter": reporter.state_dict()},
                 ckpt_dir, done_it, keep=cfg.keep_checkpoints, best=is_best)
         if metrics or images or checkpoint:
@@ -319,10 +398,10 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
     bar.close()
 
     final_it = done_it if cfg.iterations > start else start
-    result = TrainResult(status, final_it, final_it * cfg.batch / 1000.0, dict(last), run_dir)
+    result = TrainResult(status, final_it, final_it * cfg.batch / 1000.0, dict(last), run_dir, reason)
     if rank == 0:
         atomic_write_bytes(run_dir / RESULT_FILE, json.dumps(
-            {"status": status, "iterations": result.iterations, "kimg": result.kimg, "metrics": result.metrics,
-             "best": best}, indent=2).encode())
+            {"status": status, "reason": reason, "iterations": result.iterations, "kimg": result.kimg,
+             "metrics": result.metrics, "best": best}, indent=2).encode())
         reporter.finish(result)
     return result

@@ -251,8 +251,15 @@ def train(
             return
         from core.train import train as train_run
 
-        result = train_run(cfg, run_dir, progress=True)
+        try:
+            result = train_run(cfg, run_dir, progress=True)
+        except KeyboardInterrupt:
+            err_console.print(f"interrupted; run the same command again to resume {escape(str(run_dir))} "
+                              "from its last checkpoint", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
     style = "green" if result.status == "finished" else "yellow"
+    if result.reason:
+        console.print(f"[yellow]diverged:[/] {escape(result.reason)}", highlight=False)
     metrics = "  ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())
                         if k.startswith(("eval/", "loss/")))
     console.print(f"[{style}]{result.status}[/] after {result.iterations} iterations "
