@@ -91,11 +91,15 @@ def sample_augment(
                          shift=shift, cutout_corner=centre - cut // 2, cutout_size=cut, flip=flip)
 
 
-def apply_augment(x: Tensor, params: AugmentParams) -> Tensor:
+def apply_augment(x: Tensor, params: AugmentParams, color_reference: Tensor | None = None) -> Tensor:
     """Apply one parameter draw; every level of a sample gets that sample's parameters.
 
     x: (K, N, c, H, W) MNG levels or (N, c, H, W). Returns a tensor of x's shape and dtype,
     differentiable w.r.t. x. Order: colour, translation, cutout, flip (reference policy order).
+    ``color_reference`` (x's shape; default x): the input whose last level gives the colour op's
+    means. The finite-difference R1/R2 branch ``x + fd_eps * eps`` passes the clean x, because
+    the reference stores the means with the augmentation parameters and reuses them there
+    (GAT_METHOD.md §4, "R1/R2 finite difference, exact detail").
 
     Colour, as the reference's ``rand_brightness_saturation_contrast`` computes it (it differs
     from applying DiffAugment's three ops in turn: the brightness offset ends up scaled by the
@@ -115,7 +119,8 @@ def apply_augment(x: Tensor, params: AugmentParams) -> Tensor:
     k, n, c, h, w = levels.shape
     if n != params.batch:
         raise ValueError(f"augmentation parameters are for {params.batch} samples, x has batch {n}")
-    levels = _color(levels, params)
+    reference = levels if color_reference is None else color_reference.reshape(levels.shape)
+    levels = _color(levels, params, reference[-1:])
     flat = levels.transpose(0, 1).reshape(n, k * c, h, w)  # one sample's levels side by side
     flat = _translate(flat, params.shift)
     flat = _cutout(flat, params.cutout_corner, params.cutout_size)
@@ -124,13 +129,13 @@ def apply_augment(x: Tensor, params: AugmentParams) -> Tensor:
     return out if x.ndim == 5 else out.squeeze(0)
 
 
-def _color(levels: Tensor, params: AugmentParams) -> Tensor:
-    """Brightness, saturation and contrast together on the selected samples. (K, N, c, H, W) -> same."""
+def _color(levels: Tensor, params: AugmentParams, ref: Tensor) -> Tensor:
+    """Brightness, saturation and contrast together on the selected samples, with the means of
+    ``ref`` (1, N, c, H, W). (K, N, c, H, W) -> same."""
 
     def per_sample(v: Tensor) -> Tensor:
         return v.to(levels.dtype).view(1, -1, 1, 1, 1)
 
-    ref = levels[-1:]
     mean_sat = ref.mean(dim=2, keepdim=True)
     mean_con = ref.mean(dim=(2, 3, 4), keepdim=True)
     out = levels + per_sample(params.brightness)

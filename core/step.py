@@ -98,10 +98,12 @@ class GATStep:
         )
 
     # -- D input: augment, then MNG-perturb (GAT_METHOD.md §3 "augment first, then perturb") -------
-    def _d_input(self, levels: Tensor, aug: AugmentParams | None, noise: Tensor) -> Tensor:
-        """Clean levels (K, N, c, H, W) -> D input (N, K*c, H, W) with the given draws."""
+    def _d_input(self, levels: Tensor, aug: AugmentParams | None, noise: Tensor,
+                 color_reference: Tensor | None = None) -> Tensor:
+        """Clean levels (K, N, c, H, W) -> D input (N, K*c, H, W) with the given draws
+        (``color_reference``: see :func:`core.augment.apply_augment`)."""
         if aug is not None:
-            levels = apply_augment(levels, aug)
+            levels = apply_augment(levels, aug, color_reference)
         return perturb(levels, noise.to(levels.dtype), self.t)
 
     def _draws(self, shape: torch.Size) -> tuple[AugmentParams | None, Tensor]:
@@ -164,7 +166,8 @@ class GATStep:
         if fd:
             eps_real = torch.randn_like(x).unsqueeze(0).expand_as(fake)
             shifted = clean + cfg.reg_fd_eps * torch.cat([eps_real, torch.randn_like(fake)], dim=1)
-            inputs.append(self._d_input(shifted, aug, noise))  # same augmentation and noise
+            # the same augmentation (its colour means from the clean input) and noise
+            inputs.append(self._d_input(shifted, aug, noise, color_reference=clean))
             labels += [y, y]
         # Double backprop needs the math attention kernel (fused kernels have no 2nd derivative).
         kernel = sdpa_kernel([SDPBackend.MATH]) if exact and regularise else contextlib.nullcontext()

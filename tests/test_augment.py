@@ -151,3 +151,19 @@ def test_batch_mismatch_is_an_error():
         apply_augment(torch.zeros(3, 4, 8, 8), forced(2))
     with pytest.raises(ValueError, match=r"\(K, N, c, H, W\)"):
         apply_augment(torch.zeros(4, 8, 8), forced(4))
+
+
+def test_finite_difference_branch_keeps_the_clean_colour_means():
+    # With the means taken from the clean input the colour op is affine in x with slope
+    # saturation * contrast, so the finite difference of the augmentation is exactly s * c * delta
+    # (the reference stores the means with the parameters). Recomputing them on x + delta, as we
+    # did before, adds the means' own change: R1 2.4e-3 instead of 1.0e-3 on one batch.
+    torch.manual_seed(0)
+    x = torch.randn(4, 2, 3, 8, 8)
+    delta = 0.01 * torch.randn_like(x)
+    params = forced(2, color=True, brightness=0.3, saturation=1.5, contrast=0.6)
+    clean = apply_augment(x, params)
+    kept = apply_augment(x + delta, params, color_reference=x) - clean
+    torch.testing.assert_close(kept, 1.5 * 0.6 * delta, rtol=0, atol=1e-6)
+    recomputed = apply_augment(x + delta, params) - clean
+    assert (recomputed - 1.5 * 0.6 * delta).abs().max() > 1e-3

@@ -53,7 +53,8 @@ def test_batched_d_step_equals_separate_calls():
         eps_real = torch.randn_like(x).unsqueeze(0).expand_as(fake)
         shifted = clean + 0.01 * torch.cat([eps_real, torch.randn_like(fake)], dim=1)
         d_clean = D2(perturb(apply_augment(clean, aug), noise, t), torch.cat([y, y]))
-        d_shift = D2(perturb(apply_augment(shifted, aug), noise, t), torch.cat([y, y]))
+        # the perturbed branch keeps the clean input's colour means (the reference's detail)
+        d_shift = D2(perturb(apply_augment(shifted, aug, color_reference=clean), noise, t), torch.cat([y, y]))
     d_real, d_fake = d_clean[:4], d_clean[4:]
     torch.testing.assert_close(stats["loss/D"], rpgan_d_loss(d_real, d_fake), rtol=1e-5, atol=1e-6)
     r1 = ((d_real - d_shift[:4]) / 0.01).square().mean()
@@ -110,9 +111,12 @@ def test_g_step_leaves_d_untouched_and_generate_updates_w_avg():
     fake = step.generate(torch.randn(4, 64), y)
     assert G.w_avg[0].abs().sum() > 0 and G.w_avg[2].abs().sum() == 0
     before = {k: v.clone() for k, v in D.state_dict().items()}
+    flags = {name: p.requires_grad for name, p in D.named_parameters()}
+    assert not flags["pos_embed"] and sum(flags.values()) == len(flags) - 1
     step.g_step(torch.randn(4, 4, 8, 8), y, fake)
     assert all(torch.equal(before[k], v) for k, v in D.state_dict().items())
-    assert all(p.grad is None for p in D.parameters()) and all(p.requires_grad for p in D.parameters())
+    assert all(p.grad is None for p in D.parameters())
+    assert {name: p.requires_grad for name, p in D.named_parameters()} == flags  # restored as they were
     assert all(p.grad is not None for p in G.parameters() if p.requires_grad)
     assert torch.equal(ema.w_avg, G.w_avg)
 
