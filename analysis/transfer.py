@@ -1,37 +1,74 @@
-"""Does a learning-rate rule transfer across widths?
+"""Does a learning-rate rule transfer across widths? A noise-aware equivalence test.
 
-For each LR rule and width, the sweep tried several base LRs. The best base LR of a width is
-interpolated in log LR (a parabola through the lowest log FD and its two neighbours, vertex
-clipped to that bracket). A rule *transfers* when the best base LR does not move with width:
-the slope of log(best base LR) against log(width) is 0. A slope of -1 means the best LR falls
-as 1/width, which is what the GAT paper's width-aware rule ``lr = base_lr * 768 / width``
-corrects (GAT_METHOD.md §5): under ``constant`` LR the paper predicts a negative slope, under
-``gat`` a slope near 0.
+For each LR rule, ONE model is fitted to every training of that rule at once (all widths, base
+LRs and seeds):
 
-Verdict from the 95% interval of the slope (ordinary least squares, t interval, >= 3 widths)
-and a tolerance TOLERANCE = 0.25 (|slope| < 0.25 moves the best LR by less than 2x, one typical
-LR-grid step, over a 16x range of widths):
+    log FD = a_w + c * (log lr - m_w)**2,    m_w = v0 + b * log(w / w_ref)
 
-* "transfers" if the interval lies inside (-0.25, 0.25), or contains 0 and lies inside (-1, 1)
-  (it excludes the 1/width law);
-* "does not transfer" if the interval lies entirely outside [-0.25, 0.25];
-* "inconclusive" otherwise (add widths or seeds).
+with a free offset ``a_w`` per width, one curvature ``c > 0`` shared by all widths, and the
+optimum ``m_w`` (log of the best *base* LR at width w) linear in log width. ``lr`` is the rule's
+base LR; ``w_ref`` is the geometric mean of the fitted widths (so ``v0`` is the optimum at the
+middle of the sweep and nearly uncorrelated with ``b``). ``b`` is the quantity of interest: 0
+means the best base LR does not move with width, -1 means it falls as 1/width, which the GAT
+paper's rule ``lr = base_lr * 768 / width`` corrects (GAT_METHOD.md §5).
 
-With 2 widths there is no interval: |slope| < 0.25 decides, and the verdict says so.
+The model is linear in its reparametrisation ``log FD = a_w + c x**2 + d0 x + d1 x z`` (``x`` =
+log lr minus its mean, ``z = log(w / w_ref)``), so it is fitted exactly by (weighted) least
+squares and ``b = -d1 / (2c)``, ``m_w = x_mean - (d0 + d1 z_w) / (2c)``. A fit with ``c <= 0``
+has no valley and no optimum.
 
-Scores: each trial is scored by its FD at the latest evaluation that every live trial of the
-same (rule, width) has reached (so a running sweep compares like with like); a diverged trial
-scores +inf (its LR is too high); failed trials are left out; seeds are combined by the median.
+Uncertainty: a bootstrap over seeds (Efron & Tibshirani 1993, ch. 6 and 12; Field & Welsh 2007
+for the cluster bootstrap): seeds are resampled with replacement, keeping every training of a
+seed together (trainings of one seed share an initialisation and data order, so they are not
+independent), and the model is refitted (as weighted least squares, weight = how often the seed
+was drawn). With the 2-6 seeds a sweep can afford, percentile intervals of a cluster bootstrap
+are far too narrow (with 3 seeds they are roughly the range of the three single-seed estimates,
+which misses the truth 25% of the time). The interval is therefore the bootstrap standard error
+with a small-sample t quantile:
+
+    estimate +- t(0.975, n_seeds - 1) * sqrt(n_seeds / (n_seeds - 1)) * SD(bootstrap estimates)
+
+(``sqrt(n/(n-1))`` undoes the bootstrap's ``(n-1)/n`` variance shrinkage, the t quantile the
+few-cluster uncertainty of the standard error itself). ``analysis.simulation`` checks by
+simulation that the verdicts below are wrong at most 5% of the time (table in docs/ANALYSIS.md).
+Resamples whose fit has no valley count as unbounded: if more than 2.5% of them have none, the
+interval is open and the verdict inconclusive.
+
+Verdict, an equivalence test (Schuirmann 1987, two one-sided tests, here at the stricter 95%
+level) on the shift of the optimum over the sweep's width range, ``shift = b * log(w_max / w_min)``
+(natural log), with tolerance ``TOLERANCE = log 2`` (the best LR moves by less than a factor 2,
+about one LR-grid step):
+
+* "transfers" when the whole 95% interval of the shift lies within (-log 2, log 2);
+* "does not transfer" when it lies entirely above log 2 or entirely below -log 2;
+* "inconclusive" otherwise, with the measured seed-to-seed noise and an estimate of the seeds a
+  decision would need (the interval's half width scales as 1/sqrt(seeds)).
+
+It is also inconclusive when a width's fitted optimum lies outside the LRs tried at that width
+(``at_edge``: a vertex extrapolated beyond the data is not to be trusted; widen the grid), when
+the fit has no valley, or with a single seed (no interval).
+
+Score of a trial (``trial_score``): the mean of log FD over its last ``SCORE_EVALS`` = 3
+evaluations (fewer if it has fewer), taken up to the latest evaluation that every live trial of
+the same (rule, width) has reached, so a running sweep compares like with like. One evaluation
+swings by ~30% between neighbouring checkpoints; the mean of three is steadier and still
+describes the end of training. A trial whose status is ``diverged``, or with a non-finite FD among
+those evaluations, scores +inf: it is left out of the fit and its LR is marked as failed. A trial
+that improved and then blew up (FD 70, 52, 49, 50, 57, 61, 480) scores by its last evaluations
+(mean log of 57, 61, 480: FD ~118), i.e. badly: its LR is too high for the planned training,
+which is what the test asks. ``failed`` trials (crashed, no verdict on the LR) are left out.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.fit import Estimate
 from analysis.frontier import EXCLUDED_STATUSES
 
 PAPER_EXPECTATION = {
@@ -40,9 +77,136 @@ PAPER_EXPECTATION = {
     "mup": "no paper prediction (muP-style rule)",
 }
 LEVEL = 0.95
-TOLERANCE = 0.25
-"""|slope| below which the best LR counts as unchanged (less than 2x over 16x in width)."""
+TOLERANCE = math.log(2.0)
+"""Largest |shift| of the optimum (natural log of the LR factor) over the sweep's width range
+that still counts as "transfers": a factor 2."""
+SCORE_EVALS = 3
+"""Evaluations averaged (in log FD) into a trial's score."""
+N_BOOT = 1000
+MAX_SEEDS_REPORTED = 100
+"""Seed estimates above this are reported as "more than 100"."""
+_MAX_UNBOUNDED = (1 - LEVEL) / 2
+"""Largest fraction of valley-less bootstrap resamples that still allows a bounded interval."""
 
+
+def trial_score(fd: np.ndarray, status: str) -> float:
+    """Score of one trial from its FD history ``fd`` (ascending iteration), in log FD units.
+
+    Returns the mean of ``log fd`` over the last ``SCORE_EVALS`` evaluations (fewer if there are
+    fewer), +inf when ``status == 'diverged'`` or one of those values is non-finite or not
+    positive. Raises ValueError for an empty history of a trial that did not diverge.
+    """
+    if status == "diverged":
+        return math.inf
+    fd = np.asarray(fd, dtype=float)
+    if fd.size == 0:
+        raise ValueError("no evaluation to score")
+    last = fd[-SCORE_EVALS:]
+    if not (np.isfinite(last).all() and (last > 0).all()):
+        return math.inf
+    return float(np.log(last).mean())
+
+
+def trial_scores(points: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per scored trial: ``lr_rule, width, base_lr, seed, trial, score, n_scored,
+    common_iter``; ``score`` is a log FD (``trial_score``) or +inf (diverged).
+
+    ``points``/``trials``: the tidy tables of ``runs.load_sweep`` (``points`` of one metric).
+    Trials without an evaluation yet (at or before the group's common iteration) and failed
+    trials are left out. The base LR is ``base_lr``, or ``lr_g`` when no base LR was logged.
+    """
+    columns = ["lr_rule", "width", "base_lr", "seed", "trial", "score", "n_scored", "common_iter"]
+    rows = []
+    finite = points[np.isfinite(points["fd"].astype(float))]
+    by_run = {run: g.sort_values("iter") for run, g in points.groupby("run_id")}
+    for (rule, width), group in trials.groupby(["lr_rule", "g_width"]):
+        live = group[~group["status"].isin(EXCLUDED_STATUSES)]
+        reached = finite[finite["run_id"].isin(live["run_id"])].groupby("run_id")["iter"].max()
+        common = int(reached.min()) if len(reached) else -1
+        for trial in group.itertuples():
+            if trial.status == "failed":
+                continue
+            lr = trial.base_lr if np.isfinite(trial.base_lr) else trial.lr_g
+            seed = int(trial.seed) if "seed" in group and np.isfinite(trial.seed) else 0
+            evals = by_run.get(trial.run_id)
+            evals = evals[evals["iter"] <= common] if evals is not None else None
+            if trial.status == "diverged":
+                score, n = math.inf, 0 if evals is None else min(len(evals), SCORE_EVALS)
+            elif evals is None or evals.empty:
+                continue
+            else:
+                score = trial_score(evals["fd"].to_numpy(), trial.status)
+                n = min(len(evals), SCORE_EVALS)
+            rows.append({"lr_rule": rule, "width": int(width), "base_lr": float(lr), "seed": seed,
+                         "trial": trial.trial, "score": score, "n_scored": n, "common_iter": common})
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ---- the model ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Valley:
+    """Full-data fit of ``log FD = a_w + c (log lr - m_w)^2``, ``m_w = v0 + b log(w / w_ref)``."""
+
+    widths: tuple[int, ...]
+    offsets: tuple[float, ...]
+    """``a_w`` per width (log FD at the optimum)."""
+    curvature: float
+    """``c`` (log FD per (log LR)^2); the fit has a valley only when it is > 0."""
+    v0: float
+    """log of the best base LR at ``w_ref``."""
+    b: float
+    w_ref: float
+
+    def log_fd(self, width: int, lr: np.ndarray) -> np.ndarray:
+        """Fitted log FD at ``width`` and base LRs ``lr`` (same shape as ``lr``)."""
+        a = self.offsets[self.widths.index(width)]
+        m = self.v0 + self.b * math.log(width / self.w_ref)
+        return a + self.curvature * (np.log(np.asarray(lr, float)) - m) ** 2
+
+
+def _design(x: np.ndarray, width_idx: np.ndarray, n_widths: int, z_rows: np.ndarray) -> np.ndarray:
+    """Design matrix (n, n_widths + 3): one-hot width, x^2, x, x z (x = centred log LR)."""
+    onehot = np.eye(n_widths)[width_idx]
+    return np.column_stack([onehot, x**2, x, x * z_rows])
+
+
+def _solve(X: np.ndarray, y: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted least squares for a batch of weight vectors ``weights`` (B, n).
+
+    Returns (coefficients (B, p), identifiable (B,) bool); rank-deficient rows (e.g. a resample
+    without any training of some width) are not identifiable.
+    """
+    xtwx = np.einsum("bn,ni,nj->bij", weights, X, X)
+    xtwy = np.einsum("bn,ni,n->bi", weights, X, y)
+    eig = np.linalg.eigvalsh(xtwx)
+    ok = eig[:, 0] > 1e-9 * np.maximum(eig[:, -1], 1e-300)
+    safe = np.where(ok[:, None, None], xtwx, np.eye(X.shape[1]))
+    return np.linalg.solve(safe, xtwy[..., None])[..., 0], ok
+
+
+def _vertex(beta: np.ndarray, n_widths: int, x_mean: float, z_w: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(c (B,), b (B,), m_w (B, W)) from coefficients (B, p); NaN where c <= 0 (no valley)."""
+    c, d0, d1 = beta[:, n_widths], beta[:, n_widths + 1], beta[:, n_widths + 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        valley = c > 0
+        b = np.where(valley, -d1 / (2 * c), np.nan)
+        m = np.where(valley[:, None], x_mean - (d0[:, None] + d1[:, None] * z_w) / (2 * c[:, None]), np.nan)
+    return c, b, m
+
+
+def _t_interval(point: float, boot: np.ndarray, n_seeds: int) -> tuple[float | None, float | None]:
+    """``point +- t(n_seeds - 1) sqrt(n/(n-1)) SD(boot)``; (None, None) when more than 2.5% of
+    ``boot`` are NaN (valley-less resamples: unbounded) or there is a single seed."""
+    if n_seeds < 2 or len(boot) == 0 or np.isnan(boot).mean() > _MAX_UNBOUNDED:
+        return None, None
+    sd = float(np.nanstd(boot, ddof=1)) if np.isfinite(boot).sum() > 1 else 0.0
+    half = stats.t.ppf(0.5 + LEVEL / 2, n_seeds - 1) * math.sqrt(n_seeds / (n_seeds - 1)) * sd
+    return point - half, point + half
+
+
+# ---- results -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class WidthOptimum:
@@ -52,157 +216,239 @@ class WidthOptimum:
     lrs: tuple[float, ...]
     """Base LRs tried, ascending."""
     scores: tuple[float, ...]
-    """FD per LR at ``common_iter`` (median over seeds; inf = diverged)."""
-    best_lr: float
+    """FD per LR: geometric mean over the seeds that did not diverge of exp(score); inf when
+    every seed diverged."""
+    diverged_lrs: tuple[float, ...]
+    """LRs at which at least one seed diverged (excluded from the fit, marked as failed)."""
+    best_lr: Estimate | None
+    """Fitted optimum exp(m_w) with its 95% interval; None without a valley."""
     best_score: float
-    """Lowest FD observed (at the grid LR nearest ``best_lr``)."""
+    """Lowest per-LR FD observed (``min(scores)``)."""
     at_edge: bool
-    """True when the lowest FD is at the smallest or largest LR tried: the optimum may lie outside."""
+    """True when the fitted optimum lies outside the LRs (with a finite score) tried at this width."""
     common_iter: int
 
 
 @dataclass(frozen=True)
 class RuleTransfer:
-    """LR-transfer analysis of one rule."""
+    """LR-transfer analysis of one rule (see the module docstring)."""
 
     rule: str
     optima: tuple[WidthOptimum, ...]
-    slope: float | None
-    """d log(best base LR) / d log(width); None with fewer than 2 widths."""
-    slope_ci: tuple[float, float] | None
+    slope: Estimate | None
+    """b = d log(best base LR) / d log(width), with its 95% interval; None without a fit."""
+    shift: Estimate | None
+    """b * log(w_max / w_min): log of the factor the optimum moves over the widths."""
     transfers: bool | None
-    """None when inconclusive."""
+    """True = transfers, False = does not transfer, None = inconclusive."""
     verdict: str
     expected: str
+    n_seeds: int = 0
+    noise_sd: float | None = None
+    """Seed-to-seed SD of the score (log FD) within a (width, LR) cell, pooled; None with 1 seed."""
+    residual_sd: float | None = None
+    """Residual SD of log FD around the fitted model (noise plus misfit)."""
+    seeds_needed: int | None = None
+    """Estimated seeds for a conclusive verdict (when inconclusive for lack of precision)."""
+    valley: Valley | None = None
+    n_boot: int = 0
+    tolerance: float = TOLERANCE
+
+    @property
+    def slope_ci(self) -> tuple[float, float] | None:
+        """(lo, hi) of the slope, None without an interval."""
+        if self.slope is None or self.slope.lo is None:
+            return None
+        return self.slope.lo, self.slope.hi
 
     def to_dict(self) -> dict:
+        """JSON-ready summary (non-finite values become None in report._no_nan)."""
+        est = (lambda e: None if e is None else e.to_dict())
         return {
-            "rule": self.rule, "slope": self.slope,
-            "slope_ci": list(self.slope_ci) if self.slope_ci else None, "level": LEVEL,
+            "rule": self.rule, "model": "log FD = a_w + c (log lr - v0 - b log(w/w_ref))^2",
+            "slope": est(self.slope), "shift": est(self.shift), "tolerance_log": self.tolerance,
+            "level": LEVEL, "interval": "bootstrap over seeds, SE x t(n_seeds-1) x sqrt(n/(n-1))",
+            "n_boot": self.n_boot, "n_seeds": self.n_seeds, "noise_sd_log": self.noise_sd,
+            "residual_sd_log": self.residual_sd, "seeds_needed": self.seeds_needed,
+            "curvature": None if self.valley is None else self.valley.curvature,
+            "w_ref": None if self.valley is None else self.valley.w_ref,
             "transfers": self.transfers, "verdict": self.verdict, "expected": self.expected,
-            "optima": [{"width": o.width, "best_lr": o.best_lr, "best_fd": o.best_score,
-                        "at_edge": o.at_edge, "common_iter": o.common_iter,
-                        "lrs": list(o.lrs),
-                        "fd": [s if np.isfinite(s) else None for s in o.scores]}
+            "score": f"mean log FD of the last {SCORE_EVALS} evaluations; diverged = +inf (excluded)",
+            "optima": [{"width": o.width, "best_lr": est(o.best_lr), "best_fd": o.best_score,
+                        "at_edge": o.at_edge, "common_iter": o.common_iter, "lrs": list(o.lrs),
+                        "fd": [s if np.isfinite(s) else None for s in o.scores],
+                        "diverged_lrs": list(o.diverged_lrs)}
                        for o in self.optima],
         }
 
 
-def interpolate_best_lr(lrs: np.ndarray, scores: np.ndarray) -> tuple[float, bool]:
-    """Best LR from FD ``scores`` (inf = diverged) at ascending ``lrs``; returns (best LR, at_edge).
+def _pooled_cell_sd(df: pd.DataFrame) -> float | None:
+    """Pooled within-(width, LR) SD of finite scores across seeds; None if no cell has 2."""
+    g = df.groupby(["width", "base_lr"])["score"]
+    dev = df["score"] - g.transform("mean")
+    dof = int((g.transform("size") - 1).groupby([df["width"], df["base_lr"]]).first().sum())
+    return math.sqrt(float((dev**2).sum()) / dof) if dof > 0 else None
 
-    With the lowest finite score at index i and finite neighbours i-1, i+1, fits a parabola to
-    (log lr, log score) through those three points and returns its vertex, clipped to
-    [lr[i-1], lr[i+1]]. Otherwise returns lr[i]; ``at_edge`` is True if i is the first or last LR.
-    Raises ValueError if no score is finite.
+
+def _seeds_needed(shift: float, lo: float, hi: float, n_seeds: int, tol: float) -> int | None:
+    """Seeds for the interval to clear the tolerance, scaling its half width by sqrt(n / n')."""
+    half = (hi - lo) / 2
+    gap = abs(abs(shift) - tol)
+    if gap <= 0:
+        return None
+    need = math.ceil(n_seeds * (half / gap) ** 2)
+    return max(need, n_seeds + 1)
+
+
+def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed: int = 0,
+             tolerance: float = TOLERANCE) -> RuleTransfer:
+    """Fit the valley model to one rule's trial scores and decide (module docstring).
+
+    Args:
+        scores: rows of :func:`trial_scores` for one rule (columns ``width, base_lr, seed,
+            score, common_iter``; ``score`` in log FD, +inf = diverged).
+        rule: the rule's name (for the paper expectation).
+        n_boot: bootstrap resamples over seeds (the test suite uses fewer).
+        seed: seed of the resampling (same seed, same intervals).
+        tolerance: largest |shift| (natural log) that counts as transferring; default log 2.
+
+    Never raises on thin data: it returns a RuleTransfer whose verdict says what is missing.
     """
-    lrs = np.asarray(lrs, float)
-    x, y = np.log(lrs), np.log(np.asarray(scores, float))
-    finite = np.isfinite(y)
-    if not finite.any():
-        raise ValueError("no finite FD: every LR diverged or failed")
-    i = int(np.argmin(np.where(finite, y, np.inf)))
-    at_edge = i == 0 or i == len(x) - 1
-    if at_edge or not (finite[i - 1] and finite[i + 1]):
-        return float(lrs[i]), at_edge
-    (x0, x1, x2), (y0, y1, y2) = x[i - 1:i + 2], y[i - 1:i + 2]
-    # vertex of the parabola through three points (divided differences)
-    d01, d12 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)
-    curvature = (d12 - d01) / (x2 - x0)
-    vertex = x1 if curvature <= 0 else 0.5 * (x0 + x1) - d01 / (2 * curvature)
-    return float(np.exp(np.clip(vertex, x0, x2))), False
+    expected = PAPER_EXPECTATION.get(rule, "no paper prediction")
+    optima_raw = []
+    finite_all = np.isfinite(scores["score"].to_numpy(float))
+    for width, group in scores.groupby("width"):
+        ok = finite_all[scores["width"].to_numpy() == width]
+        fin = group[ok]
+        means = fin.groupby("base_lr")["score"].mean()
+        lrs = tuple(sorted(group["base_lr"].unique()))
+        per_lr = tuple(float(np.exp(means[lr])) if lr in means.index else math.inf for lr in lrs)
+        diverged = tuple(sorted(group.loc[~ok, "base_lr"].unique()))
+        tried = (float(means.index.min()), float(means.index.max())) if len(means) else None
+        common = int(group["common_iter"].iloc[0]) if "common_iter" in group else -1
+        optima_raw.append((int(width), lrs, per_lr, diverged, tried, common))
+    fitted = scores[np.isfinite(scores["score"])]
+    widths = sorted(fitted["width"].unique().tolist())
+    seeds = sorted(fitted["seed"].unique().tolist())
+    n_seeds = len(seeds)
+
+    def plain(verdict_text: str) -> RuleTransfer:
+        optima = tuple(WidthOptimum(w, lrs, sc, dv, None, float(min(sc)), False, ci)
+                       for w, lrs, sc, dv, _, ci in optima_raw)
+        return RuleTransfer(rule, optima, None, None, None, verdict_text, expected, n_seeds,
+                            _pooled_cell_sd(fitted), None, None, None, 0, tolerance)
+
+    if len(widths) < 2:
+        return plain(f"insufficient data: finite scores at {len(widths)} width(s); need at least 2")
+    if fitted["base_lr"].nunique() < 3:
+        return plain("insufficient data: finite scores at fewer than 3 distinct LRs (no curvature)")
+
+    log_lr = np.log(fitted["base_lr"].to_numpy(float))
+    x_mean = float(log_lr.mean())
+    x = log_lr - x_mean
+    w_ref = float(np.exp(np.mean(np.log(widths))))
+    z_w = np.log(np.array(widths, float) / w_ref)
+    widx = np.searchsorted(widths, fitted["width"].to_numpy())
+    X = _design(x, widx, len(widths), z_w[widx])
+    y = fitted["score"].to_numpy(float)
+    beta, ok = _solve(X, y, np.ones((1, len(y))))
+    if not ok[0]:
+        return plain("insufficient data: the model is not identifiable from these trainings")
+    c, b, m = _vertex(beta, len(widths), x_mean, z_w)
+    resid = y - X @ beta[0]
+    dof = len(y) - X.shape[1]
+    residual_sd = math.sqrt(float(resid @ resid) / dof) if dof > 0 else None
+    noise_sd = _pooled_cell_sd(fitted)
+    span = math.log(max(widths) / min(widths))
+    valley = Valley(tuple(widths), tuple(beta[0, :len(widths)].tolist()), float(c[0]),
+                    float(x_mean - beta[0, len(widths) + 1] / (2 * c[0])) if c[0] > 0 else math.nan,
+                    float(b[0]), w_ref)
+    if not c[0] > 0:
+        out = plain(f"inconclusive: no valley (fitted curvature {c[0]:.3g} <= 0): FD does not rise "
+                    "on both sides of any LR tried; widen the LR grid or train longer")
+        return replace(out, residual_sd=residual_sd, valley=valley)
+
+    # bootstrap over seeds: weight of a training = how often its seed was drawn
+    seed_idx = np.searchsorted(seeds, fitted["seed"].to_numpy())
+    boot_b = np.empty(0)
+    boot_m = np.empty((0, len(widths)))
+    if n_seeds >= 2 and n_boot > 0:
+        rng = np.random.default_rng(seed)
+        draws = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+        counts = np.stack([(draws == s).sum(axis=1) for s in range(n_seeds)], axis=1)
+        bbeta, bok = _solve(X, y, counts[:, seed_idx].astype(float))
+        _, boot_b, boot_m = _vertex(bbeta, len(widths), x_mean, z_w)
+        boot_b = np.where(bok, boot_b, np.nan)
+        boot_m = np.where(bok[:, None], boot_m, np.nan)
+
+    slope = Estimate(float(b[0]), *_t_interval(float(b[0]), boot_b, n_seeds))
+    shift = Estimate(float(b[0]) * span, *(None if v is None else v * span for v in (slope.lo, slope.hi)))
+    optima = []
+    for k, (w, lrs, sc, dv, tried, ci) in enumerate(optima_raw):
+        if w not in widths:
+            optima.append(WidthOptimum(w, lrs, sc, dv, None, float(min(sc)), False, ci))
+            continue
+        j = widths.index(w)
+        lo, hi = _t_interval(float(m[0, j]), boot_m[:, j], n_seeds)
+        best = Estimate(float(np.exp(m[0, j])), None if lo is None else float(np.exp(lo)),
+                        None if hi is None else float(np.exp(hi)))
+        edge = tried is None or not (tried[0] <= best.value <= tried[1])
+        optima.append(WidthOptimum(w, lrs, sc, dv, best, float(min(sc)), edge, ci))
+
+    noise = (f"seed-to-seed SD of log FD {noise_sd:.2f}" if noise_sd is not None
+             else f"residual SD of log FD {residual_sd:.2f}" if residual_sd is not None else "noise unknown")
+    edges = [o.width for o in optima if o.at_edge]
+    transfers, text, needed = decide(shift, slope, widths, n_seeds, noise, edges, tolerance)
+    return RuleTransfer(rule, tuple(optima), slope, shift, transfers, text, expected, n_seeds,
+                        noise_sd, residual_sd, needed, valley, n_boot if n_seeds >= 2 else 0, tolerance)
 
 
-def width_slope(widths: np.ndarray, best_lrs: np.ndarray) -> tuple[float, tuple[float, float] | None]:
-    """OLS slope of log(best LR) on log(width) and its LEVEL t interval (None with < 3 widths).
+def decide(shift: Estimate, slope: Estimate, widths: list[int], n_seeds: int, noise: str,
+           edges: list[int], tolerance: float = TOLERANCE) -> tuple[bool | None, str, int | None]:
+    """The equivalence test on ``shift`` (log LR factor over the widths, with its interval).
 
-    Standard error ``sqrt(SSR / (n - 2) / Sxx)`` (any textbook on linear regression); identical
-    optima give slope 0 with the interval [0, 0].
+    Returns (transfers: True / False / None = inconclusive, verdict sentence, seeds needed or
+    None). ``edges``: widths whose fitted optimum lies outside the LRs tried (forces
+    inconclusive). Rules in the module docstring.
     """
-    x, y = np.log(np.asarray(widths, float)), np.log(np.asarray(best_lrs, float))
-    dx = x - x.mean()
-    slope = float((dx * (y - y.mean())).sum() / (dx**2).sum())
-    if len(x) < 3:
-        return slope, None
-    resid = y - y.mean() - slope * dx
-    stderr = np.sqrt((resid**2).sum() / (len(x) - 2) / (dx**2).sum())
-    half = float(stats.t.ppf(0.5 + LEVEL / 2, len(x) - 2) * stderr)
-    return slope, (slope - half, slope + half)
+    text = (f"shift of the best LR over widths {min(widths)}-{max(widths)} x{math.exp(shift.value):.3g}")
+    needed = None
+    if shift.lo is None:
+        transfers = None
+        why = ("one seed, no interval (the bootstrap over seeds needs at least 2)" if n_seeds < 2
+               else "unbounded interval (some resamples have no valley)")
+        text = f"inconclusive: {text} (slope {slope.value:.2f}); {why}; {noise}; run more seeds"
+    else:
+        text += (f" [x{math.exp(shift.lo):.3g}, x{math.exp(shift.hi):.3g}], slope {slope}, "
+                 f"tolerance x{math.exp(tolerance):.3g}")
+        if -tolerance < shift.lo and shift.hi < tolerance:
+            transfers, text = True, "transfers: " + text
+        elif shift.lo > tolerance or shift.hi < -tolerance:
+            direction = "falls" if shift.hi < 0 else "grows"
+            transfers, text = False, f"does not transfer (best LR {direction} with width): " + text
+        else:
+            transfers = None
+            needed = _seeds_needed(shift.value, shift.lo, shift.hi, n_seeds, tolerance)
+            need = ("no number of seeds decides a shift exactly at the tolerance" if needed is None
+                    else f"about {needed} seeds would decide" if needed <= MAX_SEEDS_REPORTED
+                    else f"more than {MAX_SEEDS_REPORTED} seeds would be needed")
+            text = f"inconclusive: {text}; {noise}, {n_seeds} seeds; {need}"
+    if edges:
+        if transfers is not None:
+            text = "inconclusive: " + text.split(": ", 1)[1]
+        transfers = None
+        text += (f" (fitted optimum outside the LRs tried at width {', '.join(map(str, edges))}: "
+                 "not trusted; widen the LR grid)")
+    return transfers, text, needed
 
 
-def verdict(slope: float | None, ci: tuple[float, float] | None) -> tuple[bool | None, str]:
-    """(transfers, sentence) from the slope and its interval (rules in the module docstring)."""
-    if slope is None:
-        return None, "insufficient data: best LRs at fewer than 2 widths"
-    if ci is None:
-        ok = abs(slope) < TOLERANCE
-        word = "transfers" if ok else "does not transfer"
-        return ok, f"{word}: slope {slope:.2f} (2 widths only, no interval; tolerance {TOLERANCE})"
-    lo, hi = ci
-    text = f"slope {slope:.2f} [{lo:.2f}, {hi:.2f}]"
-    if -TOLERANCE < lo and hi < TOLERANCE:
-        return True, f"transfers: {text} lies within +-{TOLERANCE}"
-    if lo <= 0 <= hi and -1 < lo and hi < 1:
-        return True, f"transfers: {text} contains 0 and excludes +-1"
-    if hi < -TOLERANCE or lo > TOLERANCE:
-        direction = "falls" if hi < 0 else "grows"
-        return False, f"does not transfer: best LR {direction} with width ({text})"
-    return None, f"inconclusive: {text}; add widths or seeds"
-
-
-def trial_scores(points: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per scored trial: lr_rule, width, base_lr, trial, score (FD or inf), common_iter.
-
-    See the module docstring for how trials are scored; trials without an evaluation yet and
-    failed trials are left out.
-    """
-    rows = []
-    finite = points[np.isfinite(points["fd"].astype(float))]
-    for (rule, width), group in trials.groupby(["lr_rule", "g_width"]):
-        live = group[~group["status"].isin(EXCLUDED_STATUSES)]
-        reached = finite[finite["run_id"].isin(live["run_id"])].groupby("run_id")["iter"].max()
-        common = int(reached.min()) if len(reached) else -1
-        for trial in group.itertuples():
-            lr = trial.base_lr if np.isfinite(trial.base_lr) else trial.lr_g
-            if trial.status == "failed":
-                continue
-            if trial.status == "diverged":
-                score = np.inf
-            else:
-                evals = points[(points["run_id"] == trial.run_id) & (points["iter"] <= common)]
-                if evals.empty:
-                    continue
-                score = float(evals.sort_values("iter")["fd"].iloc[-1])
-                score = score if np.isfinite(score) else np.inf  # NaN FD: diverged, not yet tagged
-            rows.append({"lr_rule": rule, "width": int(width), "base_lr": float(lr),
-                         "trial": trial.trial, "score": score, "common_iter": common})
-    return pd.DataFrame(rows, columns=["lr_rule", "width", "base_lr", "trial", "score", "common_iter"])
-
-
-def analyse_transfer(points: pd.DataFrame, trials: pd.DataFrame) -> dict[str, RuleTransfer]:
+def analyse_transfer(points: pd.DataFrame, trials: pd.DataFrame, *, n_boot: int = N_BOOT,
+                     seed: int = 0) -> dict[str, RuleTransfer]:
     """LR-transfer analysis per rule from the tidy tables of ``runs.load_sweep``.
 
     Returns {rule: RuleTransfer}; rules whose every trial diverged or has no evaluation yet get a
-    RuleTransfer with no optima and an "insufficient data" verdict.
+    RuleTransfer with no fit and an "insufficient data" verdict.
     """
     scores = trial_scores(points, trials)
-    out = {}
-    for rule in sorted(trials["lr_rule"].dropna().unique()):
-        optima = []
-        for width, group in scores[scores["lr_rule"] == rule].groupby("width"):
-            per_lr = group.groupby("base_lr")["score"].median().sort_index()
-            if not np.isfinite(per_lr.to_numpy()).any():
-                continue
-            best_lr, at_edge = interpolate_best_lr(per_lr.index.to_numpy(), per_lr.to_numpy())
-            optima.append(WidthOptimum(int(width), tuple(per_lr.index), tuple(per_lr.to_numpy()),
-                                       best_lr, float(per_lr.min()), at_edge,
-                                       int(group["common_iter"].iloc[0])))
-        slope, ci = (width_slope([o.width for o in optima], [o.best_lr for o in optima])
-                     if len(optima) >= 2 else (None, None))
-        transfers, text = verdict(slope, ci)
-        edges = [str(o.width) for o in optima if o.at_edge]
-        if edges:
-            text += f" (best LR at the edge of the LR grid for width {', '.join(edges)}: widen the grid)"
-        out[rule] = RuleTransfer(rule, tuple(optima), slope, ci, transfers, text,
-                                 PAPER_EXPECTATION.get(rule, "no paper prediction"))
-    return out
+    return {rule: fit_rule(scores[scores["lr_rule"] == rule], rule, n_boot=n_boot, seed=seed)
+            for rule in sorted(trials["lr_rule"].dropna().unique())}

@@ -1,100 +1,161 @@
-"""LR-transfer analysis (analysis.transfer): best-LR interpolation, width slope, verdicts, and the
-scoring of trials from the tidy tables (diverged, running and failed trials)."""
+"""LR-transfer analysis (analysis.transfer): the trial score, the valley model fitted to all
+trainings of a rule, the bootstrap over seeds, the equivalence-test verdicts, the scoring of
+trials from the tidy tables, and the simulation study of the verdicts' error rates
+(analysis.simulation)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.transfer import analyse_transfer, interpolate_best_lr, verdict, width_slope
+from analysis.fit import Estimate
+from analysis.simulation import B_BOUNDARY, simulate, synthetic_scores
+from analysis.transfer import TOLERANCE, analyse_transfer, decide, fit_rule, trial_score
 
 LRS = np.array([1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3])
 
 
-def parabola_scores(best: float, lrs: np.ndarray = LRS) -> np.ndarray:
-    """FD whose log is a parabola in log LR with its minimum (FD 5) at ``best``."""
-    return 5.0 * np.exp(0.4 * np.log(lrs / best) ** 2)
+def test_trial_score_is_the_mean_log_fd_of_the_last_three_evaluations():
+    # improved, then blew up: scored by its last evaluations, i.e. badly (not by its best, 49)
+    blew_up = [70, 52, 49, 50, 57, 61, 480]
+    assert math.exp(trial_score(blew_up, "finished")) == pytest.approx((57 * 61 * 480) ** (1 / 3))
+    assert math.exp(trial_score(blew_up, "finished")) == pytest.approx(118.6, abs=0.1)
+    assert trial_score([40, 10], "running") == pytest.approx(math.log(20))   # fewer than 3
+    assert trial_score([70, 52, 49], "diverged") == math.inf
+    assert trial_score([70, 52, float("nan")], "finished") == math.inf      # NaN FD: diverged
+    with pytest.raises(ValueError, match="no evaluation"):
+        trial_score([], "finished")
 
 
-def test_best_lr_is_the_parabola_vertex_between_grid_points():
-    best, at_edge = interpolate_best_lr(LRS, parabola_scores(3.1e-4))
-    assert best == pytest.approx(3.1e-4, rel=1e-9) and not at_edge
+def exact_scores(b: float, seeds: int = 3, widths=(64, 128, 256), noise: float = 0.0,
+                 seed: int = 0) -> pd.DataFrame:
+    """Scores exactly (noise 0) on the model: optimum 4e-4 at width 128, slope ``b``."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for w in widths:
+        m = math.log(4e-4) + b * math.log(w / 128)
+        for lr in LRS:
+            for s in range(seeds):
+                rows.append({"width": w, "base_lr": lr, "seed": s, "common_iter": 300,
+                             "score": 2.0 - 0.2 * math.log(w) + 0.4 * (math.log(lr) - m) ** 2
+                             + rng.normal(0, noise)})
+    return pd.DataFrame(rows)
 
 
-def test_best_lr_at_the_grid_edge_or_next_to_a_diverged_lr():
-    assert interpolate_best_lr(LRS, parabola_scores(5e-5)) == (1e-4, True)
-    scores = parabola_scores(1.3e-3)
-    scores[-1] = np.inf  # the largest LR diverged: no parabola, the grid point is returned
-    assert interpolate_best_lr(LRS, scores) == (8e-4, False)
-    with pytest.raises(ValueError, match="every LR diverged"):
-        interpolate_best_lr(LRS, np.full(5, np.inf))
+def test_valley_fit_recovers_a_known_slope():
+    res = fit_rule(exact_scores(-0.7, noise=0.0), "constant", n_boot=50)
+    assert res.slope.value == pytest.approx(-0.7, abs=1e-9)
+    assert res.valley.curvature == pytest.approx(0.4, abs=1e-9)
+    assert [o.best_lr.value for o in res.optima] == pytest.approx(
+        [4e-4 * 2**0.7, 4e-4, 4e-4 * 2**-0.7], rel=1e-9)
+    assert res.shift.value == pytest.approx(-0.7 * math.log(4))
+    assert res.transfers is False and res.verdict.startswith("does not transfer (best LR falls with width)")
+    # with noise: recovered within its interval, interval from the bootstrap over 4 seeds
+    noisy = fit_rule(exact_scores(-0.7, seeds=4, noise=0.1), "constant", n_boot=200)
+    assert noisy.slope.lo < -0.7 < noisy.slope.hi and abs(noisy.slope.value + 0.7) < 0.15
+    assert noisy.noise_sd == pytest.approx(0.1, abs=0.03) and noisy.n_seeds == 4
 
 
-def test_width_slope_recovered_from_synthetic_optima():
-    rng = np.random.default_rng(0)
-    widths = np.array([64, 128, 256, 512, 1024])
-    optima = 1e-3 * (widths / 64.0) ** -0.7 * np.exp(rng.normal(0, 0.05, 5))
-    # the optima are found by interpolation on a grid, as in a real sweep
-    grid = np.geomspace(1e-5, 1e-2, 13)
-    best = [interpolate_best_lr(grid, parabola_scores(o, grid))[0] for o in optima]
-    slope, (lo, hi) = width_slope(widths, best)
-    assert slope == pytest.approx(-0.7, abs=0.05) and lo < -0.7 < hi
-    assert verdict(slope, (lo, hi))[0] is False
-    assert width_slope([64, 128], [1e-3, 5e-4]) == (pytest.approx(-1.0), None)
+def test_flat_optimum_transfers_and_one_seed_is_inconclusive():
+    res = fit_rule(exact_scores(0.0, seeds=3, noise=0.05), "gat", n_boot=200)
+    assert res.transfers is True and res.verdict.startswith("transfers: shift of the best LR")
+    assert "tolerance x2" in res.verdict and "paper: transfers" in res.expected
+    one = fit_rule(exact_scores(0.0, seeds=1, noise=0.05), "gat", n_boot=200)
+    assert one.transfers is None and one.shift.lo is None
+    assert "one seed, no interval" in one.verdict and one.residual_sd == pytest.approx(0.05, abs=0.03)
 
 
-@pytest.mark.parametrize("slope, ci, transfers, words", [
-    (0.02, (-0.1, 0.15), True, "lies within"),
-    (-0.2, (-0.8, 0.4), True, "contains 0 and excludes"),
-    (-0.95, (-1.2, -0.7), False, "falls with width"),
-    (0.6, (0.3, 0.9), False, "grows with width"),
-    (-0.4, (-1.5, 0.7), None, "inconclusive"),
-    (0.1, None, True, "2 widths only"),
-    (None, None, None, "insufficient data"),
+def test_optimum_outside_the_lr_grid_is_not_trusted():
+    # slope -2.5: the optimum is 2.3e-3 at width 64 and 7e-5 at 256, outside the LRs 1e-4..1.6e-3
+    res = fit_rule(exact_scores(-2.5, seeds=3, noise=0.01), "constant", n_boot=100)
+    edge = [o.width for o in res.optima if o.at_edge]
+    assert edge == [64, 256] and res.transfers is None and not res.optima[1].at_edge
+    assert res.verdict.startswith("inconclusive: shift")
+    assert "outside the LRs tried at width 64, 256: not trusted" in res.verdict
+
+
+def test_diverged_lrs_are_excluded_and_marked():
+    scores = exact_scores(0.0, seeds=3, noise=0.02)
+    scores.loc[(scores["width"] == 256) & (scores["base_lr"] == 1.6e-3), "score"] = math.inf
+    res = fit_rule(scores, "gat", n_boot=100)
+    w256 = res.optima[2]
+    assert w256.diverged_lrs == (1.6e-3,) and w256.scores[-1] == math.inf
+    assert w256.best_lr.value == pytest.approx(4e-4, rel=0.05) and res.transfers is True
+
+
+@pytest.mark.parametrize("shift, lo, hi, transfers, words", [
+    (0.1, -0.2, 0.4, True, "transfers: "),
+    (-1.4, -1.8, -1.0, False, "does not transfer (best LR falls with width)"),
+    (1.2, 0.8, 1.6, False, "does not transfer (best LR grows with width)"),
+    (-0.6, -1.0, -0.2, None, "about 74 seeds would decide"),
 ])
-def test_verdicts(slope, ci, transfers, words):
-    got, text = verdict(slope, ci)
+def test_equivalence_verdicts(shift, lo, hi, transfers, words):
+    span = math.log(4)
+    got, text, needed = decide(Estimate(shift, lo, hi), Estimate(shift / span, lo / span, hi / span),
+                               [16, 32, 64], 4, "seed-to-seed SD of log FD 0.20", [])
     assert got is transfers and words in text
+    if transfers is None:
+        # half width 0.4 must shrink below log 2 - 0.6 = 0.093: 4 x (0.4 / 0.093)^2 -> 74 seeds
+        assert needed == math.ceil(4 * (0.4 / abs(abs(shift) - TOLERANCE)) ** 2)
+        assert "inconclusive" in text and "seed-to-seed SD of log FD 0.20, 4 seeds" in text
 
 
-def synthetic_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Trials at 3 widths x 5 LRs x 2 rules: constant (best LR ~ 1/width) and gat (best LR fixed)."""
+def test_seeds_needed_for_a_clear_case():
+    # shift -1.2 [-1.8, -0.6]: half width 0.6 must shrink to 1.2 - log 2 = 0.507: 3 x 1.4 = 5 seeds
+    got, text, needed = decide(Estimate(-1.2, -1.8, -0.6), Estimate(-0.87, -1.3, -0.43),
+                               [16, 32, 64], 3, "noise", [])
+    assert got is None and needed == math.ceil(3 * (0.6 / (1.2 - TOLERANCE)) ** 2) == 5
+    assert "about 5 seeds would decide" in text
+
+
+def test_verdicts_from_the_tidy_tables():
+    """Trials at 3 widths x 5 LRs x 2 rules x 3 seeds; diverged, running and failed trials."""
+    rng = np.random.default_rng(1)
     trials, points = [], []
     for rule in ("constant", "gat"):
         for width in (64, 128, 256):
-            best = 4e-4 * 64 / width if rule == "constant" else 4e-4
+            best = 4e-4 * 128 / width if rule == "constant" else 4e-4
             for lr in LRS:
-                name = f"{rule}-{width}-{lr:g}"
-                status = "finished"
-                iters = [100, 200, 300]
-                if (rule, width, lr) == ("gat", 256, 1.6e-3):
-                    status = "diverged"
-                if (rule, width, lr) == ("gat", 128, 1e-4):
-                    status, iters = "running", [100, 200]   # the group is compared at iter 200
-                if (rule, width, lr) == ("constant", 64, 1e-4):
-                    status, iters = "failed", []
-                trials.append({"trial": name, "run_id": name, "status": status, "lr_rule": rule,
-                               "g_width": width, "base_lr": lr, "lr_g": lr})
-                for it in iters:
-                    # progress multiplies every FD by the same factor; running trial is ahead at 200
-                    fd = parabola_scores(best, np.array([lr]))[0] * (300 / it)
-                    points.append({"run_id": name, "iter": it, "fd": fd})
-    return pd.DataFrame(points), pd.DataFrame(trials)
-
-
-def test_analyse_transfer_on_synthetic_sweep():
-    points, trials = synthetic_tables()
-    result = analyse_transfer(points, trials)
-    assert set(result) == {"constant", "gat"}
+                for seed in range(3):
+                    name = f"{rule}-{width}-{lr:g}-{seed}"
+                    status, iters = "finished", [100, 200, 300, 400]
+                    if (rule, width, lr, seed) == ("gat", 256, 1.6e-3, 0):
+                        status = "diverged"
+                    if (rule, width, lr, seed) == ("gat", 128, 1e-4, 1):
+                        status, iters = "running", [100, 200, 300]  # the group is compared at 300
+                    if (rule, width, lr, seed) == ("constant", 64, 1e-4, 2):
+                        status, iters = "failed", []
+                    trials.append({"trial": name, "run_id": name, "status": status, "lr_rule": rule,
+                                   "g_width": width, "base_lr": lr, "lr_g": lr, "seed": seed})
+                    for it in iters:
+                        fd = 5 * np.exp(0.4 * math.log(lr / best) ** 2 + rng.normal(0, 0.03)) * 400 / it
+                        points.append({"run_id": name, "iter": it, "fd": fd})
+    result = analyse_transfer(pd.DataFrame(points), pd.DataFrame(trials), n_boot=200)
     const, gat = result["constant"], result["gat"]
-    assert [o.best_lr for o in const.optima] == pytest.approx([4e-4, 2e-4, 1e-4], rel=1e-9)
-    assert const.slope == pytest.approx(-1.0) and const.transfers is False
-    assert const.optima[2].at_edge  # best LR 1e-4 is the smallest tried at width 256
-    assert "widen the grid" in const.verdict and "negative slope" in const.expected
-    assert gat.slope == pytest.approx(0.0, abs=1e-9) and gat.transfers is True
+    assert const.slope.value == pytest.approx(-1.0, abs=0.1) and const.transfers is False
+    assert gat.slope.value == pytest.approx(0.0, abs=0.1) and gat.transfers is True
     by_width = {o.width: o for o in gat.optima}
-    assert by_width[256].scores[-1] == np.inf              # diverged LR scores +inf
-    assert by_width[128].common_iter == 200 and by_width[64].common_iter == 300
-    assert by_width[128].best_score == pytest.approx(5.0 * 300 / 200)
-    assert 1e-4 not in result["constant"].optima[0].lrs    # the failed trial is left out
+    assert by_width[256].diverged_lrs == (1.6e-3,)
+    assert by_width[128].common_iter == 300 and by_width[64].common_iter == 400
+    assert const.n_seeds == 3 and "negative slope" in const.expected
+
+
+# ---- simulation study: the verdicts' false rate (docs/ANALYSIS.md has the full table) ----------
+
+@pytest.mark.parametrize("b, truth", [(0.0, True), (-1.0, False), (B_BOUNDARY, None)])
+def test_simulated_false_verdict_rate_is_at_most_5_percent(b, truth):
+    res = simulate(b, noise_sd=0.2, n_seeds=4, n_rep=60, n_boot=100, seed=3)
+    assert res.false_rate <= 0.05
+    if truth is None:       # on the tolerance boundary "transfers" is the false verdict
+        assert res.transfers <= 0.05
+    else:                   # and far from it the test decides (power)
+        assert res.power >= 0.8
+
+
+def test_synthetic_sweep_has_the_default_design_shape():
+    s = synthetic_scores(0.0, 0.2, 3, np.random.default_rng(0))
+    assert sorted(s["width"].unique()) == [16, 32, 64] and s["base_lr"].nunique() == 5
+    assert len(s) == 3 * 5 * 3 and B_BOUNDARY == pytest.approx(-0.5)
