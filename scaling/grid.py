@@ -31,12 +31,16 @@ class Trial:
     """Model label: a named size ('S') or 'w64-d4'; 'G+D' labels when D has its own grid."""
     lr_rule: str
     base_lr: float
-    base_width: int
+    base_width: int | None
+    """None when the sweep's rules do not use one (constant only)."""
 
     def sweep_params(self) -> dict[str, str | float | int]:
-        """The ``sweep.*`` params of docs/TRACKING.md."""
-        return {"sweep.size": self.size, "sweep.lr_rule": self.lr_rule,
-                "sweep.base_lr": self.base_lr, "sweep.base_width": self.base_width}
+        """The ``sweep.*`` params of docs/TRACKING.md (``sweep.base_width`` only when set)."""
+        params: dict[str, str | float | int] = {
+            "sweep.size": self.size, "sweep.lr_rule": self.lr_rule, "sweep.base_lr": self.base_lr}
+        if self.base_width is not None:
+            params["sweep.base_width"] = self.base_width
+        return params
 
 
 def expand(spec: SweepSpec) -> list[Trial]:

@@ -44,41 +44,54 @@ class NetLR:
     mult: LRMultipliers
 
 
-def _check(base_lr: float, width: int, base_width: int) -> float:
-    """Validate the arguments and return the width ratio C0 / C."""
+def _check_lr(base_lr: float) -> None:
     if not base_lr > 0:
         raise ConfigError(f"base learning rate must be positive, got {base_lr}")
+
+
+def _ratio(base_lr: float, width: int, base_width: int | None) -> float:
+    """Validate the arguments of a width-aware rule and return the width ratio C0 / C.
+
+    Raises ConfigError for a non-positive LR or width, or a missing base width."""
+    _check_lr(base_lr)
+    if base_width is None:
+        raise ConfigError("lr.base_width is required by the width-aware LR rules (gat, mup)")
     if width <= 0 or base_width <= 0:
         raise ConfigError(f"width and base_width must be positive, got {width} and {base_width}")
     return base_width / width
 
 
-def constant(base_lr: float, width: int, base_width: int) -> NetLR:
-    """Standard parametrisation: ``lr = base_lr`` at every width, all multipliers 1."""
-    _check(base_lr, width, base_width)
+def constant(base_lr: float, width: int, base_width: int | None) -> NetLR:
+    """Standard parametrisation: ``lr = base_lr`` at every width, all multipliers 1 (``base_width``
+    unused)."""
+    _check_lr(base_lr)
     return NetLR(lr=base_lr, mult=LRMultipliers())
 
 
-def gat(base_lr: float, width: int, base_width: int) -> NetLR:
+def gat(base_lr: float, width: int, base_width: int | None) -> NetLR:
     """The paper's width-aware rule ``lr = base_lr * base_width / width`` (GAT_METHOD.md §5)."""
-    return NetLR(lr=base_lr * _check(base_lr, width, base_width), mult=LRMultipliers())
+    return NetLR(lr=base_lr * _ratio(base_lr, width, base_width), mult=LRMultipliers())
 
 
-def mup(base_lr: float, width: int, base_width: int) -> NetLR:
+def mup(base_lr: float, width: int, base_width: int | None) -> NetLR:
     """muP for Adam (Tensor Programs V, Table 3): hidden and output matrices get ``base_width / width``,
     vectors and width-independent fan-in matrices keep ``base_lr``."""
-    ratio = _check(base_lr, width, base_width)
+    ratio = _ratio(base_lr, width, base_width)
     return NetLR(lr=base_lr, mult=LRMultipliers(vector=1.0, hidden=ratio, output=ratio))
 
 
-LRRule = Callable[[float, int, int], NetLR]
+LRRule = Callable[[float, int, int | None], NetLR]
 
 RULES: dict[str, LRRule] = {"constant": constant, "gat": gat, "mup": mup}
 """Rule name (as written in sweep files and logged as ``sweep.lr_rule``) -> rule."""
 
+WIDTH_AWARE_RULES = frozenset({"gat", "mup"})
+"""The rules that need a base width (``lr.base_width`` in a sweep file)."""
 
-def apply_rule(rule: str, base_lr: float, width: int, base_width: int) -> NetLR:
-    """LR of one network of ``width`` under ``rule``; raises ConfigError for an unknown rule."""
+
+def apply_rule(rule: str, base_lr: float, width: int, base_width: int | None) -> NetLR:
+    """LR of one network of ``width`` under ``rule``; raises ConfigError for an unknown rule, or a
+    width-aware rule without ``base_width``."""
     if rule not in RULES:
         raise ConfigError(f"unknown LR rule {rule!r}; choose one of {', '.join(RULES)}")
     return RULES[rule](base_lr, width, base_width)

@@ -41,12 +41,15 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     create_model,
+    field_validator,
     model_validator,
 )
 
 from core.config import MNG_LEVELS, SIZES, ConfigError, TrainConfig
 from core.presets import PRESETS, get_preset
+from scaling.lr_rules import WIDTH_AWARE_RULES
 
 NODE_LOCAL_ROOTS = ("/tmp", "/var/tmp", "/dev/shm")
 """Directories private to each machine of a cluster (refused for output_dir with a Ray address)."""
@@ -194,8 +197,24 @@ class LRSpec(_Strict):
     """Learning rates at the base width (e.g. [1e-4, 2e-4, 4e-4])."""
     rules: Annotated[list[Literal[LR_RULE_NAMES]], BeforeValidator(_as_list)] = ["gat"]  # type: ignore[valid-type]
     """LR rules to cross with the base LRs: constant, gat (the paper's), mup."""
-    base_width: PositiveInt = 768
-    """Width at which a rule returns the base LR unchanged (the paper: 768, GAT-B)."""
+    base_width: PositiveInt | None = Field(None, validate_default=True)
+    """Width at which a rule returns the base LR unchanged (the paper: 768, GAT-B); required with
+    the width-aware rules (gat, mup), unused by constant."""
+
+    @field_validator("base_width")
+    @classmethod
+    def _required_by_width_aware_rules(cls, value: int | None, info: ValidationInfo) -> int | None:
+        aware = [rule for rule in info.data.get("rules", []) if rule in WIDTH_AWARE_RULES]
+        if aware and value is None:
+            raise ValueError(
+                f"required with the {' and '.join(aware)} rule: the width at which the rule returns the "
+                "base LR unchanged (the paper uses 768, GAT-B's width), e.g. base_width: 768")
+        return value
+
+    def describe(self) -> str:
+        """One line for the dry run: rules, base LRs and the base width."""
+        width = f"base width {self.base_width}" if self.base_width is not None else "no base width (constant only)"
+        return f"lr rules {', '.join(self.rules)}; base LRs {', '.join(f'{lr:g}' for lr in self.base_lrs)}; {width}"
 
 
 class Budget(_Strict):
@@ -356,26 +375,42 @@ class SweepSpec(_Strict):
         """MLflow tracking URI; default an absolute sqlite file in the output directory."""
         return self.tracking_uri or f"sqlite:///{self.output_path() / 'mlflow.db'}"
 
+    def is_cluster(self) -> bool:
+        """True if the sweep joins a Ray cluster (any address but none or 'local')."""
+        return self.ray_address not in (None, "local")
+
     def check_cluster_settings(self) -> None:
         """With a Ray cluster address, refuse storage that other nodes cannot reach.
 
         Raises ConfigError naming ``tracking_uri`` (a sqlite/file store on this machine) or
-        ``output_dir`` (under /tmp, /var/tmp or /dev/shm).
+        ``output_dir`` (omitted, so the default under the current directory; relative; or under
+        /tmp, /var/tmp or /dev/shm). No checks without an address or with ``local``.
         """
-        if self.ray_address is None:
+        if not self.is_cluster():
             return
-        out, uri = self.output_path(), self.tracking()
+        uri = self.tracking()
         if is_local_store(uri):
             raise ConfigError(
                 f"tracking_uri: {uri} is a file on this machine, which trials on other nodes of the "
                 f"Ray cluster at {self.ray_address} cannot write. Start an MLflow tracking server "
                 "(mlflow server --host 0.0.0.0 --port 5000 --backend-store-uri sqlite:///...) and set "
                 "tracking_uri: http://<server>:5000 in the sweep file (or pass --tracking-uri)")
+        shared = ("Use a shared filesystem path mounted at the same place on every node (NFS, Lustre, "
+                  "a cloud bucket mount) for output_dir (or pass --output-dir)")
+        if self.output_dir is None:
+            raise ConfigError(
+                f"output_dir: not set, so the sweep would write to {self.output_path()} on this machine, "
+                f"which trials on other nodes of the Ray cluster at {self.ray_address} cannot reach. {shared}")
+        if not Path(self.output_dir).expanduser().is_absolute():
+            raise ConfigError(
+                f"output_dir: {self.output_dir} is a relative path, which each node of the Ray cluster at "
+                f"{self.ray_address} would resolve against its own working directory. {shared}, as an "
+                "absolute path")
+        out = self.output_path()
         if any(out == Path(root) or Path(root) in out.parents for root in NODE_LOCAL_ROOTS):
             raise ConfigError(
                 f"output_dir: {out} is node-local storage, which trials on other nodes of the Ray "
-                f"cluster at {self.ray_address} cannot reach. Use a shared filesystem path mounted on "
-                "every node (NFS, Lustre, a cloud bucket mount) for output_dir (or pass --output-dir)")
+                f"cluster at {self.ray_address} cannot reach. {shared}")
 
 
 def is_local_store(tracking_uri: str) -> bool:

@@ -71,9 +71,10 @@ def test_single_values_stand_for_lists(tmp_path):
 def test_every_bad_key_is_listed_with_its_path_and_a_suggestion(tmp_path):
     text = VALID.replace("widths:", "widthz:").replace("base_width:", "base_widht:") + "seed: [1]\n"
     msg = problems(tmp_path, text)
-    assert "3 problems" in msg
+    assert "4 problems" in msg
     assert "model.widthz: unknown key (did you mean 'widths'?)" in msg
     assert "lr.base_widht: unknown key (did you mean 'base_width'?)" in msg
+    assert "lr.base_width: required with the gat rule" in msg  # the misspelt key leaves it unset
     assert "seed: unknown key (did you mean 'seeds'?)" in msg
 
 
@@ -141,7 +142,7 @@ def test_base_config_applies_preset_train_budget_and_eval(tmp_path):
     dataset: digits
     preset: digits
     model: {widths: [64], depths: [4], heads: 4}
-    lr: {base_lrs: [1e-3]}
+    lr: {base_lrs: [1e-3], base_width: 64}
     budget: {kimg: 1.0}
     eval: {every: 50, samples: 500}
     train: {batch: 24}
@@ -204,3 +205,31 @@ def test_json_schema_forbids_unknown_keys_and_documents_fields():
 def test_every_shipped_sweep_file_validates(path):
     spec = load_spec(path)
     assert spec.name == path.stem
+
+
+@pytest.mark.parametrize("rules", ["[gat]", "[mup, constant]"])
+def test_width_aware_rules_require_base_width(tmp_path, rules):
+    # Issue 11, finding 9: an omitted base_width silently became 768 (gat at width 256 trained at 3x).
+    text = VALID.replace("rules: [gat, constant], base_width: 32", f"rules: {rules}")
+    msg = problems(tmp_path, text)
+    assert "lr.base_width: required with the" in msg and "e.g. base_width: 768" in msg
+
+
+def test_constant_rule_needs_no_base_width(tmp_path):
+    spec = load_spec(write(tmp_path, VALID.replace("rules: [gat, constant], base_width: 32", "rules: [constant]")))
+    assert spec.lr.base_width is None
+    assert spec.lr.describe() == "lr rules constant; base LRs 0.0001, 0.00025; no base width (constant only)"
+
+
+def test_cluster_storage_rules_have_no_gaps(tmp_path, monkeypatch):
+    # Issue 11, finding 10: with a cluster address the node-local default output_dir and relative
+    # paths were accepted, and `local` (a local Ray instance) was refused as if it were a cluster.
+    monkeypatch.chdir(tmp_path)
+    server = "tracking_uri: http://10.0.0.2:5000\nray_address: 10.0.0.1:6379\n"
+    with pytest.raises(ConfigError, match=r"^output_dir: not set, so the sweep would write to .*/outputs/t on this"):
+        load_spec(write(tmp_path, VALID + server)).check_cluster_settings()
+    with pytest.raises(ConfigError, match=r"^output_dir: out/t is a relative path"):
+        load_spec(write(tmp_path, VALID + server + "output_dir: out/t\n")).check_cluster_settings()
+    local = load_spec(write(tmp_path, VALID + "ray_address: local\n"))
+    local.check_cluster_settings()  # sqlite in the default output_dir: fine on a local instance
+    assert not local.is_cluster()
