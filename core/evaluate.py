@@ -327,7 +327,7 @@ def make_evaluator(cfg: TrainConfig, data: LatentData, device: torch.device) -> 
     if metric == "fd_domain" and cfg.fid_ref_npz:
         raise ConfigError("fid_ref_npz holds Inception statistics; it applies only with eval_metric='fid'")
     if metric == "fid":
-        _check_inception_weights(cfg.inception_weights)
+        check_inception_weights(cfg.inception_weights)
     dim = feature_dim(metric)
     if cfg.eval_samples < dim:
         raise ConfigError(
@@ -339,7 +339,13 @@ def make_evaluator(cfg: TrainConfig, data: LatentData, device: torch.device) -> 
     return evaluator
 
 
-def _check_inception_weights(path: str) -> None:
+def check_inception_weights(path: str) -> None:
+    """Check that ``path`` holds torch-fidelity's Inception-v3 weights by building the extractor
+    from it (what an evaluation does first; about a second on CPU).
+
+    Raises ConfigError naming the file when it is not set, missing, or cannot be loaded (truncated,
+    not a torch file, or another model's weights), with where to get the right one.
+    """
     how = (f"download {INCEPTION_WEIGHTS_URL} on a machine with internet access, copy it here and set "
            "inception_weights to its absolute path (or use the digits dataset, whose eval_metric "
            "'fd_domain' needs no download)")
@@ -347,6 +353,14 @@ def _check_inception_weights(path: str) -> None:
         raise ConfigError(f"eval_metric 'fid' needs inception_weights (torch-fidelity's Inception-v3 file): {how}")
     if not Path(path).is_file():
         raise ConfigError(f"inception_weights={path} does not exist: {how}")
+    try:
+        create_feature_extractor(INCEPTION, [INCEPTION_LAYER], cuda=False, verbose=False,
+                                 feature_extractor_weights_path=path)
+    except Exception as err:  # torch.load and load_state_dict raise many types for a bad file
+        detail = " ".join(str(err).split())  # a state-dict mismatch lists hundreds of keys
+        raise ConfigError(f"inception_weights={path} cannot be loaded as torch-fidelity's Inception-v3 "
+                          f"weights ({type(err).__name__}: {detail[:200]}); the file may be truncated or "
+                          f"another model's: {how}") from err
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
