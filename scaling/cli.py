@@ -103,6 +103,7 @@ def run(
         spec = spec.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         if dry_run:
             _print_trials(spec)
+            console.print(spec.lr.describe(), highlight=False, markup=False)
             return
         spec.check_cluster_settings()  # before the slow imports: a quick answer
         sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
@@ -152,18 +153,34 @@ def _print_trials(spec: SweepSpec) -> None:
 
 
 def _print_outcome(outcome: Any) -> None:
+    """The summary of a sweep: a table of every trial, then the trials that were retried, failed,
+    hit a configuration error or diverged (each with its reason), disagreements of the MLflow
+    store, counts, what to do next and where the results are."""
     keys = sorted({k for t in outcome.trials for k in t.metrics if k.startswith(("eval/fd", "eval/fid"))})
     table = Table(title=f"sweep {outcome.name}", title_justify="left", box=box.SIMPLE_HEAD)
     for name in ["trial", "status", "iterations", "kimg", *keys, "loss/G", "loss/D"]:
         table.add_column(name, justify="left" if name in ("trial", "status") else "right", no_wrap=name == "trial")
-    styles = {"finished": "green", "diverged": "yellow", "error": "red", "incomplete": "dim"}
+    styles = {"finished": "green", "diverged": "yellow", "error": "red", "config_error": "red", "incomplete": "dim"}
     for t in outcome.trials:
         values = [f"{t.metrics[k]:.4g}" if k in t.metrics else "-" for k in [*keys, "loss/G", "loss/D"]]
         table.add_row(t.name, f"[{styles[t.status]}]{t.status}[/]", str(t.iterations), f"{t.kimg:g}", *values)
     console.print(table)
     for t in outcome.trials:
-        if t.error:
-            console.print(f"[red]{t.name}[/]: {escape(t.error)}", highlight=False)
+        if t.failures or t.starts > 1:
+            reasons = list(dict.fromkeys(t.failures)) or ["resumed after the driver stopped"]
+            console.print(f"[yellow]retried[/]      {t.name} ({t.starts} starts, {len(t.failures)} failed): "
+                          f"{escape('; '.join(reasons))}", highlight=False, soft_wrap=True)
+    labels = {"error": "[red]failed[/]      ", "config_error": "[red]config error[/]",
+              "diverged": "[yellow]diverged[/]    "}
+    for t in outcome.trials:
+        if t.status in labels:
+            reason = t.reason if t.status == "diverged" else t.error
+            console.print(f"{labels[t.status]} {t.name}: {escape(reason or 'no reason recorded')}",
+                          highlight=False, soft_wrap=True)
+    if outcome.store_problems:
+        console.print(f"[red]MLflow store check failed[/]: {escape(outcome.tracking_uri)} does not hold one "
+                      "FINISHED child run per ended trial (their results are in the run directories):\n  "
+                      + escape("\n  ".join(outcome.store_problems)), highlight=False, soft_wrap=True)
     counts = {s: sum(t.status == s for t in outcome.trials) for s in styles}
     copies = sum(t.same_as is not None for t in outcome.trials)
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n)
@@ -172,6 +189,9 @@ def _print_outcome(outcome: Any) -> None:
     if counts["incomplete"] or counts["error"]:
         console.print("Run the same command again to resume: ended trials are kept, the others continue "
                       "from their checkpoints.", highlight=False)
+    if counts["config_error"]:
+        console.print("A configuration error is not retried: fix what it names, then run the same command "
+                      "again (ended trials are kept).", highlight=False)
     if outcome.tracking_uri.startswith(("http://", "https://")):
         console.print(f"MLflow:     {outcome.tracking_uri.rstrip('/')}/#/experiments/{outcome.experiment_id}",
                       highlight=False, soft_wrap=True, markup=False)

@@ -26,8 +26,11 @@ from core.train import Report, Reporter, TrainResult
 
 TAG_ROLE, TAG_SWEEP, TAG_TRIAL = "gat_sweep.role", "gat_sweep.sweep", "gat_sweep.trial"
 TAG_STATUS, TAG_SPEC_HASH, TAG_SAME_AS = "gat_sweep.status", "gat_sweep.spec_hash", "gat_sweep.same_as"
-PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 1000
-"""MLflow's limits of params and of metrics per log_batch call."""
+TAG_ERROR = "gat_sweep.error"
+PARAMS_PER_BATCH, METRICS_PER_BATCH, RUNS_PER_PAGE = 100, 1000, 1000
+"""MLflow's limits of params and of metrics per log_batch call; runs per search page."""
+ERROR_TAG_CHARS = 5000
+"""MLflow's limit on a tag value."""
 
 
 def open_experiment(tracking_uri: str, name: str, artifact_dir: Path | None) -> str:
@@ -126,6 +129,59 @@ def copy_run(tracking: TrialTracking, source: str, trial: str, config: TrainConf
     return run_id
 
 
+def child_runs(tracking: TrialTracking) -> dict[str, list[Run]]:
+    """Every active child run of the sweep's parent run, by trial name, oldest first."""
+    client = MlflowClient(tracking.tracking_uri)
+    query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{tracking.parent_run_id}' and tags.`{TAG_ROLE}` = 'trial'"
+    by_trial: dict[str, list[Run]] = {}
+    token = None
+    while True:
+        page = client.search_runs([tracking.experiment_id], query, run_view_type=ViewType.ACTIVE_ONLY,
+                                  max_results=RUNS_PER_PAGE, order_by=["attributes.start_time ASC"],
+                                  page_token=token)
+        for run in page:
+            by_trial.setdefault(run.data.tags.get(TAG_TRIAL, ""), []).append(run)
+        token = page.token
+        if not token:
+            return by_trial
+
+
+def end_open_runs(tracking: TrialTracking, reasons: dict[str, tuple[str, str]]) -> list[str]:
+    """Close the child runs that are still RUNNING of the trials in ``reasons`` (trials that did not
+    end: their worker was killed, or the driver stopped them), ``{trial: (MLflow status, reason)}``
+    with status FAILED or KILLED: tagged ``gat_sweep.status = failed`` and ``gat_sweep.error``.
+    A rerun reattaches them. Returns the trials whose run was closed."""
+    client = MlflowClient(tracking.tracking_uri)
+    closed = []
+    for trial, runs in child_runs(tracking).items():
+        for run in runs:
+            if trial in reasons and run.info.status == RunStatus.to_string(RunStatus.RUNNING):
+                status, reason = reasons[trial]
+                client.log_batch(run.info.run_id, tags=[RunTag(TAG_STATUS, "failed"),
+                                                        RunTag(TAG_ERROR, reason[:ERROR_TAG_CHARS])])
+                client.set_terminated(run.info.run_id, status)
+                closed.append(trial)
+    return closed
+
+
+def store_problems(tracking: TrialTracking, ended: dict[str, str]) -> list[str]:
+    """Check the store against the trials that ended, ``{trial: 'finished' | 'diverged'}``: each
+    needs exactly one FINISHED child run tagged with that status. Returns one line per problem
+    (empty when the store agrees)."""
+    runs = child_runs(tracking)
+    problems = []
+    for trial, status in ended.items():
+        found = runs.get(trial, [])
+        if not found:
+            problems.append(f"{trial}: no MLflow child run")
+        elif len(found) > 1:
+            problems.append(f"{trial}: {len(found)} MLflow child runs ({', '.join(r.info.run_id for r in found)})")
+        elif found[0].info.status != "FINISHED" or found[0].data.tags.get(TAG_STATUS) != status:
+            problems.append(f"{trial}: MLflow child run {found[0].info.run_id} is {found[0].info.status} "
+                            f"({TAG_STATUS} = {found[0].data.tags.get(TAG_STATUS)}), not FINISHED ({status})")
+    return problems
+
+
 class MlflowReporter(Reporter):
     """Logs one training run to its MLflow child run (docs/TRACKING.md).
 
@@ -173,11 +229,14 @@ class MlflowReporter(Reporter):
 
     # -- outside the training loop -------------------------------------------------------------
     def mark_failed(self, error: BaseException) -> None:
-        """Record a crash (the trial may still be retried, which reattaches this run)."""
+        """Record a crash or a configuration error in the child run, FAILED (a retry reattaches
+        it). A trial that failed before training started gets its run here, found by its tags or
+        created, so that the error is in MLflow too."""
         if self.run_id is None:
-            return
+            found = self.tracking.find_run(self.client, self.trial)
+            self.run_id = found.info.run_id if found else self._create_run()
         self.client.log_batch(self.run_id, tags=[
-            RunTag(TAG_STATUS, "failed"), RunTag("gat_sweep.error", f"{type(error).__name__}: {error}"[:5000])])
+            RunTag(TAG_STATUS, "failed"), RunTag(TAG_ERROR, f"{type(error).__name__}: {error}"[:ERROR_TAG_CHARS])])
         self.client.set_terminated(self.run_id, "FAILED")
 
     def _create_run(self) -> str:

@@ -7,11 +7,18 @@ Output directory of a sweep (absolute; on a cluster a path every node sees)::
     <out>/trials/<trial>/    one run directory per trial (docs/TRACKING.md), + attempts.jsonl
     <out>/tune/<started>/    Ray Tune's files for each invocation of the driver
     <out>/mlflow.db, <out>/mlartifacts/   the default (local) MLflow store
+    <out>/sweep.lock, <out>/sweep.lock.json   the driver lock and its holder (PID, host)
+
+One driver per output directory: :func:`run_sweep` holds ``sweep.lock`` (``filelock``, an OS
+lock the kernel releases when the holder dies) from before it reads the sweep state until it
+returns; a second driver is refused at once, told the holder's PID and host.
 
 The run directories are the sweep's state. Rerunning the driver resumes: trials whose
 ``result.json`` says they ended (finished or diverged) are skipped, all others start again and
 ``core.train.train`` continues each from its ``checkpoints/latest.pt``. A crashed trial is retried
-by Ray Tune (``FailureConfig(max_failures)``) the same way. A sweep file whose trials changed is
+by Ray Tune (``FailureConfig(max_failures)``) the same way; every failure is appended to the
+trial's ``failures.jsonl``. A trial that fails for a configuration reason (``ConfigError``) is not
+retried: it ends at once with status ``config_error``. A sweep file whose trials changed is
 refused for an existing output directory (its spec hash differs) instead of mixing two sweeps.
 
 Trials whose TrainConfig repeats an earlier trial's (``scaling.grid.shared_trainings``, e.g.
@@ -27,20 +34,26 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
 import torch
+from filelock import FileLock, Timeout
+from mlflow.exceptions import MlflowException
 from ray import tune
 from rich.console import Console
 from rich.markup import escape
 
 from core.cache import atomic_write_bytes
 from core.config import ConfigError, TrainConfig
+from core.encode import MANIFEST
 from core.flops import remember_flops
 from core.train import RESULT_FILE, Report, TrainResult, train
 from scaling.grid import Trial, expand, shared_trainings, sweep_hash, trial_rows
@@ -49,14 +62,24 @@ from scaling.tracking import (
     MlflowReporter,
     TrialTracking,
     copy_run,
+    end_open_runs,
     open_experiment,
     set_run_status,
     start_parent_run,
+    store_problems,
 )
 
 STATE_FILE, TRIALS_DIR, TUNE_DIR, ATTEMPTS_FILE = "sweep.json", "trials", "tune", "attempts.jsonl"
 COPY_FILE = "same_as.json"
 """In the run directory of a trial that repeats another's training: which trial it copies."""
+FAILURES_FILE = "failures.jsonl"
+"""In a run directory: one line per failed attempt (time, host, pid, kind, error)."""
+CONFIG_ERROR = "config_error"
+"""Status (and failure kind) of a trial stopped by a ConfigError: not retried."""
+LOCK_FILE, HOLDER_FILE = "sweep.lock", "sweep.lock.json"
+"""The driver lock of an output directory, and who holds it (pid, host, started)."""
+HOLDER_WAIT_S = 3.0
+"""How long a refused driver waits for the holder to record itself (it does so right after locking)."""
 STATUS_EVERY_S = 30.0
 """Seconds between progress lines while trials run."""
 DDP_LAUNCHER_CPU = 0.01
@@ -66,6 +89,15 @@ so it must not hold back a CPU the DDP workers need."""
 
 class SweepChangedError(ConfigError):
     """The output directory holds a sweep whose trials differ from the sweep file's."""
+
+
+class SweepLockedError(ConfigError):
+    """Another driver is running the sweep in this output directory."""
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (empty if it does not exist)."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,9 +157,11 @@ def is_done(trial: Trial, run_dir: Path) -> bool:
 def run_trial(config: dict[str, str], plan: SweepPlan, reporter_cls: type[TrialReporter]) -> None:
     """Ray Tune trainable: train one trial in its run directory (resuming if it has a checkpoint).
 
-    ``config = {"trial": <name>}``. Raises whatever training raises (Ray Tune retries the trial),
-    after marking the MLflow run failed; a trial started on a node that cannot see the sweep's
-    output directory fails with a message saying so.
+    ``config = {"trial": <name>}``. A ConfigError of the trial (recorded in ``failures.jsonl`` and
+    its MLflow run, FAILED) ends it at once with the result ``status = config_error`` and the
+    error, so Ray Tune does not retry it. Raises whatever else training raises (Ray Tune retries
+    the trial), after recording it the same way; a trial started on a node that cannot see the
+    sweep's output directory fails with a message saying so.
     """
     trial = plan.trials[config["trial"]]
     run_dir = plan.run_dir(trial.name)
@@ -136,22 +170,45 @@ def run_trial(config: dict[str, str], plan: SweepPlan, reporter_cls: type[TrialR
             f"output_dir {plan.out} is not visible on node {socket.gethostname()}: on a cluster the "
             "sweep's output_dir must be a shared filesystem mounted at the same path on every node")
     run_dir.mkdir(parents=True, exist_ok=True)
-    if plan.resources.workers > 1:
-        result = _train_ddp(plan, trial, reporter_cls)
-    else:
-        torch.set_num_threads(max(1, int(plan.resources.cpus)))
-        remember_flops(trial.config, plan.flops_per_iter[trial.name])
-        reporter = reporter_cls(plan, trial)
-        try:
-            result = train(trial.config, run_dir, reporter, progress=False)
-        except Exception as err:
-            reporter.mark_failed(err)
+    failed_before = len(read_jsonl(run_dir / FAILURES_FILE))
+    try:
+        result = _train_ddp(plan, trial, reporter_cls) if plan.resources.workers > 1 else _train(plan, trial, reporter_cls)
+    except Exception:
+        # The training process recorded the failure (for DDP, in another process: rank 0).
+        config_errors = [f for f in read_jsonl(run_dir / FAILURES_FILE)[failed_before:] if f["kind"] == CONFIG_ERROR]
+        if not config_errors:
             raise
+        tune.report({"status": CONFIG_ERROR, "error": config_errors[-1]["error"]})
+        return
     tune.report({**result.metrics, "status": result.status, "iterations": result.iterations})
 
 
+def _train(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter]) -> TrainResult:
+    """Train one trial in this process; a failure is recorded before it propagates."""
+    torch.set_num_threads(max(1, int(plan.resources.cpus)))
+    remember_flops(trial.config, plan.flops_per_iter[trial.name])
+    reporter = reporter_cls(plan, trial)
+    try:
+        return train(trial.config, plan.run_dir(trial.name), reporter, progress=False)
+    except Exception as err:
+        _record_failure(plan.run_dir(trial.name), reporter, err)
+        raise
+
+
+def _record_failure(run_dir: Path, reporter: TrialReporter, error: Exception) -> None:
+    """Append the failure to the run directory's ``failures.jsonl`` (kind ``config_error`` for a
+    ConfigError, else ``crash``), then mark the MLflow run FAILED with the error."""
+    record = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
+              "kind": CONFIG_ERROR if isinstance(error, ConfigError) else "crash",
+              "error": f"{type(error).__name__}: {error}"}
+    with open(run_dir / FAILURES_FILE, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    reporter.mark_failed(error)
+
+
 def _ddp_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker: one DDP rank of a trial (``core.train`` sees torch.distributed)."""
+    """Ray Train worker: one DDP rank of a trial (``core.train`` sees torch.distributed); rank 0
+    records a failure."""
     import ray.train
 
     plan, trial, reporter_cls = config["plan"], config["trial"], config["reporter_cls"]
@@ -162,7 +219,7 @@ def _ddp_worker(config: dict[str, Any]) -> None:
         train(trial.config, plan.run_dir(trial.name), reporter, progress=False)
     except Exception as err:
         if reporter is not None:
-            reporter.mark_failed(err)
+            _record_failure(plan.run_dir(trial.name), reporter, err)
         raise
 
 
@@ -195,13 +252,20 @@ class TrialOutcome:
 
     name: str
     status: str
-    """'finished', 'diverged', 'error' (failed more than max_failures times) or 'incomplete'."""
+    """'finished', 'diverged', 'error' (failed more than max_failures times), 'config_error'
+    (stopped by a configuration error, not retried) or 'incomplete'."""
     iterations: int = 0
     kimg: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     same_as: str | None = None
     """The trial whose training this one repeats (its results are a copy), if any."""
+    reason: str | None = None
+    """Why a diverged trial was stopped (``result.json``)."""
+    starts: int = 0
+    """Times training started or restarted over the sweep's history (``attempts.jsonl``)."""
+    failures: list[str] = field(default_factory=list)
+    """The errors of its failed attempts over the sweep's history (``failures.jsonl``)."""
 
 
 @dataclass
@@ -213,16 +277,51 @@ class SweepOutcome:
     tracking_uri: str
     experiment_id: str
     trials: list[TrialOutcome]
+    store_problems: list[str] = field(default_factory=list)
+    """Ended trials the MLflow store disagrees with (no, several or an unfinished child run)."""
 
     @property
     def failed(self) -> bool:
-        """True if any trial ended in error."""
-        return any(t.status == "error" for t in self.trials)
+        """True if any trial ended in error or a configuration error, or the store disagrees."""
+        return bool(self.store_problems) or any(t.status in ("error", CONFIG_ERROR) for t in self.trials)
 
 
-def _prepare_data(trial: Trial) -> None:
-    """Prepare what all trials share before any starts, so that trials do not race for it."""
-    cfg = trial.config
+def _check_inputs(cfg: TrainConfig) -> None:
+    """Check every local file the trials will read, before anything is created or started: the
+    dataset directory, and for an evaluating sweep the VAE its manifest names (for the embedded
+    digits, :func:`_prepare_data` makes both) and the Inception weights of eval metric 'fid'.
+
+    Raises FileNotFoundError for a missing dataset directory or manifest, ConfigError naming a
+    weights file that is missing or cannot be loaded.
+    """
+    from core.evaluate import check_inception_weights, resolve_metric
+
+    if cfg.dataset == "random":
+        return
+    evaluates = cfg.eval_every >= 0
+    if cfg.dataset != "digits":
+        root = Path(cfg.dataset)
+        if not root.is_dir():
+            raise FileNotFoundError(f"dataset directory not found: {root} (write one with `gat-sweep encode`)")
+        manifest = root / MANIFEST
+        if not manifest.is_file():
+            raise FileNotFoundError(f"dataset {root} has no {MANIFEST} (write it with `gat-sweep encode`)")
+        if evaluates:
+            from core.vae import load_vae
+
+            vae = json.loads(manifest.read_text())["vae"]
+            try:
+                load_vae(vae)
+            except Exception as err:  # diffusers and safetensors raise many types for a missing or bad file
+                raise ConfigError(f"the VAE {vae} named in {manifest} (evaluations decode samples with it) "
+                                  f"cannot be loaded: {type(err).__name__}: {err}") from err
+    if evaluates and resolve_metric(cfg.eval_metric, "digits" if cfg.dataset == "digits" else "encoded") == "fid":
+        check_inception_weights(cfg.inception_weights)
+
+
+def _prepare_data(cfg: TrainConfig) -> None:
+    """Prepare what all trials share before any starts, so that trials do not race for it: the
+    embedded digits dataset and its reference statistics (cached on first use)."""
     if cfg.dataset == "digits":
         from core.evaluate import make_evaluator
         from core.latents import load_latents
@@ -230,9 +329,70 @@ def _prepare_data(trial: Trial) -> None:
         data = load_latents(cfg)  # builds the embedded dataset's cache on first use
         if cfg.eval_every >= 0:
             make_evaluator(cfg, data, torch.device("cpu"))  # caches the reference statistics
-    elif cfg.dataset != "random" and not Path(cfg.dataset).is_dir():
-        raise FileNotFoundError(f"dataset directory not found: {cfg.dataset} "
-                                "(write one with `gat-sweep encode`)")
+
+
+def _check_writable(out: Path, tracking_uri: str) -> None:
+    """Create the output directory, and check that this process can write it and a local sqlite
+    tracking store, before anything starts.
+
+    Raises ConfigError naming ``output_dir`` or ``tracking_uri``.
+    """
+    _check_directory(out, f"output_dir: {out}")
+    if tracking_uri.startswith("sqlite:"):
+        # SQLAlchemy's form: sqlite:///relative.db, sqlite:////absolute.db, optional ?query
+        db = Path(tracking_uri.removeprefix("sqlite:///").partition("?")[0]).absolute()
+        _check_directory(db.parent, f"tracking_uri: {tracking_uri} (its directory {db.parent})")
+        if db.exists() and not os.access(db, os.W_OK):
+            raise ConfigError(f"tracking_uri: {tracking_uri}: {db} is not writable by this user")
+
+
+def _check_directory(path: Path, what: str) -> None:
+    """Create ``path`` and write a temporary file in it; ConfigError naming ``what`` if either fails."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as err:
+        raise ConfigError(f"{what} cannot be written ({type(err).__name__}: {err.strerror or err}); "
+                          "choose a directory this user can write") from None
+
+
+@contextmanager
+def sweep_lock(out: Path) -> Iterator[None]:
+    """Hold the driver lock of the output directory ``out`` (which must exist) for the block.
+
+    The lock is an OS file lock (``filelock``), released by the kernel when the holder dies, so
+    the lock of a killed driver is free at once; its holder record (``sweep.lock.json``: pid, host,
+    start time) is overwritten by the next holder. Raises SweepLockedError, naming the running
+    driver's PID and host, when another driver holds it.
+    """
+    lock = FileLock(out / LOCK_FILE, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise SweepLockedError(
+            f"another driver is running this sweep ({_lock_holder(out)}; lock {out / LOCK_FILE}). "
+            "One driver per output directory: wait for it to end, or stop it and run the same command "
+            "again to resume") from None
+    try:
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+        atomic_write_bytes(out / HOLDER_FILE, json.dumps(holder).encode())
+        yield
+    finally:
+        (out / HOLDER_FILE).unlink(missing_ok=True)
+        lock.release()
+
+
+def _lock_holder(out: Path) -> str:
+    """Who holds the lock of ``out``, from its holder record (written right after locking, so
+    waited for up to HOLDER_WAIT_S)."""
+    deadline = time.monotonic() + HOLDER_WAIT_S
+    while not (out / HOLDER_FILE).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        holder = json.loads((out / HOLDER_FILE).read_text())
+    except FileNotFoundError:
+        return "its PID and host are not recorded"
+    return f"PID {holder['pid']} on host {holder['host']}, started {holder['started']}"
 
 
 def _existing_state(out: Path, digest: str, tracking_uri: str, sweep_file: Path) -> dict[str, str] | None:
@@ -275,8 +435,8 @@ def _create_sweep(spec: SweepSpec, sweep_file: Path, digest: str, rows: list[dic
 class ProgressLines(tune.Callback):
     """Readable progress: one line per trial event, and a status line every STATUS_EVERY_S."""
 
-    def __init__(self, console: Console, total: int, done_before: int) -> None:
-        self.console, self.total, self.done = console, total, done_before
+    def __init__(self, console: Console, out: Path, total: int, done_before: int) -> None:
+        self.console, self.out, self.total, self.done = console, out, total, done_before
         self.iters: dict[str, int] = {}
         self.last_status = time.monotonic()
 
@@ -298,13 +458,20 @@ class ProgressLines(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
         self.done += 1
         result = trial.last_result or {}
+        status = result.get("status", "done")
+        if status == CONFIG_ERROR:
+            self._print(f"[red]{status}[/] {trial.config['trial']}  ({self.done}/{self.total}), not retried: "
+                        f"{escape(result.get('error', ''))}")
+            return
         evals = "  ".join(f"{k}={v:.4g}" for k, v in result.items() if k.startswith(("eval/fd", "eval/fid")))
-        style = "red" if result.get("status") == "diverged" else "green"
-        self._print(f"[{style}]{result.get('status', 'done'):<9}[/] {trial.config['trial']}  "
-                    f"({self.done}/{self.total})  {evals}")
+        style = "red" if status == "diverged" else "green"
+        self._print(f"[{style}]{status:<9}[/] {trial.config['trial']}  ({self.done}/{self.total})  {evals}")
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
-        self._print(f"[yellow]retry[/]     {trial.config['trial']} crashed; resuming from its checkpoint")
+        name = trial.config["trial"]
+        checkpoint = (self.out / TRIALS_DIR / name / "checkpoints" / "latest.pt").exists()
+        how = "resuming from its checkpoint" if checkpoint else "starting again (no checkpoint yet)"
+        self._print(f"[yellow]retry[/]     {name} crashed; {how}")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
         self._print(f"[red]error[/]     {trial.config['trial']}: {escape(str(trial.error_file or 'see Ray logs'))}")
@@ -326,28 +493,44 @@ def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporte
               console: Console | None = None) -> SweepOutcome:
     """Run (or resume) a sweep to the end and return how every trial stands.
 
+    Before anything starts: the cluster settings, every local file the trials read (dataset,
+    VAE, Inception weights) and the writability of the output directory and a local tracking
+    store are checked, then the sweep lock is taken and held until the end. After the trials,
+    child runs of trials that did not end are closed (FAILED or KILLED) and the store is checked
+    against the trials that ended (``SweepOutcome.store_problems``).
+
     ``reporter_cls`` is the hook for a different reporter (a subclass of TrialReporter).
-    Raises ConfigError / SweepChangedError / FileNotFoundError for settings the user must fix;
-    nothing is started then.
+    Raises ConfigError / SweepChangedError / SweepLockedError / FileNotFoundError for settings the
+    user must fix (or another running driver); no trial is started then.
     """
     console = console or Console()
     trials = expand(spec)
-    digest = sweep_hash(trials)
-    out, tracking_uri, address = spec.output_path(), spec.tracking(), spec.ray_address
+    out, tracking_uri = spec.output_path(), spec.tracking()
     spec.check_cluster_settings()
-    state = _existing_state(out, digest, tracking_uri, Path(sweep_file))
-    _prepare_data(trials[0])
+    _check_inputs(trials[0].config)  # every trial shares the dataset and the evaluation settings
+    _check_writable(out, tracking_uri)
+    with sweep_lock(out):
+        return _drive(spec, Path(sweep_file), trials, reporter_cls, console)
+
+
+def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls: type[TrialReporter],
+           console: Console) -> SweepOutcome:
+    """The body of :func:`run_sweep`, under the sweep lock: open the sweep, fit, copy, collect, check."""
+    digest = sweep_hash(trials)
+    out, tracking_uri = spec.output_path(), spec.tracking()
+    state = _existing_state(out, digest, tracking_uri, sweep_file)
+    _prepare_data(trials[0].config)
     repeats = shared_trainings(trials)
     pending = [t for t in trials if t.name not in repeats and not is_done(t, out / TRIALS_DIR / t.name)]
     started_ray = bool(pending) and not ray.is_initialized()
-    errors: dict[str, str] = {}
+    failed: dict[str, tuple[str, str]] = {}
     try:
         # Ray's start-up is mostly waiting for its processes: count FLOPs and open the MLflow
         # store meanwhile (seconds off the time to the first training iteration).
         with ThreadPoolExecutor(max_workers=1) as pool:
-            opening = pool.submit(_open_sweep, spec, Path(sweep_file), digest, trials, out, tracking_uri, state)
+            opening = pool.submit(_open_sweep, spec, sweep_file, digest, trials, out, tracking_uri, state)
             if started_ray:
-                ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                ray.init(address=spec.ray_address or "local", include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING)
             rows, state = opening.result()
         plan = SweepPlan(out, TrialTracking(tracking_uri, state["experiment_id"], spec.name, state["parent_run_id"]),
@@ -359,9 +542,14 @@ def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporte
         todo = sorted((t.name for t in pending), key=lambda n: -cost[n])
         console.print(f"sweep [bold]{spec.name}[/]: {len(trials)} trials ({len(repeats)} repeat another's "
                       f"training and are copied), {len(todo)} to train; output {escape(str(out))}")
+        for name in todo:
+            failures = read_jsonl(plan.run_dir(name) / FAILURES_FILE)
+            if failures:
+                console.print(f"[yellow]retrying[/]  {name}, which failed in an earlier run: "
+                              f"{escape(failures[-1]['error'])}", highlight=False, soft_wrap=True)
         if todo:
-            progress = ProgressLines(console, len(trials) - len(repeats), len(trials) - len(repeats) - len(todo))
-            errors = _fit(plan, spec, todo, reporter_cls, progress)
+            progress = ProgressLines(console, out, len(trials) - len(repeats), len(trials) - len(repeats) - len(todo))
+            failed = _fit(plan, spec, todo, reporter_cls, progress)
     finally:
         if started_ray:
             ray.shutdown()
@@ -369,22 +557,42 @@ def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporte
     for name, source in repeats.items():
         if not is_done(by_name[name], plan.run_dir(name)) and is_done(by_name[source], plan.run_dir(source)):
             _copy_trial(plan, by_name[name], source)
-    outcome = _collect(spec, plan, trials, errors, repeats)
+    outcome = _collect(spec, plan, trials, failed, repeats)
+    end_open_runs(plan.tracking, {
+        t.name: ("KILLED", "the trial did not end: the driver stopped before it finished")
+        if t.status == "incomplete" else ("FAILED", t.error or t.status)
+        for t in outcome.trials if t.status not in ("finished", "diverged")})
+    outcome.store_problems = _check_store(plan, outcome)
     set_run_status(tracking_uri, state["parent_run_id"], running=False,
-                   failed=any(t.status in ("error", "incomplete") for t in outcome.trials))
+                   failed=outcome.failed or any(t.status == "incomplete" for t in outcome.trials))
     return outcome
+
+
+def _check_store(plan: SweepPlan, outcome: SweepOutcome) -> list[str]:
+    """The store checked against the trials that ended (:func:`scaling.tracking.store_problems`);
+    a store that cannot be read is one problem."""
+    ended = {t.name: t.status for t in outcome.trials if t.status in ("finished", "diverged")}
+    try:
+        return store_problems(plan.tracking, ended)
+    except MlflowException as err:
+        return [f"cannot read the MLflow store {plan.tracking.tracking_uri}: {err}"]
 
 
 def _open_sweep(spec: SweepSpec, sweep_file: Path, digest: str, trials: list[Trial], out: Path,
                 tracking_uri: str, state: dict[str, str] | None) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Count every trial's FLOPs (trials.csv and the order of trials), then create the output
     directory, MLflow experiment and parent run, or mark an existing sweep's parent run running.
-    Returns (trial rows, sweep state)."""
+    Returns (trial rows, sweep state). Raises ConfigError naming ``tracking_uri`` if the store
+    refuses."""
     rows = trial_rows(trials)
-    if state is None:
-        state = _create_sweep(spec, sweep_file, digest, rows, out, tracking_uri)
-    else:
-        set_run_status(tracking_uri, state["parent_run_id"], running=True)
+    try:
+        if state is None:
+            state = _create_sweep(spec, sweep_file, digest, rows, out, tracking_uri)
+        else:
+            set_run_status(tracking_uri, state["parent_run_id"], running=True)
+    except MlflowException as err:
+        raise ConfigError(f"tracking_uri: the MLflow store {tracking_uri} refused the sweep's experiment or "
+                          f"parent run: {err}") from None
     return rows, state
 
 
@@ -405,8 +613,9 @@ def _copy_trial(plan: SweepPlan, trial: Trial, source: str) -> None:
 
 
 def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[TrialReporter],
-         progress: ProgressLines) -> dict[str, str]:
-    """Run the trials ``todo`` as one Ray Tune experiment; return {trial: error} of failed ones."""
+         progress: ProgressLines) -> dict[str, tuple[str, str]]:
+    """Run the trials ``todo`` as one Ray Tune experiment; return ``{trial: (status, error)}`` of
+    those that failed: 'error' (retries used up) or 'config_error'."""
     res = spec.resources
     request = {"cpu": res.cpus, "gpu": res.gpus} if res.workers == 1 else {"cpu": DDP_LAUNCHER_CPU}
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan, reporter_cls=reporter_cls), request)
@@ -421,25 +630,36 @@ def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[T
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             callbacks=[progress]),
     )
-    results = tuner.fit()
-    return {r.config["trial"]: f"{type(r.error).__name__}: {r.error}" for r in results if r.error is not None}
+    failed = {}
+    for r in tuner.fit():
+        if r.error is not None:
+            failed[r.config["trial"]] = ("error", f"{type(r.error).__name__}: {r.error}")
+        elif (r.metrics or {}).get("status") == CONFIG_ERROR:
+            failed[r.config["trial"]] = (CONFIG_ERROR, r.metrics["error"])
+    return failed
 
 
-def _collect(spec: SweepSpec, plan: SweepPlan, trials: list[Trial], errors: dict[str, str],
+def _collect(spec: SweepSpec, plan: SweepPlan, trials: list[Trial], failed: dict[str, tuple[str, str]],
              repeats: dict[str, str]) -> SweepOutcome:
-    """How every trial stands: its result.json if it ended, else its error (or the error of the
-    trial it repeats), else incomplete."""
+    """How every trial stands: its result.json if it ended, else its failure in this run (or the
+    failure of the trial it repeats), else incomplete; with its starts and failures so far."""
     outcomes = []
     for t in trials:
         run_dir = plan.run_dir(t.name)
         result = read_result(run_dir)
         same_as = repeats.get(t.name)
+        history = {"same_as": same_as, "starts": len(read_jsonl(run_dir / ATTEMPTS_FILE)),
+                   "failures": [f["error"] for f in read_jsonl(run_dir / FAILURES_FILE)]}
         if result is not None and is_done(t, run_dir):
             outcomes.append(TrialOutcome(t.name, result["status"], result["iterations"], result["kimg"],
-                                         result["metrics"], same_as=same_as))
-        elif t.name in errors or same_as in errors:
-            error = errors.get(t.name) or f"repeats the training of {same_as}, which failed"
-            outcomes.append(TrialOutcome(t.name, "error", error=error, same_as=same_as))
+                                         result["metrics"], reason=result.get("reason"), **history))
+        elif t.name in failed:
+            status, error = failed[t.name]
+            outcomes.append(TrialOutcome(t.name, status, error=error, **history))
+        elif same_as in failed:
+            status, _ = failed[same_as]
+            outcomes.append(TrialOutcome(t.name, status, error=f"repeats the training of {same_as}, which failed",
+                                         **history))
         else:
-            outcomes.append(TrialOutcome(t.name, "incomplete", same_as=same_as))
+            outcomes.append(TrialOutcome(t.name, "incomplete", **history))
     return SweepOutcome(spec.name, plan.out, plan.tracking.tracking_uri, plan.tracking.experiment_id, outcomes)

@@ -145,3 +145,74 @@ def test_plot_of_an_unknown_sweep_is_a_user_error(tmp_path):
     result = invoke("plot", "no_such_sweep", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
                     "--out", str(tmp_path / "report"))
     assert result.exit_code == 2 and f"no MLflow database at {tmp_path}/mlflow.db" in result.output
+
+
+def test_run_dry_run_shows_the_base_width(tmp_path):
+    # Issue 11, finding 9: the base width the LR rules scale from is part of the plan.
+    result = invoke("run", str(SWEEPS / "smoke.yaml"), "--dry-run", "--output-dir", str(tmp_path / "never"))
+    assert result.exit_code == 0 and "lr rules gat, constant; base LRs 0.001; base width 32" in result.output
+
+
+def test_run_unwritable_output_dir_is_one_message_before_ray(tmp_path):
+    # Issue 11, finding 4 (driver side): an unwritable output directory failed after Ray started.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = invoke("run", str(SWEEPS / "smoke.yaml"), "--output-dir", str(blocker / "out"))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: output_dir: {blocker / 'out'} cannot be written (NotADirectoryError: Not a directory); "
+        "choose a directory this user can write"]
+
+
+@pytest.mark.parametrize("problem", ["missing", "truncated", "vae"])
+def test_run_checks_weights_files_before_anything_starts(tmp_path, problem):
+    # Issue 11, finding 8: a missing Inception file started Ray and failed in every trial; a
+    # truncated one ended in a raw _pickle.UnpicklingError that did not name the file.
+    weights = tmp_path / "inception.pth"
+    if problem == "truncated":
+        weights.write_bytes(b"\x80\x02}q\x00(X\x04\x00\x00\x00")  # the first bytes of a pickle, cut off
+    dataset = "digits"
+    if problem == "vae":
+        (tmp_path / "latents").mkdir()
+        (tmp_path / "latents" / "manifest.json").write_text(json.dumps({"vae": str(tmp_path / "no-vae")}))
+        dataset = str(tmp_path / "latents")
+    sweep = tmp_path / "fid.yaml"
+    sweep.write_text(f"""
+name: fid
+dataset: {dataset}
+model: {{widths: [32], depths: [4], head_dim: 16}}
+lr: {{base_lrs: [1e-3], rules: [constant]}}
+budget: {{iterations: 2}}
+eval: {{every: 0, metric: fid, samples: 2048}}
+train: {{inception_weights: {weights}, latent_size: 8, num_classes: 10}}
+output_dir: {tmp_path / 'out'}
+""")
+    result = invoke("run", str(sweep))
+    assert result.exit_code == 2, result.output
+    message = {"missing": f"inception_weights={weights} does not exist",
+               "truncated": f"inception_weights={weights} cannot be loaded as torch-fidelity's Inception-v3 weights",
+               "vae": f"the VAE {tmp_path / 'no-vae'} named in {tmp_path / 'latents' / 'manifest.json'}"}[problem]
+    assert result.output.startswith(f"error: {message}") and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # nothing created, Ray not started
+
+
+def test_run_summary_names_retried_failed_config_error_and_diverged_trials(monkeypatch, tmp_path):
+    # Issue 11, findings 5, 11 and 12: the summary says what happened to which trial, and why.
+    outcome = SweepOutcome("smoke", tmp_path, f"sqlite:///{tmp_path}/mlflow.db", "1", [
+        TrialOutcome("a", "finished", 6, 0.048, {"loss/G": 0.7}, starts=2,
+                     failures=["RuntimeError: node lost"]),
+        TrialOutcome("b", "diverged", 3, 0.024, {}, reason="loss/D = 3.2e+05 > diverge_loss 100 at iteration 3"),
+        TrialOutcome("c", "config_error", error="ConfigError: device='cuda' but CUDA is not available"),
+        TrialOutcome("d", "finished", 6, 0.048, {}, starts=2)],
+        store_problems=["d: no MLflow child run"])
+    monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console: outcome)
+    result = invoke("run", str(SWEEPS / "smoke.yaml"))
+    assert result.exit_code == 1
+    lines = [" ".join(line.split()) for line in result.output.splitlines()]
+    assert "retried a (2 starts, 1 failed): RuntimeError: node lost" in lines
+    assert "retried d (2 starts, 0 failed): resumed after the driver stopped" in lines
+    assert "diverged b: loss/D = 3.2e+05 > diverge_loss 100 at iteration 3" in lines
+    assert "config error c: ConfigError: device='cuda' but CUDA is not available" in lines
+    assert "d: no MLflow child run" in lines
+    assert "Run the same command again to resume" not in result.output  # a config error needs a fix first
+    assert "A configuration error is not retried" in result.output

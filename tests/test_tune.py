@@ -3,22 +3,36 @@ parallel trials with one MLflow child run each, a diverged trial that does not s
 a crash retried from its checkpoint into the same run, a trial that keeps failing, resuming,
 and a changed sweep file refused. Gaussian latents, width 32, a few iterations."""
 
+import io
 import itertools
 import json
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import ray
 import ray.cloudpickle
+import torch
 from mlflow import MlflowClient
+from rich.console import Console
 
 from scaling.spec import SweepSpec
+from scaling.tracking import MlflowReporter
 from scaling.tune import (
     ATTEMPTS_FILE,
+    FAILURES_FILE,
+    HOLDER_FILE,
     SweepChangedError,
+    SweepLockedError,
     TrialReporter,
+    read_jsonl,
     run_sweep,
+    sweep_lock,
 )
 from helpers import attempts
 
@@ -153,8 +167,12 @@ def test_crash_retries_from_checkpoint_then_failing_trial_resumes(ray_local, tmp
     client, runs, _ = child_runs(failing)
     assert runs["w32-d4-p2_constant_lr0.002_s0"].data.tags["gat_sweep.status"] == "failed"
 
-    # Rerunning resumes: the finished trial is not trained again, the failed one completes.
-    resumed = run_sweep(spec2, sweep_file(tmp_path))
+    # Rerunning resumes: the finished trial is not trained again, the failed one completes, and
+    # the progress output says it retries a trial that failed before (issue 11, finding 11).
+    lines = io.StringIO()
+    resumed = run_sweep(spec2, sweep_file(tmp_path), console=Console(file=lines, width=300))
+    assert ("retrying  w32-d4-p2_constant_lr0.002_s0, which failed in an earlier run: "
+            "RuntimeError: constant trial always crashes") in lines.getvalue()
     assert not resumed.failed
     assert len(attempts(resumed.out, "w32-d4-p2_gat_lr0.002_s0")) == 1
     assert len(attempts(resumed.out, "w32-d4-p2_constant_lr0.002_s0")) == 3  # 2 failed tries + 1
@@ -167,3 +185,163 @@ def test_crash_retries_from_checkpoint_then_failing_trial_resumes(ray_local, tmp
     with pytest.raises(SweepChangedError, match="A changed sweep is a new sweep"):
         run_sweep(make_spec(tmp_path, [4e-3], name="tune-test-2", output_dir=str(tmp_path / "out2")),
                   sweep_file(tmp_path))
+
+
+class KilledAtFour(TrialReporter):
+    """The gat trial's worker process dies (SIGKILL) at iteration 4: nothing in it can record that."""
+
+    def report(self, report):
+        super().report(report)
+        if "gat" in self.trial and report.step == 4:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Unreachable(MlflowReporter):
+    """An MLflow reporter whose store silently takes nothing."""
+
+    def start(self, cfg, info, state):
+        pass
+
+    def report(self, report):
+        pass
+
+    def finish(self, result):
+        pass
+
+
+class NoStore(TrialReporter, Unreachable):
+    """The sweep reporter (attempts.jsonl, Ray Tune results) on a store that takes nothing."""
+
+
+def test_config_error_in_trials_is_reported_once_and_not_retried(ray_local, tmp_path):
+    # Issue 11, finding 5: a ConfigError raised inside every trial was retried as a crash.
+    if torch.cuda.is_available():
+        pytest.skip("device: cuda is the configuration error here; it is not one on a GPU machine")
+    spec = make_spec(tmp_path, [1e-3], max_failures=2,
+                     train={"d_proj_dim": 32, "batch": 8, "ckpt_every": 3, "log_every": 2, "device": "cuda"})
+    lines = io.StringIO()
+    outcome = run_sweep(spec, sweep_file(tmp_path), console=Console(file=lines, width=300))
+    assert outcome.failed and {t.status for t in outcome.trials} == {"config_error"}
+    _, runs, _ = child_runs(outcome)
+    for t in outcome.trials:
+        assert "device='cuda' but CUDA is not available" in t.error
+        assert len(read_jsonl(outcome.out / "trials" / t.name / FAILURES_FILE)) == 1  # one attempt, not 3
+        assert lines.getvalue().count(f"config_error {t.name}") == 1
+        run = runs[t.name]  # created for the error although training never started
+        assert run.info.status == "FAILED" and "CUDA is not available" in run.data.tags["gat_sweep.error"]
+    assert "retry" not in lines.getvalue()
+
+
+def test_killed_worker_leaves_no_running_run(ray_local, tmp_path):
+    # Issue 11, finding 11: the MLflow run of a trial whose worker was killed stayed RUNNING.
+    spec = make_spec(tmp_path, [1e-3], max_failures=0)
+    outcome = run_sweep(spec, sweep_file(tmp_path), reporter_cls=KilledAtFour)
+    status = {t.name: t.status for t in outcome.trials}
+    assert status == {"w32-d4-p2_gat_lr0.001_s0": "error", "w32-d4-p2_constant_lr0.001_s0": "finished"}
+    _, runs, parents = child_runs(outcome)
+    killed = runs["w32-d4-p2_gat_lr0.001_s0"]
+    assert killed.info.status == "FAILED" and killed.data.tags["gat_sweep.status"] == "failed"
+    assert killed.data.tags["gat_sweep.error"] == outcome.trials[0].error
+    assert runs["w32-d4-p2_constant_lr0.001_s0"].info.status == "FINISHED"
+    assert parents[0].info.status == "FAILED"
+
+
+def test_trials_missing_from_the_store_fail_the_sweep(ray_local, tmp_path):
+    # Issue 11, finding 12: trials that never reached MLflow reported "finished" and exit 0.
+    spec = make_spec(tmp_path, [2e-3])  # two trainings: gat at 4e-3, constant at 2e-3
+    outcome = run_sweep(spec, sweep_file(tmp_path), reporter_cls=NoStore)
+    assert {t.status for t in outcome.trials} == {"finished"}
+    assert outcome.failed
+    assert sorted(outcome.store_problems) == [
+        "w32-d4-p2_constant_lr0.002_s0: no MLflow child run", "w32-d4-p2_gat_lr0.002_s0: no MLflow child run"]
+
+
+def test_sweep_lock_refuses_a_second_holder_and_is_freed_when_the_holder_dies(tmp_path):
+    # Issue 11, finding 1 (the lock itself): refusal names the holder; a killed holder's lock is free.
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from scaling.tune import sweep_lock\n"
+        f"with sweep_lock(Path({str(tmp_path)!r})):\n    print('locked', flush=True); time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SweepLockedError) as refused:
+            with sweep_lock(tmp_path):
+                pass
+        assert f"PID {holder.pid} on host {socket.gethostname()}" in str(refused.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert json.loads((tmp_path / HOLDER_FILE).read_text())["pid"] == holder.pid  # left by the dead holder
+    with sweep_lock(tmp_path):  # taken over at once, and the holder record is ours
+        assert json.loads((tmp_path / HOLDER_FILE).read_text())["pid"] == os.getpid()
+
+
+DRIVER_SWEEP = """
+name: locked
+dataset: random
+model: {widths: [32], depths: [4], head_dim: 16}
+lr: {base_lrs: [1e-3], rules: [gat], base_width: 32}
+budget: {iterations: 6}
+eval: {every: -1}
+train: {d_proj_dim: 32, batch: 8, ckpt_every: 3, log_every: 2, diag_every: 2}
+max_concurrent: 1
+"""
+TRIAL = "w32-d4-p2_gat_lr0.001_s0"
+
+
+def driver(sweep: Path, out: Path) -> subprocess.Popen:
+    """`gat-sweep run` in its own process (its own local Ray instance)."""
+    return subprocess.Popen([str(Path(sys.executable).parent / "gat-sweep"), "run", str(sweep), "--output-dir", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+
+
+def one_run_per_trial(out: Path) -> None:
+    """Nothing duplicated: one parent run, one child run and one start of the trial."""
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("locked").experiment_id
+    assert len(client.search_runs([experiment], "tags.`gat_sweep.role` = 'parent'")) == 1
+    children = client.search_runs([experiment], "tags.`gat_sweep.role` = 'trial'")
+    assert [r.data.tags["gat_sweep.trial"] for r in children] == [TRIAL]
+    assert len(attempts(out, TRIAL)) == 1
+
+
+def test_second_driver_on_a_running_sweep_refuses_within_seconds(tmp_path):
+    # Issue 11, finding 1: a second driver re-trained the running trials into the same directories.
+    sweep = tmp_path / "locked.yaml"
+    sweep.write_text(DRIVER_SWEEP)
+    out = tmp_path / "out"
+    first = driver(sweep, out)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / HOLDER_FILE).exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.1)
+        started = time.monotonic()
+        second = driver(sweep, out)
+        _, err = second.communicate(timeout=60)
+        refused_after = time.monotonic() - started
+        assert first.poll() is None  # the first driver is still running
+    finally:
+        stdout, stderr = first.communicate(timeout=120)
+    assert second.returncode == 2 and refused_after < 20, (refused_after, err)
+    assert len(err.strip().splitlines()) == 1, err  # one message, no traceback
+    assert f"error: another driver is running this sweep (PID {first.pid} on host {socket.gethostname()}" in err
+    assert first.returncode == 0 and "1 finished" in stdout, stdout + stderr
+    one_run_per_trial(out)
+
+
+def test_two_drivers_started_at_once_exactly_one_runs(tmp_path):
+    # Issue 11, finding 1: started at the same moment, one driver died in a SQLAlchemy traceback.
+    sweep = tmp_path / "locked.yaml"
+    sweep.write_text(DRIVER_SWEEP)
+    out = tmp_path / "out"
+    drivers = [driver(sweep, out), driver(sweep, out)]
+    outputs = [d.communicate(timeout=120) for d in drivers]
+    results = [(d.pid, d.returncode, *output) for d, output in zip(drivers, outputs)]
+    codes = sorted(code for _, code, _, _ in results)
+    assert codes == [0, 2], results
+    (winner,) = [pid for pid, code, _, _ in results if code == 0]
+    (refusal,) = [err for _, code, _, err in results if code == 2]
+    assert len(refusal.strip().splitlines()) == 1 and f"(PID {winner} on host" in refusal, refusal
+    one_run_per_trial(out)
