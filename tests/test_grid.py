@@ -15,6 +15,7 @@ from scaling.grid import (
     trial_cost,
     trial_rows,
 )
+from scaling.lr_rules import apply_rule
 from scaling.spec import SweepSpec, load_spec
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
@@ -115,3 +116,12 @@ def test_imagenet_sweep_dry_run_matches_the_paper(monkeypatch):
         assert (row["batch"], row["iterations"], row["patch"]) == (512, 50_000, 2)
         assert row["total_flops"] == row["flops_per_iter"] * 50_000
         assert row["flops_per_iter"] == 10**9 * row["g_width"]
+
+
+def test_constant_only_sweep_logs_no_base_width_and_width_aware_rules_need_one():
+    # Issue 11, finding 9: the base width is only where a rule uses it, never a silent default.
+    trials = expand(spec(lr={"rules": ["constant"], "base_lrs": [1e-3], "base_width": None}, seeds=[0]))
+    assert [t.config.lr_g for t in trials] == [1e-3, 1e-3]
+    assert "sweep.base_width" not in trials[0].sweep_params()
+    with pytest.raises(ConfigError, match="lr.base_width is required by the width-aware LR rules"):
+        apply_rule("gat", 1e-3, 64, None)
