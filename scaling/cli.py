@@ -27,6 +27,7 @@ from rich.table import Table
 
 from core.config import ConfigError, TrainConfig, flatten
 from core.presets import PRESETS, get_preset
+from scaling.lock import refuse_if_running
 from scaling.spec import (
     EMBEDDED_DATASETS,
     SweepSpec,
@@ -106,6 +107,7 @@ def run(
             console.print(spec.lr.describe(), highlight=False, markup=False)
             return
         spec.check_cluster_settings()  # before the slow imports: a quick answer
+        refuse_if_running(spec.output_path())  # likewise, for a second driver on this sweep
         sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
         # Offline by default, and quiet: our own progress lines replace Ray's and MLflow's banners.
         for key, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AIR_NEW_OUTPUT", "0"),

@@ -7,11 +7,10 @@ Output directory of a sweep (absolute; on a cluster a path every node sees)::
     <out>/trials/<trial>/    one run directory per trial (docs/TRACKING.md), + attempts.jsonl
     <out>/tune/<started>/    Ray Tune's files for each invocation of the driver
     <out>/mlflow.db, <out>/mlartifacts/   the default (local) MLflow store
-    <out>/sweep.lock, <out>/sweep.lock.json   the driver lock and its holder (PID, host)
+    <out>/sweep.lock, <out>/sweep.lock.json   the driver lock and its holder (scaling/lock.py)
 
-One driver per output directory: :func:`run_sweep` holds ``sweep.lock`` (``filelock``, an OS
-lock the kernel releases when the holder dies) from before it reads the sweep state until it
-returns; a second driver is refused at once, told the holder's PID and host.
+One driver per output directory: :func:`run_sweep` holds ``sweep.lock`` from before it reads
+the sweep state until it returns; a second driver is refused at once, told the holder's PID and host.
 
 The run directories are the sweep's state. Rerunning the driver resumes: trials whose
 ``result.json`` says they ended (finished or diverged) are skipped, all others start again and
@@ -36,16 +35,13 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
 import torch
-from filelock import FileLock, Timeout
 from mlflow.exceptions import MlflowException
 from ray import tune
 from rich.console import Console
@@ -57,6 +53,7 @@ from core.encode import MANIFEST
 from core.flops import remember_flops
 from core.train import RESULT_FILE, Report, TrainResult, train
 from scaling.grid import Trial, expand, shared_trainings, sweep_hash, trial_rows
+from scaling.lock import sweep_lock
 from scaling.spec import Resources, SweepSpec, is_local_store
 from scaling.tracking import (
     MlflowReporter,
@@ -76,10 +73,6 @@ FAILURES_FILE = "failures.jsonl"
 """In a run directory: one line per failed attempt (time, host, pid, kind, error)."""
 CONFIG_ERROR = "config_error"
 """Status (and failure kind) of a trial stopped by a ConfigError: not retried."""
-LOCK_FILE, HOLDER_FILE = "sweep.lock", "sweep.lock.json"
-"""The driver lock of an output directory, and who holds it (pid, host, started)."""
-HOLDER_WAIT_S = 3.0
-"""How long a refused driver waits for the holder to record itself (it does so right after locking)."""
 STATUS_EVERY_S = 30.0
 """Seconds between progress lines while trials run."""
 DDP_LAUNCHER_CPU = 0.01
@@ -89,10 +82,6 @@ so it must not hold back a CPU the DDP workers need."""
 
 class SweepChangedError(ConfigError):
     """The output directory holds a sweep whose trials differ from the sweep file's."""
-
-
-class SweepLockedError(ConfigError):
-    """Another driver is running the sweep in this output directory."""
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -354,45 +343,6 @@ def _check_directory(path: Path, what: str) -> None:
     except OSError as err:
         raise ConfigError(f"{what} cannot be written ({type(err).__name__}: {err.strerror or err}); "
                           "choose a directory this user can write") from None
-
-
-@contextmanager
-def sweep_lock(out: Path) -> Iterator[None]:
-    """Hold the driver lock of the output directory ``out`` (which must exist) for the block.
-
-    The lock is an OS file lock (``filelock``), released by the kernel when the holder dies, so
-    the lock of a killed driver is free at once; its holder record (``sweep.lock.json``: pid, host,
-    start time) is overwritten by the next holder. Raises SweepLockedError, naming the running
-    driver's PID and host, when another driver holds it.
-    """
-    lock = FileLock(out / LOCK_FILE, timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise SweepLockedError(
-            f"another driver is running this sweep ({_lock_holder(out)}; lock {out / LOCK_FILE}). "
-            "One driver per output directory: wait for it to end, or stop it and run the same command "
-            "again to resume") from None
-    try:
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
-        atomic_write_bytes(out / HOLDER_FILE, json.dumps(holder).encode())
-        yield
-    finally:
-        (out / HOLDER_FILE).unlink(missing_ok=True)
-        lock.release()
-
-
-def _lock_holder(out: Path) -> str:
-    """Who holds the lock of ``out``, from its holder record (written right after locking, so
-    waited for up to HOLDER_WAIT_S)."""
-    deadline = time.monotonic() + HOLDER_WAIT_S
-    while not (out / HOLDER_FILE).exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    try:
-        holder = json.loads((out / HOLDER_FILE).read_text())
-    except FileNotFoundError:
-        return "its PID and host are not recorded"
-    return f"PID {holder['pid']} on host {holder['host']}, started {holder['started']}"
 
 
 def _existing_state(out: Path, digest: str, tracking_uri: str, sweep_file: Path) -> dict[str, str] | None:
