@@ -187,12 +187,16 @@ def _train(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter]) -> 
 def _record_failure(run_dir: Path, reporter: TrialReporter, error: Exception) -> None:
     """Append the failure to the run directory's ``failures.jsonl`` (kind ``config_error`` for a
     ConfigError, else ``crash``), then mark the MLflow run FAILED with the error."""
-    record = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
-              "kind": CONFIG_ERROR if isinstance(error, ConfigError) else "crash",
-              "error": f"{type(error).__name__}: {error}"}
+    _append_failure(run_dir, CONFIG_ERROR if isinstance(error, ConfigError) else "crash",
+                    f"{type(error).__name__}: {error}")
+    reporter.mark_failed(error)
+
+
+def _append_failure(run_dir: Path, kind: str, error: str) -> None:
+    """One line in ``failures.jsonl``: time, host, pid of the process writing it, kind, error."""
+    record = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), "kind": kind, "error": error}
     with open(run_dir / FAILURES_FILE, "a") as f:
         f.write(json.dumps(record) + "\n")
-    reporter.mark_failed(error)
 
 
 def _ddp_worker(config: dict[str, Any]) -> None:
@@ -495,11 +499,16 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
         for name in todo:
             failures = read_jsonl(plan.run_dir(name) / FAILURES_FILE)
             if failures:
-                console.print(f"[yellow]retrying[/]  {name}, which failed in an earlier run: "
-                              f"{escape(failures[-1]['error'])}", highlight=False, soft_wrap=True)
+                reason = failures[-1]["error"].splitlines()[0]  # a Ray error's first line names it
+                console.print(f"[yellow]retrying[/]  {name}, which failed in an earlier run: {escape(reason)}",
+                              highlight=False, soft_wrap=True)
         if todo:
             progress = ProgressLines(console, out, len(trials) - len(repeats), len(trials) - len(repeats) - len(todo))
+            recorded = {name: len(read_jsonl(plan.run_dir(name) / FAILURES_FILE)) for name in todo}
             failed = _fit(plan, spec, todo, reporter_cls, progress)
+            for name, (status, error) in failed.items():
+                if status == "error" and len(read_jsonl(plan.run_dir(name) / FAILURES_FILE)) == recorded[name]:
+                    _append_failure(plan.run_dir(name), "crash", error)  # its worker died unrecorded
     finally:
         if started_ray:
             ray.shutdown()

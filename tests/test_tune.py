@@ -242,6 +242,14 @@ def test_killed_worker_leaves_no_running_run(ray_local, tmp_path):
     assert killed.data.tags["gat_sweep.error"] == outcome.trials[0].error
     assert runs["w32-d4-p2_constant_lr0.001_s0"].info.status == "FINISHED"
     assert parents[0].info.status == "FAILED"
+    # The rerun says it retries the trial, and why, although its worker could record nothing.
+    lines = io.StringIO()
+    rerun = run_sweep(spec, sweep_file(tmp_path), console=Console(file=lines, width=300))
+    first_line = outcome.trials[0].error.splitlines()[0]
+    assert first_line.startswith("ActorDiedError: ")
+    assert f"retrying  w32-d4-p2_gat_lr0.001_s0, which failed in an earlier run: {first_line}\n" in lines.getvalue()
+    assert not rerun.failed and {t.status for t in rerun.trials} == {"finished"}
+    assert child_runs(rerun)[1]["w32-d4-p2_gat_lr0.001_s0"].info.status == "FINISHED"
 
 
 def test_trials_missing_from_the_store_fail_the_sweep(ray_local, tmp_path):
