@@ -360,7 +360,9 @@ def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed
     residual_sd = math.sqrt(float(resid @ resid) / dof) if dof > 0 else None
     noise_sd = _pooled_cell_sd(fitted)
     span = math.log(max(widths) / min(widths))
-    valley = Valley(tuple(widths), tuple(beta[0, :len(widths)].tolist()), float(c[0]),
+    # the one-hot coefficients are a_w + c (m_w - x_mean)^2 (the square expanded in centred x)
+    offsets = beta[0, :len(widths)] - (c[0] * (m[0] - x_mean) ** 2 if c[0] > 0 else 0.0)
+    valley = Valley(tuple(widths), tuple(offsets.tolist()), float(c[0]),
                     float(x_mean - beta[0, len(widths) + 1] / (2 * c[0])) if c[0] > 0 else math.nan,
                     float(b[0]), w_ref)
     if not c[0] > 0:

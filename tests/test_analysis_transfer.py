@@ -52,6 +52,8 @@ def test_valley_fit_recovers_a_known_slope():
     assert [o.best_lr.value for o in res.optima] == pytest.approx(
         [4e-4 * 2**0.7, 4e-4, 4e-4 * 2**-0.7], rel=1e-9)
     assert res.shift.value == pytest.approx(-0.7 * math.log(4))
+    assert res.valley.offsets == pytest.approx([2.0 - 0.2 * math.log(w) for w in (64, 128, 256)])
+    assert res.valley.log_fd(64, np.array([4e-4 * 2**0.7])) == pytest.approx([2.0 - 0.2 * math.log(64)])
     assert res.transfers is False and res.verdict.startswith("does not transfer (best LR falls with width)")
     # with noise: recovered within its interval, interval from the bootstrap over 4 seeds
     noisy = fit_rule(exact_scores(-0.7, seeds=4, noise=0.1), "constant", n_boot=200)
