@@ -31,7 +31,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import least_squares
+
+from analysis.frontier import MIN_LAW_SIZES, compute_frontier, law_refusal
 
 Model = Literal["saturating", "power"]
 
@@ -374,3 +377,86 @@ def _bootstrap(model: Model, lx: np.ndarray, y: np.ndarray, p: np.ndarray, n_boo
     free = np.array([True, True, model == "saturating"])
     params, converged = _huber_gauss_newton(blx, by, np.tile(p, (len(idx), 1)), lower, upper, free)
     return params[converged]
+
+
+# ---- cross-size laws: refusal and backtest -------------------------------------------------------
+
+def fit_law(frontier: pd.DataFrame, model: Model = "saturating", *, c_unit: str = "FLOPs",
+            n_boot: int = 1000, seed: int = 0, min_sizes: int = MIN_LAW_SIZES) -> ScalingFit:
+    """A cross-size compute law: :func:`fit_scaling` of ``frontier`` (columns ``train_flops``,
+    ``fd``, ``size``), refused (``ok=False``, reason from ``frontier.law_refusal``) when fewer
+    than ``min_sizes`` model sizes lie on the frontier."""
+    refusal = law_refusal(frontier, min_sizes)
+    if refusal is not None:
+        return ScalingFit(model, False, refusal, len(frontier), c_unit)
+    return fit_scaling(frontier["train_flops"], frontier["fd"], model, c_unit=c_unit,
+                       n_boot=n_boot, seed=seed)
+
+
+@dataclass(frozen=True)
+class Backtest:
+    """A law fitted without the largest size, checked against that size.
+
+    ``error`` = predicted / observed - 1 (e.g. -0.2: the law promised a 20% lower FD than the
+    size reached); ``covered``: the observed best FD lies inside the predicted interval (None
+    without an interval). If ``ok`` is False only ``held_out`` and ``reason`` are meaningful.
+    """
+
+    ok: bool
+    reason: str
+    held_out: str
+    compute: float | None = None
+    """Compute at which the held-out size is predicted: its planned training compute."""
+    predicted: Estimate | None = None
+    observed: float | None = None
+    """The held-out size's best FD (lowest usable evaluation)."""
+    error: float | None = None
+    covered: bool | None = None
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "reason": self.reason, "held_out": self.held_out,
+                "compute": self.compute,
+                "predicted": None if self.predicted is None else self.predicted.to_dict(),
+                "observed": self.observed, "error": self.error, "covered": self.covered}
+
+    def __str__(self) -> str:
+        if not self.ok:
+            return self.reason
+        inside = {True: "inside", False: "outside", None: "no"}[self.covered]
+        return (f"backtest: fitted without {self.held_out}, the law predicts its best FD "
+                f"{self.predicted} at {self.compute:.3g} FLOPs; observed {self.observed:.4g}: error "
+                f"{100 * self.error:+.0f}% ({inside} the interval)")
+
+
+def backtest_largest(usable: pd.DataFrame, order: list[str], budgets: dict[str, float],
+                     model: Model = "saturating", *, n_boot: int = 1000, seed: int = 0,
+                     min_sizes: int = MIN_LAW_SIZES) -> Backtest:
+    """Fit ``model`` without the largest size ``order[-1]`` and predict that size's best FD.
+
+    Args:
+        usable: fittable evaluation points (``frontier.usable_points``; columns ``size``,
+            ``train_flops``, ``fd``).
+        order: size labels from smallest to largest.
+        budgets: planned training compute per size (FLOPs); the held-out size is predicted at its
+            budget (else at its largest logged compute).
+
+    The law without the largest size obeys the same rule as any law (:func:`fit_law`: at least
+    ``min_sizes`` sizes on its frontier), so a backtest needs ``min_sizes + 1`` sizes. Returns a
+    Backtest with ``ok=False`` and the reason when it cannot be made.
+    """
+    if not order:
+        return Backtest(False, "no backtest: no sizes", "")
+    held = order[-1]
+    own = usable[usable["size"] == held]
+    if own.empty:
+        return Backtest(False, f"no backtest: {held} has no usable evaluation", held)
+    rest = compute_frontier(usable[usable["size"] != held])
+    fit = fit_law(rest, model, n_boot=n_boot, seed=seed, min_sizes=min_sizes)
+    if not fit.ok:
+        return Backtest(False, f"no backtest (law without {held}): {fit.reason}", held)
+    c = budgets.get(held)
+    c = float(c) if c is not None and np.isfinite(c) and c > 0 else float(own["train_flops"].max())
+    pred = fit.predict_estimate(c)
+    observed = float(own["fd"].min())
+    covered = None if pred.lo is None else bool(pred.lo <= observed <= pred.hi)
+    return Backtest(True, "", held, c, pred, observed, pred.value / observed - 1.0, covered)

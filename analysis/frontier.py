@@ -52,3 +52,47 @@ def compute_frontier(points: pd.DataFrame, x: str = "train_flops", y: str = "fd"
     ordered = points.sort_values([x, y], kind="mergesort")
     best_before = ordered[y].astype(float).cummin().shift(1, fill_value=np.inf)
     return ordered[ordered[y] < best_before]
+
+
+MIN_LAW_SIZES = 3
+"""Fewest model sizes on the compute frontier for a cross-size compute law. With fewer the
+frontier is one or two models' learning curves: a power law through it measures how one model
+trains, not what more compute buys across sizes."""
+
+
+def frontier_sizes(frontier: pd.DataFrame) -> list[str]:
+    """Distinct ``size`` labels on the frontier, in order of first appearance along compute."""
+    return [str(s) for s in frontier.sort_values("train_flops")["size"].drop_duplicates()]
+
+
+def law_refusal(frontier: pd.DataFrame, min_sizes: int = MIN_LAW_SIZES) -> str | None:
+    """Why no cross-size law may be fitted to ``frontier`` (None if it may): fewer than
+    ``min_sizes`` distinct sizes on it."""
+    sizes = frontier_sizes(frontier)
+    if len(sizes) >= min_sizes:
+        return None
+    if not sizes:
+        return f"no cross-size law: the compute frontier is empty (need at least {min_sizes} sizes on it)"
+    return (f"no cross-size law: the compute frontier holds {len(sizes)} size(s) ({', '.join(sizes)}); "
+            f"it shows the learning curve of {', '.join(sizes)}, not a scaling law across sizes "
+            f"(need at least {min_sizes} sizes on the frontier)")
+
+
+def under_trained_sizes(best: pd.DataFrame) -> dict[str, str]:
+    """Sizes whose best FD is worse than that of a smaller size: {size: the smaller size}.
+
+    ``best``: one row per size with columns ``size, g_width, g_depth, best_fd``. Size s' is
+    smaller than s when its width and depth are both <= and one is <. A larger model that does
+    worse than a smaller one has not been trained to its potential (too few iterations, or a
+    badly tuned LR), so its point measures training, not scale. The smaller size named is the
+    one with the lowest best FD among those that beat it.
+    """
+    out = {}
+    rows = best[np.isfinite(best["best_fd"].astype(float))]
+    for r in rows.itertuples():
+        smaller = rows[(rows["g_width"] <= r.g_width) & (rows["g_depth"] <= r.g_depth)
+                       & ((rows["g_width"] < r.g_width) | (rows["g_depth"] < r.g_depth))
+                       & (rows["best_fd"] < r.best_fd)]
+        if len(smaller):
+            out[str(r.size)] = str(smaller.sort_values("best_fd")["size"].iloc[0])
+    return out

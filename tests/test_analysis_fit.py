@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.figures import log_ticks
+from analysis.figures import (declutter_ticks, log_ticks, lr_transfer_figure, readable_log_axes,
+                              tick_label_problems)
 from analysis.fit import (HUBER_SCALE, _bounds, _fit_point, _huber, _huber_gauss_newton, _model_log,
-                          fit_scaling)
-from analysis.frontier import compute_frontier, usable_points
+                          backtest_largest, fit_law, fit_scaling)
+from analysis.frontier import compute_frontier, under_trained_sizes, usable_points
 from analysis.paper import (CONVENTION, PAPER_LAW, fit_paper, implied_flops_per_mac, paper_points,
                             train_flops_per_image)
 
@@ -165,3 +166,109 @@ def test_paper_points_compute_and_fit():
 ])
 def test_log_ticks_are_readable(lo, hi, expected):
     assert log_ticks(lo, hi) == pytest.approx(expected)
+
+
+# ---- cross-size laws: refusal, backtest, under-trained sizes; tick labels -------------------------
+
+def learning_curves(sizes: dict[str, float], fd_of_c, n: int = 4) -> pd.DataFrame:
+    """Each size trains up to its budget (FLOPs), evaluated at n geometrically spaced points."""
+    rows = [{"size": s, "train_flops": c, "fd": fd_of_c(c)}
+            for s, budget in sizes.items() for c in np.geomspace(budget / 8, budget, n)]
+    return pd.DataFrame(rows)
+
+
+def test_law_from_two_sizes_is_refused_as_a_learning_curve():
+    pts = learning_curves({"w16": 1e12, "w32": 4e12}, lambda c: 100 * (c / 1e12) ** -0.5)
+    fit = fit_law(compute_frontier(pts), "power", n_boot=0)
+    assert not fit.ok and fit.alpha is None
+    assert fit.reason == ("no cross-size law: the compute frontier holds 2 size(s) (w16, w32); it "
+                          "shows the learning curve of w16, w32, not a scaling law across sizes "
+                          "(need at least 3 sizes on the frontier)")
+    three = learning_curves({"w16": 1e12, "w32": 4e12, "w64": 1.6e13}, lambda c: 100 * (c / 1e12) ** -0.5)
+    assert fit_law(compute_frontier(three), "power", n_boot=0).alpha.value == pytest.approx(0.5)
+
+
+def test_backtest_error_on_a_constructed_example():
+    law = lambda c: 100 * (c / 1e12) ** -0.5  # noqa: E731
+    budgets = {"w16": 1e12, "w32": 4e12, "w64": 1.6e13, "w128": 6.4e13}
+    pts = learning_curves(budgets, law)
+    # the largest size reaches only 1.25 x the law's FD: the law promises 20% less than it got
+    big = pts["size"] == "w128"
+    pts.loc[big, "fd"] = pts.loc[big, "fd"] * 1.25
+    bt = backtest_largest(pts, list(budgets), budgets, "power", n_boot=200)
+    assert bt.ok and bt.held_out == "w128" and bt.compute == 6.4e13
+    assert bt.predicted.value == pytest.approx(law(6.4e13), rel=1e-6)   # 12.5
+    assert bt.observed == pytest.approx(1.25 * 12.5) and bt.error == pytest.approx(-0.2, abs=1e-6)
+    assert bt.covered is False and "error -20%" in str(bt)
+    # with 3 sizes the law without the largest rests on 2: no backtest, hence no prediction
+    three = {k: budgets[k] for k in ("w16", "w32", "w64")}
+    no = backtest_largest(learning_curves(three, law), list(three), three, "power", n_boot=0)
+    assert not no.ok and "law without w64" in no.reason and "2 size(s) (w16, w32)" in no.reason
+
+
+def test_a_larger_size_worse_than_a_smaller_one_is_under_trained():
+    best = pd.DataFrame({"size": ["w16", "w32", "w64", "w32-d8"], "g_width": [16, 32, 64, 32],
+                         "g_depth": [4, 4, 4, 8], "best_fd": [900.0, 700.0, 800.0, 650.0]})
+    assert under_trained_sizes(best) == {"w64": "w32"}
+    best.loc[3, "best_fd"] = 950.0  # deeper w32 worse than both w16 and w32: named after the best
+    assert under_trained_sizes(best) == {"w64": "w32", "w32-d8": "w32"}
+
+
+def flat_transfer():
+    """A rule whose best LR is the same at every width (the 'transfers' outcome)."""
+    from analysis.transfer import fit_rule
+    rows = [{"width": w, "base_lr": lr, "seed": s, "common_iter": 100,
+             "score": 5.0 + 0.5 * np.log(lr / 8e-3) ** 2 + 0.01 * ((s + w + 7 * i) % 3 - 1)}
+            for w in (16, 32, 64) for i, lr in enumerate((2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2))
+            for s in range(3)]
+    return {"gat": fit_rule(pd.DataFrame(rows), "gat", n_boot=100)}
+
+
+def test_best_lr_panel_keeps_readable_tick_labels_when_every_width_has_the_same_best_lr():
+    transfer = flat_transfer()
+    assert transfer["gat"].transfers is True
+    fig = lr_transfer_figure(transfer)
+    declutter_ticks(fig)
+    assert tick_label_problems(fig) == []
+    panel = fig.axes[-1]
+    labels = [t.get_text() for t in panel.get_yticklabels() if t.get_text()]
+    lo, hi = panel.get_ylim()
+    assert len(labels) >= 3 and lo <= 2e-3 and hi >= 3.2e-2   # the whole LR grid is shown
+    # a degenerate range (all points equal) is widened so that ticks exist
+    assert log_ticks(0.016 / np.sqrt(2), 0.016 * np.sqrt(2))
+
+
+def test_dense_log_tick_labels_are_thinned_until_they_do_not_overlap():
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(2.0, 1.2))
+    ax = fig.subplots()
+    ax.plot([1e10, 1e19], [1, 2])
+    ax.set_xscale("log")
+    readable_log_axes(ax, y=False)
+    assert tick_label_problems(fig)          # 5 labels such as 1e+12 do not fit in 2 inches
+    declutter_ticks(fig)
+    assert tick_label_problems(fig) == [] and len([t for t in ax.get_xticklabels() if t.get_text()]) >= 2
+
+
+def test_fitted_line_spans_the_fitted_compute_only(tmp_path):
+    pts = learning_curves({"w16": 1e12, "w32": 4e12, "w64": 1.6e13}, lambda c: 100 * (c / 1e12) ** -0.5)
+    pts["fd"] *= np.exp(np.random.default_rng(0).normal(0, 0.02, len(pts)))
+    front = compute_frontier(pts)
+    fits = {"power": fit_law(front, "power", n_boot=100)}
+    from analysis import figures
+    from matplotlib.figure import Figure
+    captured = {}
+    original = Figure.savefig
+    def grab(self, *a, **k):  # noqa: E306
+        captured["fig"] = self
+        return original(self, *a, **k)
+    Figure.savefig = grab
+    try:
+        figures.fd_vs_compute(pts, front, fits, figures.size_colours(pd.DataFrame(
+            {"size": ["w16", "w32", "w64"], "g_width": [16, 32, 64], "g_depth": [4, 4, 4]})),
+            "eval/fd", tmp_path / "f.png")
+    finally:
+        Figure.savefig = original
+    line = next(l for l in captured["fig"].axes[0].get_lines() if l.get_label().startswith("A C^-alpha"))
+    x = line.get_xdata()
+    assert x.min() == pytest.approx(front["train_flops"].min()) and x.max() == pytest.approx(front["train_flops"].max())
