@@ -15,12 +15,13 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedFormatter, FixedLocator, MaxNLocator, NullFormatter
 
-from analysis.fit import ScalingFit
-from analysis.transfer import RuleTransfer
+from analysis.fit import Estimate, ScalingFit
+from analysis.transfer import SCORE_EVALS, RuleTransfer
 
 DPI = 110
 RULE_COLOURS = {"constant": "tab:red", "gat": "tab:blue", "mup": "tab:green"}
@@ -60,18 +61,83 @@ def log_ticks(lo: float, hi: float) -> list[float]:
     return ticks
 
 
+MIN_LOG_RANGE = 2.0
+"""Smallest hi/lo ratio a log axis is given: a narrower range (e.g. every width has the same best
+LR, so all points coincide) is widened about its geometric centre, so ticks exist."""
+
+
 def readable_log_axes(ax: Axes, x: bool = True, y: bool = True) -> None:
-    """Give the log-scaled axes of ``ax`` explicit ticks from :func:`log_ticks` (call after plotting)."""
+    """Give the log-scaled axes of ``ax`` explicit ticks from :func:`log_ticks` (call after plotting).
+
+    An axis whose range spans less than a factor ``MIN_LOG_RANGE`` is first widened to that factor
+    about its geometric centre (a degenerate range would have no tick at all).
+    """
     for use, axis, get, set_ in ((x, ax.xaxis, ax.get_xlim, ax.set_xlim),
                                  (y, ax.yaxis, ax.get_ylim, ax.set_ylim)):
         if not use or axis.get_scale() != "log":
             continue
         lo, hi = sorted(get())
+        if not (lo > 0 and hi / lo >= MIN_LOG_RANGE):
+            centre = np.sqrt(lo * hi) if lo > 0 else max(hi, 1e-12)
+            lo, hi = centre / np.sqrt(MIN_LOG_RANGE), centre * np.sqrt(MIN_LOG_RANGE)
         ticks = log_ticks(lo, hi)
         axis.set_major_locator(FixedLocator(ticks))
         axis.set_major_formatter(FixedFormatter([_tick_label(t) for t in ticks]))
         axis.set_minor_formatter(NullFormatter())
         set_(lo, hi)
+
+
+def _labels(axis) -> list:
+    """Visible, non-empty major tick labels of ``axis`` inside its axes' view (after a draw)."""
+    lo, hi = sorted(axis.get_view_interval())
+    return [t.label1 for t in axis.get_major_ticks()
+            if t.label1.get_visible() and t.label1.get_text() and lo <= t.get_loc() <= hi]
+
+
+def _overlaps(labels: list, renderer) -> bool:
+    boxes = [lab.get_window_extent(renderer) for lab in labels]
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def tick_label_problems(fig: Figure) -> list[str]:
+    """Draw ``fig`` and list its tick-label problems: a log axis with no labelled tick, or two
+    labels of one axis that overlap. Empty when the figure reads cleanly (the figures here
+    guarantee that; tests check it)."""
+    renderer = _renderer(fig)
+    problems = []
+    for k, ax in enumerate(fig.axes):
+        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            if not axis.get_visible() or not ax.axison:
+                continue
+            labels = _labels(axis)
+            if axis.get_scale() == "log" and not labels:
+                problems.append(f"axes {k} {name}: no tick label")
+            if _overlaps(labels, renderer):
+                problems.append(f"axes {k} {name}: overlapping tick labels "
+                                f"{[lab.get_text() for lab in labels]}")
+    return problems
+
+
+def _renderer(fig: Figure):
+    if fig.canvas is None or not hasattr(fig.canvas, "get_renderer"):
+        FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
+def declutter_ticks(fig: Figure) -> None:
+    """Thin the explicit (FixedLocator) ticks of every axis whose labels overlap, keeping every
+    second one (the lowest kept) until none overlap."""
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            locator, formatter = axis.get_major_locator(), axis.get_major_formatter()
+            if not isinstance(locator, FixedLocator) or not isinstance(formatter, FixedFormatter):
+                continue
+            ticks, texts = list(locator.locs), list(formatter.seq)
+            while len(ticks) > 2 and _overlaps(_labels(axis), _renderer(fig)):
+                ticks, texts = ticks[::2], texts[::2]
+                axis.set_major_locator(FixedLocator(ticks))
+                axis.set_major_formatter(FixedFormatter(texts))
 
 
 def width_axis(ax: Axes, widths: list[int]) -> None:
@@ -92,16 +158,20 @@ def _save(fig: Figure, path: Path, notes: list[str] | None = None) -> Path:
     if notes:
         fig.text(0.01, 0.005, "\n".join(notes), fontsize=7, va="bottom", ha="left", wrap=True)
         fig.subplots_adjust(bottom=0.12 + 0.035 * len(notes))
+    declutter_ticks(fig)
     fig.savefig(path, dpi=DPI)
     return path
 
 
 def fd_vs_compute(points: pd.DataFrame, frontier: pd.DataFrame, fits: dict[str, ScalingFit],
                   colours: dict[str, tuple], metric_key: str, path: Path,
-                  c_next: float | None = None, notes: list[str] | None = None) -> Path:
+                  next_size: tuple[float, Estimate, str] | None = None,
+                  notes: list[str] | None = None) -> Path:
     """FD against cumulative training FLOPs, log-log: every usable evaluation (colour per size),
     the frontier, the primary fit (saturating if it succeeded, else the power law) with its 95%
-    bootstrap band, the other fit dashed grey, and the extrapolation up to ``c_next`` dashed."""
+    bootstrap band and the other fit dashed grey, each drawn over the compute span it was fitted
+    to only; ``next_size`` = (compute, predicted FD, backtest text) adds the next size's
+    prediction, which the report passes only with a successful backtest."""
     fig = Figure(figsize=(7.5, 5.2))
     ax = fig.subplots()
     if points.empty:
@@ -114,37 +184,36 @@ def fd_vs_compute(points: pd.DataFrame, frontier: pd.DataFrame, fits: dict[str, 
                        label=f"size {size}")
     ax.plot(frontier["train_flops"], frontier["fd"], "k.-", lw=1, ms=7, label="frontier")
     primary = next((f for f in (fits.get("saturating"), fits.get("power")) if f and f.ok), None)
-    c_lo, c_hi = points["train_flops"].min(), points["train_flops"].max()
-    c_end = max(c_hi, c_next or c_hi)
-    grid = np.geomspace(c_lo, c_end, 200)
-    inside = grid <= c_hi
     for fit in (f for f in fits.values() if f.ok):
         is_primary = fit is primary
         colour = "tab:purple" if is_primary else "grey"
         label = (f"{_FIT_LABEL[fit.model]}: alpha {fit.alpha}" + (f", E {fit.E.value:.3g}"
                  if fit.model == "saturating" else ""))
-        pred = fit.predict(grid)
-        ax.plot(grid[inside], pred[inside], color=colour, lw=2 if is_primary else 1,
+        grid = np.geomspace(*fit.c_range, 200)
+        ax.plot(grid, fit.predict(grid), color=colour, lw=2 if is_primary else 1,
                 ls="-" if is_primary else "--", label=label)
-        ax.plot(grid[~inside], pred[~inside], color=colour, lw=2 if is_primary else 1, ls=":")
         band = fit.predict_interval(grid) if is_primary else None
         if band is not None:
             ax.fill_between(grid, band[0], band[1], color=colour, alpha=0.15, lw=0,
                             label="95% bootstrap band")
-    if primary is not None and c_next is not None and c_next > c_hi:
-        est = primary.predict_estimate(c_next)
+    if primary is not None and next_size is not None:
+        c_next, est, backtest = next_size
         yerr = None if est.lo is None else [[est.value - est.lo], [est.hi - est.value]]
         ax.errorbar([c_next], [est.value], yerr=yerr, fmt="D", color="tab:purple", capsize=4,
-                    label=f"next size (predicted) {est}")
+                    label=f"next size (predicted, not drawn as a line) {est}")
+        fig.text(0.01, 0.995, backtest, fontsize=7, va="top", ha="left", wrap=True)
+    if not any(f.ok for f in fits.values()):
+        reason = next(iter(fits.values())).reason if fits else "no fit"
+        ax.text(0.02, 0.02, reason, transform=ax.transAxes, fontsize=7, va="bottom", wrap=True)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("training compute C (FLOPs, cumulative)")
     ax.set_ylabel(metric_key)
-    ax.set_title("FD vs training compute (dotted: extrapolation)")
+    ax.set_title("FD vs training compute (fits drawn over their fitted span)")
     ax.grid(True, which="major", alpha=0.3)
     readable_log_axes(ax)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96) if next_size is not None else (0, 0, 1, 1))
     return _save(fig, path, notes)
 
 
@@ -153,8 +222,9 @@ _FIT_LABEL = {"saturating": "E + A C^-alpha", "power": "A C^-alpha"}
 
 def fd_vs_kimg(points: pd.DataFrame, trials: pd.DataFrame, colours: dict[str, tuple],
                metric_key: str, path: Path) -> Path:
-    """FD against kimg, one line per trial (colour per size), one panel per LR rule;
-    the last evaluation of a diverged trial is an x, of a running trial an open circle."""
+    """FD against kimg, one line per trial through every one of its evaluations (a dot each;
+    colour per size), one panel per LR rule; the last evaluation of a diverged trial is an x, of a
+    running trial an open circle."""
     rules = sorted(trials["lr_rule"].dropna().unique()) if len(trials) else []
     fig = Figure(figsize=(5 * max(len(rules), 1), 4.2))
     axes = fig.subplots(1, max(len(rules), 1), squeeze=False, sharey=True)
@@ -168,7 +238,7 @@ def fd_vs_kimg(points: pd.DataFrame, trials: pd.DataFrame, colours: dict[str, tu
             if pts.empty:
                 continue
             colour = colours.get(trial.size, "grey")
-            ax.plot(pts["kimg"], pts["fd"], "-", color=colour, lw=1, alpha=0.8)
+            ax.plot(pts["kimg"], pts["fd"], ".-", color=colour, lw=1, ms=3, alpha=0.8)
             marker = {"diverged": "x", "running": "o"}.get(trial.status)
             if marker:
                 ax.plot(pts["kimg"].iloc[-1], pts["fd"].iloc[-1], marker, color=colour,
@@ -187,13 +257,13 @@ def fd_vs_kimg(points: pd.DataFrame, trials: pd.DataFrame, colours: dict[str, tu
     return _save(fig, path)
 
 
-def lr_transfer(transfer: dict[str, RuleTransfer], path: Path) -> Path:
-    """Per rule: FD against base LR, one line per width, the interpolated best LR dashed and
-    diverged LRs as x at the top; last panel: log best LR against log width with the OLS line."""
+def lr_transfer_figure(transfer: dict[str, RuleTransfer]) -> Figure:
+    """The LR-transfer figure (see :func:`lr_transfer`), not yet saved."""
     rules = list(transfer)
-    fig = Figure(figsize=(4.6 * (len(rules) + 1), 4.2))
+    fig = Figure(figsize=(4.6 * (len(rules) + 1), 4.4))
     axes = fig.subplots(1, len(rules) + 1, squeeze=False)
     widths = sorted({o.width for r in transfer.values() for o in r.optima})
+    all_lrs = [lr for r in transfer.values() for o in r.optima for lr in o.lrs]
     cmap = matplotlib.colormaps["plasma"]
     wcol = {w: cmap(0.85 * i / max(len(widths) - 1, 1)) for i, w in enumerate(widths)}
     for ax, rule in zip(axes[0], rules):
@@ -204,15 +274,21 @@ def lr_transfer(transfer: dict[str, RuleTransfer], path: Path) -> Path:
         for o in res.optima:
             lrs, scores = np.array(o.lrs), np.array(o.scores)
             ok = np.isfinite(scores)
-            ax.plot(lrs[ok], scores[ok], "o-", color=wcol[o.width], ms=4, label=f"width {o.width}")
-            if (~ok).any():  # diverged LRs: an x near the top of the panel
-                ax.plot(lrs[~ok], np.full((~ok).sum(), 0.96), "x", color=wcol[o.width], ms=9, mew=2,
-                        transform=ax.get_xaxis_transform())
-            ax.axvline(o.best_lr, color=wcol[o.width], ls="--", lw=1)
+            ax.plot(lrs[ok], scores[ok], "o", color=wcol[o.width], ms=4, label=f"width {o.width}")
+            if o.diverged_lrs:  # diverged LRs: an x near the top of the panel
+                ax.plot(o.diverged_lrs, np.full(len(o.diverged_lrs), 0.96), "x", color=wcol[o.width],
+                        ms=9, mew=2, transform=ax.get_xaxis_transform())
+            if res.valley is not None and res.valley.curvature > 0 and o.width in res.valley.widths:
+                grid = np.geomspace(lrs[ok].min(), lrs[ok].max(), 60) if ok.any() else lrs
+                ax.plot(grid, np.exp(res.valley.log_fd(o.width, grid)), "-", color=wcol[o.width], lw=1)
+            if o.best_lr is not None:
+                ax.axvline(o.best_lr.value, color=wcol[o.width], ls="--", lw=1)
+                if o.best_lr.lo is not None:
+                    ax.axvspan(o.best_lr.lo, o.best_lr.hi, color=wcol[o.width], alpha=0.12, lw=0)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("base LR")
-        ax.set_ylabel("FD at common progress")
+        ax.set_ylabel(f"FD (mean log of last {SCORE_EVALS} evals; geo. mean over seeds)", fontsize=8)
         word = {True: "transfers", False: "does not transfer", None: "inconclusive"}[res.transfers]
         ax.set_title(f"{rule}: {word}", fontsize=10)
         ax.grid(True, alpha=0.3)
@@ -221,29 +297,44 @@ def lr_transfer(transfer: dict[str, RuleTransfer], path: Path) -> Path:
     ax = axes[0, -1]
     drawn = False
     for rule, res in transfer.items():
-        if len(res.optima) < 2:
+        opt = [o for o in res.optima if o.best_lr is not None]
+        if len(opt) < 2 or res.valley is None:
             continue
-        w = np.array([o.width for o in res.optima], float)
-        lr = np.array([o.best_lr for o in res.optima])
+        w = np.array([o.width for o in opt], float)
+        lr = np.array([o.best_lr.value for o in opt])
         colour = RULE_COLOURS.get(rule, "k")
-        ci = "" if res.slope_ci is None else f" [{res.slope_ci[0]:.2f}, {res.slope_ci[1]:.2f}]"
-        ax.plot(w, lr, "o", color=colour, label=f"{rule}: slope {res.slope:.2f}{ci}")
-        line = np.exp(np.polyval(np.polyfit(np.log(w), np.log(lr), 1), np.log(w)))
+        has_ci = all(o.best_lr.lo is not None for o in opt)
+        yerr = ([lr - [o.best_lr.lo for o in opt], [o.best_lr.hi for o in opt] - lr] if has_ci else None)
+        shift = res.shift
+        label = (f"{rule}: x{np.exp(shift.value):.2f}" + (f" [x{np.exp(shift.lo):.2f}, x{np.exp(shift.hi):.2f}]"
+                 if shift.lo is not None else " (no interval)") + " over widths")
+        ax.errorbar(w, lr, yerr=yerr, fmt="o", color=colour, capsize=3, label=label)
+        line = np.exp(res.valley.v0 + res.valley.b * np.log(w / res.valley.w_ref))
         ax.plot(w, line, "-", color=colour, lw=1)
         drawn = True
     if drawn:
         ax.set_yscale("log")
+        if all_lrs:  # show the whole LR grid, so a flat line (transfers) still has ticks
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(min(lo, min(all_lrs) / 1.2), max(hi, max(all_lrs) * 1.2))
         readable_log_axes(ax, x=False)
         width_axis(ax, widths)
         ax.set_xlabel("width")
-        ax.set_ylabel("best base LR")
-        ax.set_title("best LR vs width (slope 0 = transfers)", fontsize=10)
+        ax.set_ylabel("best base LR (fitted, 95% interval)")
+        ax.set_title("best LR vs width (flat = transfers; tolerance x2)", fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     else:
-        _empty(ax, "best LRs at fewer than 2 widths")
+        _empty(ax, "no fitted optimum at 2 or more widths")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def lr_transfer(transfer: dict[str, RuleTransfer], path: Path) -> Path:
+    """Per rule: FD against base LR (one colour per width; points: per-LR scores, line: the
+    fitted valley model, dashed: the fitted optimum with its 95% band, x: diverged LRs); last
+    panel: fitted best base LR against width with intervals and the fitted line per rule."""
+    return _save(lr_transfer_figure(transfer), path)
 
 
 def diagnostics(trials: pd.DataFrame, path: Path) -> Path:

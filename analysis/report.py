@@ -18,6 +18,7 @@ import datetime as dt
 import html
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,15 +26,16 @@ import numpy as np
 import pandas as pd
 
 from analysis import figures
-from analysis.fit import ScalingFit, fit_scaling
-from analysis.frontier import EXCLUDED_STATUSES, compute_frontier, usable_points
+from analysis.fit import Backtest, Estimate, ScalingFit, backtest_largest, fit_law
+from analysis.frontier import (EXCLUDED_STATUSES, compute_frontier, frontier_sizes, under_trained_sizes,
+                               usable_points)
 from analysis.paper import PAPER_LAW
-from analysis.runs import STATUSES, SweepRuns, last_sample_grid, load_sweep
-from analysis.transfer import RuleTransfer, analyse_transfer
+from analysis.runs import STATUSES, SweepRuns, last_sample_grid, load_sweep, trained_as
+from analysis.transfer import SCORE_EVALS, RuleTransfer, analyse_transfer
 
 MODELS = ("saturating", "power")
 SUMMARY_COLUMNS = ("size", "width", "depth", "trials", "finished", "running", "diverged", "failed",
-                   "best FD", "best trial", "at kimg", "at FLOPs")
+                   "best FD", "best trial", "at kimg", "at FLOPs", "flag")
 """Keys of every ``ReportResult.summary_rows`` entry (all values are strings)."""
 
 
@@ -68,7 +70,8 @@ def make_report(sweep: str, tracking_uri: str, out_dir: Path, *, target_fd: floa
     and write the report files into ``out_dir`` (created if needed).
 
     ``target_fd``: FD whose required compute is reported (default: half the best FD observed).
-    ``n_boot``/``seed``: bootstrap resamples and seed of the fit intervals.
+    ``n_boot``/``seed``: bootstrap resamples and seed of the fit intervals and of the LR-transfer
+    bootstrap over seeds.
     Raises ``analysis.runs.SweepNotFound`` (a ValueError naming the sweeps that exist) when the
     sweep or the sqlite database does not exist.
     """
@@ -76,34 +79,55 @@ def make_report(sweep: str, tracking_uri: str, out_dir: Path, *, target_fd: floa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     notes = list(runs.notes)
+    trials = runs.trials
     metric_key = runs.metric_key or "no FD/FID logged yet"
     points = runs.points[runs.points["metric_key"] == metric_key]
     usable, dropped = usable_points(runs.points, metric_key)
+    source = trained_as(trials)
+    copies = trials.loc[source != trials["trial"], "run_id"]
+    if usable["run_id"].isin(copies).any():
+        usable = usable[~usable["run_id"].isin(copies)]
+        dropped.append(f"{len(copies)} copied trial(s) (tag gat_sweep.same_as) repeat another trial's "
+                       "training: their evaluations enter the compute fits once, as the trained run's")
     notes += dropped
     front = compute_frontier(usable)
-    fits = {m: fit_scaling(front["train_flops"], front["fd"], m, c_unit="FLOPs", n_boot=n_boot,
-                           seed=seed) for m in MODELS}
+    fits = {m: fit_law(front, m, c_unit="FLOPs", n_boot=n_boot, seed=seed) for m in MODELS}
     notes += [f"{m} fit: {n}" for m, f in fits.items() for n in f.notes]
     best_fd = float(usable["fd"].min()) if len(usable) else None
     target = target_fd if target_fd is not None else (best_fd / 2 if best_fd else None)
-    c_next, next_note = _next_size_compute(runs.trials)
-    if next_note:
+    budgets = _size_budgets(trials)
+    order = [s for s in _size_order(trials) if s in set(usable["size"])]
+    backtests = {m: backtest_largest(usable, order, budgets, m, n_boot=n_boot, seed=seed)
+                 for m, f in fits.items() if f.ok}
+    c_next, next_note = _next_size_compute(budgets, order)
+    if next_note and backtests:
         notes.append(next_note)
-    transfer = analyse_transfer(points, runs.trials)
+    best = _best_per_size(trials, source)
+    under = under_trained_sizes(best)
+    for size, smaller in under.items():
+        fd_big = float(best.loc[best["size"] == size, "best_fd"].iloc[0])
+        fd_small = float(best.loc[best["size"] == smaller, "best_fd"].iloc[0])
+        notes.append(f"{size} is under-trained: its best FD {fd_big:.4g} is worse than the smaller "
+                     f"{smaller}'s {fd_small:.4g} (train it longer or tune its LR; its points measure "
+                     "training, not scale)")
+    transfer = analyse_transfer(points, trials, n_boot=n_boot, seed=seed)
 
-    colours = figures.size_colours(runs.trials)
+    colours = figures.size_colours(trials)
+    shown_next = _shown_next(fits, backtests, c_next)
+    grids = _best_grids(runs, best, points, out_dir / "samples")
     figs = {
         "fd_vs_compute": figures.fd_vs_compute(usable, front, fits, colours, metric_key,
-                                               out_dir / "fd_vs_compute.png", c_next, dropped),
-        "fd_vs_kimg": figures.fd_vs_kimg(points, runs.trials, colours, metric_key,
+                                               out_dir / "fd_vs_compute.png", shown_next, dropped),
+        "fd_vs_kimg": figures.fd_vs_kimg(points, trials, colours, metric_key,
                                          out_dir / "fd_vs_kimg.png"),
         "lr_transfer": figures.lr_transfer(transfer, out_dir / "lr_transfer.png"),
-        "diagnostics": figures.diagnostics(runs.trials, out_dir / "diagnostics.png"),
-        "samples": figures.sample_grids(_best_grids(runs, out_dir / "samples"),
-                                        out_dir / "samples.png"),
+        "diagnostics": figures.diagnostics(trials, out_dir / "diagnostics.png"),
+        "samples": figures.sample_grids(grids, out_dir / "samples.png"),
     }
-    rows = _summary_rows(runs.trials)
-    values = _fitted_values(runs, metric_key, front, fits, target, c_next, transfer, notes)
+    rows = _summary_rows(trials, best, under)
+    values = _fitted_values(runs, metric_key, front, fits, backtests, target, c_next, transfer,
+                            best, under, notes)
+    values["sample_grids"] = [caption for caption, _ in grids]
     json_path = out_dir / "fits.json"
     json_path.write_text(json.dumps(_no_nan(values), indent=2, allow_nan=False))
     csv_path = runs.to_csv(out_dir / "runs.csv")
@@ -119,34 +143,87 @@ def _size_order(trials: pd.DataFrame) -> list[str]:
     return trials.sort_values(["g_width", "g_depth"])["size"].drop_duplicates().tolist()
 
 
-def _next_size_compute(trials: pd.DataFrame) -> tuple[float | None, str | None]:
-    """Planned training compute of the next larger size, continuing the sweep's geometric
-    progression: c_next = c_last**2 / c_prev, where c of a size is the median planned compute of
-    its trials (``compute.flops_per_iter`` x ``iterations``, else the last logged compute)."""
+def _size_budgets(trials: pd.DataFrame) -> dict[str, float]:
+    """Planned training compute per size (FLOPs): the median over its trials of
+    ``compute.flops_per_iter`` x ``iterations``, else of the last logged compute."""
     if trials.empty:
-        return None, None
+        return {}
     planned = trials["flops_per_iter"].astype(float) * trials["iterations"].astype(float)
     budget = planned.where(np.isfinite(planned), trials["last_train_flops"].astype(float))
     per_size = budget.groupby(trials["size"]).median()
-    order = [s for s in _size_order(trials) if np.isfinite(per_size.get(s, np.nan))]
-    if len(order) < 2:
+    return {str(s): float(v) for s, v in per_size.items() if np.isfinite(v)}
+
+
+def _next_size_compute(budgets: dict[str, float], order: list[str]) -> tuple[float | None, str | None]:
+    """Planned training compute of the next larger size, continuing the sweep's geometric
+    progression: c_next = c_last**2 / c_prev over the sizes ``order`` (smallest first)."""
+    known = [s for s in order if s in budgets]
+    if len(known) < 2:
         return None, "no next-size prediction: compute budgets known for fewer than 2 sizes"
-    prev, last = per_size[order[-2]], per_size[order[-1]]
+    prev, last = budgets[known[-2]], budgets[known[-1]]
     if not last > prev > 0:
         return None, "no next-size prediction: the largest size does not use more compute"
     return float(last**2 / prev), None
 
 
-def _best_grids(runs: SweepRuns, dst: Path) -> list[tuple[str, Path]]:
-    """Last sample grid of the best (lowest best FD, not diverged/failed) trial of each size."""
-    ok = runs.trials[~runs.trials["status"].isin(EXCLUDED_STATUSES)
-                     & np.isfinite(runs.trials["best_fd"].astype(float))]
-    grids = []
+def _shown_next(fits: dict[str, ScalingFit], backtests: dict[str, Backtest], c_next: float | None
+                ) -> tuple[float, Estimate, str] | None:
+    """(compute, predicted FD, backtest text) of the primary fit's next-size prediction, only when
+    that fit's backtest succeeded."""
+    primary = next((m for m in MODELS if fits[m].ok), None)
+    if primary is None or c_next is None or not backtests[primary].ok:
+        return None
+    return c_next, fits[primary].predict_estimate(c_next), str(backtests[primary])
+
+
+def _best_per_size(trials: pd.DataFrame, source: pd.Series) -> pd.DataFrame:
+    """One row per size: the trained run behind its lowest best FD (never a copy), with the LR
+    rules that training stands for. Columns: size, g_width, g_depth, best_fd, best_iter, trial,
+    run_id, rules, batch, flops_per_iter."""
+    columns = ["size", "g_width", "g_depth", "best_fd", "best_iter", "trial", "run_id", "rules",
+               "batch", "flops_per_iter"]
+    ok = trials[~trials["status"].isin(EXCLUDED_STATUSES)
+                & np.isfinite(trials["best_fd"].astype(float))].copy()
+    ok["trained"] = source.loc[ok.index]
+    ok["is_copy"] = ok["trained"] != ok["trial"]
+    rows = []
     for size in _size_order(ok):
-        best = ok[ok["size"] == size].sort_values("best_fd").iloc[0]
-        path = last_sample_grid(runs.tracking_uri, best["run_id"], dst / str(best["trial"]).replace("/", "_"))
+        pick = ok[ok["size"] == size].sort_values(["best_fd", "is_copy"]).iloc[0]
+        trained = trials[trials["trial"] == pick["trained"]].iloc[0]
+        rules = sorted(trials.loc[source == pick["trained"], "lr_rule"].dropna().unique().tolist())
+        rows.append({"size": size, "g_width": trained["g_width"], "g_depth": trained["g_depth"],
+                     "best_fd": float(pick["best_fd"]), "best_iter": trained["best_iter"],
+                     "trial": str(trained["trial"]), "run_id": trained["run_id"],
+                     "rules": ", ".join(rules), "batch": trained["batch"],
+                     "flops_per_iter": trained["flops_per_iter"]})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _grid_caption(size: str, trial: str, rules: str, path: Path, points: pd.DataFrame,
+                  run_id: str, best_fd: float) -> str:
+    """Caption of a sample grid: the trial, the rules it stands for, the iteration of the grid
+    (from its file name ``iter_<n>.png``) and the FD at that iteration (the latest evaluation at
+    or before it)."""
+    match = re.search(r"(\d+)$", path.stem)
+    head = f"{size}: {trial}" + (f"\n(trained once for rules {rules})" if "," in rules else "")
+    if match is None:
+        return f"{head}\ngrid {path.stem}; best FD {best_fd:.3g}"
+    it = int(match.group(1))
+    evals = points[(points["run_id"] == run_id) & (points["iter"] <= it)].sort_values("iter")
+    fd = f"FD {evals['fd'].iloc[-1]:.3g}" if len(evals) else "no FD logged yet"
+    if len(evals) and int(evals["iter"].iloc[-1]) != it:
+        fd += f" (at iter {int(evals['iter'].iloc[-1])})"
+    return f"{head}\ngrid at iter {it}: {fd}; best FD {best_fd:.3g}"
+
+
+def _best_grids(runs: SweepRuns, best: pd.DataFrame, points: pd.DataFrame, dst: Path
+                ) -> list[tuple[str, Path]]:
+    """Last sample grid of each size's best trained run (``_best_per_size``), captioned."""
+    grids = []
+    for r in best.itertuples():
+        path = last_sample_grid(runs.tracking_uri, r.run_id, dst / str(r.trial).replace("/", "_"))
         if path is not None:
-            grids.append((f"{size}: {best['trial']}\nbest FD {best['best_fd']:.3g}, {path.stem}", path))
+            grids.append((_grid_caption(r.size, r.trial, r.rules, path, points, r.run_id, r.best_fd), path))
     return grids
 
 
@@ -156,29 +233,30 @@ def _fmt(v, spec: str = ".3g") -> str:
     return format(v, spec)
 
 
-def _summary_rows(trials: pd.DataFrame) -> list[dict[str, str]]:
+def _summary_rows(trials: pd.DataFrame, best: pd.DataFrame, under: dict[str, str]) -> list[dict[str, str]]:
     rows = []
+    by_size = best.set_index("size") if len(best) else best
     for size in _size_order(trials):
         group = trials[trials["size"] == size]
         counts = group["status"].value_counts()
-        scored = group[np.isfinite(group["best_fd"].astype(float))
-                       & ~group["status"].isin(EXCLUDED_STATUSES)]
-        best = scored.sort_values("best_fd").iloc[0] if len(scored) else None
-        at = None if best is None else (best["best_iter"] * best["batch"] / 1000.0)
-        flops = None if best is None else best["best_iter"] * best["flops_per_iter"]
+        b = by_size.loc[size] if size in by_size.index else None
+        at = None if b is None else (b["best_iter"] * b["batch"] / 1000.0)
+        flops = None if b is None else b["best_iter"] * b["flops_per_iter"]
+        trial = "-" if b is None else str(b["trial"]) + (f" (rules {b['rules']})" if "," in b["rules"] else "")
         rows.append({
             "size": str(size), "width": _fmt(group["g_width"].iloc[0], "g"),
             "depth": _fmt(group["g_depth"].iloc[0], "g"), "trials": str(len(group)),
             **{s: str(int(counts.get(s, 0))) for s in STATUSES},
-            "best FD": _fmt(None if best is None else float(best["best_fd"])),
-            "best trial": "-" if best is None else str(best["trial"]),
-            "at kimg": _fmt(at, "g"), "at FLOPs": _fmt(flops, ".3g"),
+            "best FD": _fmt(None if b is None else float(b["best_fd"])),
+            "best trial": trial, "at kimg": _fmt(at, "g"), "at FLOPs": _fmt(flops, ".3g"),
+            "flag": f"under-trained (worse than {under[size]})" if size in under else "",
         })
     return [{k: r[k] for k in SUMMARY_COLUMNS} for r in rows]
 
 
 def _fitted_values(runs: SweepRuns, metric_key: str, front: pd.DataFrame, fits: dict[str, ScalingFit],
-                   target: float | None, c_next: float | None, transfer: dict[str, RuleTransfer],
+                   backtests: dict[str, Backtest], target: float | None, c_next: float | None,
+                   transfer: dict[str, RuleTransfer], best: pd.DataFrame, under: dict[str, str],
                    notes: list[str]) -> dict:
     """Everything fitted, as plain JSON types (the content of fits.json)."""
     trials = runs.trials
@@ -189,7 +267,9 @@ def _fitted_values(runs: SweepRuns, metric_key: str, front: pd.DataFrame, fits: 
             reach = fit.compute_for(target) if target else None
             entry["target_fd"] = target
             entry["compute_for_target"] = None if reach is None else reach.to_dict()
-            entry["next_size"] = (None if c_next is None else
+            bt = backtests[model]
+            entry["backtest"] = bt.to_dict()
+            entry["next_size"] = (None if c_next is None or not bt.ok else
                                   {"compute": c_next, "fd": fit.predict_estimate(c_next).to_dict()})
         fit_values[model] = entry
     return {
@@ -203,6 +283,10 @@ def _fitted_values(runs: SweepRuns, metric_key: str, front: pd.DataFrame, fits: 
         "frontier": [{"trial": r.trial, "size": r.size, "iter": int(r.iter), "kimg": float(r.kimg),
                       "train_flops": float(r.train_flops), "fd": float(r.fd)}
                      for r in front.itertuples()],
+        "frontier_sizes": frontier_sizes(front),
+        "best_per_size": [{"size": r.size, "trial": r.trial, "rules": r.rules.split(", "),
+                           "best_fd": r.best_fd, "under_trained_vs": under.get(r.size)}
+                          for r in best.itertuples()],
         "fits": fit_values,
         "lr_transfer": {rule: res.to_dict() for rule, res in transfer.items()},
         "paper_law": PAPER_LAW,
@@ -223,42 +307,72 @@ def _no_nan(obj):
     return obj
 
 
+def _est(d: dict, spec: str = ".4g") -> str:
+    if d["lo"] is None and d["hi"] is None:
+        return f"{format(d['value'], spec)} (no interval)"
+    lo = "-inf" if d["lo"] is None else format(d["lo"], spec)
+    hi = "inf" if d["hi"] is None else format(d["hi"], spec)
+    return f"{format(d['value'], spec)} [{lo}, {hi}]"
+
+
 def _fit_lines(values: dict) -> list[str]:
     lines = []
     for model, fit in values["fits"].items():
         if not fit["ok"]:
-            lines.append(fit["reason"])
+            if fit["reason"] not in lines:  # the same refusal for both models is said once
+                lines.append(fit["reason"])
             continue
-
-        def est(d: dict, spec: str = ".4g") -> str:
-            lo = "-inf" if d["lo"] is None else format(d["lo"], spec)
-            hi = "inf" if d["hi"] is None else format(d["hi"], spec)
-            return f"{format(d['value'], spec)} [{lo}, {hi}]"
-
-        text = f"{fit['formula']} (C in FLOPs, {fit['n_points']} frontier points): alpha {est(fit['alpha'])}"
+        text = f"{fit['formula']} (C in FLOPs, {fit['n_points']} frontier points): alpha {_est(fit['alpha'])}"
         if model == "saturating":
-            text += f", E {est(fit['E'])}"
-        text += f", A {est(fit['A'])}; R^2(log) {fit['r2_log']:.3f}, RMSE(log) {fit['rmse_log']:.3f}"
+            text += f", E {_est(fit['E'])}"
+        text += f", A {_est(fit['A'])}; R^2(log) {fit['r2_log']:.3f}, RMSE(log) {fit['rmse_log']:.3f}"
         if fit.get("target_fd") is not None:
             reach = fit["compute_for_target"]
             text += (f"; FD {fit['target_fd']:.3g} needs " +
-                     ("unreachable (below E)" if reach is None else f"{est(reach, '.3g')} FLOPs"))
+                     ("unreachable (below E)" if reach is None else f"{_est(reach, '.3g')} FLOPs"))
+        lines.append(text)
+        bt = fit["backtest"]
+        if not bt["ok"]:
+            line = f"  no next-size prediction: {bt['reason']}"
+            if line not in lines:
+                lines.append(line)
+            continue
+        inside = {True: "inside", False: "outside", None: "no"}[bt["covered"]]
+        lines.append(f"  backtest: fitted without {bt['held_out']}, predicted its best FD "
+                     f"{_est(bt['predicted'], '.3g')} at {bt['compute']:.3g} FLOPs; observed "
+                     f"{bt['observed']:.3g}: error {100 * bt['error']:+.0f}% ({inside} the interval)")
         if fit.get("next_size"):
             nxt = fit["next_size"]
-            text += f"; next size ({nxt['compute']:.3g} FLOPs): FD {est(nxt['fd'], '.3g')}"
-        lines.append(text)
+            lines.append(f"  next size ({nxt['compute']:.3g} FLOPs): FD {_est(nxt['fd'], '.3g')} "
+                         "(judge it by the backtest error above)")
     return lines
+
+
+def _transfer_lines(values: dict) -> list[str]:
+    out = []
+    for rule, t in values["lr_transfer"].items():
+        out.append(f"{rule}: {t['verdict']} - {t['expected']}")
+        opt = [f"{o['width']}: {_est(o['best_lr'], '.3g')}" + (" (outside the LRs tried)" if o["at_edge"] else "")
+               for o in t["optima"] if o["best_lr"] is not None]
+        if opt:
+            out.append(f"  best base LR per width: {'; '.join(opt)}")
+        failed = [f"{o['width']}: {', '.join(format(v, 'g') for v in o['diverged_lrs'])}"
+                  for o in t["optima"] if o["diverged_lrs"]]
+        if failed:
+            out.append(f"  diverged (excluded from the fit): {'; '.join(failed)}")
+    return out
 
 
 def _summary_text(runs: SweepRuns, rows: list[dict[str, str]], values: dict, notes: list[str]) -> str:
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) if rows else len(c) for c in SUMMARY_COLUMNS}
-    table = ["  ".join(c.ljust(widths[c]) for c in SUMMARY_COLUMNS)]
-    table += ["  ".join(r[c].ljust(widths[c]) for c in SUMMARY_COLUMNS) for r in rows]
+    table = ["  ".join(c.ljust(widths[c]) for c in SUMMARY_COLUMNS).rstrip()]
+    table += ["  ".join(r[c].ljust(widths[c]) for c in SUMMARY_COLUMNS).rstrip() for r in rows]
     out = [f"sweep {runs.sweep} - metric {values['metric_key']}", *table, "",
            "fits (95% bootstrap intervals):"]
     out += [f"  {line}" for line in _fit_lines(values)]
-    out += ["", "LR transfer (slope of log best LR vs log width):"]
-    out += [f"  {rule}: {t['verdict']} - {t['expected']}" for rule, t in values["lr_transfer"].items()]
+    out += ["", f"LR transfer (shift of the best base LR over the widths, 95% interval from a bootstrap "
+                f"over seeds; transfers if within x2; score: mean log FD of the last {SCORE_EVALS} evaluations):"]
+    out += [f"  {line}" for line in _transfer_lines(values)]
     if notes:
         out += ["", "notes:", *(f"  - {n}" for n in notes)]
     return "\n".join(out)
@@ -289,6 +403,7 @@ def _html(runs: SweepRuns, rows: list[dict[str, str]], values: dict, figs: dict[
                   f"samples: {esc(', '.join(map(str, values['eval_num_samples'])) or 'not logged')}); "
                   f"compute convention: {esc('; '.join(values['flops_convention']) or 'not logged')}")
     transfer_rows = [[rule, t["verdict"], t["expected"]] for rule, t in values["lr_transfer"].items()]
+    transfer_detail = "<br>".join(esc(line) for line in _transfer_lines(values) if line.startswith("  "))
     alphas = [f"{m}: alpha {f['alpha']['value']:.3f}" for m, f in values["fits"].items() if f["ok"]]
     paper = (f"The GAT paper reports FID ~ {PAPER_LAW['A']:.3g} C^-{PAPER_LAW['alpha']} (C in GFLOPs, "
              f"ImageNet-256, FID-50K); this sweep: {'; '.join(alphas) or 'no fit yet'}. "
@@ -307,9 +422,15 @@ def _html(runs: SweepRuns, rows: list[dict[str, str]], values: dict, figs: dict[
         f"<p>{esc(paper)}</p>",
         "<h2>Learning-rate transfer</h2>", _img(figs["lr_transfer"], "LR transfer"),
         _table(["rule", "verdict", "expectation"], transfer_rows),
+        f"<p>{transfer_detail}</p>" if transfer_detail else "",
+        f"<p>Model per rule: log FD = a_w + c (log lr - v0 - b log(w/w_ref))^2 fitted to every "
+        f"training; score = mean log FD of a trial's last {SCORE_EVALS} evaluations (diverged: "
+        "excluded, LR marked failed); interval: bootstrap over seeds with a small-sample t factor; "
+        "equivalence test with tolerance x2 (docs/ANALYSIS.md).</p>",
         "<h2>Training curves</h2>", _img(figs["fd_vs_kimg"], "FD vs kimg"),
         "<h2>Failure-mode diagnostics</h2>", _img(figs["diagnostics"], "diagnostics"),
         "<h2>Samples of the best trial per size</h2>", _img(figs["samples"], "sample grids"),
+        "<ul>" + "".join(f"<li>{esc(c)}</li>" for c in values.get("sample_grids", [])) + "</ul>",
         "<h2>Notes</h2><ul>" + ("".join(f"<li class='note'>{esc(n)}</li>" for n in notes)
                                 or "<li>none</li>") + "</ul>",
         "</body></html>",

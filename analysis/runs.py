@@ -8,8 +8,10 @@ returns two tables:
   cumulative training FLOPs at that iteration (``progress/kimg`` and ``compute/train_flops``
   histories, matched by step);
 * ``trials``: one row per trial (child run) with its parameters, status, latest progress, best
-  and final FD and the latest failure-mode diagnostics (``diag/early_skip_rel``,
-  ``diag/g_update_rel``).
+  and final FD, the latest failure-mode diagnostics (``diag/early_skip_rel``,
+  ``diag/g_update_rel``) and ``same_as``: for a copied trial (tag ``gat_sweep.same_as``) the
+  name of the trial whose training it repeats, else None. ``trained_as(trials)`` maps every
+  trial to the trial that actually trained.
 
 Trials may still be running: whatever has been logged so far is loaded.
 """
@@ -50,7 +52,10 @@ _PARAMS: dict[str, tuple[str, type]] = {
     "eval_extractor": ("eval.extractor", str),
     "eval_num_samples": ("eval.num_samples", int),
 }
-TRIAL_COLUMNS = ["trial", "run_id", "status", *_PARAMS, "n_evals", "last_iter", "last_kimg",
+TAG_SAME_AS = "gat_sweep.same_as"
+"""Tag of a copied trial: the name of the earlier trial whose identical training it repeats
+(docs/TRACKING.md); its metrics are that training's."""
+TRIAL_COLUMNS = ["trial", "run_id", "status", "same_as", *_PARAMS, "n_evals", "last_iter", "last_kimg",
                  "last_train_flops", "final_fd", "best_fd", "best_iter", *DIAG_KEYS]
 POINT_COLUMNS = ["sweep", "trial", "run_id", "status", "size", "g_width", "g_depth", "d_width",
                  "d_depth", "lr_rule", "base_lr", "base_width", "lr_g", "lr_d", "batch", "seed",
@@ -126,6 +131,15 @@ def load_sweep(sweep: str, tracking_uri: str) -> SweepRuns:
         notes.append("the sweep has no trial runs yet")
     return SweepRuns(experiment.name, tracking_uri, experiment.experiment_id, parent_id,
                      points, trials.sort_values("trial", ignore_index=True), metric_key, notes)
+
+
+def trained_as(trials: pd.DataFrame) -> pd.Series:
+    """Per row of ``trials``: the name of the trial that trained it (its ``same_as`` source when
+    that source is in the table, else itself). Index and order of ``trials``."""
+    names = set(trials["trial"])
+    src = trials["same_as"] if "same_as" in trials else pd.Series(None, index=trials.index)
+    return pd.Series([s if isinstance(s, str) and s in names else t
+                      for t, s in zip(trials["trial"], src)], index=trials.index)
 
 
 def last_sample_grid(tracking_uri: str, run_id: str, dst_dir: Path) -> Path | None:
@@ -244,7 +258,8 @@ def _load_trial(client: MlflowClient, run: Run) -> tuple[dict, pd.DataFrame]:
         found = sorted(k for k in metrics if k.startswith(("eval/fd", "eval/fid")))
         info["metric_key"] = found[0] if found else None
     run_id = run.info.run_id
-    trial = {"trial": _trial_name(run), "run_id": run_id, "status": _status(run), **info}
+    trial = {"trial": _trial_name(run), "run_id": run_id, "status": _status(run),
+             "same_as": run.data.tags.get(TAG_SAME_AS) or None, **info}
 
     steps, fd = (_history(client, run_id, info["metric_key"]) if info["metric_key"]
                  else (np.array([]), np.array([])))

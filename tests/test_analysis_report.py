@@ -31,9 +31,13 @@ ITERS, EVAL_EVERY, BATCH = 1000, 200, 32
 ALPHA, E_TRUE = 0.5, 2.0
 A_TRUE = 40.0 * 1e10**ALPHA  # FD 42 at C = 1e10 FLOPs
 PENALTY = 0.5                # log FD rises by PENALTY * (ln lr - ln lr*)^2
-DIVERGED = ("constant", 128, 2e-3)
+SEEDS = (0, 1)
+DIVERGED = ("constant", 128, 2e-3)   # these three apply to seed 0
 RUNNING = ("gat", 128, 2e-3)
 FAILED = ("gat", 32, 1.25e-4)
+# At width 32 = base width both rules give the same actual LR: the constant-rule trials there are
+# copies of the gat trials (tag gat_sweep.same_as), as scaling.tune records them.
+N_TRIALS = 2 * len(WIDTHS) * len(LRS) * len(SEEDS)
 
 
 def flops_per_iter(width: int) -> float:
@@ -49,12 +53,13 @@ def true_fd(rule: str, width: int, lr: float, flops: np.ndarray) -> np.ndarray:
     return (E_TRUE + A_TRUE * flops**-ALPHA) * np.exp(PENALTY * np.log(lr / best_lr(rule, width)) ** 2)
 
 
-def trial_name(rule: str, width: int, lr: float) -> str:
-    return f"{rule}-w{width}-lr{lr:g}"
+def trial_name(rule: str, width: int, lr: float, seed: int = 0) -> str:
+    return f"{rule}-w{width}-lr{lr:g}-s{seed}"
 
 
 def write_synthetic_sweep(uri: str, artifacts: Path, scratch: Path) -> str:
-    """Write the sweep (parent + 30 child runs) and return the parent run id."""
+    """Write the sweep (parent + 60 child runs: 2 rules x 3 widths x 5 LRs x 2 seeds) and return
+    the parent run id."""
     client = MlflowClient(uri)
     exp = client.create_experiment(SWEEP, artifact_location=artifacts.as_uri())
     parent = client.create_run(exp, run_name=SWEEP, tags={
@@ -62,51 +67,61 @@ def write_synthetic_sweep(uri: str, artifacts: Path, scratch: Path) -> str:
     pid = parent.info.run_id
     rng = np.random.default_rng(0)
     grid = scratch / "iter_0001000.png"
-    for rule in ("constant", "gat"):
+    trained = {}  # (width, actual lr, seed) -> (trial name, status, metrics)
+    for rule in ("gat", "constant"):
         for width in WIDTHS:
             for lr in LRS:
-                key = (rule, width, lr)
-                name = trial_name(*key)
-                status = ("diverged" if key == DIVERGED else "running" if key == RUNNING
-                          else "failed" if key == FAILED else "finished")
-                actual_lr = lr if rule == "constant" else lr * 32 / width
-                run = client.create_run(exp, run_name=name, tags={
-                    "mlflow.parentRunId": pid, "gat_sweep.role": "trial", "gat_sweep.sweep": SWEEP,
-                    "gat_sweep.trial": name, "gat_sweep.status": status})
-                params = {"g.width": width, "g.depth": 4, "g.heads": 4, "d.width": width, "d.depth": 4,
-                          "lr_g": actual_lr, "lr_d": actual_lr, "batch": BATCH, "patch": 2, "seed": 0,
-                          "iterations": ITERS, "sweep.size": f"w{width}", "sweep.lr_rule": rule,
-                          "sweep.base_lr": lr, "sweep.base_width": 32,
-                          "compute.flops_per_iter": flops_per_iter(width),
-                          "compute.flops_convention": "synthetic: 2 x MACs x (fwd + bwd)",
-                          "eval.metric_key": KEY, "eval.extractor": "digits-cnn",
-                          "eval.num_samples": 1000, "eval.reference": "train", "eval.ema": True,
-                          "eval.truncation_psi": 0.0}
-                last = 0 if status == "failed" else 600 if status == "running" else ITERS
-                metrics = []
-                for it in range(100, last + 1, 100):
-                    metrics += [Metric("progress/iter", it, 0, it),
-                                Metric("progress/kimg", it * BATCH / 1000, 0, it),
-                                Metric("diag/early_skip_rel", 0.3 * (32 / width) ** 0.5, 0, it),
-                                Metric("diag/g_update_rel", 0.01 * actual_lr / 1e-3 * width / 32, 0, it)]
-                    if it % 300 == 0 or it == 100 or it == last:  # interpolation needed in between
-                        metrics.append(Metric("compute/train_flops", it * flops_per_iter(width), 0, it))
-                for it in range(EVAL_EVERY, last + 1, EVAL_EVERY):
-                    noise = np.exp(rng.normal(0, 0.01))
-                    fd = float(true_fd(rule, width, lr, it * flops_per_iter(width)) * noise)
-                    if status == "diverged" and it == last:
-                        fd = float("nan")
-                    if status == "diverged" and it == last - EVAL_EVERY:
-                        fd = 0.5  # spuriously good value just before divergence: must not be fitted
-                    metrics.append(Metric(KEY, fd, 0, it))
-                client.log_batch(run.info.run_id, metrics=metrics,
-                                 params=[Param(k, str(v)) for k, v in params.items()],
-                                 tags=[RunTag("mlflow.runName", name)])
-                if last:
-                    mpimg.imsave(grid, np.full((16, 16, 3), width / 255.0))
-                    client.log_artifact(run.info.run_id, str(grid), "samples")
-                if status != "running":
-                    client.set_terminated(run.info.run_id, "FAILED" if status == "failed" else "FINISHED")
+                for seed in SEEDS:
+                    key = (rule, width, lr)
+                    name = trial_name(rule, width, lr, seed)
+                    status = "finished" if seed else ("diverged" if key == DIVERGED else "running"
+                                                      if key == RUNNING else "failed" if key == FAILED
+                                                      else "finished")
+                    actual_lr = lr if rule == "constant" else lr * 32 / width
+                    tags = {"mlflow.parentRunId": pid, "gat_sweep.role": "trial",
+                            "gat_sweep.sweep": SWEEP, "gat_sweep.trial": name}
+                    source = trained.get((width, actual_lr, seed))
+                    if source is not None:
+                        tags["gat_sweep.same_as"] = source[0]
+                        status, metrics = source[1], source[2]
+                    tags["gat_sweep.status"] = status
+                    run = client.create_run(exp, run_name=name, tags=tags)
+                    params = {"g.width": width, "g.depth": 4, "g.heads": 4, "d.width": width, "d.depth": 4,
+                              "lr_g": actual_lr, "lr_d": actual_lr, "batch": BATCH, "patch": 2, "seed": seed,
+                              "iterations": ITERS, "sweep.size": f"w{width}", "sweep.lr_rule": rule,
+                              "sweep.base_lr": lr, "sweep.base_width": 32,
+                              "compute.flops_per_iter": flops_per_iter(width),
+                              "compute.flops_convention": "synthetic: 2 x MACs x (fwd + bwd)",
+                              "eval.metric_key": KEY, "eval.extractor": "digits-cnn",
+                              "eval.num_samples": 1000, "eval.reference": "train", "eval.ema": True,
+                              "eval.truncation_psi": 0.0}
+                    last = 0 if status == "failed" else 600 if status == "running" else ITERS
+                    if source is None:
+                        metrics = []
+                        for it in range(100, last + 1, 100):
+                            metrics += [Metric("progress/iter", it, 0, it),
+                                        Metric("progress/kimg", it * BATCH / 1000, 0, it),
+                                        Metric("diag/early_skip_rel", 0.3 * (32 / width) ** 0.5, 0, it),
+                                        Metric("diag/g_update_rel", 0.01 * actual_lr / 1e-3 * width / 32, 0, it)]
+                            if it % 300 == 0 or it == 100 or it == last:  # interpolation needed in between
+                                metrics.append(Metric("compute/train_flops", it * flops_per_iter(width), 0, it))
+                        for it in range(EVAL_EVERY, last + 1, EVAL_EVERY):
+                            noise = np.exp(rng.normal(0, 0.01))
+                            fd = float(true_fd(rule, width, lr, it * flops_per_iter(width)) * noise)
+                            if status == "diverged" and it == last:
+                                fd = float("nan")
+                            if status == "diverged" and it == last - EVAL_EVERY:
+                                fd = 0.5  # spuriously good value just before divergence: must not be fitted
+                            metrics.append(Metric(KEY, fd, 0, it))
+                        trained[(width, actual_lr, seed)] = (name, status, metrics)
+                    client.log_batch(run.info.run_id, metrics=metrics,
+                                     params=[Param(k, str(v)) for k, v in params.items()],
+                                     tags=[RunTag("mlflow.runName", name)])
+                    if last:
+                        mpimg.imsave(grid, np.full((16, 16, 3), width / 255.0))
+                        client.log_artifact(run.info.run_id, str(grid), "samples")
+                    if status != "running":
+                        client.set_terminated(run.info.run_id, "FAILED" if status == "failed" else "FINISHED")
     return pid
 
 
@@ -138,12 +153,18 @@ def test_loader_reads_the_schema(store):
     runs = load_sweep(SWEEP, store[0])
     assert runs.parent_run_id == store[1]
     assert runs.metric_key == KEY
-    assert len(runs.trials) == 2 * len(WIDTHS) * len(LRS)
-    assert runs.trials["status"].value_counts().to_dict() == {"finished": 27, "diverged": 1,
-                                                              "running": 1, "failed": 1}
+    assert len(runs.trials) == N_TRIALS
+    # the running and the failed seed-0 gat trials each have a constant-rule copy
+    assert runs.trials["status"].value_counts().to_dict() == {"finished": 55, "diverged": 1,
+                                                              "running": 2, "failed": 2}
     assert list(runs.points.columns) == POINT_COLUMNS
-    # 27 finished x 5 evals + diverged 5 + running 3 (failed: none)
-    assert len(runs.points) == 27 * 5 + 5 + 3
+    # 55 finished x 5 evals + diverged 5 + running 2 x 3 (failed: none)
+    assert len(runs.points) == 55 * 5 + 5 + 2 * 3
+    copies = runs.trials.dropna(subset=["same_as"])
+    # equal actual LR (gat: base x 32 / width, constant: base): 5 pairs at w32, 4 at w64, 3 at w128
+    assert len(copies) == (5 + 4 + 3) * len(SEEDS) and set(copies["lr_rule"]) == {"constant"}
+    assert copies.set_index("trial").loc[trial_name("constant", 64, 1.25e-4), "same_as"] == \
+        trial_name("gat", 64, 2.5e-4)
     one = runs.points[runs.points["trial"] == trial_name("gat", 64, 5e-4)]
     assert one["iter"].tolist() == [200, 400, 600, 800, 1000]
     assert one["kimg"].tolist() == [6.4, 12.8, 19.2, 25.6, 32.0]
@@ -186,7 +207,7 @@ def test_report_writes_every_file(report):
     html = report.html.read_text()
     assert html.count('src="data:image/png;base64,') == 5 and "<img src=\"report" not in html
     csv = pd.read_csv(report.csv)
-    assert list(csv.columns) == POINT_COLUMNS and len(csv) == 27 * 5 + 5 + 3
+    assert list(csv.columns) == POINT_COLUMNS and len(csv) == 55 * 5 + 5 + 2 * 3
     # 3 sizes, one sample grid per size downloaded from the artifact store
     assert len(list((report.out_dir / "samples").rglob("*.png"))) == 3
 
@@ -198,16 +219,47 @@ def test_report_fits_and_verdicts(report):
     sat = values["fits"]["saturating"]
     assert sat["ok"] and abs(sat["alpha"]["value"] - ALPHA) < 0.02
     assert sat["alpha"]["lo"] <= ALPHA <= sat["alpha"]["hi"]
-    assert sat["n_boot"] == 1000 and sat["next_size"]["compute"] == pytest.approx(
-        flops_per_iter(256) * ITERS)
+    assert sat["n_boot"] == 1000 and values["frontier_sizes"] == ["w32", "w64", "w128"]
+    # 3 sizes: a law, but no next-size prediction, since its backtest (a law without w128) would
+    # rest on 2 sizes
+    assert sat["next_size"] is None and not sat["backtest"]["ok"]
+    assert "law without w128" in sat["backtest"]["reason"] and "2 size(s) (w32, w64)" in sat["backtest"]["reason"]
+    assert "no next-size prediction" in report.summary and "next size (" not in report.summary
     verdicts = values["lr_transfer"]
     assert verdicts["gat"]["transfers"] is True and verdicts["constant"]["transfers"] is False
-    assert verdicts["constant"]["slope"] == pytest.approx(-1.0, abs=0.1)
-    assert "falls with width" in verdicts["constant"]["verdict"]
+    assert verdicts["constant"]["slope"]["value"] == pytest.approx(-1.0, abs=0.05)
+    assert verdicts["gat"]["slope"]["value"] == pytest.approx(0.0, abs=0.05)
+    assert verdicts["constant"]["n_seeds"] == 2 and verdicts["constant"]["noise_sd_log"] < 0.03
+    const_opt = {o["width"]: o for o in verdicts["constant"]["optima"]}
+    assert const_opt[128]["diverged_lrs"] == [2e-3]    # excluded from the fit, marked as failed
+    assert [const_opt[w]["best_lr"]["value"] for w in WIDTHS] == pytest.approx([1e-3, 5e-4, 2.5e-4], rel=0.05)
+    assert "does not transfer (best LR falls with width)" in verdicts["constant"]["verdict"]
     assert [r["size"] for r in report.summary_rows] == ["w32", "w64", "w128"]
     assert all(set(r) == set(SUMMARY_COLUMNS) for r in report.summary_rows)
-    assert report.summary_rows[2]["diverged"] == "1" and report.summary_rows[2]["running"] == "1"
-    assert "does not transfer" in report.summary and "transfers: slope" in report.summary
+    assert report.summary_rows[2]["diverged"] == "1" and report.summary_rows[2]["running"] == "2"
+    assert all(r["flag"] == "" for r in report.summary_rows)  # wider is better: none under-trained
+    assert "does not transfer" in report.summary and "gat: transfers: shift" in report.summary
+
+
+def test_sample_grid_captions_give_the_iteration_and_fd_of_the_grid(report):
+    captions = json.loads(report.json.read_text())["sample_grids"]
+    assert len(captions) == 3
+    runs = load_sweep(SWEEP, json.loads(report.json.read_text())["tracking_uri"])
+    for caption, size in zip(captions, ("w32", "w64", "w128")):
+        trial = caption.split("\n")[0].split(": ")[1]
+        fd_1000 = runs.points[(runs.points["trial"] == trial) & (runs.points["iter"] == 1000)]["fd"].iloc[0]
+        assert caption.startswith(f"{size}: gat-") and "(trained once for rules constant, gat)" in caption
+        assert f"grid at iter 1000: FD {fd_1000:.3g}; best FD" in caption
+
+
+def test_report_never_names_a_copy_as_best(report):
+    # every best trial is a trained run (a gat trial here), listed with the rules it stands for
+    values = json.loads(report.json.read_text())
+    for row, best in zip(report.summary_rows, values["best_per_size"]):
+        assert best["trial"].startswith("gat-") and best["rules"] == ["constant", "gat"]
+        assert row["best trial"] == f"{best['trial']} (rules constant, gat)"
+    assert any("copied trial(s)" in n for n in report.notes)
+    assert all(not p["trial"].startswith("constant-w32") for p in values["frontier"])
 
 
 def test_report_on_a_sweep_with_no_evaluations_yet(store, tmp_path):
