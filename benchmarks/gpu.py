@@ -115,6 +115,7 @@ def benchmark(cfg: TrainConfig, device: torch.device, warmup: int, iters: int, p
     last = losses[-1].tolist()
     return {
         "size": cfg.name, "batch": cfg.batch, "precision": cfg.precision, "compile": cfg.compile,
+        "reg_fd_precision": cfg.reg_fd_precision,
         "grad_checkpointing": cfg.grad_checkpointing,
         "g_params": count_parameters(G), "d_params": count_parameters(step.D),
         "ms_per_iter": sec * 1e3, "images_per_s": cfg.batch / sec,
@@ -136,6 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="auto: bf16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--compile", action="store_true", help="torch.compile G and D (after one eager iteration)")
     parser.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in backward")
+    parser.add_argument("--reg-fd-precision", default="autocast", choices=["autocast", "fp32"],
+                        help="finite-difference R1/R2 under bf16: the reference's autocast, or the D step in fp32")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up iterations per row (default 5; smoke 2)")
     parser.add_argument("--iters", type=int, default=None, help="timed iterations per row (default 20; smoke 3)")
     parser.add_argument("--smoke", action="store_true", help="a few iterations per row: a quick does-it-run check")
@@ -181,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         for batch in batches:
             cfg = PRESETS[size].replace(batch=batch, precision=precision, compile=args.compile,
-                                        grad_checkpointing=args.grad_checkpointing, device=str(device))
+                                        grad_checkpointing=args.grad_checkpointing, device=str(device),
+                                        reg_fd_precision=args.reg_fd_precision)
             try:
                 row = benchmark(cfg, device, args.warmup, args.iters, peak)
             except torch.OutOfMemoryError:

@@ -150,6 +150,13 @@ class TrainConfig:
     reg_mode: Literal["finite_difference", "exact"] = "finite_difference"
     """R1/R2 estimator: the reference's finite difference, or exact double backprop."""
     reg_fd_eps: float = 0.01
+    reg_fd_precision: Literal["autocast", "fp32"] = "autocast"
+    """With precision 'bf16' and the finite-difference R1/R2: 'autocast' keeps the D step in bf16
+    as the reference does (its published results came with it), although the penalty is then
+    mostly the rounding of two nearly equal logits (R1 1.3-26x, R2 1.9-22x the fp32 value,
+    benchmarks/fd_precision.py, docs/BENCHMARKS.md); 'fp32' runs the D step's forward (reals, fakes
+    and their perturbed twins) in fp32, exact but slower on GPUs (not yet measured: run
+    benchmarks/gpu.py --reg-fd-precision fp32). No effect in fp32 or with reg_mode 'exact'."""
     augment: bool = True
     """Latent DiffAugment (color, translation, cutout, flip) with probability 1."""
 
@@ -218,6 +225,8 @@ class TrainConfig:
             raise ConfigError(f"truncation_psi must be in [0, 1], got {self.truncation_psi}")
         if self.reg_mode not in ("finite_difference", "exact"):
             raise ConfigError(f"reg_mode must be 'finite_difference' or 'exact', got {self.reg_mode!r}")
+        if self.reg_fd_precision not in ("autocast", "fp32"):
+            raise ConfigError(f"reg_fd_precision must be 'autocast' or 'fp32', got {self.reg_fd_precision!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.eval_metric not in ("auto", "fd_domain", "fid"):

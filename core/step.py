@@ -112,8 +112,9 @@ class GATStep:
         aug = sample_augment(n, size, self.device) if self.cfg.augment else None
         return aug, nested_noise(tuple(shape), self.t, device=self.device)
 
-    def _logits(self, D: nn.Module, d_input: Tensor, y: Tensor, projection: Tensor | None = None) -> Tensor:
-        with self.autocast:
+    def _logits(self, D: nn.Module, d_input: Tensor, y: Tensor, projection: Tensor | None = None,
+                fp32: bool = False) -> Tensor:
+        with contextlib.nullcontext() if fp32 else self.autocast:
             return D(d_input, y, projection=projection).float()
 
     def _clip_and_step(self, opt: torch.optim.Optimizer) -> Tensor:
@@ -172,7 +173,8 @@ class GATStep:
         # Double backprop needs the math attention kernel (fused kernels have no 2nd derivative).
         kernel = sdpa_kernel([SDPBackend.MATH]) if exact and regularise else contextlib.nullcontext()
         with kernel:
-            logits = self._logits(self.D, torch.cat(inputs), torch.cat(labels)).split(n)
+            logits = self._logits(self.D, torch.cat(inputs), torch.cat(labels),
+                                  fp32=fd and cfg.reg_fd_precision == "fp32").split(n)
             d_real, d_fake = logits[0], logits[1]
             loss = rpgan_d_loss(d_real, d_fake)
             stats = {"loss/D": loss.detach(), "diag/d_real": d_real.detach().mean(),

@@ -127,3 +127,25 @@ def test_ema_warmup_schedule():
     assert [ema_decay_at(c, t) for t in (0, 10, 990)] == pytest.approx([0.1, 11 / 20, 991 / 1000])
     assert ema_decay_at(c, 10_000) == 0.999  # capped at ema_decay
     assert ema_decay_at(cfg(), 0) == 0.999  # the paper's constant decay by default
+
+
+def test_bf16_finite_difference_penalty_in_fp32_equals_fp32_and_autocast_does_not():
+    # Under bf16 autocast the finite difference of two nearly equal logits is mostly rounding
+    # (benchmarks/fd_precision.py: R1 1.3-26x the fp32 value); reg_fd_precision 'fp32' runs the
+    # D step's forward in fp32 and gives the fp32 penalty on the same weights and draws.
+    def r1_r2(c):
+        step, x, y, z = seeded_step(c)
+        torch.manual_seed(7)
+        with torch.no_grad():
+            fake = step.generate(z, y)
+        torch.manual_seed(8)
+        stats = step.d_step(x, y, fake)
+        return torch.stack([stats["reg/r1"], stats["reg/r2"]])
+
+    fp32 = r1_r2(cfg())
+    fake_in_bf16 = dict(precision="bf16")
+    safe = r1_r2(cfg(**fake_in_bf16, reg_fd_precision="fp32"))
+    rounded = r1_r2(cfg(**fake_in_bf16, reg_fd_precision="autocast"))
+    # G's forward is still bf16 in both, so the fakes differ slightly from fp32's
+    torch.testing.assert_close(safe, fp32, rtol=0.05, atol=0)
+    assert ((rounded - fp32).abs() / fp32).max() > 0.5
