@@ -21,6 +21,9 @@ import torch
 from mlflow import MlflowClient
 from rich.console import Console
 
+from core.checkpoint import load_checkpoint
+from core.config import TrainConfig
+from core.train import train
 from scaling.spec import SweepSpec
 from scaling.lock import HOLDER_FILE, SweepLockedError, sweep_lock
 from scaling.tracking import MlflowReporter
@@ -230,9 +233,12 @@ def test_config_error_in_trials_is_reported_once_and_not_retried(ray_local, tmp_
     assert "retry" not in lines.getvalue()
 
 
-def test_killed_worker_leaves_no_running_run(ray_local, tmp_path):
+def test_killed_worker_leaves_no_running_run(ray_local, one_thread, tmp_path):
     # Issue 11, finding 11: the MLflow run of a trial whose worker was killed stayed RUNNING.
-    spec = make_spec(tmp_path, [1e-3], max_failures=0)
+    # grad_clip 1e-3 makes clipping bind, where a resumed trial used to leave the trajectory.
+    train_settings = {"d_proj_dim": 32, "batch": 8, "ckpt_every": 3, "log_every": 2, "diag_every": 2,
+                      "grad_clip": 1e-3}
+    spec = make_spec(tmp_path, [1e-3], max_failures=0, train=train_settings)
     outcome = run_sweep(spec, sweep_file(tmp_path), reporter_cls=KilledAtFour)
     status = {t.name: t.status for t in outcome.trials}
     assert status == {"w32-d4-p2_gat_lr0.001_s0": "error", "w32-d4-p2_constant_lr0.001_s0": "finished"}
@@ -250,6 +256,20 @@ def test_killed_worker_leaves_no_running_run(ray_local, tmp_path):
     assert f"retrying  w32-d4-p2_gat_lr0.001_s0, which failed in an earlier run: {first_line}\n" in lines.getvalue()
     assert not rerun.failed and {t.status for t in rerun.trials} == {"finished"}
     assert child_runs(rerun)[1]["w32-d4-p2_gat_lr0.001_s0"].info.status == "FINISHED"
+    # Issue 11, finding 2: the trial resumed in a fresh worker ends bit-for-bit where the same
+    # training uninterrupted (in this process, one thread as in the trial) ends.
+    run_dir = rerun.out / "trials" / "w32-d4-p2_gat_lr0.001_s0"
+    assert [a["resumed"] for a in attempts(rerun.out, "w32-d4-p2_gat_lr0.001_s0")] == [False, True]
+    cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    train(cfg, tmp_path / "straight", progress=False)
+    resumed = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt")
+    for net in ("G", "D", "G_ema"):
+        for name, tensor in straight[net].items():
+            assert torch.equal(tensor, resumed[net][name]), f"{net}.{name} differs after the resume"
+    timeless = lambda path: [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")}  # noqa: E731
+                             for line in path.read_text().splitlines()]
+    assert timeless(run_dir / "stats.jsonl") == timeless(tmp_path / "straight" / "stats.jsonl")
 
 
 def test_trials_missing_from_the_store_fail_the_sweep(ray_local, tmp_path):
