@@ -93,3 +93,16 @@ def test_sweep_overhead_benchmark_runs_two_short_trials():
     assert (figures["trials"], figures["iterations"], figures["concurrent"]) == (2, 3, 1)
     assert figures["sweep_wall_s"] > figures["first_iteration_s"] > 0 and figures["in_process_s"] > 0
     assert figures["overhead"] == pytest.approx(figures["sweep_wall_s"] / figures["in_process_s"], rel=1e-2)  # rounded figures
+
+
+def test_transfer_simulation_prints_its_table():
+    out = run_script("benchmarks/transfer_simulation.py", "--reps", "8", "--boot", "30", "--seeds", "3",
+                     "--noise", "0.2", "--slopes", "0,-1")
+    lines = out.splitlines()
+    assert lines[1].split() == ["b", "shift", "truth", "c", "noise", "seeds", "transfers", "not",
+                                "inconcl.", "false", "power"]
+    assert [row.split()[:3] for row in lines[2:4]] == [["0.00", "x1.00", "transfers"], ["-1.00", "x4.00", "no"]]
+    table = json.loads(lines[-1])
+    assert table["reps"] == 8 and len(table["rows"]) == 2
+    assert all(0 <= r["false_rate"] <= 1 and r["transfers"] + r["not_transfers"] + r["inconclusive"]
+               == pytest.approx(1.0) for r in table["rows"])
