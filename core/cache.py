@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -101,3 +102,18 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> Path:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """``json.dumps`` that writes valid JSON: a non-finite float (NaN, +-Infinity, which JSON has
+    no literal for) becomes null, at any depth."""
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        return value
+
+    return json.dumps(finite(obj), indent=indent, allow_nan=False)

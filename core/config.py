@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 MNG_LEVELS = 4
 """Number of MNG output heads / noise levels K (GAT_METHOD.md §1, §3)."""
@@ -35,6 +35,31 @@ PARAM_KINDS = ("vector", "hidden", "output")
 
 class ConfigError(ValueError):
     """A configuration value a user can fix; the message names the field."""
+
+
+def check_field_types(config: Any, prefix: str = "") -> None:
+    """Raise :class:`ConfigError` naming the first field of a config dataclass whose value does
+    not have its declared type: ``int`` (not bool), ``float`` (int or float, not bool), ``bool``,
+    ``str``, a ``Literal`` member, or a nested config class. Values from the command line or a
+    YAML file arrive untyped (``--set lr_g=abc`` is the string 'abc'); this names the field
+    before any comparison fails on the wrong type."""
+    names = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+    for name, kind in get_type_hints(type(config)).items():
+        value = getattr(config, name)
+        if get_origin(kind) is Literal:
+            if value not in get_args(kind):
+                choices = ", ".join(repr(c) for c in get_args(kind))
+                raise ConfigError(f"{prefix}{name}: expected one of {choices}, got {value!r}")
+            continue
+        if kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            expected = names.get(kind.__name__, f"a {kind.__name__} mapping")
+            raise ConfigError(f"{prefix}{name}: expected {expected}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -205,6 +230,9 @@ class TrainConfig:
     """torch intra-op threads on CPU (0: leave torch's default)."""
 
     def __post_init__(self) -> None:
+        check_field_types(self)
+        for key in ("g", "d", "lr_mult_g", "lr_mult_d"):
+            check_field_types(getattr(self, key), f"{key}.")
         self.g.check("g", need_depth_multiple=MNG_LEVELS)
         self.d.check("d")
         positive = ("latent_size", "latent_channels", "num_classes", "patch", "z_dim", "d_proj_dim",

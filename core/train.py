@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from core import diagnostics
-from core.cache import atomic_write_bytes
+from core.cache import atomic_write_bytes, json_text
 from core.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from core.config import ConfigError, TrainConfig
 from core.evaluate import InvalidMetricError, make_evaluator
@@ -303,7 +303,7 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         metrics = with_progress(it, metrics)
         last.update(metrics)
         with open(run_dir / STATS_FILE, "a") as f:
-            f.write(json.dumps({"step": it, **metrics}) + "\n")
+            f.write(json_text({"step": it, **metrics}) + "\n")
         reporter.report(Report(it, metrics, images or [], checkpoint))
 
     for it in range(start, cfg.iterations):
@@ -400,7 +400,7 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
     final_it = done_it if cfg.iterations > start else start
     result = TrainResult(status, final_it, final_it * cfg.batch / 1000.0, dict(last), run_dir, reason)
     if rank == 0:
-        atomic_write_bytes(run_dir / RESULT_FILE, json.dumps(
+        atomic_write_bytes(run_dir / RESULT_FILE, json_text(  # best value null when nothing was evaluated
             {"status": status, "reason": reason, "iterations": result.iterations, "kimg": result.kimg,
              "metrics": result.metrics, "best": best}, indent=2).encode())
         reporter.finish(result)

@@ -253,3 +253,11 @@ def test_seed_controls_initialisation(tmp_path):
     a, b, c = (states(tmp_path / d)[0]["G"] for d in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["blocks.0.attn.qkv.weight"], c["blocks.0.attn.qkv.weight"])
+
+
+def test_files_are_valid_json_without_evaluation(tmp_path):
+    # No evaluation: the best FD stays infinite; result.json used to hold the literal Infinity.
+    train(tiny(iterations=2), tmp_path / "r", progress=False)
+    text = (tmp_path / "r" / "result.json").read_text()
+    saved = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert saved["best"] == {"value": None, "iteration": -1}
