@@ -80,14 +80,28 @@ class CenterCropToTensor:
         return pixels if self.as_uint8 else from_uint8(pixels)
 
 
+def read_rgb(path: str) -> Image.Image:
+    """Load an image file as RGB (fully decoded, so a truncated file fails here).
+
+    Raises ValueError naming the file if it cannot be read or decoded.
+    """
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for corrupt or truncated files
+        raise ValueError(f"cannot read image {path}: {err}; remove or replace it and run the same "
+                         "command again (finished shards are kept)") from None
+
+
 def image_folder(images_dir: Path, resolution: int, as_uint8: bool = False) -> ImageFolder:
     """torchvision ``ImageFolder`` over ``images_dir`` with the ADM crop; items are (image, label).
 
-    Raises FileNotFoundError naming the directory if it is missing or has no class folders/images.
+    Raises FileNotFoundError naming the directory if it is missing or has no class folders/images;
+    reading an item raises ValueError naming the file if it is corrupt (:func:`read_rgb`).
     """
     if not Path(images_dir).is_dir():
         raise FileNotFoundError(f"image folder {images_dir} does not exist")
-    return ImageFolder(str(images_dir), transform=CenterCropToTensor(resolution, as_uint8))
+    return ImageFolder(str(images_dir), transform=CenterCropToTensor(resolution, as_uint8), loader=read_rgb)
 
 
 @dataclass(frozen=True)

@@ -158,3 +158,16 @@ def test_missing_inputs_are_named(folder):
         encode_folder(folder / "images", folder / "out", str(folder / "no-vae"), resolution=RES, progress=False)
     with pytest.raises(FileNotFoundError, match="downloads are off"):
         encode_folder(folder / "images", folder / "out", "someone/some-vae", resolution=RES, progress=False)
+
+
+def test_truncated_image_is_named_and_finished_shards_are_kept(folder):
+    # Issue 11, finding 4: a truncated PNG ended in an 87-line traceback that did not name it.
+    bad = folder / "images" / CLASSES[-1] / f"{PER_CLASS - 1}.png"  # the last image: shards before it finish
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"cannot read image {bad}"):
+        encode(folder)
+    kept = sorted(p.name for p in (folder / "out").glob("shard_*.safetensors"))
+    assert kept and not (folder / "out" / MANIFEST).exists()
+    bad.write_bytes(data)  # replaced: the rerun keeps the finished shards and completes
+    assert json.loads(encode(folder).read_text())["count"] == len(CLASSES) * PER_CLASS
