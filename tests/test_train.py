@@ -261,3 +261,15 @@ def test_files_are_valid_json_without_evaluation(tmp_path):
     text = (tmp_path / "r" / "result.json").read_text()
     saved = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     assert saved["best"] == {"value": None, "iteration": -1}
+
+
+def test_run_files_get_ordinary_permissions(tmp_path):
+    # atomic writes went through mkstemp, which creates 0600 files other users could not read
+    import os
+    old = os.umask(0o022)
+    try:
+        train(tiny(iterations=2), tmp_path / "r", progress=False)
+    finally:
+        os.umask(old)
+    for name in ("config.json", "result.json", "checkpoints/latest.pt"):
+        assert (tmp_path / "r" / name).stat().st_mode & 0o777 == 0o644, name
