@@ -251,14 +251,6 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 <= self.truncation_psi <= 1.0:
             raise ConfigError(f"truncation_psi must be in [0, 1], got {self.truncation_psi}")
-        if self.reg_mode not in ("finite_difference", "exact"):
-            raise ConfigError(f"reg_mode must be 'finite_difference' or 'exact', got {self.reg_mode!r}")
-        if self.reg_fd_precision not in ("autocast", "fp32"):
-            raise ConfigError(f"reg_fd_precision must be 'autocast' or 'fp32', got {self.reg_fd_precision!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        if self.eval_metric not in ("auto", "fd_domain", "fid"):
-            raise ConfigError(f"eval_metric must be 'auto', 'fd_domain' or 'fid', got {self.eval_metric!r}")
         if self.gamma_r1 < 0 or self.gamma_r2 < 0:
             raise ConfigError("gamma_r1 and gamma_r2 must be >= 0")
         if self.diverge_loss < 0:
