@@ -20,3 +20,13 @@ def attempts(out: Path, trial: str) -> list[dict]:
     """The start records (``attempts.jsonl``) of a trial in the sweep output directory ``out``."""
     lines = (out / TRIALS_DIR / trial / ATTEMPTS_FILE).read_text().splitlines()
     return [json.loads(line) for line in lines]
+
+
+def logged(run_dir: Path) -> tuple[list[dict], dict]:
+    """stats.jsonl lines and result.json of a run directory without the wall-clock ``time/*``
+    metrics (the only thing a resumed run may log differently)."""
+    def strip(record: dict) -> dict:
+        return {k: v for k, v in record.items() if not k.startswith("time/")}
+    lines = [strip(json.loads(line)) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    result = json.loads((run_dir / "result.json").read_text())
+    return lines, {**result, "metrics": strip(result["metrics"])}

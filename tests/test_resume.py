@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from core.checkpoint import load_checkpoint
+from helpers import logged
 
 BIN = Path(sys.executable).parent
 # Small enough for seconds on one thread; grad_clip 1e-3 makes gradient clipping bind at every
@@ -37,13 +38,6 @@ def checkpoint_iteration(out: Path) -> int:
         return load_checkpoint(path)["iteration"] if path.exists() else 0
     except Exception:  # being renamed into place right now
         return 0
-
-
-def logged(out: Path) -> tuple[list[dict], dict]:
-    strip = lambda d: {k: v for k, v in d.items() if not k.startswith("time/")}  # noqa: E731
-    lines = [strip(json.loads(line)) for line in (out / "stats.jsonl").read_text().splitlines()]
-    result = json.loads((out / "result.json").read_text())
-    return lines, {**result, "metrics": strip(result["metrics"])}
 
 
 def test_ctrl_c_and_rerun_equals_the_uninterrupted_command(tmp_path):

@@ -11,6 +11,7 @@ from core.config import ConfigError, NetConfig, TrainConfig
 from core.flops import measure_iteration_flops, train_flops_per_iter
 from core.latents import LatentData
 from core.train import Reporter, train
+from helpers import logged
 
 SMALL = NetConfig(width=32, depth=4, heads=2)
 
@@ -73,14 +74,6 @@ def test_run_is_finite_and_writes_run_dir(tmp_path):
     assert state is None and int(info["compute.flops_per_iter"]) == flops
     assert rec.finished[0].status == "finished"
     assert [r.step for r in rec.reports if r.checkpoint] == [3, 6]
-
-
-def logged(run_dir):
-    """stats.jsonl and result.json without wall-clock timings (the only thing a resume may change)."""
-    lines = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
-    result = json.loads((run_dir / "result.json").read_text())
-    strip = lambda d: {k: v for k, v in d.items() if not k.startswith("time/")}  # noqa: E731
-    return [strip(line) for line in lines], {**result, "metrics": strip(result["metrics"])}
 
 
 @pytest.mark.parametrize("grad_clip", [1.0, 1e-3])

@@ -35,7 +35,7 @@ from scaling.tune import (
     read_jsonl,
     run_sweep,
 )
-from helpers import attempts
+from helpers import attempts, logged
 
 pytestmark = pytest.mark.slow
 
@@ -267,9 +267,7 @@ def test_killed_worker_leaves_no_running_run(ray_local, one_thread, tmp_path):
     for net in ("G", "D", "G_ema"):
         for name, tensor in straight[net].items():
             assert torch.equal(tensor, resumed[net][name]), f"{net}.{name} differs after the resume"
-    timeless = lambda path: [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")}  # noqa: E731
-                             for line in path.read_text().splitlines()]
-    assert timeless(run_dir / "stats.jsonl") == timeless(tmp_path / "straight" / "stats.jsonl")
+    assert logged(run_dir)[0] == logged(tmp_path / "straight")[0]
 
 
 def test_trials_missing_from_the_store_fail_the_sweep(ray_local, tmp_path):
