@@ -45,14 +45,19 @@ def _tick_label(v: float) -> str:
 def log_ticks(lo: float, hi: float) -> list[float]:
     """At least 3 readable tick positions in [lo, hi] on a log axis (lo > 0) where possible.
 
-    Decades over >= 3 decades (at most 8), 1-2-5 over 1-3 decades, every integer mantissa below
-    that, and round linear steps (matplotlib's MaxNLocator) when even those give fewer than 3:
-    over such a narrow range a log axis is nearly linear.
+    Decades over >= 3 decades (at most 8); below that 1-2-5 where it gives at least 3 ticks, else
+    every integer mantissa (whose labels crowd at the top of a decade: 0.008 and 0.01 touch), and
+    round linear steps (matplotlib's MaxNLocator) when even those give fewer than 3: over such a
+    narrow range a log axis is nearly linear.
     """
-    decades = np.log10(hi / lo)
     exps = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
-    subs = (1,) if decades >= 3 else (1, 2, 5) if decades >= 1 else range(1, 10)
-    ticks = [m * 10.0**e for e in exps for m in subs if lo <= m * 10.0**e <= hi]
+
+    def at(subs) -> list[float]:
+        return [m * 10.0**e for e in exps for m in subs if lo <= m * 10.0**e <= hi]
+
+    ticks = at((1,)) if np.log10(hi / lo) >= 3 else at((1, 2, 5))
+    if len(ticks) < 3:
+        ticks = at(range(1, 10))
     if len(ticks) > 8:
         ticks = ticks[:: int(np.ceil(len(ticks) / 8))]
     if len(ticks) < 3:
@@ -94,8 +99,16 @@ def _labels(axis) -> list:
             if t.label1.get_visible() and t.label1.get_text() and lo <= t.get_loc() <= hi]
 
 
+LABEL_GAP = 0.4
+"""Least gap between two tick labels of one axis, in units of their font size: labels closer
+than this read as one (``0.0080.01``) although their boxes do not overlap."""
+
+
 def _overlaps(labels: list, renderer) -> bool:
+    """True when two of ``labels`` overlap or come closer than LABEL_GAP font sizes."""
     boxes = [lab.get_window_extent(renderer) for lab in labels]
+    pads = [LABEL_GAP * lab.get_fontsize() * renderer.points_to_pixels(1.0) / 2 for lab in labels]
+    boxes = [box.padded(pad) for box, pad in zip(boxes, pads)]
     return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
 

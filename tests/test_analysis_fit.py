@@ -272,3 +272,17 @@ def test_fitted_line_spans_the_fitted_compute_only(tmp_path):
     line = next(l for l in captured["fig"].axes[0].get_lines() if l.get_label().startswith("A C^-alpha"))
     x = line.get_xdata()
     assert x.min() == pytest.approx(front["train_flops"].min()) and x.max() == pytest.approx(front["train_flops"].max())
+
+
+def test_lr_panels_of_a_grid_under_a_decade_tick_at_1_2_5_with_readable_gaps():
+    """The README's 4e-3..3.2e-2 grid once gave ticks 0.004 0.006 0.008 0.01 0.03 whose labels
+    0.008 and 0.01 touched ('0.0080.01') without their boxes overlapping."""
+    from analysis.transfer import fit_rule
+    rows = [{"width": w, "base_lr": lr, "seed": 0, "common_iter": 100,
+             "score": 7.5 + 0.3 * np.log(lr / 1e-2) ** 2 + 0.02 * ((w + 3 * i) % 3 - 1)}
+            for w in (16, 32, 64) for i, lr in enumerate((4e-3, 8e-3, 1.6e-2, 3.2e-2))]
+    fig = lr_transfer_figure({"gat": fit_rule(pd.DataFrame(rows), "gat", n_boot=50)})
+    declutter_ticks(fig)
+    assert tick_label_problems(fig) == []
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()] == ["0.005", "0.01", "0.02"]
+    assert log_ticks(3.6e-3, 3.5e-2) == pytest.approx([5e-3, 1e-2, 2e-2])
