@@ -56,13 +56,14 @@ from core.cache import atomic_write_bytes, cache_root, content_hash
 from core.config import ConfigError, TrainConfig
 from core.digits import load_entry
 from core.encode import MANIFEST, image_folder
-from core.features import EXTRACTOR_NAME, FEATURE_DIM
+from core.features import EXTRACTOR_NAME
 from core.latents import LatentData
+from core.metrics import INCEPTION_DIM, feature_dim, resolve_metric
 from core.model import Generator
 from core.vae import decode_latents, load_vae, to_uint8
 
 INCEPTION = "inception-v3-compat"
-INCEPTION_LAYER, INCEPTION_DIM = "2048", 2048
+INCEPTION_LAYER = "2048"
 DOMAIN_LAYER = "features"
 INCEPTION_WEIGHTS_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -285,20 +286,6 @@ class Evaluator:
         torchvision.utils.save_image(images.float() / 255.0, buffer, nrow=GRID_COLUMNS, padding=2, format="png")
         atomic_write_bytes(Path(path), buffer.getvalue())
         return Path(path)
-
-
-def resolve_metric(metric: str, data_kind: str) -> str:
-    """The extractor an ``eval_metric`` means for a dataset kind ('digits', 'random', 'encoded'):
-    'auto' is 'fd_domain' for the embedded digits and 'fid' otherwise; others are themselves."""
-    if metric == "auto":
-        return "fd_domain" if data_kind == "digits" else "fid"
-    return metric
-
-
-def feature_dim(metric: str) -> int:
-    """Feature size of a resolved metric's extractor: the fewest samples a Frechet distance needs
-    (fewer give a singular sample covariance)."""
-    return FEATURE_DIM if metric == "fd_domain" else INCEPTION_DIM
 
 
 def make_evaluator(cfg: TrainConfig, data: LatentData, device: torch.device) -> Evaluator | None:

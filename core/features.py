@@ -27,12 +27,11 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from tqdm import tqdm
 
+from core.metrics import DIGITS_FEATURE_DIM as FEATURE_DIM
 from core.vae import from_uint8
 
 EXTRACTOR_NAME = "digits-cnn"
 """Name under which the domain classifier is registered with torch-fidelity."""
-FEATURE_DIM = 64
-"""Size of the ``"features"`` layer (penultimate activations)."""
 NUM_CLASSES = 10
 IMAGE_SIZE = 32
 

@@ -10,14 +10,28 @@ On a real CPU tensor PyTorch's counter sees 0 FLOPs for scaled-dot-product atten
 the CPU kernel ``aten._scaled_dot_product_flash_attention_for_cpu`` has no registered formula;
 :data:`CPU_ATTENTION_FLOPS` maps it (and its backward) to the standard formulas so that counts on
 CPU tensors equal counts on meta tensors (tested).
+
+Counts are kept on disk, one JSON file per architecture and batch under ``<cache>/flops/``
+(``core.cache``), keyed also by the torch version and the source of the ``core`` package, so a
+changed model or training step is counted again. A second dry run of a sweep then needs no torch
+at all: this module imports torch only inside the functions that count.
 """
 
 from __future__ import annotations
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+import functools
+import json
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from core.cache import atomic_write_bytes, cache_root, content_hash
 from core.config import TrainConfig
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
 FLOPS_CONVENTION = (
     "FLOPs = 2 x multiply-accumulates of matmul/conv/attention ops, measured with torch "
@@ -27,25 +41,30 @@ FLOPS_CONVENTION = (
 
 
 def _cpu_attention(query, key, value, *args, out_shape=None, **kwargs) -> int:  # type: ignore[no-untyped-def]
+    from torch.utils.flop_counter import sdpa_flop_count
+
     return sdpa_flop_count(query, key, value)
 
 
 def _cpu_attention_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:  # type: ignore[no-untyped-def]
+    from torch.utils.flop_counter import sdpa_flop_count
+
     # Model FLOPs: the backward of the two attention matmuls is 2x their forward. PyTorch's own
     # flash-backward formula also counts the kernel's recomputation of the scores (5 matmuls).
     return 2 * sdpa_flop_count(query, key, value)
 
 
-CPU_ATTENTION_FLOPS = {
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention,
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward,
-}
-"""Custom FlopCounterMode mapping for the CPU attention kernels (shapes in, FLOPs out)."""
-
-
 def flop_counter() -> FlopCounterMode:
-    """A silent FlopCounterMode that also counts CPU scaled-dot-product attention."""
-    return FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+    """A silent FlopCounterMode that also counts CPU scaled-dot-product attention (a custom
+    mapping of ``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cpu_attention = {
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention,
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward,
+    }
+    return FlopCounterMode(display=False, custom_mapping=cpu_attention)
 
 
 def measure_iteration_flops(cfg: TrainConfig, device: torch.device | str = "meta") -> int:
@@ -54,6 +73,8 @@ def measure_iteration_flops(cfg: TrainConfig, device: torch.device | str = "meta
     Runs one :meth:`core.step.GATStep.iteration` under the counter. Raises whatever
     the step raises for an impossible config (the config itself is validated on construction).
     """
+    import torch
+
     from core.model import build_models
     from core.step import GATStep  # the step imports this module's siblings only
 
@@ -87,21 +108,81 @@ iteration of time); above it on the meta device (no memory, no arithmetic, but a
 few seconds per iteration's ops)."""
 
 
+@dataclass(frozen=True)
+class ArchitectureCount:
+    """What :func:`count_architecture` measures for one architecture and batch."""
+
+    g_params: int
+    d_params: int
+    """Parameter counts of G and D (all tensors, ``core.model.count_parameters``)."""
+    flops_per_iter: int
+    """FLOPs of one training iteration (:data:`FLOPS_CONVENTION`)."""
+
+
 def train_flops_per_iter(cfg: TrainConfig) -> int:
     """FLOPs of one training iteration at ``cfg.batch`` (convention: :data:`FLOPS_CONVENTION`).
 
     Measured at the real batch size (D's class projection costs the same for any batch that
     holds more rows than classes, so FLOPs are not exactly linear in the batch). Kept per
-    architecture and batch for the life of the process (see :func:`remember_flops`).
+    architecture and batch for the life of the process (see :func:`remember_flops`) and on disk
+    (:func:`count_architecture`).
     """
     key = _architecture(cfg)
     if key not in _MEASURED:
-        from core.model import build_models, count_parameters
-
-        G, D = build_models(key, "meta")
-        small = count_parameters(G) + count_parameters(D) < SMALL_MODEL_PARAMS
-        _MEASURED[key] = measure_iteration_flops(key, "cpu" if small else "meta")
+        _MEASURED[key] = count_architecture(key).flops_per_iter
     return _MEASURED[key]
+
+
+def parameter_counts(cfg: TrainConfig) -> tuple[int, int]:
+    """(G, D) parameter counts: from the disk entry of :func:`count_architecture` when there is
+    one (no torch import), else by building both models on the meta device (no memory)."""
+    cached = _cached_count(_architecture(cfg))
+    if cached is not None:
+        return cached.g_params, cached.d_params
+    from core.model import build_models, count_parameters
+
+    G, D = build_models(cfg, "meta")
+    return count_parameters(G), count_parameters(D)
+
+
+def count_architecture(cfg: TrainConfig) -> ArchitectureCount:
+    """Parameter counts and FLOPs per iteration of ``cfg``'s architecture and batch, read from
+    ``<cache>/flops/`` if this code and torch version counted it before, else measured (small
+    models on real CPU tensors, others on the meta device; :data:`SMALL_MODEL_PARAMS`) and
+    written there atomically. A cache entry that cannot be read is measured again."""
+    key = _architecture(cfg)
+    cached = _cached_count(key)
+    if cached is not None:
+        return cached
+    from core.model import build_models, count_parameters
+
+    G, D = build_models(key, "meta")
+    g_params, d_params = count_parameters(G), count_parameters(D)
+    small = g_params + d_params < SMALL_MODEL_PARAMS
+    count = ArchitectureCount(g_params, d_params, measure_iteration_flops(key, "cpu" if small else "meta"))
+    atomic_write_bytes(_cache_path(key), json.dumps(asdict(count)).encode())
+    return count
+
+
+def _cached_count(key: TrainConfig) -> ArchitectureCount | None:
+    """The disk entry for an architecture key, or None if there is none or it is unreadable."""
+    try:
+        return ArchitectureCount(**json.loads(_cache_path(key).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _cache_path(key: TrainConfig) -> Path:
+    """``<cache>/flops/<hash>.json``: the hash covers the architecture key, the torch version and
+    the ``core`` package's source."""
+    return cache_root() / "flops" / f"{content_hash(key.to_dict(), version('torch'), _core_source_hash())}.json"
+
+
+@functools.cache
+def _core_source_hash() -> str:
+    """Hash of every ``core/*.py`` file: the code that builds and steps the models being counted."""
+    files = sorted(Path(__file__).parent.glob("*.py"))
+    return content_hash(*(f.read_bytes() for f in files))
 
 
 def remember_flops(cfg: TrainConfig, flops_per_iter: int) -> None:

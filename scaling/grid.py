@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.config import ConfigError, NetConfig, TrainConfig
-from core.flops import train_flops_per_iter
-from core.model import build_models, count_parameters
+from core.flops import parameter_counts, train_flops_per_iter
 from scaling.lr_rules import apply_rule
 from scaling.spec import SweepSpec
 
@@ -124,11 +123,12 @@ class TrialCost:
 def trial_cost(config: TrainConfig) -> TrialCost:
     """Parameter counts (all tensors, GAT_METHOD.md §6 convention) and measured training FLOPs.
 
-    Models are built on the meta device, so paper-scale sizes cost no memory.
+    Both come from ``core.flops``: counted once per architecture and batch (models on the meta
+    device, so paper-scale sizes cost no memory) and kept on disk for later dry runs.
     """
-    g, d = build_models(config, "meta")
+    g_params, d_params = parameter_counts(config)
     per_iter = train_flops_per_iter(config)  # one measurement per architecture (core.flops)
-    return TrialCost(count_parameters(g), count_parameters(d), per_iter, per_iter * config.iterations)
+    return TrialCost(g_params, d_params, per_iter, per_iter * config.iterations)
 
 
 def trial_rows(trials: list[Trial]) -> list[dict[str, Any]]:

@@ -48,6 +48,7 @@ from pydantic import (
 )
 
 from core.config import MNG_LEVELS, SIZES, ConfigError, TrainConfig
+from core.metrics import feature_dim, resolve_metric
 from core.presets import PRESETS, get_preset
 from scaling.lr_rules import WIDTH_AWARE_RULES
 
@@ -336,9 +337,6 @@ class SweepSpec(_Strict):
         anything starts."""
         if self.eval.every < 0 or self.dataset == "random":
             return
-        # Imported here: torch-fidelity is slow to import and only evaluating sweeps need it.
-        from core.evaluate import feature_dim, resolve_metric
-
         metric = resolve_metric(self.eval.metric, "digits" if self.dataset == "digits" else "encoded")
         if metric == "fd_domain" and self.dataset != "digits":
             raise ValueError("eval.metric fd_domain needs dataset digits (the only one with a domain "

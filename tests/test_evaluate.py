@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from core import evaluate as evaluate_mod
+from core import metrics as metrics_mod
 from core.cache import cache_root
 from core.config import ConfigError, NetConfig, TrainConfig
 from core.evaluate import (
@@ -127,7 +128,8 @@ def test_npz_reference_gives_the_same_distance(tiny_digits_cache, monkeypatch, t
     expected = make_evaluator(cfg, load_latents(cfg), CPU).evaluate(G)["eval/fd_digits_128"]
     monkeypatch.setattr(evaluate_mod, "INCEPTION", EXTRACTOR_NAME)
     monkeypatch.setattr(evaluate_mod, "INCEPTION_LAYER", "features")
-    monkeypatch.setattr(evaluate_mod, "INCEPTION_DIM", 64)
+    monkeypatch.setattr(evaluate_mod, "INCEPTION_DIM", 64)  # the npz check
+    monkeypatch.setattr(metrics_mod, "INCEPTION_DIM", 64)  # the eval_samples check
     cfg = eval_cfg(eval_metric="fid", inception_weights=str(d.classifier_path), fid_ref_npz=str(tmp_path / "ref.npz"))
     evaluator = make_evaluator(cfg, load_latents(cfg), CPU)
     assert evaluator.provenance["eval.reference"] == f"npz {tmp_path / 'ref.npz'}"

@@ -1,0 +1,27 @@
+"""Names and feature sizes of the evaluation metrics, importable without torch.
+
+A sweep file's evaluation settings are checked when it is loaded (``scaling.spec``), including by
+``gat-sweep run --dry-run``; these facts live here so that the check does not import
+:mod:`core.evaluate` (torch, torch-fidelity, torchvision: seconds of imports).
+"""
+
+from __future__ import annotations
+
+INCEPTION_DIM = 2048
+"""Size of the Inception-v3 pool features that FID compares."""
+DIGITS_FEATURE_DIM = 64
+"""Size of the digits classifier's ``"features"`` layer (penultimate activations, core/features.py)."""
+
+
+def resolve_metric(metric: str, data_kind: str) -> str:
+    """The extractor an ``eval_metric`` means for a dataset kind ('digits', 'random', 'encoded'):
+    'auto' is 'fd_domain' for the embedded digits and 'fid' otherwise; others are themselves."""
+    if metric == "auto":
+        return "fd_domain" if data_kind == "digits" else "fid"
+    return metric
+
+
+def feature_dim(metric: str) -> int:
+    """Feature size of a resolved metric's extractor: the fewest samples a Frechet distance needs
+    (fewer give a singular sample covariance)."""
+    return DIGITS_FEATURE_DIM if metric == "fd_domain" else INCEPTION_DIM
