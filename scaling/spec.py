@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
@@ -54,6 +55,10 @@ from scaling.lr_rules import WIDTH_AWARE_RULES
 
 NODE_LOCAL_ROOTS = ("/tmp", "/var/tmp", "/dev/shm")
 """Directories private to each machine of a cluster (refused for output_dir with a Ray address)."""
+
+RAY_ADDRESS_ENV, TRACKING_URI_ENV = "RAY_ADDRESS", "MLFLOW_TRACKING_URI"
+"""The environment variables Ray and MLflow read themselves; a sweep honours them below its own
+settings: command-line flag > sweep file > environment > default (docs/CLUSTER.md)."""
 
 EMBEDDED_DATASETS = ("digits", "random")
 """Dataset names that are not paths: the embedded default and Gaussian test latents."""
@@ -312,9 +317,11 @@ class SweepSpec(_Strict):
     output_dir: str | None = None
     """Where the sweep writes (default outputs/<name>); on a cluster a path every node sees."""
     tracking_uri: str | None = None
-    """MLflow tracking URI (default: sqlite file in output_dir; http://host:port on a cluster)."""
+    """MLflow tracking URI (http://host:port on a cluster); default $MLFLOW_TRACKING_URI, else a
+    sqlite file in output_dir. --tracking-uri overrides it."""
     ray_address: str | None = None
-    """Ray cluster to join (e.g. 'auto', 'ray://head:10001'); default: start a local Ray."""
+    """Ray cluster to join (e.g. 'auto', 'ray://head:10001'); default $RAY_ADDRESS, else 'local'
+    (start a Ray instance on this machine). --address overrides it."""
 
     @model_validator(mode="after")
     def _check_against_config(self) -> SweepSpec:
@@ -370,12 +377,18 @@ class SweepSpec(_Strict):
         return Path(self.output_dir or f"outputs/{self.name}").expanduser().absolute()
 
     def tracking(self) -> str:
-        """MLflow tracking URI; default an absolute sqlite file in the output directory."""
-        return self.tracking_uri or f"sqlite:///{self.output_path() / 'mlflow.db'}"
+        """MLflow tracking URI: ``tracking_uri`` (the sweep file's, or ``--tracking-uri``), else
+        :func:`default_tracking_uri` ($MLFLOW_TRACKING_URI or a sqlite file in the output directory)."""
+        return self.tracking_uri or default_tracking_uri(self.output_path())
+
+    def ray_target(self) -> str:
+        """Ray address to use: ``ray_address`` (the sweep file's, or ``--address``), else
+        $RAY_ADDRESS, else 'local' (start a Ray instance on this machine)."""
+        return self.ray_address or os.environ.get(RAY_ADDRESS_ENV) or "local"
 
     def is_cluster(self) -> bool:
-        """True if the sweep joins a Ray cluster (any address but none or 'local')."""
-        return self.ray_address not in (None, "local")
+        """True if the sweep joins a Ray cluster (:meth:`ray_target` is not 'local')."""
+        return self.ray_target() != "local"
 
     def check_cluster_settings(self) -> None:
         """With a Ray cluster address, refuse storage that other nodes cannot reach.
@@ -386,11 +399,12 @@ class SweepSpec(_Strict):
         """
         if not self.is_cluster():
             return
+        address = self.ray_target()
         uri = self.tracking()
         if is_local_store(uri):
             raise ConfigError(
                 f"tracking_uri: {uri} is a file on this machine, which trials on other nodes of the "
-                f"Ray cluster at {self.ray_address} cannot write. Start an MLflow tracking server "
+                f"Ray cluster at {address} cannot write. Start an MLflow tracking server "
                 "(mlflow server --host 0.0.0.0 --port 5000 --backend-store-uri sqlite:///...) and set "
                 "tracking_uri: http://<server>:5000 in the sweep file (or pass --tracking-uri)")
         shared = ("Use a shared filesystem path mounted at the same place on every node (NFS, Lustre, "
@@ -398,17 +412,23 @@ class SweepSpec(_Strict):
         if self.output_dir is None:
             raise ConfigError(
                 f"output_dir: not set, so the sweep would write to {self.output_path()} on this machine, "
-                f"which trials on other nodes of the Ray cluster at {self.ray_address} cannot reach. {shared}")
+                f"which trials on other nodes of the Ray cluster at {address} cannot reach. {shared}")
         if not Path(self.output_dir).expanduser().is_absolute():
             raise ConfigError(
                 f"output_dir: {self.output_dir} is a relative path, which each node of the Ray cluster at "
-                f"{self.ray_address} would resolve against its own working directory. {shared}, as an "
+                f"{address} would resolve against its own working directory. {shared}, as an "
                 "absolute path")
         out = self.output_path()
         if any(out == Path(root) or Path(root) in out.parents for root in NODE_LOCAL_ROOTS):
             raise ConfigError(
                 f"output_dir: {out} is node-local storage, which trials on other nodes of the Ray "
-                f"cluster at {self.ray_address} cannot reach. {shared}")
+                f"cluster at {address} cannot reach. {shared}")
+
+
+def default_tracking_uri(output_dir: Path) -> str:
+    """The tracking URI of a sweep that names none: $MLFLOW_TRACKING_URI if set, else the absolute
+    sqlite file ``<output_dir>/mlflow.db``."""
+    return os.environ.get(TRACKING_URI_ENV) or f"sqlite:///{Path(output_dir).absolute() / 'mlflow.db'}"
 
 
 def is_local_store(tracking_uri: str) -> bool:

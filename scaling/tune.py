@@ -484,7 +484,7 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
         with ThreadPoolExecutor(max_workers=1) as pool:
             opening = pool.submit(_open_sweep, spec, sweep_file, digest, trials, out, tracking_uri, state)
             if started_ray:
-                ray.init(address=spec.ray_address or "local", include_dashboard=False, log_to_driver=False,
+                ray.init(address=spec.ray_target(), include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING)
             rows, state = opening.result()
         plan = SweepPlan(out, TrialTracking(tracking_uri, state["experiment_id"], spec.name, state["parent_run_id"]),

@@ -35,6 +35,14 @@ def tiny_digits_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Digi
         patch.undo()
 
 
+@pytest.fixture(autouse=True)
+def no_cluster_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests see neither the caller's Ray cluster nor MLflow server ($RAY_ADDRESS,
+    $MLFLOW_TRACKING_URI, which a sweep honours): a test that wants them sets them."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """One intra-op thread: on 2 shared cores, two threads wait for each other (and Ray trials use one)."""

@@ -233,3 +233,21 @@ def test_cluster_storage_rules_have_no_gaps(tmp_path, monkeypatch):
     local = load_spec(write(tmp_path, VALID + "ray_address: local\n"))
     local.check_cluster_settings()  # sqlite in the default output_dir: fine on a local instance
     assert not local.is_cluster()
+
+
+def test_environment_sits_between_the_sweep_file_and_the_default(tmp_path, monkeypatch):
+    # Issue 13, finding 1: RAY_ADDRESS was overridden with 'local' (a second Ray inside `ray job
+    # submit`) and MLFLOW_TRACKING_URI was ignored. Precedence: flag > sweep file > environment > default.
+    monkeypatch.chdir(tmp_path)
+    plain = load_spec(write(tmp_path, VALID))
+    assert (plain.ray_target(), plain.tracking()) == ("local", f"sqlite:///{tmp_path}/outputs/t/mlflow.db")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
+    assert (plain.ray_target(), plain.tracking()) == ("10.0.0.1:6379", "http://env:5000")
+    assert plain.is_cluster()
+    with pytest.raises(ConfigError, match=r"^output_dir: not set, .* Ray cluster at 10.0.0.1:6379"):
+        plain.check_cluster_settings()
+    from_file = load_spec(write(tmp_path, VALID + "ray_address: local\ntracking_uri: http://file:5000\n"))
+    assert (from_file.ray_target(), from_file.tracking()) == ("local", "http://file:5000")
+    flag = from_file.model_copy(update={"ray_address": "auto", "tracking_uri": "http://flag:5000"})  # as `run` does
+    assert (flag.ray_target(), flag.tracking()) == ("auto", "http://flag:5000")
