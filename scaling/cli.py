@@ -11,10 +11,15 @@ exits with status 1.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import shlex
+import shutil
+import socket
 import sys
 from collections.abc import Iterator
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,17 +35,21 @@ from core.presets import PRESETS, get_preset
 from scaling.lock import refuse_if_running
 from scaling.spec import (
     EMBEDDED_DATASETS,
+    RAY_ADDRESS_ENV,
     SweepSpec,
+    apply_set,
+    default_tracking_uri,
     load_spec,
     load_yaml,
-    parse_scalar,
 )
 
 app = typer.Typer(
     name="gat-sweep",
     help="Scaling-law sweeps of GAT (transformer GANs in a VAE latent space) with Ray Tune and MLflow.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown",
+    no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown",
 )
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
 console = Console(width=None if sys.stdout.isatty() else 160)  # wide tables in logs and pipes
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ValidationError, FileNotFoundError, NotADirectoryError)
@@ -57,6 +66,37 @@ def user_errors(*extra: type[BaseException]) -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"gat-sweep {package_version('gat-sweep')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Scaling-law sweeps of GAT (transformer GANs in a VAE latent space) with Ray Tune and MLflow."""
+
+
+def installed_command(name: str) -> str:
+    """How to call this environment's console script ``name`` in a line the user can paste: its
+    bare name when that is what the shell finds, else its path (relative to the current directory
+    when under it, as the README writes ``.venv/bin/mlflow``); ``python -m NAME`` if the
+    environment has no such script."""
+    script = Path(sys.executable).parent / name  # not resolved: a venv's python is a symlink
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m {name}"
+    found = shutil.which(name)
+    if found and Path(found).resolve() == script.resolve():
+        return name
+    try:
+        return shlex.quote(str(script.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(script))
+
+
 def si(value: float, unit: str = "") -> str:
     """Engineering notation: 4.64e11 -> '464G' (3 significant digits)."""
     for factor, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -71,18 +111,31 @@ def si(value: float, unit: str = "") -> str:
 @app.command()
 def run(
     sweep_file: Annotated[Path, typer.Argument(help="Sweep file (YAML); see `gat-sweep schema`.")],
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a key of the sweep file, key=value, dotted (train.batch=64, "
+        "budget.iterations=100, seeds=[0,1]); validated as the file is. Repeatable.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials and their cost; start nothing.")] = False,
-    address: Annotated[str | None, typer.Option(help="Ray cluster to join (overrides ray_address), e.g. auto.")] = None,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (overrides tracking_uri).")] = None,
+    json_: Annotated[bool, typer.Option(
+        "--json", help="Print JSON on stdout: the trials (with --dry-run) or the outcome; "
+        "progress goes to stderr.")] = False,
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster to join, e.g. auto (overrides ray_address and $RAY_ADDRESS).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="MLflow tracking URI (overrides tracking_uri and $MLFLOW_TRACKING_URI).")] = None,
     output_dir: Annotated[Path | None, typer.Option(help="Output directory (overrides output_dir).")] = None,
 ) -> None:
     """Run a sweep: every grid point of SWEEP_FILE as a Ray Tune trial, logged to MLflow.
 
-    Starts a local Ray instance unless an address is given. Each trial trains in its own run
+    Starts a local Ray instance unless an address is given (--address, the sweep file's
+    ray_address or $RAY_ADDRESS, in that order). Each trial trains in its own run
     directory under the output directory; crashed trials are retried from their last checkpoint.
-    Progress is printed as trials start and end; at the end a summary table and the
-    `mlflow ui` command that shows the runs. Exit status 1 if any trial failed (or the run was
-    interrupted), 2 for a mistake in the sweep file or the options.
+    Progress is printed as trials start and end; at the end a summary table and the commands
+    that show the runs and make the report. Exit status 1 if any trial failed, 130 if the run was
+    interrupted (Ctrl-C), 2 for a mistake in the sweep file or the options.
+
+    **Overrides:** `--set KEY=VALUE` sets a key of the sweep file (dots for nested keys) as if
+    the file said it; the sweep's output directory records the merged file as sweep.yaml. A
+    changed grid is a new sweep: give it a new name too (`--set name=width_lr_b64`).
 
     **Resuming:** run the same command again. Trials that ended (finished or diverged) are
     not rerun; the others continue from their checkpoints; MLflow runs are reattached. If the
@@ -95,16 +148,19 @@ def run(
 
       gat-sweep run sweeps/width_lr.yaml
 
+      gat-sweep run sweeps/width_lr.yaml --set budget.iterations=100 --set name=width_lr_short
+
       gat-sweep run sweeps/imagenet256_gat.yaml --address auto --tracking-uri http://mlflow:5000
     """
+    out_console = err_console if json_ else console  # --json: stdout holds the JSON alone
     with user_errors():
-        spec = load_spec(sweep_file)
+        as_filed = load_spec(sweep_file)
+        spec = load_spec(sweep_file, set_) if set_ else as_filed
         overrides = {"ray_address": address, "tracking_uri": tracking_uri,
                      "output_dir": str(output_dir) if output_dir else None}
         spec = spec.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         if dry_run:
-            _print_trials(spec)
-            console.print(spec.lr.describe(), highlight=False, markup=False)
+            _print_trials(spec, as_json=json_)
             return
         spec.check_cluster_settings()  # before the slow imports: a quick answer
         refuse_if_running(spec.output_path())  # likewise, for a second driver on this sweep
@@ -115,17 +171,52 @@ def run(
             os.environ.setdefault(key, value)
         from scaling.tune import run_sweep
 
-        outcome = run_sweep(spec, sweep_file, console=console)
-    _print_outcome(outcome)
-    if outcome.failed or any(t.status == "incomplete" for t in outcome.trials):
-        raise typer.Exit(1)
+        try:
+            outcome = run_sweep(spec, sweep_file, console=out_console)
+        except KeyboardInterrupt:
+            err_console.print("interrupted; run the same command again to resume: ended trials are kept, the "
+                              "others continue from their checkpoints", highlight=False, soft_wrap=True)
+            raise typer.Exit(INTERRUPTED) from None
+    _print_outcome(outcome, out_console, _plot_command(sweep_file, as_filed, spec))
+    interrupted = any(t.status == "incomplete" for t in outcome.trials)
+    status = INTERRUPTED if interrupted else 1 if outcome.failed else 0
+    if json_:
+        summary = {**dataclasses.asdict(outcome), "failed": outcome.failed, "interrupted": interrupted,
+                   "exit_status": status}
+        print(json.dumps(summary, indent=2, default=str))
+    if status:
+        raise typer.Exit(status)
 
 
-def _print_trials(spec: SweepSpec) -> None:
+def _plot_command(sweep_file: Path, as_filed: SweepSpec, spec: SweepSpec) -> str:
+    """The ``gat-sweep plot`` line for this sweep: the file as given when the file alone leads to
+    the same sweep (the README's form), else the sweep's name with its tracking URI and report
+    directory (overrides moved its name, output or store)."""
+    where = (spec.name, spec.output_path(), spec.tracking())
+    if where == (as_filed.name, as_filed.output_path(), as_filed.tracking()):
+        args = [str(sweep_file)]
+    else:
+        args = [spec.name, "--tracking-uri", spec.tracking(), "--out", str(spec.output_path() / "report")]
+    return " ".join([installed_command("gat-sweep"), "plot", *map(shlex.quote, args)])
+
+
+def _print_trials(spec: SweepSpec, as_json: bool = False) -> None:
+    """The dry run: a table of the trials (or, ``as_json``, the same rows and the plan as JSON on
+    stdout), the budget, resources, LR rules, and last what would run where."""
     from core.flops import FLOPS_CONVENTION
     from scaling.grid import expand, trial_rows
 
     rows = trial_rows(expand(spec))
+    trained = [r for r in rows if not r["same_as"]]
+    total_flops = sum(r["total_flops"] for r in trained)
+    if as_json:
+        print(json.dumps({
+            "name": spec.name, "trials": rows, "trainings": len(trained), "total_train_flops": total_flops,
+            "flops_convention": FLOPS_CONVENTION, "resources": spec.resources.model_dump(),
+            "max_concurrent": spec.max_concurrent, "max_failures": spec.max_failures,
+            "output_dir": str(spec.output_path()), "tracking_uri": spec.tracking(), "ray_address": spec.ray_target(),
+        }, indent=2))
+        return
     tied = all((r["g_width"], r["g_depth"], r["g_heads"]) == (r["d_width"], r["d_depth"], r["d_heads"]) for r in rows)
     repeats = any(r["same_as"] for r in rows)
     table = Table(title=f"sweep {spec.name}: {len(rows)} trials", title_justify="left", box=box.SIMPLE_HEAD)
@@ -142,22 +233,32 @@ def _print_trials(spec: SweepSpec) -> None:
         table.add_row(*cells)
     console.print(table)
     res, first = spec.resources, rows[0]
-    trained = [r for r in rows if not r["same_as"]]
     console.print(
         f"budget {first['iterations']} iterations x batch {first['batch']} = {first['kimg']:g} kimg per trial; "
         f"{len(trained)} trainings ({len(rows) - len(trained)} trials repeat an identical trial's training and "
-        f"get a copy of its results); total training compute {si(sum(r['total_flops'] for r in trained), 'FLOPs')} "
+        f"get a copy of its results); total training compute {si(total_flops, 'FLOPs')} "
         f"({FLOPS_CONVENTION.split(',')[0]})\n"
         f"per trial: {res.workers} worker(s) x ({res.cpus:g} CPU, {res.gpus:g} GPU); "
         f"at most {spec.max_concurrent or 'as many as fit'} at once; retries {spec.max_failures}\n"
-        f"output {spec.output_path()}\ntracking {spec.tracking()}\n"
-        f"ray {spec.ray_address or 'local instance'}", highlight=False, markup=False)
+        f"{spec.lr.describe()}\n"
+        f"Dry run, nothing started. The sweep would train {len(trained)} runs on {_where(spec)}, "
+        f"write to {spec.output_path()} and log to MLflow at {spec.tracking()}.",
+        highlight=False, markup=False, soft_wrap=True)
 
 
-def _print_outcome(outcome: Any) -> None:
+def _where(spec: SweepSpec) -> str:
+    """Where a sweep's trials would run, in words (and where the Ray address came from)."""
+    address = spec.ray_target()
+    if address == "local":
+        return f"a new Ray instance on this machine ({socket.gethostname()}, {os.cpu_count()} CPUs)"
+    source = f" (from ${RAY_ADDRESS_ENV})" if spec.ray_address is None else ""
+    return f"the Ray cluster at {address}{source}"
+
+
+def _print_outcome(outcome: Any, console: Console, plot_command: str) -> None:
     """The summary of a sweep: a table of every trial, then the trials that were retried, failed,
     hit a configuration error or diverged (each with its reason), disagreements of the MLflow
-    store, counts, what to do next and where the results are."""
+    store, counts, what to do next (commands that work as printed) and where the results are."""
     keys = sorted({k for t in outcome.trials for k in t.metrics if k.startswith(("eval/fd", "eval/fid"))})
     table = Table(title=f"sweep {outcome.name}", title_justify="left", box=box.SIMPLE_HEAD)
     for name in ["trial", "status", "iterations", "kimg", *keys, "loss/G", "loss/D"]:
@@ -198,9 +299,9 @@ def _print_outcome(outcome: Any) -> None:
         console.print(f"MLflow:     {outcome.tracking_uri.rstrip('/')}/#/experiments/{outcome.experiment_id}",
                       highlight=False, soft_wrap=True, markup=False)
     else:
-        console.print(f"MLflow UI:  mlflow ui --backend-store-uri {outcome.tracking_uri}", highlight=False, soft_wrap=True, markup=False)
-    console.print(f"Report:     gat-sweep plot {outcome.name} --tracking-uri {outcome.tracking_uri}",
-                  highlight=False, soft_wrap=True, markup=False)
+        console.print(f"MLflow UI:  {installed_command('mlflow')} ui --backend-store-uri "
+                      f"{shlex.quote(outcome.tracking_uri)}", highlight=False, soft_wrap=True, markup=False)
+    console.print(f"Report:     {plot_command}", highlight=False, soft_wrap=True, markup=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,18 +324,7 @@ def resolve_config(source: str, sets: list[str]) -> TrainConfig:
             raise ConfigError(f"{path}: expected a mapping of TrainConfig fields")
         data = TrainConfig.from_dict(loaded).to_dict()
     for item in sets:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: write key=value, e.g. --set g.width=128")
-        *parents, leaf = key.split(".")
-        target = data
-        for part in parents:
-            if not isinstance(target.get(part), dict):
-                raise ConfigError(f"--set {key}: {part!r} is not a nested field")
-            target = target[part]
-        if leaf not in target:
-            raise ConfigError(f"--set {key}: unknown field; choose one of: {', '.join(target)}")
-        target[leaf] = parse_scalar(text)
+        apply_set(data, item, "g.width=128", known_only=True)
     if data["dataset"] not in EMBEDDED_DATASETS:
         data["dataset"] = str(Path(data["dataset"]).expanduser().absolute())
     return TrainConfig.from_dict(data)
@@ -246,7 +336,7 @@ def train(
         help=f"Preset ({', '.join(PRESETS)}) or a YAML/JSON file of TrainConfig fields.")],
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a field, key=value; nested with dots (g.width=128). Repeatable.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run directory (default outputs/train/<name>).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default outputs/train/NAME, the config's name).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print config, parameter counts and FLOPs; do not train.")] = False,
 ) -> None:
     """Train one run in this process (no Ray, no MLflow), with a progress bar.
@@ -368,9 +458,10 @@ def encode(
 @app.command()
 def plot(
     sweep: Annotated[str, typer.Argument(help="Sweep file, or a sweep name (MLflow experiment) or parent run id.")],
-    out: Annotated[Path | None, typer.Option(help="Report directory (default <sweep output>/report).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report directory (default OUTPUT_DIR/report of the sweep).")] = None,
     tracking_uri: Annotated[str | None, typer.Option(
-        help="MLflow tracking URI (default: the sweep file's, or outputs/<name>/mlflow.db).")] = None,
+        help="MLflow tracking URI (default: the sweep file's, else $MLFLOW_TRACKING_URI, else "
+        "outputs/NAME/mlflow.db for a sweep NAME).")] = None,
 ) -> None:
     """Fit FD/FID against training compute for a sweep and write figures and an HTML report.
 
@@ -384,16 +475,17 @@ def plot(
 
       gat-sweep plot imagenet256_gat --tracking-uri http://mlflow:5000 --out report/
     """
-    from analysis.runs import SweepNotFound
-
-    with user_errors(SweepNotFound):
-        if Path(sweep).is_file():
+    with user_errors():  # a missing sweep file is named at once, before the slow imports
+        if Path(sweep).suffix in (".yaml", ".yml") or os.sep in sweep or Path(sweep).is_file():
             spec = load_spec(Path(sweep))
             name, uri, default_out = spec.name, tracking_uri or spec.tracking(), spec.output_path() / "report"
         else:
-            default_dir = Path("outputs") / sweep
-            name, uri = sweep, tracking_uri or f"sqlite:///{(default_dir / 'mlflow.db').absolute()}"
-            default_out = default_dir.absolute() / "report"
+            default_dir = (Path("outputs") / sweep).absolute()
+            name, uri = sweep, tracking_uri or default_tracking_uri(default_dir)
+            default_out = default_dir / "report"
+    from analysis.runs import SweepNotFound
+
+    with user_errors(SweepNotFound):
         from analysis.report import make_report
 
         result = make_report(name, uri, out or default_out)

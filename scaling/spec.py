@@ -41,6 +41,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     create_model,
@@ -114,8 +115,35 @@ def load_yaml(path: Path) -> Any:
 
 
 def parse_scalar(text: str) -> Any:
-    """A command-line value read like a YAML scalar: ``64`` -> int, ``1e-4`` -> float, ``x`` -> str."""
+    """A command-line value read like a YAML scalar: ``64`` -> int, ``1e-4`` -> float, ``x`` -> str
+    (and a flow list, ``[0, 1]``, as a list)."""
     return yaml.load(text, Loader=_Loader)
+
+
+def apply_set(data: dict[str, Any], item: str, example: str, known_only: bool) -> None:
+    """Apply one ``--set key=value`` to the nested mapping ``data`` in place.
+
+    Dots walk into nested mappings (``g.width=128``, ``train.batch=64``); the value is read by
+    :func:`parse_scalar`, and typed validation of the result is left to the caller (the same
+    validation as a file's). With ``known_only`` (a complete TrainConfig dict) the key must exist;
+    otherwise missing levels are created, so that a sweep file's validation names an unknown key
+    with its suggestion. Raises ConfigError naming the override (``example`` shows the form).
+    """
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: write key=value, e.g. --set {example}")
+    *parents, leaf = key.split(".")
+    target = data
+    for part in parents:
+        if known_only or part in target:
+            if not isinstance(target.get(part), dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a nested field")
+            target = target[part]
+        else:
+            target = target.setdefault(part, {})
+    if known_only and leaf not in target:
+        raise ConfigError(f"--set {key}: unknown field; choose one of: {', '.join(target)}")
+    target[leaf] = parse_scalar(text)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,6 +350,14 @@ class SweepSpec(_Strict):
     ray_address: str | None = None
     """Ray cluster to join (e.g. 'auto', 'ray://head:10001'); default $RAY_ADDRESS, else 'local'
     (start a Ray instance on this machine). --address overrides it."""
+    _text: str | None = PrivateAttr(None)
+    """The sweep file as run (:meth:`file_text`); set by :func:`load_spec`."""
+
+    def file_text(self) -> str | None:
+        """The sweep file as run, for ``<output_dir>/sweep.yaml``: the file's text, or with
+        ``--set`` overrides the merged mapping as YAML under a comment naming the file and the
+        overrides; None for a spec that :func:`load_spec` did not read."""
+        return self._text
 
     @model_validator(mode="after")
     def _check_against_config(self) -> SweepSpec:
@@ -446,19 +482,36 @@ class SweepFileError(ConfigError):
     """A sweep file that does not validate; the message lists every problem with its key path."""
 
 
-def load_spec(path: Path) -> SweepSpec:
-    """Read and validate a sweep file.
+SET_EXAMPLE = "train.batch=64"
+"""The form of a sweep override, shown when one is malformed."""
 
-    Raises FileNotFoundError (missing file) or SweepFileError listing every problem, e.g.
-    ``model.widthz: unknown key (did you mean 'widths'?)``.
+
+def load_spec(path: Path, sets: list[str] | tuple[str, ...] = ()) -> SweepSpec:
+    """Read and validate a sweep file, with ``--set key=value`` overrides applied on top.
+
+    An override addresses the file's own keys, dotted (``train.batch=64``, ``budget.iterations=100``,
+    ``seeds=[0,1]``, ``lr.base_lrs=[1e-3,2e-3]``, ``name=width_lr_b64``), and is validated exactly
+    as if the file said it. Raises FileNotFoundError (missing file), ConfigError (a malformed
+    override) or SweepFileError listing every problem, e.g. ``model.widthz: unknown key (did you
+    mean 'widths'?)``, headed by the file and the overrides.
     """
     data = load_yaml(path)
     if not isinstance(data, dict):
         raise SweepFileError(f"{path}: a sweep file is a YAML mapping (name:, dataset:, model:, ...)")
+    for item in sets:
+        apply_set(data, item, SET_EXAMPLE, known_only=False)
+    where = " ".join([str(path), *(f"--set {item}" for item in sets)])
     try:
-        return SweepSpec.model_validate(data)
+        spec = SweepSpec.model_validate(data)
     except ValidationError as err:
-        raise SweepFileError(f"{path}: {format_errors(err)}") from None
+        raise SweepFileError(f"{where}: {format_errors(err)}") from None
+    text = Path(path).read_text()
+    if sets:
+        overrides = "".join(f"#   --set {item}\n" for item in sets)
+        text = (f"# {path} with these overrides applied (gat-sweep run --set):\n{overrides}"
+                + yaml.safe_dump(data, sort_keys=False))
+    spec._text = text
+    return spec
 
 
 def format_errors(err: ValidationError) -> str:

@@ -371,7 +371,7 @@ def _create_sweep(spec: SweepSpec, sweep_file: Path, digest: str, rows: list[dic
                   tracking_uri: str) -> dict[str, str]:
     """Write the output directory's sweep files and create the MLflow experiment and parent run."""
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(sweep_file, out / "sweep.yaml")
+    (out / "sweep.yaml").write_text(spec.file_text() or Path(sweep_file).read_text())  # as run: with any --set
     with open(out / "trials.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

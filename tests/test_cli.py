@@ -3,10 +3,12 @@ nothing, user errors as one message with exit status 2, a real in-process traini
 summary and exit status of `run`."""
 
 import json
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import numpy as np
 import pytest
+import typer.main
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -216,3 +218,110 @@ def test_run_summary_names_retried_failed_config_error_and_diverged_trials(monke
     assert "d: no MLflow child run" in lines
     assert "Run the same command again to resume" not in result.output  # a config error needs a fix first
     assert "A configuration error is not retried" in result.output
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 13: conventions of the ecosystem (help, overrides, dry run, next steps, --json, exit codes)
+# ----------------------------------------------------------------------------------------------
+def plain_words(text: str) -> list[str]:
+    """Words of a help text, without the markup characters markdown drops (` and *) and box edges."""
+    return [word.replace("`", "").replace("*", "").strip("│") for word in text.split()]
+
+
+@pytest.mark.parametrize("command", ["run", "train", "schema", "plot", "encode"])
+def test_help_shows_every_word_of_its_text(command):
+    # Finding 4: markdown mode dropped <...> as HTML ("default outputs/train/)", "outputs//mlflow.db").
+    result = runner.invoke(cli.app, [command, "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    shown = set(plain_words(result.output))
+    click_command = typer.main.get_command(cli.app).commands[command]
+    texts = [click_command.help or ""] + [p.help or "" for p in click_command.params]
+    missing = sorted(word for text in texts for word in plain_words(text) if word not in shown)
+    assert not missing, missing
+    assert "//" not in result.output.replace("://", "")
+
+
+def test_version_prints_the_package_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"gat-sweep {package_version('gat-sweep')}"
+
+
+def test_run_set_overrides_sweep_keys_with_the_files_validation(tmp_path):
+    # Finding 2: `run --set` was "No such option".
+    args = ["run", str(SWEEPS / "smoke.yaml"), "--dry-run", "--json", "--output-dir", str(tmp_path / "never")]
+    result = invoke(*args, "--set", "budget.iterations=3", "--set", "seeds=[0, 1]", "--set", "train.batch=4")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["trials"]
+    assert {(r["iterations"], r["batch"]) for r in rows} == {(3, 4)} and {r["seed"] for r in rows} == {0, 1}
+    bad = invoke(*args, "--set", "train.batch=abc", "--set", "model.widthz=3")
+    assert bad.exit_code == 2
+    lines = [line.strip() for line in bad.output.splitlines()]
+    assert lines[0] == f"error: {SWEEPS / 'smoke.yaml'} --set train.batch=abc --set model.widthz=3: 2 problems:"
+    assert "model.widthz: unknown key (did you mean 'widths'?)" in lines
+    assert "train.batch: Input should be a valid integer, unable to parse string as an integer (got 'abc')" in lines
+    grid_field = invoke(*args, "--set", "train.lr_g=0.1")
+    assert grid_field.exit_code == 2 and "use lr.base_lrs / lr.rules instead of train.lr_g" in grid_field.output
+    malformed = invoke(*args, "--set", "train.batch")
+    assert malformed.exit_code == 2 and "--set 'train.batch': write key=value, e.g. --set train.batch=64" in malformed.output
+    nested = invoke(*args, "--set", "seeds.x=1")
+    assert nested.exit_code == 2 and "--set seeds.x: 'seeds' is not a nested field" in nested.output
+
+
+def test_dry_run_ends_with_what_would_run_where(tmp_path, monkeypatch):
+    # Finding 3: the dry run ended with "ray local instance".
+    args = ["run", str(SWEEPS / "smoke.yaml"), "--dry-run", "--output-dir", str(tmp_path / "never")]
+    last = invoke(*args).output.strip().splitlines()[-1]
+    assert last.startswith("Dry run, nothing started. The sweep would train 3 runs on a new Ray instance on "
+                           "this machine (") and f"write to {tmp_path / 'never'} and log to MLflow at sqlite:///" in last
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    last = invoke(*args).output.strip().splitlines()[-1]
+    assert "on the Ray cluster at 10.0.0.1:6379 (from $RAY_ADDRESS)" in last
+    plan = json.loads(invoke(*args, "--json", "--address", "auto").output)
+    assert plan["ray_address"] == "auto" and plan["trainings"] == 3 and len(plan["trials"]) == 4
+    assert plan["output_dir"] == str(tmp_path / "never")
+
+
+def interrupted_outcome(tmp_path) -> SweepOutcome:
+    return SweepOutcome("smoke", tmp_path, f"sqlite:///{tmp_path}/mlflow.db", "1", [
+        TrialOutcome("a", "finished", 6, 0.048, {"loss/G": 0.7}), TrialOutcome("b", "incomplete")])
+
+
+def test_run_json_outcome_and_exit_130_when_interrupted(monkeypatch, tmp_path):
+    # Finding 9 / what to build: --json for scripts, exit status 130 after Ctrl-C (Ray Tune catches
+    # the first Ctrl-C and returns with trials unfinished; a second one raises KeyboardInterrupt).
+    monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console: interrupted_outcome(tmp_path))
+    result = runner.invoke(cli.app, ["run", str(SWEEPS / "smoke.yaml"), "--json"])
+    assert result.exit_code == 130
+    summary = json.loads(result.stdout)  # the table and next steps went to stderr
+    assert (summary["interrupted"], summary["exit_status"]) == (True, 130)
+    assert [(t["name"], t["status"]) for t in summary["trials"]] == [("a", "finished"), ("b", "incomplete")]
+    assert "Run the same command again to resume" in result.stderr
+
+    def ctrl_c(spec, path, console):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("scaling.tune.run_sweep", ctrl_c)
+    result = invoke("run", str(SWEEPS / "smoke.yaml"))
+    assert result.exit_code == 130 and "interrupted; run the same command again to resume" in result.output
+
+
+def test_next_step_lines_work_as_printed(monkeypatch, tmp_path):
+    # Finding 5: `mlflow ui ...` and `gat-sweep plot width_lr --tracking-uri ...` failed outside the
+    # venv and differed from the README's `gat-sweep plot sweeps/width_lr.yaml`.
+    monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console: interrupted_outcome(tmp_path))
+    monkeypatch.chdir(tmp_path)  # the venv is not under the current directory
+    monkeypatch.setenv("PATH", "/nonexistent")  # and not on PATH: absolute paths are printed
+    bin_dir = Path(cli.sys.executable).parent
+    result = invoke("run", str(SWEEPS / "smoke.yaml"))
+    lines = [" ".join(line.split()) for line in result.output.splitlines()]
+    assert f"MLflow UI: {bin_dir / 'mlflow'} ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in lines
+    assert f"Report: {bin_dir / 'gat-sweep'} plot {SWEEPS / 'smoke.yaml'}" in lines
+    renamed = invoke("run", str(SWEEPS / "smoke.yaml"), "--set", "name=smoke2", "--output-dir", str(tmp_path / "o"))
+    report = [" ".join(line.split()) for line in renamed.output.splitlines() if line.startswith("Report:")]
+    assert report == [f"Report: {bin_dir / 'gat-sweep'} plot smoke2 --tracking-uri sqlite:///{tmp_path}/o/mlflow.db "
+                      f"--out {tmp_path}/o/report"]
+
+
+def test_plot_of_a_missing_sweep_file_names_the_file(tmp_path):
+    # Finding 5: it talked about a missing database, after 8 s of imports.
+    result = invoke("plot", str(tmp_path / "width_lr.yaml"))
+    assert result.exit_code == 2 and result.output.strip() == f"error: sweep file not found: {tmp_path / 'width_lr.yaml'}"

@@ -251,3 +251,19 @@ def test_environment_sits_between_the_sweep_file_and_the_default(tmp_path, monke
     assert (from_file.ray_target(), from_file.tracking()) == ("local", "http://file:5000")
     flag = from_file.model_copy(update={"ray_address": "auto", "tracking_uri": "http://flag:5000"})  # as `run` does
     assert (flag.ray_target(), flag.tracking()) == ("auto", "http://flag:5000")
+
+
+def test_set_overrides_are_validated_as_the_file_and_recorded(tmp_path):
+    # Issue 13, finding 2: `gat-sweep run FILE --set key=value`; the sweep's sweep.yaml records
+    # the merged file, which loads to the same spec.
+    path = write(tmp_path, VALID)
+    spec = load_spec(path, ["train.batch=16", "seeds=[0, 1]", "lr.base_lrs=[1e-3]"])
+    assert (spec.train.batch, spec.seeds, spec.lr.base_lrs) == (16, [0, 1], [1e-3])
+    assert load_spec(path).file_text() == path.read_text()
+    recorded = tmp_path / "recorded.yaml"
+    recorded.write_text(spec.file_text())
+    assert spec.file_text().startswith(f"# {path} with these overrides applied (gat-sweep run --set):\n"
+                                       "#   --set train.batch=16\n")
+    assert load_spec(recorded) == spec
+    with pytest.raises(ConfigError, match=r"budget.iterations: Input should be greater than 0 \(got 0\)"):
+        load_spec(path, ["budget.iterations=0"])
