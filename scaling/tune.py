@@ -80,6 +80,22 @@ DDP_LAUNCHER_CPU = 0.01
 so it must not hold back a CPU the DDP workers need."""
 
 
+RAY_ADVICE = ("Experiment has been interrupted", "Trials did not complete")
+"""Starts of Ray Tune's closing log lines that the sweep's summary replaces: its resume advice
+(``Tuner.restore(...)``; a sweep resumes by running the same command again) and its list of
+unfinished trials (the summary names each with its status and reason)."""
+
+
+class _DropRayAdvice(logging.Filter):
+    """A filter for Ray Tune's logger that drops the :data:`RAY_ADVICE` lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(RAY_ADVICE)
+
+
+DROP_RAY_ADVICE = _DropRayAdvice()
+
+
 class SweepChangedError(ConfigError):
     """The output directory holds a sweep whose trials differ from the sweep file's."""
 
@@ -386,13 +402,44 @@ def _create_sweep(spec: SweepSpec, sweep_file: Path, digest: str, rows: list[dic
     return state
 
 
-class ProgressLines(tune.Callback):
-    """Readable progress: one line per trial event, and a status line every STATUS_EVERY_S."""
+def duration(seconds: float) -> str:
+    """Seconds as a short clock reading: 45 -> '45s', 192 -> '3m12s', 3720 -> '1h02m'."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
-    def __init__(self, console: Console, out: Path, total: int, done_before: int) -> None:
-        self.console, self.out, self.total, self.done = console, out, total, done_before
+
+class ProgressLines(tune.Callback):
+    """Readable progress: one line per trial event, and a status line every STATUS_EVERY_S with
+    the elapsed time and an ETA.
+
+    The ETA divides the training FLOPs still to do (``work``: FLOPs per iteration and iterations
+    of each trial to train) by the rate measured since the first report: FLOPs of the iterations
+    reported so far per second of wall time. Evaluations and start-up are in the measured time,
+    not in the work, so the estimate is rough early and improves as trials report.
+    """
+
+    def __init__(self, console: Console, out: Path, total: int, done_before: int,
+                 work: dict[str, tuple[int, int]]) -> None:
+        self.console, self.out, self.total, self.done, self.work = console, out, total, done_before, work
         self.iters: dict[str, int] = {}
-        self.last_status = time.monotonic()
+        self.first_iters: dict[str, int] = {}
+        self.ended: set[str] = set()
+        self.started = self.last_status = time.monotonic()
+        self.first_report: float | None = None
+
+    def eta(self) -> float | None:
+        """Seconds left by the measured rate, or None before any iteration was measured."""
+        done = sum(self.work[n][0] * (it - self.first_iters[n]) for n, it in self.iters.items() if n in self.work)
+        if not done or self.first_report is None:
+            return None
+        rate = done / (time.monotonic() - self.first_report)
+        left = sum(fpi * max(0, iters - self.iters.get(n, 0))
+                   for n, (fpi, iters) in self.work.items() if n not in self.ended)
+        return left / rate
 
     def __getstate__(self) -> dict[str, Any]:
         # Ray Tune pickles callbacks into its experiment state; a console does not pickle.
@@ -407,10 +454,14 @@ class ProgressLines(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # type: ignore[no-untyped-def]
         if "progress/iter" in result:
-            self.iters[trial.config["trial"]] = int(result["progress/iter"])
+            name = trial.config["trial"]
+            self.iters[name] = int(result["progress/iter"])
+            self.first_iters.setdefault(name, self.iters[name])
+            self.first_report = self.first_report or time.monotonic()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
         self.done += 1
+        self.ended.add(trial.config["trial"])
         result = trial.last_result or {}
         status = result.get("status", "done")
         if status == CONFIG_ERROR:
@@ -436,7 +487,10 @@ class ProgressLines(tune.Callback):
         self.last_status = time.monotonic()
         running = [t.config["trial"] for t in trials if t.status == "RUNNING"]
         now = ", ".join(f"{n} @ {self.iters.get(n, 0)} it" for n in running)
-        self._print(f"[dim]{self.done}/{self.total} done; running: {now or '-'}[/]")
+        eta = self.eta()
+        left = f", about {duration(eta)} left" if eta is not None else ""
+        self._print(f"[dim]{self.done}/{self.total} done; running: {now or '-'}; "
+                    f"elapsed {duration(time.monotonic() - self.started)}{left}[/]")
 
 
 def _trial_name(trial: Any) -> str:
@@ -503,7 +557,8 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
                 console.print(f"[yellow]retrying[/]  {name}, which failed in an earlier run: {escape(reason)}",
                               highlight=False, soft_wrap=True)
         if todo:
-            progress = ProgressLines(console, out, len(trials) - len(repeats), len(trials) - len(repeats) - len(todo))
+            work = {name: (plan.flops_per_iter[name], plan.trials[name].config.iterations) for name in todo}
+            progress = ProgressLines(console, out, len(trials) - len(repeats), len(trials) - len(repeats) - len(todo), work)
             recorded = {name: len(read_jsonl(plan.run_dir(name) / FAILURES_FILE)) for name in todo}
             failed = _fit(plan, spec, todo, reporter_cls, progress)
             for name, (status, error) in failed.items():
@@ -589,6 +644,7 @@ def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[T
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             callbacks=[progress]),
     )
+    logging.getLogger("ray.tune.tune").addFilter(DROP_RAY_ADVICE)  # adding it again is a no-op
     failed = {}
     for r in tuner.fit():
         if r.error is not None:

@@ -1,0 +1,68 @@
+"""The sweep driver's progress lines (scaling/tune.py ProgressLines): elapsed time and an ETA from
+the measured rate, and Ray Tune's misleading closing advice dropped (issue 13, finding 9). No Ray
+instance: the callback is fed stand-in trials."""
+
+import io
+import logging
+from types import SimpleNamespace
+
+from rich.console import Console
+
+from scaling import tune as tune_mod
+from scaling.tune import DROP_RAY_ADVICE, ProgressLines, duration
+
+
+class Clock:
+    """A stand-in for time.monotonic that the test advances."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def trial(name: str, status: str = "RUNNING") -> SimpleNamespace:
+    return SimpleNamespace(config={"trial": name}, status=status, last_result={"status": "finished"})
+
+
+def test_status_line_has_elapsed_time_and_eta_from_measured_iterations(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(tune_mod.time, "monotonic", clock)
+    text = io.StringIO()
+    # a: 100 iterations of 1 FLOP, b: 100 iterations of 3 FLOPs -> 400 FLOPs of work
+    progress = ProgressLines(Console(file=text, width=200), tune_mod.Path("/x"), 2, 0, {"a": (1, 100), "b": (3, 100)})
+    a, b = trial("a"), trial("b")
+    assert progress.eta() is None  # nothing measured yet
+    clock.now += 5  # start-up
+    progress.on_trial_result(0, [a, b], a, {"progress/iter": 10})
+    progress.on_trial_result(0, [a, b], b, {"progress/iter": 10})
+    clock.now += 10
+    progress.on_trial_result(0, [a, b], a, {"progress/iter": 30})
+    progress.on_trial_result(0, [a, b], b, {"progress/iter": 30})
+    # measured: 20 * 1 + 20 * 3 = 80 FLOPs in 10 s; left: 70 * 1 + 70 * 3 = 280 FLOPs -> 35 s
+    assert progress.eta() == 35.0
+    clock.now += tune_mod.STATUS_EVERY_S
+    progress.on_step_end(0, [a, b])
+    # a status line: done count, running trials, elapsed since the start, ETA at the rate measured so far
+    eta = 280 / (80 / (10 + tune_mod.STATUS_EVERY_S))
+    assert text.getvalue().strip() == (f"0/2 done; running: a @ 30 it, b @ 30 it; elapsed "
+                                       f"{duration(15 + tune_mod.STATUS_EVERY_S)}, about {duration(eta)} left")
+    progress.on_trial_complete(0, [a, b], a)
+    assert "finished  a  (1/2)" in text.getvalue()
+    assert progress.eta() == 3 * 70 / (80 / (10 + tune_mod.STATUS_EVERY_S))  # a's rest no longer counts
+
+
+def test_duration_reads_like_a_clock():
+    assert [duration(s) for s in (0, 45, 192, 3720)] == ["0s", "45s", "3m12s", "1h02m"]
+
+
+def test_ray_tunes_resume_advice_is_dropped():
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("ray.tune.tune", logging.WARNING, __file__, 1, message, (), None)
+
+    assert not DROP_RAY_ADVICE.filter(record(
+        "Experiment has been interrupted, but the most recent state was saved.\n"
+        "Resume experiment with: Tuner.restore(path=\"/x\", trainable=...)"))
+    assert not DROP_RAY_ADVICE.filter(record("Trials did not complete: [a, b]"))
+    assert DROP_RAY_ADVICE.filter(record("Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run."))
