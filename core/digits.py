@@ -146,7 +146,8 @@ def prepare_digits(preset: str | None = None, progress: bool = True) -> DigitsCa
     """Prepare (first call: minutes on CPU) or load (later calls: about a second) a digits entry.
 
     ``preset``: 'full' or 'tiny' (default: ``$GAT_SWEEP_DIGITS_PRESET`` or 'full'). Safe to call
-    from several processes at once (atomic directory rename; see :mod:`core.cache`).
+    from several processes at once (atomic directory rename; see :mod:`core.cache`). With
+    ``progress``, tqdm bars when stderr is a terminal (none in a log file).
     """
     name = preset_name(preset)
     root = entry_dir(name)
@@ -196,7 +197,7 @@ def deterministic_cpu() -> Iterator[None]:
 def _build_entry(out: Path, preset: str, settings: DigitsSettings, progress: bool) -> None:
     """Run the four preparation stages into ``out`` (a temporary directory)."""
     seconds: dict[str, float] = {}
-    stages = tqdm(total=4, desc=f"preparing digits ({preset})", disable=not progress)
+    stages = tqdm(total=4, desc=f"preparing digits ({preset})", disable=None if progress else True)
     images, labels = digits_images(settings.image_size)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(settings.split_seed))
     heldout = torch.zeros(len(images), dtype=torch.bool)

@@ -144,7 +144,7 @@ def encode_folder(
         shard_size: images per shard file.
         device: torch device for the VAE.
         num_workers: DataLoader workers decoding images (0: in this process).
-        progress: show a tqdm bar (images).
+        progress: show a tqdm bar (images) when stderr is a terminal (tqdm's disable=None).
 
     Raises:
         ValueError: bad precision / sizes, a VAE with a ``shift_factor`` (not supported: the
@@ -177,7 +177,7 @@ def encode_folder(
     out_dir.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(dataset), shard_size)
     shards = []
-    with tqdm(total=len(dataset), desc="encoding", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(dataset), desc="encoding", unit="img", disable=None if progress else True) as bar:
         for index, start in enumerate(starts):
             stop = min(start + shard_size, len(dataset))
             path = out_dir / f"shard_{index:05d}.safetensors"

@@ -90,7 +90,7 @@ def train_classifier(
         for order in [torch.randperm(len(x), generator=generator)]
         for i in range(0, len(x), settings.batch)
     ]
-    for idx in tqdm(steps, desc="digits classifier", disable=not progress, leave=False):
+    for idx in tqdm(steps, desc="digits classifier", disable=None if progress else True, leave=False):
         _, logits = model(x[idx])
         loss = F.cross_entropy(logits, labels[idx])
         optimizer.zero_grad(set_to_none=True)

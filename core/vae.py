@@ -95,7 +95,7 @@ def train_vae(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.steps)
     vae.train()
     history = []
-    for _ in tqdm(range(settings.steps), desc="digits VAE", disable=not progress, leave=False):
+    for _ in tqdm(range(settings.steps), desc="digits VAE", disable=None if progress else True, leave=False):
         batch = images[torch.randint(len(images), (settings.batch,), generator=generator)]
         loss, mse = vae_loss(vae, batch, generator, settings.kl_weight)
         optimizer.zero_grad(set_to_none=True)
