@@ -106,3 +106,12 @@ def test_transfer_simulation_prints_its_table():
     assert table["reps"] == 8 and len(table["rows"]) == 2
     assert all(0 <= r["false_rate"] <= 1 and r["transfers"] + r["not_transfers"] + r["inconclusive"]
                == pytest.approx(1.0) for r in table["rows"])
+
+
+def test_dry_run_benchmark_times_cold_and_warm_runs():
+    out = run_script("benchmarks/dry_run.py", "--reps", "2", "sweeps/smoke.yaml")
+    figures = json.loads(out.splitlines()[-1])
+    assert figures["reps"] == 2 and list(figures["files"]) == ["smoke.yaml"]
+    times = figures["files"]["smoke.yaml"]
+    assert times["cold_s"] > 0 and len(times["warm_s"]) == 1 and times["warm_s"][0] > 0
+    assert out.splitlines()[1].split() == ["sweep", "file", "cold", "s", "warm", "min", "s", "warm", "median", "s"]
