@@ -5,7 +5,8 @@ Ray), ``schema`` (the sweep file's JSON schema), ``encode`` (images -> VAE laten
 (a sweep's report). Heavy libraries (torch, ray, mlflow) are imported inside the commands, so
 ``--help`` is quick. Mistakes a user can fix (a bad sweep file, an impossible config, a missing
 file) print one message without a traceback and exit with status 2; a sweep with failed trials
-exits with status 1.
+exits with status 1, an interrupted one (Ctrl-C) with 130. ``--json`` on ``run`` puts only JSON on
+stdout (the dry run's trials, or the outcome) for scripts; the human lines go to stderr then.
 """
 
 from __future__ import annotations
