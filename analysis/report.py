@@ -8,7 +8,8 @@ Files written into ``out_dir``: ``runs.csv`` (one row per evaluation, columns
 ``runs.POINT_COLUMNS``), ``fits.json`` (every fitted value, no NaN), ``report.html``
 (self-contained: the figures are embedded as base64 data URIs), the figures
 ``fd_vs_compute.png``, ``fd_vs_kimg.png``, ``lr_transfer.png``, ``diagnostics.png``,
-``samples.png``, and the downloaded sample grids under ``samples/``.
+``samples.png``, and the downloaded sample grids under ``samples/``. ``log_report`` then logs
+the report back to the sweep's MLflow parent run.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import html
 import json
 import math
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
 
 from analysis import figures
 from analysis.fit import Backtest, Estimate, ScalingFit, backtest_largest, fit_law
@@ -37,6 +41,8 @@ MODELS = ("saturating", "power")
 SUMMARY_COLUMNS = ("size", "width", "depth", "trials", "finished", "running", "diverged", "failed",
                    "best FD", "best trial", "at kimg", "at FLOPs", "flag")
 """Keys of every ``ReportResult.summary_rows`` entry (all values are strings)."""
+REPORT_ARTIFACTS = "report"
+"""Artifact folder of the parent run that :func:`log_report` fills."""
 
 
 @dataclass
@@ -46,7 +52,8 @@ class ReportResult:
     ``summary_rows``: one dict per model size with the keys ``SUMMARY_COLUMNS`` (strings, ready
     for a table). ``summary``: a plain-text block (the same table, the fits, the LR-transfer
     verdicts and the notes) to print as is. ``notes``: every data-quality note (points left out,
-    fits not possible, ...), also shown in the HTML.
+    fits not possible, ...), also shown in the HTML. ``values``: every fitted value, the content of
+    ``fits.json``.
     """
 
     out_dir: Path
@@ -57,6 +64,7 @@ class ReportResult:
     summary_rows: list[dict[str, str]]
     summary: str
     notes: list[str]
+    values: dict
 
     @property
     def files(self) -> list[Path]:
@@ -128,13 +136,57 @@ def make_report(sweep: str, tracking_uri: str, out_dir: Path, *, target_fd: floa
     values = _fitted_values(runs, metric_key, front, fits, backtests, target, c_next, transfer,
                             best, under, notes)
     values["sample_grids"] = [caption for caption, _ in grids]
+    values = _no_nan(values)
     json_path = out_dir / "fits.json"
-    json_path.write_text(json.dumps(_no_nan(values), indent=2, allow_nan=False))
+    json_path.write_text(json.dumps(values, indent=2, allow_nan=False))
     csv_path = runs.to_csv(out_dir / "runs.csv")
     summary = _summary_text(runs, rows, values, notes)
     html_path = out_dir / "report.html"
     html_path.write_text(_html(runs, rows, values, figs, notes))
-    return ReportResult(out_dir, html_path, csv_path, json_path, figs, rows, summary, notes)
+    return ReportResult(out_dir, html_path, csv_path, json_path, figs, rows, summary, notes, values)
+
+
+def log_report(result: ReportResult) -> str | None:
+    """Log a report to its sweep's MLflow parent run (``fits.json``'s ``parent_run_id`` in its
+    ``tracking_uri``), so the study's result sits beside its trials in the MLflow UI:
+
+    * artifacts under ``report/``: every file of ``result.files`` (report.html, runs.csv,
+      fits.json, the figures);
+    * metrics ``fit/<model>/alpha`` of each fitted law and ``lr_transfer/<rule>/slope`` (slope of
+      log best LR against log width), each with ``..._lo`` / ``..._hi`` where its interval is
+      bounded;
+    * tags ``gat_sweep.fit.<model>`` (``ok``, or why no law was fitted) and
+      ``gat_sweep.lr_transfer.<rule>`` (the verdict).
+
+    A later report replaces the artifacts and tags and logs the metrics again (the latest is this
+    report's). Returns the parent run id, or None when the sweep has no single parent run (then
+    nothing is logged).
+    """
+    run_id = result.values["parent_run_id"]
+    if run_id is None:
+        return None
+    client = MlflowClient(result.values["tracking_uri"])
+    for path in result.files:
+        client.log_artifact(run_id, str(path), REPORT_ARTIFACTS)
+    metrics, tags = {}, {}
+    for model, fit in result.values["fits"].items():
+        tags[f"gat_sweep.fit.{model}"] = "ok" if fit["ok"] else fit["reason"]
+        if fit["ok"]:
+            metrics.update(_estimate_metrics(f"fit/{model}/alpha", fit["alpha"]))
+    for rule, transfer in result.values["lr_transfer"].items():
+        tags[f"gat_sweep.lr_transfer.{rule}"] = transfer["verdict"]
+        if transfer["slope"] is not None:
+            metrics.update(_estimate_metrics(f"lr_transfer/{rule}/slope", transfer["slope"]))
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()],
+                     tags=[RunTag(key, value) for key, value in tags.items()])
+    return run_id
+
+
+def _estimate_metrics(key: str, estimate: dict) -> dict[str, float]:
+    """``{key: value, key_lo: lo, key_hi: hi}`` of an estimate's dict, without the missing ones."""
+    named = {key: estimate["value"], f"{key}_lo": estimate["lo"], f"{key}_hi": estimate["hi"]}
+    return {k: v for k, v in named.items() if v is not None}
 
 
 # ---- pieces ----------------------------------------------------------------------------------

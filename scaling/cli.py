@@ -463,10 +463,14 @@ def plot(
     tracking_uri: Annotated[str | None, typer.Option(
         help="MLflow tracking URI (default: the sweep file's, else $MLFLOW_TRACKING_URI, else "
         "outputs/NAME/mlflow.db for a sweep NAME).")] = None,
+    log: Annotated[bool, typer.Option(
+        "--log/--no-log", help="Log the report, fits and exponents to the sweep's MLflow parent run.")] = True,
 ) -> None:
     """Fit FD/FID against training compute for a sweep and write figures and an HTML report.
 
-    Works on a finished sweep and on one still running.
+    Works on a finished sweep and on one still running. The report's files, the fitted exponents
+    (fit/MODEL/alpha) and the LR-transfer verdicts are also logged to the sweep's MLflow parent
+    run (artifacts under report/), unless --no-log.
 
     **Examples:**
 
@@ -492,3 +496,15 @@ def plot(
         result = make_report(name, uri, out or default_out)
     console.print(result.summary, highlight=False, markup=False)
     console.print(f"report {result.html}", highlight=False, markup=False)
+    if log:
+        from mlflow.exceptions import MlflowException
+
+        from analysis.report import log_report
+
+        try:
+            run_id = log_report(result)
+        except MlflowException as err:  # the report on disk stands; say why MLflow has no copy
+            console.print(f"not logged to MLflow ({uri}): {err}", highlight=False, markup=False)
+        else:
+            if run_id is not None:
+                console.print(f"logged to MLflow parent run {run_id} (artifacts report/)", highlight=False, markup=False)

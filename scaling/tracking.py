@@ -8,10 +8,17 @@ which ``core.train.train`` drives. The child run id travels inside each checkpoi
 one run however often it restarts; a trial that crashed before its first checkpoint finds its run
 again by its tags. A trial whose training repeats another trial's exactly gets a copy of that
 run (:func:`copy_run`) instead of training again.
+
+The runs carry what MLflow's own ``start_run`` would add: the context tags (user, source, git
+commit; resolved once in the driver and copied to every child run, whose Ray worker process knows
+neither) and MLflow's system metrics of each trial's process.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +26,21 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag, ViewType
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_GIT_BRANCH,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_GIT_REPO_URL,
+    MLFLOW_LOGGED_IMAGES,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_RUN_NOTE,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+    MLFLOW_USER,
+)
+from PIL import Image
 
 from core.config import TrainConfig, flatten
 from core.train import Report, Reporter, TrainResult
@@ -31,10 +52,37 @@ PARAMS_PER_BATCH, METRICS_PER_BATCH, RUNS_PER_PAGE = 100, 1000, 1000
 """MLflow's limits of params and of metrics per log_batch call; runs per search page."""
 ERROR_TAG_CHARS = 5000
 """MLflow's limit on a tag value."""
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+"""The experiment tag with which MLflow 3's UI opens an experiment on its training runs (without
+it, on the GenAI overview); the value is the UI's kind for custom model training."""
+CONTEXT_TAGS = (MLFLOW_USER, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_GIT_COMMIT, MLFLOW_GIT_BRANCH,
+                MLFLOW_GIT_REPO_URL)
+"""The context tags of the parent run that every child run repeats."""
+SAMPLES_KEY, IMAGES_DIR = "samples", "images"
+"""``log_image`` key of the EMA sample grids, and the artifact folder where MLflow keeps them."""
+BEST_PREFIX, BEST_STEP = "best/", "best/step"
+"""``best/<metric>``: the best (lowest) FD/FID so far, ``<metric>`` being ``eval.metric_key``
+without ``eval/``; ``best/step``: the iteration of that evaluation."""
+
+
+def context_tags() -> dict[str, str]:
+    """The tags MLflow's ``start_run`` adds for this process (``mlflow.user``,
+    ``mlflow.source.name`` = the entry point, ``mlflow.source.type``, the entry point's git commit,
+    branch and repository URL, and any registered context provider's). When the entry point is in
+    no git repository (a console script in a virtual environment outside the checkout), the git
+    tags are those of the checkout holding this package, if any (an editable install)."""
+    tags = resolve_tags()
+    if MLFLOW_GIT_COMMIT not in tags:
+        here = str(Path(__file__).resolve().parent)
+        git = {MLFLOW_GIT_COMMIT: get_git_commit(here), MLFLOW_GIT_BRANCH: get_git_branch(here),
+               MLFLOW_GIT_REPO_URL: get_git_repo_url(here)}
+        tags.update({key: value for key, value in git.items() if value})
+    return tags
 
 
 def open_experiment(tracking_uri: str, name: str, artifact_dir: Path | None) -> str:
-    """Id of the experiment ``name``, created if missing (with its tables for a new sqlite file).
+    """Id of the experiment ``name``, created if missing (with its tables for a new sqlite file),
+    tagged ``mlflow.experimentKind = custom_model_development`` unless it has a kind already.
 
     ``artifact_dir``: absolute directory for artifacts of a local store (a server chooses its own).
     Raises ValueError if the experiment exists but was deleted in MLflow.
@@ -43,24 +91,35 @@ def open_experiment(tracking_uri: str, name: str, artifact_dir: Path | None) -> 
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = artifact_dir.absolute().as_uri() if artifact_dir is not None else None
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     if experiment.lifecycle_stage == "deleted":
         raise ValueError(
             f"MLflow experiment {name!r} at {tracking_uri} is deleted; restore it in the MLflow UI, "
             "remove it for good (`mlflow gc`), or rename the sweep"
         )
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the tag existed; a kind chosen in the UI stays
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
 
 
 def start_parent_run(tracking_uri: str, experiment_id: str, sweep: str, spec_hash: str,
-                     artifacts: list[Path]) -> str:
-    """Create the sweep's parent run (tags of docs/TRACKING.md), log ``artifacts``; return its id."""
+                     artifacts: list[Path], description: str = "") -> str:
+    """Create the sweep's parent run (tags of docs/TRACKING.md, :func:`context_tags`, the sweep's
+    ``description`` as the run's note), log ``artifacts``; return its id."""
     client = MlflowClient(tracking_uri)
-    run = client.create_run(experiment_id, run_name=sweep, tags={
-        TAG_ROLE: "parent", TAG_SWEEP: sweep, TAG_SPEC_HASH: spec_hash})
-    for path in artifacts:
-        client.log_artifact(run.info.run_id, str(path))
+    note = {MLFLOW_RUN_NOTE: description} if description else {}
+    run = client.create_run(experiment_id, run_name=sweep, tags={**context_tags(), TAG_ROLE: "parent", TAG_SWEEP: sweep, **note})
+    log_sweep_files(tracking_uri, run.info.run_id, spec_hash, artifacts)
     return run.info.run_id
+
+
+def log_sweep_files(tracking_uri: str, run_id: str, spec_hash: str, artifacts: list[Path]) -> None:
+    """Tag the parent run ``run_id`` with the sweep's spec hash and log ``artifacts`` (the sweep
+    file as run, trials.csv) to it; a sweep that grows replaces both."""
+    client = MlflowClient(tracking_uri)
+    client.set_tag(run_id, TAG_SPEC_HASH, spec_hash)
+    for path in artifacts:
+        client.log_artifact(run_id, str(path))
 
 
 def set_run_status(tracking_uri: str, run_id: str, running: bool, failed: bool = False) -> None:
@@ -85,6 +144,15 @@ class TrialTracking:
         """The identifying tags of a trial's child run."""
         return {TAG_ROLE: "trial", TAG_SWEEP: self.sweep, TAG_TRIAL: trial, MLFLOW_PARENT_RUN_ID: self.parent_run_id}
 
+    def create_run(self, client: MlflowClient, trial: str, tags: dict[str, str] | None = None) -> str:
+        """Create the child run of ``trial`` with its identifying tags, the parent run's
+        :data:`CONTEXT_TAGS` and ``tags``; return its id."""
+        parent = client.get_run(self.parent_run_id).data.tags
+        context = {key: parent[key] for key in CONTEXT_TAGS if key in parent}
+        run = client.create_run(self.experiment_id, run_name=trial,
+                                tags={**context, **self.tags(trial), **(tags or {})})
+        return run.info.run_id
+
     def find_run(self, client: MlflowClient, trial: str) -> Run | None:
         """The (oldest) active child run of ``trial``, or None."""
         filters = [f"tags.`{key}` = '{value}'" for key, value in self.tags(trial).items()]
@@ -106,7 +174,8 @@ def copy_run(tracking: TrialTracking, source: str, trial: str, config: TrainConf
     identical (the same TrainConfig but for the name): its params with this trial's config and
     sweep coordinates, every metric history, ``config.json`` and the sample grids ``samples``;
     tagged ``gat_sweep.same_as = source``. A partial copy left by an interrupted driver is
-    replaced. Returns the new run id; raises LookupError if ``source`` has no run.
+    replaced; so are the ``log_image`` grids. Returns the new run id; raises LookupError if
+    ``source`` has no run.
     """
     client = MlflowClient(tracking.tracking_uri)
     original = tracking.find_run(client, source)
@@ -115,8 +184,7 @@ def copy_run(tracking: TrialTracking, source: str, trial: str, config: TrainConf
     stale = tracking.find_run(client, trial)
     if stale is not None:
         client.delete_run(stale.info.run_id)
-    tags = {**tracking.tags(trial), TAG_SAME_AS: source, TAG_STATUS: original.data.tags[TAG_STATUS]}
-    run_id = client.create_run(tracking.experiment_id, run_name=trial, tags=tags).info.run_id
+    run_id = tracking.create_run(client, trial, {TAG_SAME_AS: source, TAG_STATUS: original.data.tags[TAG_STATUS]})
     _log_params(client, run_id, {**original.data.params, **flatten(config.to_dict()), **params})
     for key in original.data.metrics:
         history = client.get_metric_history(original.info.run_id, key)
@@ -125,6 +193,10 @@ def copy_run(tracking: TrialTracking, source: str, trial: str, config: TrainConf
     client.log_dict(run_id, config.to_dict(), "config.json")
     for path in samples:
         client.log_artifact(run_id, str(path), "samples")
+    if client.list_artifacts(original.info.run_id, IMAGES_DIR):
+        with tempfile.TemporaryDirectory() as tmp:
+            client.log_artifacts(run_id, client.download_artifacts(original.info.run_id, IMAGES_DIR, tmp), IMAGES_DIR)
+        client.set_tag(run_id, MLFLOW_LOGGED_IMAGES, True)
     client.set_terminated(run_id, "FINISHED")
     return run_id
 
@@ -182,12 +254,35 @@ def store_problems(tracking: TrialTracking, ended: dict[str, str]) -> list[str]:
     return problems
 
 
+def start_system_metrics(tracking_uri: str, run_id: str) -> Any | None:
+    """Start MLflow's system-metrics monitor on ``run_id`` (a daemon thread of this process:
+    ``system/cpu_utilization_percentage``, ``system/system_memory_usage_megabytes``, disk, network
+    and, where NVML finds NVIDIA GPUs, ``system/gpu_<i>_...``; one sample every
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds, default 10, its own step counter, which a
+    resumed run continues; GPU metrics need the ``gpu`` extra, nvidia-ml-py). Returns the monitor
+    (call ``finish()``), or None when ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is set false (as
+    ``mlflow.disable_system_metrics_logging()`` does). The monitor stops by itself once the run is
+    no longer RUNNING. Its INFO lines are silenced (warnings still show)."""
+    if MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.is_set() and not MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get():
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor  # imports psutil
+
+    # Its start/stop/no-GPU lines at INFO would be 4 lines per trial in the sweep's output.
+    logging.getLogger(SystemMetricsMonitor.__module__).setLevel(logging.WARNING)
+    monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=tracking_uri)
+    monitor.start()
+    return monitor
+
+
 class MlflowReporter(Reporter):
     """Logs one training run to its MLflow child run (docs/TRACKING.md).
 
-    Metrics go with ``step = iteration``; sample grids become artifacts under ``samples/``; the
-    config becomes ``config.json``. After a restart, steps already logged by the earlier attempt
-    are not logged twice (the resumed run repeats them deterministically).
+    Metrics go with ``step = iteration``, and ``best/<metric>`` / ``best/step`` whenever an
+    evaluation improves on the best so far; sample grids become artifacts under ``samples/`` and
+    ``log_image`` images (key ``samples``, step = iteration); the config becomes ``config.json``;
+    system metrics come from :func:`start_system_metrics` while the run trains. After a restart,
+    steps already logged by the earlier attempt are not logged twice (the resumed run repeats them
+    deterministically), and the best so far is the one the run logged.
     """
 
     def __init__(self, tracking: TrialTracking, trial: str, params: dict[str, Any] | None = None) -> None:
@@ -197,6 +292,9 @@ class MlflowReporter(Reporter):
         self.client = MlflowClient(tracking.tracking_uri)
         self.run_id: str | None = None
         self._logged_until = -1
+        self._metric_key: str | None = None
+        self._best = math.inf
+        self._monitor: Any | None = None
 
     # -- Reporter interface ----------------------------------------------------------------------
     def start(self, cfg: TrainConfig, info: dict[str, str], state: dict[str, Any] | None) -> None:
@@ -209,21 +307,33 @@ class MlflowReporter(Reporter):
         self.client.log_dict(self.run_id, cfg.to_dict(), "config.json")
         history = self.client.get_metric_history(self.run_id, "progress/iter")
         self._logged_until = max((m.step for m in history), default=-1)
+        self._metric_key = info.get("eval.metric_key")
+        if self._metric_key is not None:
+            logged = self.client.get_run(self.run_id).data.metrics
+            self._best = logged.get(self._best_key(), math.inf)
+        self._monitor = start_system_metrics(self.tracking.tracking_uri, self.run_id)
 
     def report(self, report: Report) -> None:
         if report.step <= self._logged_until:
             return
+        metrics = dict(report.metrics)
+        value = metrics.get(self._metric_key, math.inf)
+        if value < self._best:
+            self._best = value
+            metrics.update({self._best_key(): value, BEST_STEP: float(report.step)})
         now = int(time.time() * 1000)
-        metrics = [Metric(key, float(value), now, report.step) for key, value in report.metrics.items()]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        self.client.log_batch(self.run_id, metrics=[Metric(key, float(v), now, report.step) for key, v in metrics.items()])
         for image in report.images:
             self.client.log_artifact(self.run_id, str(image), "samples")
+            with Image.open(image) as grid:
+                self.client.log_image(self.run_id, grid, key=SAMPLES_KEY, step=report.step, synchronous=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"mlflow_run_id": self.run_id}
 
     def finish(self, result: TrainResult) -> None:
         """Tag the run finished or diverged and close it."""
+        self._stop_system_metrics()
         self.client.set_tag(self.run_id, TAG_STATUS, result.status)
         self.client.set_terminated(self.run_id, "FINISHED")
 
@@ -232,6 +342,7 @@ class MlflowReporter(Reporter):
         """Record a crash or a configuration error in the child run, FAILED (a retry reattaches
         it). A trial that failed before training started gets its run here, found by its tags or
         created, so that the error is in MLflow too."""
+        self._stop_system_metrics()
         if self.run_id is None:
             found = self.tracking.find_run(self.client, self.trial)
             self.run_id = found.info.run_id if found else self._create_run()
@@ -240,6 +351,12 @@ class MlflowReporter(Reporter):
         self.client.set_terminated(self.run_id, "FAILED")
 
     def _create_run(self) -> str:
-        run = self.client.create_run(self.tracking.experiment_id, run_name=self.trial,
-                                     tags=self.tracking.tags(self.trial))
-        return run.info.run_id
+        return self.tracking.create_run(self.client, self.trial)
+
+    def _best_key(self) -> str:
+        return BEST_PREFIX + self._metric_key.removeprefix("eval/")
+
+    def _stop_system_metrics(self) -> None:
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None

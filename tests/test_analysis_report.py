@@ -19,7 +19,7 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from analysis.report import SUMMARY_COLUMNS, make_report
+from analysis.report import SUMMARY_COLUMNS, log_report, make_report
 from analysis.runs import POINT_COLUMNS, SweepNotFound, load_sweep
 
 SWEEP = "synth"
@@ -268,6 +268,44 @@ def test_report_on_a_sweep_with_no_evaluations_yet(store, tmp_path):
     values = json.loads(result.json.read_text())
     assert values["fits"]["power"]["ok"] is False and "need at least 3" in values["fits"]["power"]["reason"]
     assert values["status_counts"]["running"] == 1 and values["lr_transfer"] == {}
+
+
+def test_log_report_fills_the_parent_run(report, store):
+    client = MlflowClient(store[0])
+    assert log_report(report) == store[1]
+    logged = sorted(a.path for a in client.list_artifacts(store[1], "report"))
+    assert logged == sorted(f"report/{p.name}" for p in report.files)
+    run = client.get_run(store[1]).data
+    values = json.loads(report.json.read_text())
+    alpha = values["fits"]["saturating"]["alpha"]
+    assert run.metrics["fit/saturating/alpha"] == pytest.approx(alpha["value"])
+    assert (run.metrics["fit/saturating/alpha_lo"], run.metrics["fit/saturating/alpha_hi"]) == pytest.approx(
+        (alpha["lo"], alpha["hi"]))
+    assert run.metrics["lr_transfer/constant/slope"] == pytest.approx(-1.0, abs=0.05)
+    assert run.tags["gat_sweep.fit.saturating"] == "ok"
+    assert run.tags["gat_sweep.lr_transfer.gat"] == values["lr_transfer"]["gat"]["verdict"]
+    # a second report replaces the files and logs the metrics again
+    assert log_report(report) == store[1]
+    assert sorted(a.path for a in client.list_artifacts(store[1], "report")) == logged
+    assert len(client.get_metric_history(store[1], "fit/saturating/alpha")) == 2
+
+
+def test_plot_logs_to_the_parent_run_unless_told_not_to(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from scaling.cli import app
+
+    client = MlflowClient(store[0])
+    parent = client.search_runs([client.get_experiment_by_name("fresh").experiment_id],
+                                "tags.`gat_sweep.role` = 'parent'")[0].info.run_id
+    quiet = CliRunner().invoke(app, ["plot", "fresh", "--tracking-uri", store[0], "--out", str(tmp_path / "a"), "--no-log"])
+    assert quiet.exit_code == 0 and "logged to MLflow" not in quiet.output
+    assert client.list_artifacts(parent, "report") == []
+    result = CliRunner().invoke(app, ["plot", "fresh", "--tracking-uri", store[0], "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert f"logged to MLflow parent run {parent} (artifacts report/)" in result.output
+    assert "report/report.html" in {a.path for a in client.list_artifacts(parent, "report")}
+    assert "need at least 3 sizes" in client.get_run(parent).data.tags["gat_sweep.fit.power"]
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
