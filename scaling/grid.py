@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from core.config import ConfigError, NetConfig, TrainConfig
+from core.config import ConfigError, NetConfig, TrainConfig, flatten
 from core.flops import parameter_counts, train_flops_per_iter
 from scaling.lr_rules import apply_rule
 from scaling.spec import SweepSpec
@@ -82,20 +82,32 @@ def training_key(config: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def shared_trainings(trials: list[Trial]) -> dict[str, str]:
+def shared_trainings(trials: list[Trial], trained: set[str] | frozenset[str] = frozenset()) -> dict[str, str]:
     """{trial: earlier trial it repeats} for trials whose TrainConfig equals an earlier one's but for
     the name. Rules coincide wherever they give the same learning rates: ``gat`` and ``constant``
     at the base width, and ``gat`` at width C with base LR b and ``constant`` with b * C0 / C.
-    Such a trial needs no training of its own (training is deterministic given the config)."""
+    Such a trial needs no training of its own (training is deterministic given the config).
+
+    ``trained``: trials that already started training (of a sweep being extended); they come
+    first, so that a new grid point never takes the training of an existing one from it.
+    """
     first: dict[str, str] = {}
     repeats = {}
-    for t in trials:
+    for t in sorted(trials, key=lambda t: t.name not in trained):  # stable: grid order otherwise
         key = training_key(t.config)
         if key in first:
             repeats[t.name] = first[key]
         else:
             first[key] = t.name
     return repeats
+
+
+def trial_records(trials: list[Trial]) -> dict[str, dict[str, Any]]:
+    """{trial: its flattened TrainConfig and ``sweep.*`` coordinates}, as JSON gives them back: what
+    a sweep's state keeps of each trial, so that a later sweep file can be compared with it field
+    by field (an extended sweep must leave every existing trial as it was)."""
+    records = {t.name: {**flatten(t.config.to_dict()), **t.sweep_params()} for t in trials}
+    return json.loads(json.dumps(records))
 
 
 def sweep_hash(trials: list[Trial]) -> str:
@@ -131,10 +143,11 @@ def trial_cost(config: TrainConfig) -> TrialCost:
     return TrialCost(g_params, d_params, per_iter, per_iter * config.iterations)
 
 
-def trial_rows(trials: list[Trial]) -> list[dict[str, Any]]:
+def trial_rows(trials: list[Trial], repeats: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per trial for the dry-run table and trials.csv (parameter counts, FLOPs, LRs, and
-    ``same_as``: the earlier trial whose training this one repeats, if any)."""
-    repeats = shared_trainings(trials)
+    ``same_as``: the trial whose training this one repeats, if any; ``repeats`` as
+    :func:`shared_trainings` gives it, computed here when None)."""
+    repeats = shared_trainings(trials) if repeats is None else repeats
     rows = []
     for t in trials:
         cost, c = trial_cost(t.config), t.config

@@ -17,8 +17,12 @@ The run directories are the sweep's state. Rerunning the driver resumes: trials 
 ``core.train.train`` continues each from its ``checkpoints/latest.pt``. A crashed trial is retried
 by Ray Tune (``FailureConfig(max_failures)``) the same way; every failure is appended to the
 trial's ``failures.jsonl``. A trial that fails for a configuration reason (``ConfigError``) is not
-retried: it ends at once with status ``config_error``. A sweep file whose trials changed is
-refused for an existing output directory (its spec hash differs) instead of mixing two sweeps.
+retried: it ends at once with status ``config_error``.
+
+A sweep grows: a sweep file that keeps every trial of the sweep in its output directory as it was
+(``sweep.json`` keeps each trial's flattened config) and adds others (widths, LRs, seeds) trains
+only the new ones, under the same MLflow parent run. A sweep file that changes or drops an
+existing trial is refused, naming the fields, instead of mixing two sweeps.
 
 Trials whose TrainConfig repeats an earlier trial's (``scaling.grid.shared_trainings``, e.g.
 ``gat`` and ``constant`` at the base width) are not trained again: once the earlier trial has
@@ -52,7 +56,7 @@ from core.config import ConfigError, TrainConfig
 from core.encode import MANIFEST
 from core.flops import remember_flops
 from core.train import RESULT_FILE, Report, TrainResult, train
-from scaling.grid import Trial, expand, shared_trainings, sweep_hash, trial_rows
+from scaling.grid import Trial, expand, shared_trainings, sweep_hash, trial_records, trial_rows
 from scaling.lock import sweep_lock
 from scaling.spec import Resources, SweepSpec, is_local_store
 from scaling.tracking import (
@@ -60,6 +64,7 @@ from scaling.tracking import (
     TrialTracking,
     copy_run,
     end_open_runs,
+    log_sweep_files,
     open_experiment,
     set_run_status,
     start_parent_run,
@@ -365,40 +370,93 @@ def _check_directory(path: Path, what: str) -> None:
                           "choose a directory this user can write") from None
 
 
-def _existing_state(out: Path, digest: str, tracking_uri: str, sweep_file: Path) -> dict[str, str] | None:
-    """The sweep state in ``out`` if this sweep was started before; refuse a different sweep."""
+def _existing_state(spec: SweepSpec, out: Path, digest: str, records: dict[str, dict[str, Any]],
+                    tracking_uri: str, sweep_file: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The sweep state in ``out`` if this sweep was started before, and the trials the sweep file
+    adds to it (empty unless it extends the sweep: every existing trial unchanged, new ones added).
+
+    Raises SweepChangedError naming every changed field and dropped trial when the sweep file
+    changes existing trials, ConfigError when it logs to another tracking URI.
+    """
     path = out / STATE_FILE
     if not path.exists():
-        return None
+        return None, []
     state = json.loads(path.read_text())
-    if state["spec_hash"] != digest:
-        raise SweepChangedError(
-            f"{out} holds sweep {state['name']!r} with other trials (spec hash {state['spec_hash']}; "
-            f"{sweep_file} gives {digest}). A changed sweep is a new sweep: give it a new name or "
-            f"output_dir, or delete {out} to start over")
     if state["tracking_uri"] != tracking_uri:
         raise ConfigError(
             f"tracking_uri: this sweep logs to {state['tracking_uri']} (recorded in {path}); got "
             f"{tracking_uri}. Use the same tracking URI to resume it")
-    return state
+    if state["spec_hash"] == digest:
+        return state, []
+    changes = _changes(state, spec.name, records)
+    if changes:
+        raise SweepChangedError(
+            f"{out} holds sweep {state['name']!r} (spec hash {state['spec_hash']}), and {sweep_file} "
+            f"changes its trials: {'; '.join(changes)}. A sweep file may add trials to a sweep (more "
+            f"widths, LRs or seeds, the rest unchanged); a changed sweep is a new sweep: give it a new "
+            f"name or output_dir, or delete {out} to start over")
+    return state, [name for name in records if name not in state["trials"]]
 
 
-def _create_sweep(spec: SweepSpec, sweep_file: Path, digest: str, rows: list[dict[str, Any]], out: Path,
-                  tracking_uri: str) -> dict[str, str]:
-    """Write the output directory's sweep files and create the MLflow experiment and parent run."""
+def _changes(state: dict[str, Any], name: str, records: dict[str, dict[str, Any]]) -> list[str]:
+    """What keeps ``records`` from extending the sweep ``state``: each changed field of an existing
+    trial (``field: old -> new``, with how many trials), the dropped trials, a new sweep name."""
+    if "trials" not in state:
+        return ["its state (sweep.json) has no per-trial record, so no trial can be checked"]
+    old = state["trials"]
+    changed: dict[str, tuple[Any, Any, int]] = {}
+    for trial in old.keys() & records.keys():
+        for key in sorted(old[trial].keys() | records[trial].keys()):
+            before, after = old[trial].get(key), records[trial].get(key)
+            if before != after:
+                first = changed.get(key, (before, after, 0))
+                changed[key] = (first[0], first[1], first[2] + 1)
+    problems = [f"{key}: {before} -> {after} ({n} trial(s))" for key, (before, after, n) in sorted(changed.items())]
+    dropped = [trial for trial in old if trial not in records]
+    if dropped:
+        more = f" and {len(dropped) - 3} more" if len(dropped) > 3 else ""
+        problems.append(f"trials dropped: {', '.join(dropped[:3])}{more}")
+    if state["name"] != name:
+        problems.append(f"name: {state['name']} -> {name}")
+    return problems
+
+
+def _write_sweep_files(spec: SweepSpec, sweep_file: Path, rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Write ``sweep.yaml`` (the file as run: with any --set) and ``trials.csv``; return both paths."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.yaml").write_text(spec.file_text() or Path(sweep_file).read_text())  # as run: with any --set
+    (out / "sweep.yaml").write_text(spec.file_text() or Path(sweep_file).read_text())
     with open(out / "trials.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    return [out / "sweep.yaml", out / "trials.csv"]
+
+
+def _save_state(out: Path, state: dict[str, Any]) -> None:
+    atomic_write_bytes(out / STATE_FILE, json.dumps(state, indent=2).encode())
+
+
+def _create_sweep(spec: SweepSpec, sweep_file: Path, digest: str, records: dict[str, dict[str, Any]],
+                  rows: list[dict[str, Any]], out: Path, tracking_uri: str) -> dict[str, Any]:
+    """Write the output directory's sweep files and create the MLflow experiment and parent run."""
+    files = _write_sweep_files(spec, sweep_file, rows, out)
     artifact_dir = out / "mlartifacts" if is_local_store(tracking_uri) else None
     experiment_id = open_experiment(tracking_uri, spec.name, artifact_dir)
-    parent = start_parent_run(tracking_uri, experiment_id, spec.name, digest,
-                              [out / "sweep.yaml", out / "trials.csv"])
+    parent = start_parent_run(tracking_uri, experiment_id, spec.name, digest, files, spec.description)
     state = {"name": spec.name, "spec_hash": digest, "tracking_uri": tracking_uri,
-             "experiment_id": experiment_id, "parent_run_id": parent}
-    atomic_write_bytes(out / STATE_FILE, json.dumps(state, indent=2).encode())
+             "experiment_id": experiment_id, "parent_run_id": parent, "trials": records}
+    _save_state(out, state)
+    return state
+
+
+def _extend_sweep(spec: SweepSpec, sweep_file: Path, digest: str, records: dict[str, dict[str, Any]],
+                  rows: list[dict[str, Any]], out: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """Make the sweep in ``out`` the sweep file's superset of it: its files, the parent run's copy
+    of them and spec hash, and last the state (a driver stopped before that extends it again)."""
+    files = _write_sweep_files(spec, sweep_file, rows, out)
+    log_sweep_files(state["tracking_uri"], state["parent_run_id"], digest, files)
+    state = {**state, "spec_hash": digest, "trials": records}
+    _save_state(out, state)
     return state
 
 
@@ -524,11 +582,12 @@ def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporte
 def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls: type[TrialReporter],
            console: Console) -> SweepOutcome:
     """The body of :func:`run_sweep`, under the sweep lock: open the sweep, fit, copy, collect, check."""
-    digest = sweep_hash(trials)
+    digest, records = sweep_hash(trials), trial_records(trials)
     out, tracking_uri = spec.output_path(), spec.tracking()
-    state = _existing_state(out, digest, tracking_uri, sweep_file)
+    state, added = _existing_state(spec, out, digest, records, tracking_uri, sweep_file)
     _prepare_data(trials[0].config)
-    repeats = shared_trainings(trials)
+    started = {t.name for t in trials if (out / TRIALS_DIR / t.name / ATTEMPTS_FILE).exists()}
+    repeats = shared_trainings(trials, started)
     pending = [t for t in trials if t.name not in repeats and not is_done(t, out / TRIALS_DIR / t.name)]
     started_ray = bool(pending) and not ray.is_initialized()
     failed: dict[str, tuple[str, str]] = {}
@@ -536,7 +595,8 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
         # Ray's start-up is mostly waiting for its processes: count FLOPs and open the MLflow
         # store meanwhile (seconds off the time to the first training iteration).
         with ThreadPoolExecutor(max_workers=1) as pool:
-            opening = pool.submit(_open_sweep, spec, sweep_file, digest, trials, out, tracking_uri, state)
+            opening = pool.submit(_open_sweep, spec, sweep_file, digest, records, trials, repeats, out,
+                                  tracking_uri, state)
             if started_ray:
                 ray.init(address=spec.ray_target(), include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING)
@@ -548,6 +608,9 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
         # time for a fixed pool of workers).
         cost = {row["name"]: row["total_flops"] for row in rows}
         todo = sorted((t.name for t in pending), key=lambda n: -cost[n])
+        if added:
+            console.print(f"sweep [bold]{spec.name}[/] grows by {len(added)} trials; its "
+                          f"{len(trials) - len(added)} trials so far are kept as they are")
         console.print(f"sweep [bold]{spec.name}[/]: {len(trials)} trials ({len(repeats)} repeat another's "
                       f"training and are copied), {len(todo)} to train; output {escape(str(out))}")
         for name in todo:
@@ -592,18 +655,20 @@ def _check_store(plan: SweepPlan, outcome: SweepOutcome) -> list[str]:
         return [f"cannot read the MLflow store {plan.tracking.tracking_uri}: {err}"]
 
 
-def _open_sweep(spec: SweepSpec, sweep_file: Path, digest: str, trials: list[Trial], out: Path,
-                tracking_uri: str, state: dict[str, str] | None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def _open_sweep(spec: SweepSpec, sweep_file: Path, digest: str, records: dict[str, dict[str, Any]],
+                trials: list[Trial], repeats: dict[str, str], out: Path, tracking_uri: str,
+                state: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Count every trial's FLOPs (trials.csv and the order of trials), then create the output
-    directory, MLflow experiment and parent run, or mark an existing sweep's parent run running.
-    Returns (trial rows, sweep state). Raises ConfigError naming ``tracking_uri`` if the store
-    refuses."""
-    rows = trial_rows(trials)
+    directory, MLflow experiment and parent run, or extend an existing sweep to the sweep file's
+    grid, and mark its parent run running. Returns (trial rows, sweep state). Raises ConfigError
+    naming ``tracking_uri`` if the store refuses."""
+    rows = trial_rows(trials, repeats)
     try:
         if state is None:
-            state = _create_sweep(spec, sweep_file, digest, rows, out, tracking_uri)
-        else:
-            set_run_status(tracking_uri, state["parent_run_id"], running=True)
+            return rows, _create_sweep(spec, sweep_file, digest, records, rows, out, tracking_uri)
+        if state["spec_hash"] != digest:
+            state = _extend_sweep(spec, sweep_file, digest, records, rows, out, state)
+        set_run_status(tracking_uri, state["parent_run_id"], running=True)
     except MlflowException as err:
         raise ConfigError(f"tracking_uri: the MLflow store {tracking_uri} refused the sweep's experiment or "
                           f"parent run: {err}") from None

@@ -1,6 +1,7 @@
 """Grid expansion (scaling/grid.py): trial count, names, per-network LRs, the sweep hash, and the
 ImageNet sweep's dry-run numbers (the paper's LRs and parameter counts, GAT_METHOD.md §5-§6)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from scaling.grid import (
     sweep_hash,
     training_key,
     trial_cost,
+    trial_records,
     trial_rows,
 )
 from scaling.lr_rules import apply_rule
@@ -72,6 +74,16 @@ def test_repeated_trainings_are_found_across_rules():
     }
     assert training_key(trials[0].config) == training_key(trials[0].config.replace(name="other"))
     assert training_key(trials[0].config) != training_key(trials[0].config.replace(seed=1))
+    # extending a sweep: a trial that already trained keeps its training; the earlier new one copies it
+    assert shared_trainings(trials, trained={"w64-d4-p2_constant_lr0.001_s0"})["w64-d4-p2_gat_lr0.002_s0"] == \
+        "w64-d4-p2_constant_lr0.001_s0"
+
+
+def test_trial_records_are_flat_json_values():
+    trials = expand(spec(seeds=[0]))
+    record = trial_records(trials)["w64-d4-p2_gat_lr0.002_s0"]
+    assert record["g.width"] == 64 and record["lr_g"] == 1e-3 and record["sweep.lr_rule"] == "gat"
+    assert record == json.loads(json.dumps(record))
 
 
 def test_hash_tracks_trials_not_execution_settings():
