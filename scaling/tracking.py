@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,6 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_GIT_BRANCH,
     MLFLOW_GIT_COMMIT,
     MLFLOW_GIT_REPO_URL,
-    MLFLOW_LOGGED_IMAGES,
     MLFLOW_PARENT_RUN_ID,
     MLFLOW_RUN_NOTE,
     MLFLOW_SOURCE_NAME,
@@ -58,8 +56,8 @@ it, on the GenAI overview); the value is the UI's kind for custom model training
 CONTEXT_TAGS = (MLFLOW_USER, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_GIT_COMMIT, MLFLOW_GIT_BRANCH,
                 MLFLOW_GIT_REPO_URL)
 """The context tags of the parent run that every child run repeats."""
-SAMPLES_KEY, IMAGES_DIR = "samples", "images"
-"""``log_image`` key of the EMA sample grids, and the artifact folder where MLflow keeps them."""
+SAMPLES_KEY = "samples"
+"""``log_image`` key of the EMA sample grids."""
 BEST_PREFIX, BEST_STEP = "best/", "best/step"
 """``best/<metric>``: the best (lowest) FD/FID so far, ``<metric>`` being ``eval.metric_key``
 without ``eval/``; ``best/step``: the iteration of that evaluation."""
@@ -172,10 +170,10 @@ def copy_run(tracking: TrialTracking, source: str, trial: str, config: TrainConf
              samples: list[Path]) -> str:
     """Log the run of trial ``source`` again as the child run of ``trial``, whose training is
     identical (the same TrainConfig but for the name): its params with this trial's config and
-    sweep coordinates, every metric history, ``config.json`` and the sample grids ``samples``;
+    sweep coordinates, every metric history, ``config.json`` and the sample grids ``samples``
+    (the source's run directory files ``iter_XXXXXXX.png``, logged as the reporter logs them);
     tagged ``gat_sweep.same_as = source``. A partial copy left by an interrupted driver is
-    replaced; so are the ``log_image`` grids. Returns the new run id; raises LookupError if
-    ``source`` has no run.
+    replaced. Returns the new run id; raises LookupError if ``source`` has no run.
     """
     client = MlflowClient(tracking.tracking_uri)
     original = tracking.find_run(client, source)
@@ -192,13 +190,17 @@ def copy_run(tracking: TrialTracking, source: str, trial: str, config: TrainConf
             client.log_batch(run_id, metrics=history[i:i + METRICS_PER_BATCH])
     client.log_dict(run_id, config.to_dict(), "config.json")
     for path in samples:
-        client.log_artifact(run_id, str(path), "samples")
-    if client.list_artifacts(original.info.run_id, IMAGES_DIR):
-        with tempfile.TemporaryDirectory() as tmp:
-            client.log_artifacts(run_id, client.download_artifacts(original.info.run_id, IMAGES_DIR, tmp), IMAGES_DIR)
-        client.set_tag(run_id, MLFLOW_LOGGED_IMAGES, True)
+        _log_grid(client, run_id, path, int(path.stem.removeprefix("iter_")))
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def _log_grid(client: MlflowClient, run_id: str, path: Path, step: int) -> None:
+    """Log a sample grid twice: the file under ``samples/`` (what the report reads) and a
+    ``log_image`` image of key ``samples`` at ``step`` (the UI's image slider and comparison)."""
+    client.log_artifact(run_id, str(path), "samples")
+    with Image.open(path) as grid:
+        client.log_image(run_id, grid, key=SAMPLES_KEY, step=step, synchronous=True)
 
 
 def child_runs(tracking: TrialTracking) -> dict[str, list[Run]]:
@@ -324,9 +326,7 @@ class MlflowReporter(Reporter):
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(key, float(v), now, report.step) for key, v in metrics.items()])
         for image in report.images:
-            self.client.log_artifact(self.run_id, str(image), "samples")
-            with Image.open(image) as grid:
-                self.client.log_image(self.run_id, grid, key=SAMPLES_KEY, step=report.step, synchronous=True)
+            _log_grid(self.client, self.run_id, image, report.step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"mlflow_run_id": self.run_id}
