@@ -39,7 +39,8 @@ import shutil
 import socket
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ from core.cache import atomic_write_bytes
 from core.config import ConfigError, TrainConfig
 from core.encode import MANIFEST
 from core.flops import remember_flops
-from core.train import RESULT_FILE, Report, TrainResult, train
+from core.train import RESULT_FILE, STATS_FILE, Report, TrainResult, train
 from scaling.grid import Trial, expand, shared_trainings, sweep_hash, trial_records, trial_rows
 from scaling.lock import sweep_lock
 from scaling.spec import Resources, SweepSpec, is_local_store
@@ -80,6 +81,8 @@ CONFIG_ERROR = "config_error"
 """Status (and failure kind) of a trial stopped by a ConfigError: not retried."""
 STATUS_EVERY_S = 30.0
 """Seconds between progress lines while trials run."""
+DDP_POLL_S = 5.0
+"""Seconds between two reads of a multi-worker trial's stats.jsonl by its launcher (:func:`relay_stats`)."""
 DDP_LAUNCHER_CPU = 0.01
 """CPU share reserved by the Tune trial that launches a multi-worker Ray Train run: it only waits,
 so it must not hold back a CPU the DDP workers need."""
@@ -237,6 +240,34 @@ def _ddp_worker(config: dict[str, Any]) -> None:
         raise
 
 
+def relay_stats(stats: Path, fitting: Future, report: Callable[[dict[str, Any]], None],
+                poll_s: float = DDP_POLL_S) -> None:
+    """Pass each new record of rank 0's ``stats.jsonl`` (its ``step`` dropped) to ``report`` until
+    ``fitting`` is done, then the records written last: how a multi-worker trial reports to Tune
+    while it trains. It runs in the trial's launcher, since ``ray.train.report`` is a barrier that
+    every rank would have to call at the same steps while only rank 0 logs.
+
+    A record is new when its step is past the last one relayed. A retried trial's launcher starts
+    again from the file's first record (Tune's view of its progress starts over; MLflow's does not),
+    and a line still being written (no newline yet) waits for the next poll.
+    """
+    last = -1
+    while True:
+        finished = fitting.done()  # read before the file: the final records are then on disk
+        if stats.exists():
+            for line in stats.read_text().splitlines(keepends=True):
+                if not line.endswith("\n"):
+                    break
+                record = json.loads(line)
+                step = record.pop("step")
+                if step > last:
+                    last = step
+                    report(record)
+        if finished:
+            return
+        wait([fitting], timeout=poll_s)
+
+
 def _train_ddp(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter]) -> TrainResult:
     """Train one trial on ``resources.workers`` DDP processes through Ray Train's TorchTrainer."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -251,7 +282,10 @@ def _train_ddp(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter])
         run_config=RunConfig(name=trial.name, storage_path=str(plan.out / "ray_train"),
                              failure_config=FailureConfig(max_failures=0)),
     )
-    trainer.fit()  # a worker's exception surfaces here; Tune then retries the whole trial
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        fitting = pool.submit(trainer.fit)
+        relay_stats(plan.run_dir(trial.name) / STATS_FILE, fitting, tune.report)
+        fitting.result()  # a worker's exception surfaces here; Tune then retries the whole trial
     result = read_result(plan.run_dir(trial.name))
     return TrainResult(result["status"], result["iterations"], result["kimg"], result["metrics"],
                        plan.run_dir(trial.name))
@@ -691,6 +725,18 @@ def _copy_trial(plan: SweepPlan, trial: Trial, source: str) -> None:
     shutil.copyfile(src / RESULT_FILE, dst / RESULT_FILE)
 
 
+def max_concurrent(setting: int | None, res: Resources, cluster: dict[str, float]) -> int | None:
+    """Trials run at once: the sweep's ``max_concurrent``; without one, None (as many as fit) for
+    single-process trials, and for multi-worker trials as many as the cluster's GPUs (CPUs when
+    ``gpus`` is 0) can hold at once, at least 1: each waiting launcher would otherwise hold a
+    Ray Train run queued for workers (Ray's guide to Train inside Tune bounds it the same way).
+    ``cluster``: ``ray.cluster_resources()``."""
+    if setting is not None or res.workers == 1:
+        return setting
+    kind, per_trial = ("GPU", res.gpus * res.workers) if res.gpus else ("CPU", res.cpus * res.workers)
+    return max(1, int(cluster.get(kind, 0) // per_trial))
+
+
 def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[TrialReporter],
          progress: ProgressLines) -> dict[str, tuple[str, str]]:
     """Run the trials ``todo`` as one Ray Tune experiment; return ``{trial: (status, error)}`` of
@@ -701,7 +747,8 @@ def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[T
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(todo)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent(spec.max_concurrent, res, ray.cluster_resources()),
+                                    reuse_actors=True,
                                     trial_name_creator=_trial_name,
                                     trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
