@@ -296,12 +296,16 @@ def _print_outcome(outcome: Any, console: Console, plot_command: str) -> None:
     if counts["config_error"]:
         console.print("A configuration error is not retried: fix what it names, then run the same command "
                       "again (ended trials are kept).", highlight=False)
+    # MLflow 3's UI opens an experiment on its GenAI pages unless told the workflow type.
+    page = f"#/experiments/{outcome.experiment_id}/runs?workflowType=machine_learning"
     if outcome.tracking_uri.startswith(("http://", "https://")):
-        console.print(f"MLflow:     {outcome.tracking_uri.rstrip('/')}/#/experiments/{outcome.experiment_id}",
+        console.print(f"MLflow:     {outcome.tracking_uri.rstrip('/')}/{page}",
                       highlight=False, soft_wrap=True, markup=False)
     else:
         console.print(f"MLflow UI:  {installed_command('mlflow')} ui --backend-store-uri "
                       f"{shlex.quote(outcome.tracking_uri)}", highlight=False, soft_wrap=True, markup=False)
+        console.print(f"            then open http://127.0.0.1:5000/{page}", highlight=False, soft_wrap=True,
+                      markup=False)
     console.print(f"Report:     {plot_command}", highlight=False, soft_wrap=True, markup=False)
 
 

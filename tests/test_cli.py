@@ -314,6 +314,9 @@ def test_next_step_lines_work_as_printed(monkeypatch, tmp_path):
     result = invoke("run", str(SWEEPS / "smoke.yaml"))
     lines = [" ".join(line.split()) for line in result.output.splitlines()]
     assert f"MLflow UI: {bin_dir / 'mlflow'} ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in lines
+    # MLflow 3's UI opens on its GenAI pages unless the link names the workflow type
+    ui = lines.index(f"MLflow UI: {bin_dir / 'mlflow'} ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db")
+    assert lines[ui + 1] == "then open http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning"
     assert f"Report: {bin_dir / 'gat-sweep'} plot {SWEEPS / 'smoke.yaml'}" in lines
     renamed = invoke("run", str(SWEEPS / "smoke.yaml"), "--set", "name=smoke2", "--output-dir", str(tmp_path / "o"))
     report = [" ".join(line.split()) for line in renamed.output.splitlines() if line.startswith("Report:")]

@@ -10,7 +10,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from rich.console import Console
 from core.checkpoint import load_checkpoint
 from core.config import TrainConfig
 from core.train import train
-from scaling.spec import SweepSpec
+from scaling.spec import Resources, SweepSpec
 from scaling.lock import HOLDER_FILE, SweepLockedError, sweep_lock
 from scaling.tracking import MlflowReporter
 from scaling.tune import (
@@ -31,7 +33,9 @@ from scaling.tune import (
     FAILURES_FILE,
     SweepChangedError,
     TrialReporter,
+    max_concurrent,
     read_jsonl,
+    relay_stats,
     run_sweep,
 )
 from helpers import attempts, logged
@@ -217,6 +221,52 @@ def test_a_grown_sweep_trains_only_its_new_trials_under_the_same_parent(ray_loca
         run_sweep(make_spec(tmp_path, [1e-3, 2e-3], budget={"iterations": 8}), sweep_file(tmp_path))
     with pytest.raises(SweepChangedError, match=r"trials dropped: w32-d4-p2_gat_lr0.001_s0, .* and 1 more"):
         run_sweep(make_spec(tmp_path, [1e-3, 2e-3], seeds=[1]), sweep_file(tmp_path))
+
+
+def test_relay_stats_passes_each_record_once_while_training_runs(tmp_path):
+    # Issue 13, finding 8: a DDP trial's launcher reports rank 0's records to Tune as they come.
+    stats, fitting, reported = tmp_path / "stats.jsonl", Future(), []
+    lines = [json.dumps({"step": s, "progress/iter": float(s), "loss/D": 1.0 / s}) + "\n" for s in (2, 4, 6)]
+
+    def rank0():
+        for line in lines:
+            with open(stats, "a") as f:
+                f.write(line[:10])  # half a line, then the rest
+                f.flush()
+                time.sleep(0.05)
+                f.write(line[10:])
+            time.sleep(0.05)
+        fitting.set_result(None)
+
+    writer = threading.Thread(target=rank0)
+    writer.start()
+    relay_stats(stats, fitting, reported.append, poll_s=0.01)
+    writer.join()
+    assert reported == [{"progress/iter": float(s), "loss/D": 1.0 / s} for s in (2, 4, 6)]
+
+
+def test_ddp_trial_reports_to_tune_while_it_trains(ray_local, tmp_path):
+    # Two gloo DDP workers on CPU (half a CPU each beside the launcher's 0.01): Tune receives
+    # rank 0's records at each logging step, not only the final result.
+    spec = make_spec(tmp_path, [1e-3], lr={"base_lrs": [1e-3], "rules": ["gat"], "base_width": 64},
+                     resources={"cpus": 0.5, "workers": 2}, max_concurrent=None)
+    outcome = run_sweep(spec, sweep_file(tmp_path))
+    assert [(t.name, t.status, t.iterations) for t in outcome.trials] == [("w32-d4-p2_gat_lr0.001_s0", "finished", 6)]
+    results = [json.loads(line) for path in (outcome.out / "tune").rglob("result.json")
+               for line in path.read_text().splitlines()]
+    assert [r["progress/iter"] for r in results if "progress/iter" in r][:3] == [2.0, 3.0, 4.0]
+    client, runs, _ = child_runs(outcome)
+    assert [m.step for m in client.get_metric_history(runs["w32-d4-p2_gat_lr0.001_s0"].info.run_id,
+                                                      "progress/iter")] == [2, 3, 4, 6]
+
+
+def test_multi_worker_trials_are_bounded_by_the_cluster():
+    gpu4 = Resources(cpus=4, gpus=1, workers=4)
+    assert max_concurrent(None, gpu4, {"CPU": 64, "GPU": 8}) == 2
+    assert max_concurrent(None, gpu4, {"CPU": 64, "GPU": 2}) == 1  # one waits for the others
+    assert max_concurrent(None, Resources(cpus=1, workers=2), {"CPU": 5}) == 2
+    assert max_concurrent(3, gpu4, {"GPU": 8}) == 3  # the sweep's own setting wins
+    assert max_concurrent(None, Resources(cpus=1), {"CPU": 2}) is None  # single-process: as many as fit
 
 
 class KilledAtFour(TrialReporter):
