@@ -39,7 +39,7 @@ from analysis.transfer import SCORE_EVALS, RuleTransfer, analyse_transfer
 
 MODELS = ("saturating", "power")
 SUMMARY_COLUMNS = ("size", "width", "depth", "trials", "finished", "running", "diverged", "failed",
-                   "best FD", "best trial", "at kimg", "at FLOPs", "flag")
+                   "best FD", "best trial", "at kimg", "at FLOPs", "precision", "recall", "flag")
 """Keys of every ``ReportResult.summary_rows`` entry (all values are strings)."""
 REPORT_ARTIFACTS = "report"
 """Artifact folder of the parent run that :func:`log_report` fills."""
@@ -231,9 +231,9 @@ def _shown_next(fits: dict[str, ScalingFit], backtests: dict[str, Backtest], c_n
 def _best_per_size(trials: pd.DataFrame, source: pd.Series) -> pd.DataFrame:
     """One row per size: the trained run behind its lowest best FD (never a copy), with the LR
     rules that training stands for. Columns: size, g_width, g_depth, best_fd, best_iter, trial,
-    run_id, rules, batch, flops_per_iter."""
+    run_id, rules, batch, flops_per_iter, precision, recall (of the best FD's evaluation)."""
     columns = ["size", "g_width", "g_depth", "best_fd", "best_iter", "trial", "run_id", "rules",
-               "batch", "flops_per_iter"]
+               "batch", "flops_per_iter", "precision", "recall"]
     ok = trials[~trials["status"].isin(EXCLUDED_STATUSES)
                 & np.isfinite(trials["best_fd"].astype(float))].copy()
     ok["trained"] = source.loc[ok.index]
@@ -247,7 +247,8 @@ def _best_per_size(trials: pd.DataFrame, source: pd.Series) -> pd.DataFrame:
                      "best_fd": float(pick["best_fd"]), "best_iter": trained["best_iter"],
                      "trial": str(trained["trial"]), "run_id": trained["run_id"],
                      "rules": ", ".join(rules), "batch": trained["batch"],
-                     "flops_per_iter": trained["flops_per_iter"]})
+                     "flops_per_iter": trained["flops_per_iter"], "precision": trained["precision"],
+                     "recall": trained["recall"]})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -301,6 +302,8 @@ def _summary_rows(trials: pd.DataFrame, best: pd.DataFrame, under: dict[str, str
             **{s: str(int(counts.get(s, 0))) for s in STATUSES},
             "best FD": _fmt(None if b is None else float(b["best_fd"])),
             "best trial": trial, "at kimg": _fmt(at, "g"), "at FLOPs": _fmt(flops, ".3g"),
+            "precision": _fmt(None if b is None else float(b["precision"]), ".2f"),
+            "recall": _fmt(None if b is None else float(b["recall"]), ".2f"),
             "flag": f"under-trained (worse than {under[size]})" if size in under else "",
         })
     return [{k: r[k] for k in SUMMARY_COLUMNS} for r in rows]
@@ -337,7 +340,8 @@ def _fitted_values(runs: SweepRuns, metric_key: str, front: pd.DataFrame, fits: 
                      for r in front.itertuples()],
         "frontier_sizes": frontier_sizes(front),
         "best_per_size": [{"size": r.size, "trial": r.trial, "rules": r.rules.split(", "),
-                           "best_fd": r.best_fd, "under_trained_vs": under.get(r.size)}
+                           "best_fd": r.best_fd, "precision": r.precision, "recall": r.recall,
+                           "under_trained_vs": under.get(r.size)}
                           for r in best.itertuples()],
         "fits": fit_values,
         "lr_transfer": {rule: res.to_dict() for rule, res in transfer.items()},

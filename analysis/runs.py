@@ -8,7 +8,8 @@ returns two tables:
   cumulative training FLOPs at that iteration (``progress/kimg`` and ``compute/train_flops``
   histories, matched by step);
 * ``trials``: one row per trial (child run) with its parameters, status, latest progress, best
-  and final FD, the latest failure-mode diagnostics (``diag/early_skip_rel``,
+  and final FD, the precision and recall of the best FD's evaluation (:func:`quality_keys`; NaN
+  where not logged), the latest failure-mode diagnostics (``diag/early_skip_rel``,
   ``diag/g_update_rel``) and ``same_as``: for a copied trial (tag ``gat_sweep.same_as``) the
   name of the trial whose training it repeats, else None. ``trained_as(trials)`` maps every
   trial to the trial that actually trained.
@@ -56,7 +57,7 @@ TAG_SAME_AS = "gat_sweep.same_as"
 """Tag of a copied trial: the name of the earlier trial whose identical training it repeats
 (docs/TRACKING.md); its metrics are that training's."""
 TRIAL_COLUMNS = ["trial", "run_id", "status", "same_as", *_PARAMS, "n_evals", "last_iter", "last_kimg",
-                 "last_train_flops", "final_fd", "best_fd", "best_iter", *DIAG_KEYS]
+                 "last_train_flops", "final_fd", "best_fd", "best_iter", "precision", "recall", *DIAG_KEYS]
 POINT_COLUMNS = ["sweep", "trial", "run_id", "status", "size", "g_width", "g_depth", "d_width",
                  "d_depth", "lr_rule", "base_lr", "base_width", "lr_g", "lr_d", "batch", "seed",
                  "metric_key", "iter", "kimg", "train_flops", "fd"]
@@ -249,6 +250,22 @@ def _at_steps(history: tuple[np.ndarray, np.ndarray], steps: np.ndarray) -> np.n
     return out
 
 
+def quality_keys(metric_key: str) -> tuple[str, str]:
+    """The precision and recall keys logged beside the FD/FID key ``metric_key`` (core/evaluate.py
+    names them with its suffix): ``eval/fd_digits_500`` -> ``eval/precision_digits_500``,
+    ``eval/recall_digits_500``; ``eval/fid5k`` -> ``eval/precision5k``, ``eval/recall5k``."""
+    prefix = "eval/fid" if metric_key.startswith("eval/fid") else "eval/fd"
+    suffix = metric_key.removeprefix(prefix)
+    return f"eval/precision{suffix}", f"eval/recall{suffix}"
+
+
+def _value_at(client: MlflowClient, run_id: str, key: str, step: float) -> float:
+    """The metric ``key`` logged at ``step`` exactly, or NaN."""
+    steps, values = _history(client, run_id, key)
+    found = values[steps == step]
+    return float(found[0]) if len(found) else np.nan
+
+
 def _load_trial(client: MlflowClient, run: Run) -> tuple[dict, pd.DataFrame]:
     params, metrics = run.data.params, run.data.metrics
     info = {col: _parse(params.get(key), kind) for col, (key, kind) in _PARAMS.items()}
@@ -272,6 +289,10 @@ def _load_trial(client: MlflowClient, run: Run) -> tuple[dict, pd.DataFrame]:
 
     finite = np.isfinite(fd)
     best = int(np.argmin(np.where(finite, fd, np.inf))) if finite.any() else None
+    quality = dict.fromkeys(("precision", "recall"), np.nan)
+    if best is not None:
+        quality = {col: _value_at(client, run_id, key, steps[best])
+                   for col, key in zip(quality, quality_keys(info["metric_key"]))}
     trial.update({
         "n_evals": len(steps),
         "last_iter": metrics.get("progress/iter", steps[-1] if len(steps) else np.nan),
@@ -280,6 +301,7 @@ def _load_trial(client: MlflowClient, run: Run) -> tuple[dict, pd.DataFrame]:
         "final_fd": fd[-1] if len(fd) else np.nan,
         "best_fd": fd[best] if best is not None else np.nan,
         "best_iter": steps[best] if best is not None else np.nan,
+        **quality,
         **{col: metrics.get(key, np.nan) for col, key in DIAG_KEYS.items()},
     })
     return trial, points

@@ -113,6 +113,8 @@ def write_synthetic_sweep(uri: str, artifacts: Path, scratch: Path) -> str:
                             if status == "diverged" and it == last - EVAL_EVERY:
                                 fd = 0.5  # spuriously good value just before divergence: must not be fitted
                             metrics.append(Metric(KEY, fd, 0, it))
+                            metrics += [Metric("eval/precision_digits_1k", 0.5, 0, it),
+                                        Metric("eval/recall_digits_1k", it / 10000 * width / 32, 0, it)]
                         trained[(width, actual_lr, seed)] = (name, status, metrics)
                     client.log_batch(run.info.run_id, metrics=metrics,
                                      params=[Param(k, str(v)) for k, v in params.items()],
@@ -238,6 +240,10 @@ def test_report_fits_and_verdicts(report):
     assert all(set(r) == set(SUMMARY_COLUMNS) for r in report.summary_rows)
     assert report.summary_rows[2]["diverged"] == "1" and report.summary_rows[2]["running"] == "2"
     assert all(r["flag"] == "" for r in report.summary_rows)  # wider is better: none under-trained
+    # precision and recall of each size's best evaluation (iteration 1000; recall = it/1e4 * width/32)
+    assert [(r["precision"], r["recall"]) for r in report.summary_rows] == [("0.50", "0.10"), ("0.50", "0.20"),
+                                                                             ("0.50", "0.40")]
+    assert "precision  recall" in report.summary
     assert "does not transfer" in report.summary and "gat: transfers: shift" in report.summary
 
 
