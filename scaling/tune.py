@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 from mlflow.exceptions import MlflowException
@@ -508,30 +509,36 @@ class ProgressLines(tune.Callback):
     """Readable progress: one line per trial event, and a status line every STATUS_EVERY_S with
     the elapsed time and an ETA.
 
-    The ETA divides the training FLOPs still to do (``work``: FLOPs per iteration and iterations
-    of each trial to train) by the rate measured since the first report: FLOPs of the iterations
-    reported so far per second of wall time. Evaluations and start-up are in the measured time,
-    not in the work, so the estimate is rough early and improves as trials report.
+    The ETA comes from measured iteration times: each trial's seconds per iteration between its
+    first and latest report (evaluations included), modelled across architectures as
+    ``a + b * FLOPs per iteration`` (:func:`seconds_per_iteration`: small models are
+    overhead-bound, so time is not proportional to FLOPs), applied to the iterations every unended
+    trial has left (``work``: FLOPs per iteration and iterations of each trial to train) and
+    divided by the trials seen running at once. Start-up is not in it: rough while one
+    architecture is measured, better once two are.
     """
 
     def __init__(self, console: Console, out: Path, total: int, done_before: int,
                  work: dict[str, tuple[int, int]]) -> None:
         self.console, self.out, self.total, self.done, self.work = console, out, total, done_before, work
         self.iters: dict[str, int] = {}
-        self.first_iters: dict[str, int] = {}
+        self.first: dict[str, tuple[int, float]] = {}
+        """Per trial: (iteration, time) of its first report."""
+        self.latest_time: dict[str, float] = {}
         self.ended: set[str] = set()
+        self.slots = 1
         self.started = self.last_status = time.monotonic()
-        self.first_report: float | None = None
 
     def eta(self) -> float | None:
-        """Seconds left by the measured rate, or None before any iteration was measured."""
-        done = sum(self.work[n][0] * (it - self.first_iters[n]) for n, it in self.iters.items() if n in self.work)
-        if not done or self.first_report is None:
+        """Seconds left by the measured iteration times, or None before any was measured."""
+        measured = [(self.work[n][0], (self.latest_time[n] - t0) / (self.iters[n] - it0))
+                    for n, (it0, t0) in self.first.items() if n in self.work and self.iters[n] > it0]
+        if not measured:
             return None
-        rate = done / (time.monotonic() - self.first_report)
-        left = sum(fpi * max(0, iters - self.iters.get(n, 0))
+        per_iter = seconds_per_iteration(measured)
+        left = sum(per_iter(fpi) * max(0, iters - self.iters.get(n, 0))
                    for n, (fpi, iters) in self.work.items() if n not in self.ended)
-        return left / rate
+        return left / self.slots
 
     def __getstate__(self) -> dict[str, Any]:
         # Ray Tune pickles callbacks into its experiment state; a console does not pickle.
@@ -546,10 +553,11 @@ class ProgressLines(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # type: ignore[no-untyped-def]
         if "progress/iter" in result:
-            name = trial.config["trial"]
+            name, now = trial.config["trial"], time.monotonic()
             self.iters[name] = int(result["progress/iter"])
-            self.first_iters.setdefault(name, self.iters[name])
-            self.first_report = self.first_report or time.monotonic()
+            self.first.setdefault(name, (self.iters[name], now))
+            self.latest_time[name] = now
+            self.slots = max(self.slots, sum(t.status == "RUNNING" for t in trials))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
         self.done += 1
@@ -583,6 +591,24 @@ class ProgressLines(tune.Callback):
         left = f", about {duration(eta)} left" if eta is not None else ""
         self._print(f"[dim]{self.done}/{self.total} done; running: {now or '-'}; "
                     f"elapsed {duration(time.monotonic() - self.started)}{left}[/]")
+
+
+def seconds_per_iteration(measured: list[tuple[float, float]]) -> Callable[[float], float]:
+    """Seconds per iteration as a function of FLOPs per iteration, from measured trials
+    ``[(flops_per_iter, seconds_per_iter), ...]``: least squares ``a + b * flops`` with a, b >= 0
+    once two architectures are measured (fixed overhead plus compute), else proportional to FLOPs
+    (one architecture: overhead and compute cannot be told apart)."""
+    flops = np.array([f for f, _ in measured], dtype=float)
+    secs = np.array([t for _, t in measured], dtype=float)
+    if len(np.unique(flops)) < 2:
+        per_flop = float(np.mean(secs / flops))
+        return lambda f: per_flop * f
+    b, a = np.polyfit(flops, secs, 1)
+    if a < 0:  # no overhead to see: through the origin
+        a, b = 0.0, float(flops @ secs / (flops @ flops))
+    elif b < 0:  # no growth with FLOPs to see: a constant
+        a, b = float(secs.mean()), 0.0
+    return lambda f: a + b * f
 
 
 def _trial_name(trial: Any) -> str:

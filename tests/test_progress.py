@@ -6,10 +6,11 @@ import io
 import logging
 from types import SimpleNamespace
 
+import pytest
 from rich.console import Console
 
 from scaling import tune as tune_mod
-from scaling.tune import DROP_RAY_ADVICE, ProgressLines, duration
+from scaling.tune import DROP_RAY_ADVICE, ProgressLines, duration, seconds_per_iteration
 
 
 class Clock:
@@ -30,7 +31,7 @@ def test_status_line_has_elapsed_time_and_eta_from_measured_iterations(monkeypat
     clock = Clock()
     monkeypatch.setattr(tune_mod.time, "monotonic", clock)
     text = io.StringIO()
-    # a: 100 iterations of 1 FLOP, b: 100 iterations of 3 FLOPs -> 400 FLOPs of work
+    # a: 100 iterations of 1 FLOP, b: 100 iterations of 3 FLOPs
     progress = ProgressLines(Console(file=text, width=200), tune_mod.Path("/x"), 2, 0, {"a": (1, 100), "b": (3, 100)})
     a, b = trial("a"), trial("b")
     assert progress.eta() is None  # nothing measured yet
@@ -39,18 +40,28 @@ def test_status_line_has_elapsed_time_and_eta_from_measured_iterations(monkeypat
     progress.on_trial_result(0, [a, b], b, {"progress/iter": 10})
     clock.now += 10
     progress.on_trial_result(0, [a, b], a, {"progress/iter": 30})
+    clock.now += 10
     progress.on_trial_result(0, [a, b], b, {"progress/iter": 30})
-    # measured: 20 * 1 + 20 * 3 = 80 FLOPs in 10 s; left: 70 * 1 + 70 * 3 = 280 FLOPs -> 35 s
-    assert progress.eta() == 35.0
+    # measured: a 0.5 s/it (1 FLOP), b 1.0 s/it (3 FLOPs) -> 0.25 + 0.25 * FLOPs; left 70 + 70
+    # iterations on 2 trials at once: (70 * 0.5 + 70 * 1.0) / 2
+    assert progress.eta() == pytest.approx(52.5)
     clock.now += tune_mod.STATUS_EVERY_S
     progress.on_step_end(0, [a, b])
-    # a status line: done count, running trials, elapsed since the start, ETA at the rate measured so far
-    eta = 280 / (80 / (10 + tune_mod.STATUS_EVERY_S))
     assert text.getvalue().strip() == (f"0/2 done; running: a @ 30 it, b @ 30 it; elapsed "
-                                       f"{duration(15 + tune_mod.STATUS_EVERY_S)}, about {duration(eta)} left")
+                                       f"{duration(25 + tune_mod.STATUS_EVERY_S)}, about {duration(progress.eta())} left")
     progress.on_trial_complete(0, [a, b], a)
     assert "finished  a  (1/2)" in text.getvalue()
-    assert progress.eta() == 3 * 70 / (80 / (10 + tune_mod.STATUS_EVERY_S))  # a's rest no longer counts
+    assert progress.eta() == pytest.approx(70 * 1.0 / 2)  # a's rest no longer counts
+
+
+def test_eta_of_unmeasured_small_models_keeps_their_overhead():
+    # Measured: 2 s/it at 2 FLOPs, 3 s/it at 4 FLOPs (1 s overhead + 0.5 s per FLOP). A 1-FLOP model
+    # not yet started costs 1.5 s/it, not the 0.75 s/it that proportional-to-FLOPs would give.
+    per_iter = seconds_per_iteration([(2, 2.0), (4, 3.0), (4, 3.0)])
+    assert (per_iter(1), per_iter(8)) == pytest.approx((1.5, 5.0))
+    assert seconds_per_iteration([(4, 3.0)])(2) == pytest.approx(1.5)  # one architecture: proportional
+    assert seconds_per_iteration([(2, 1.0), (4, 1.0)])(100) == pytest.approx(1.0)  # flat: a constant
+    assert seconds_per_iteration([(2, 0.0), (4, 2.0)])(1) == pytest.approx(0.4)  # negative overhead: through the origin
 
 
 def test_duration_reads_like_a_clock():
