@@ -158,9 +158,11 @@ def log_report(result: ReportResult) -> str | None:
     * tags ``gat_sweep.fit.<model>`` (``ok``, or why no law was fitted) and
       ``gat_sweep.lr_transfer.<rule>`` (the verdict).
 
-    A later report replaces the artifacts and tags and logs the metrics again (the latest is this
-    report's). Returns the parent run id, or None when the sweep has no single parent run (then
-    nothing is logged).
+    A later report replaces the artifacts and tags and logs the metrics again; MLflow cannot delete
+    a metric, so one the later report has no value for (a fit no longer possible, an interval no
+    longer bounded) keeps its earlier value: the tags say which fits hold now. Returns the parent
+    run id, or None when the sweep has no single parent run (then nothing is logged). Raises what
+    MLflow's client raises for a store it cannot write (MlflowException, OSError).
     """
     run_id = result.values["parent_run_id"]
     if run_id is None:

@@ -205,9 +205,10 @@ def _print_trials(spec: SweepSpec, as_json: bool = False) -> None:
     """The dry run: a table of the trials (or, ``as_json``, the same rows and the plan as JSON on
     stdout), the budget, resources, LR rules, and last what would run where."""
     from core.flops import FLOPS_CONVENTION
-    from scaling.grid import expand, trial_rows
+    from scaling.grid import expand, shared_trainings, started_trials, trial_rows
 
-    rows = trial_rows(expand(spec))
+    trials = expand(spec)  # copies as the run would make them, also for a sweep that grows
+    rows = trial_rows(trials, shared_trainings(trials, started_trials(spec.output_path(), trials)))
     trained = [r for r in rows if not r["same_as"]]
     total_flops = sum(r["total_flops"] for r in trained)
     if as_json:
@@ -507,8 +508,8 @@ def plot(
 
         try:
             run_id = log_report(result)
-        except MlflowException as err:  # the report on disk stands; say why MLflow has no copy
-            console.print(f"not logged to MLflow ({uri}): {err}", highlight=False, markup=False)
+        except (MlflowException, OSError) as err:  # the report on disk stands; say why MLflow has no copy
+            console.print(f"not logged to MLflow ({uri}): {type(err).__name__}: {err}", highlight=False, markup=False)
         else:
-            if run_id is not None:
-                console.print(f"logged to MLflow parent run {run_id} (artifacts report/)", highlight=False, markup=False)
+            console.print(f"logged to MLflow parent run {run_id} (artifacts report/)" if run_id is not None
+                          else "not logged to MLflow: the sweep has no single parent run", highlight=False, markup=False)

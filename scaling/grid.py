@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from core.config import ConfigError, NetConfig, TrainConfig, flatten
@@ -82,9 +83,19 @@ def training_key(config: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+TRIALS_DIR, ATTEMPTS_FILE = "trials", "attempts.jsonl"
+"""A sweep's run directories (``<out>/trials/<trial>``) and, in each, one line per start of training."""
+
+
+def started_trials(out: Path, trials: list[Trial]) -> set[str]:
+    """The trials of the sweep in ``out`` that started training (an ``attempts.jsonl`` in their run
+    directory; a copied trial has none): what :func:`shared_trainings` keeps as sources."""
+    return {t.name for t in trials if (out / TRIALS_DIR / t.name / ATTEMPTS_FILE).exists()}
+
+
 def shared_trainings(trials: list[Trial], trained: set[str] | frozenset[str] = frozenset()) -> dict[str, str]:
-    """{trial: earlier trial it repeats} for trials whose TrainConfig equals an earlier one's but for
-    the name. Rules coincide wherever they give the same learning rates: ``gat`` and ``constant``
+    """{trial: the trial it repeats} for trials whose TrainConfig equals another's but for the name
+    (the first in grid order, or one in ``trained``). Rules coincide wherever they give the same learning rates: ``gat`` and ``constant``
     at the base width, and ``gat`` at width C with base LR b and ``constant`` with b * C0 / C.
     Such a trial needs no training of its own (training is deterministic given the config).
 

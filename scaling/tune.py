@@ -20,8 +20,10 @@ trial's ``failures.jsonl``. A trial that fails for a configuration reason (``Con
 retried: it ends at once with status ``config_error``.
 
 A sweep grows: a sweep file that keeps every trial of the sweep in its output directory as it was
-(``sweep.json`` keeps each trial's flattened config) and adds others (widths, LRs, seeds) trains
-only the new ones, under the same MLflow parent run. A sweep file that changes or drops an
+(``sweep.json`` keeps each trial's flattened config and ``sweep.*`` coordinates) and adds others
+(widths, LRs, seeds) trains only the new ones, under the same MLflow parent run. (Adding the
+first width-aware rule to a constant-only sweep changes its trials' ``sweep.base_width``, so that
+is a new sweep.) A sweep file that changes or drops an
 existing trial is refused, naming the fields, instead of mixing two sweeps.
 
 Trials whose TrainConfig repeats an earlier trial's (``scaling.grid.shared_trainings``, e.g.
@@ -32,6 +34,7 @@ ended, its run directory files and MLflow run are copied under the repeating tri
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -58,7 +61,17 @@ from core.config import ConfigError, TrainConfig
 from core.encode import MANIFEST
 from core.flops import remember_flops
 from core.train import RESULT_FILE, STATS_FILE, Report, TrainResult, train
-from scaling.grid import Trial, expand, shared_trainings, sweep_hash, trial_records, trial_rows
+from scaling.grid import (
+    ATTEMPTS_FILE,
+    TRIALS_DIR,
+    Trial,
+    expand,
+    shared_trainings,
+    started_trials,
+    sweep_hash,
+    trial_records,
+    trial_rows,
+)
 from scaling.lock import sweep_lock
 from scaling.spec import Resources, SweepSpec, is_local_store
 from scaling.tracking import (
@@ -73,7 +86,7 @@ from scaling.tracking import (
     store_problems,
 )
 
-STATE_FILE, TRIALS_DIR, TUNE_DIR, ATTEMPTS_FILE = "sweep.json", "trials", "tune", "attempts.jsonl"
+STATE_FILE, TUNE_DIR = "sweep.json", "tune"
 COPY_FILE = "same_as.json"
 """In the run directory of a trial that repeats another's training: which trial it copies."""
 FAILURES_FILE = "failures.jsonl"
@@ -248,11 +261,13 @@ def relay_stats(stats: Path, fitting: Future, report: Callable[[dict[str, Any]],
     while it trains. It runs in the trial's launcher, since ``ray.train.report`` is a barrier that
     every rank would have to call at the same steps while only rank 0 logs.
 
-    A record is new when its step is past the last one relayed. A retried trial's launcher starts
-    again from the file's first record (Tune's view of its progress starts over; MLflow's does not),
-    and a line still being written (no newline yet) waits for the next poll.
+    A record is new when its step is past the last one relayed. A retried trial's file already
+    holds an earlier attempt's records: of those only the newest is relayed (all at once they would
+    look like iterations done in no time to the ETA; MLflow has them), and once rank 0 has cut the
+    file back to its checkpoint, records flow again past that step. A line still being written (no
+    newline yet) waits for the next poll.
     """
-    last = -1
+    last = _last_step(stats) - 1
     while True:
         finished = fitting.done()  # read before the file: the final records are then on disk
         if stats.exists():
@@ -267,6 +282,12 @@ def relay_stats(stats: Path, fitting: Future, report: Callable[[dict[str, Any]],
         if finished:
             return
         wait([fitting], timeout=poll_s)
+
+
+def _last_step(stats: Path) -> int:
+    """The step of the last complete record of a stats.jsonl, -1 without one."""
+    lines = [line for line in stats.read_text().splitlines(keepends=True) if line.endswith("\n")] if stats.exists() else []
+    return json.loads(lines[-1])["step"] if lines else -1
 
 
 def _train_ddp(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter]) -> TrainResult:
@@ -440,7 +461,7 @@ def _changes(state: dict[str, Any], name: str, records: dict[str, dict[str, Any]
         return ["its state (sweep.json) has no per-trial record, so no trial can be checked"]
     old = state["trials"]
     changed: dict[str, tuple[Any, Any, int]] = {}
-    for trial in old.keys() & records.keys():
+    for trial in (t for t in old if t in records):  # in grid order: the same message every run
         for key in sorted(old[trial].keys() | records[trial].keys()):
             before, after = old[trial].get(key), records[trial].get(key)
             if before != after:
@@ -456,40 +477,47 @@ def _changes(state: dict[str, Any], name: str, records: dict[str, dict[str, Any]
     return problems
 
 
-def _write_sweep_files(spec: SweepSpec, sweep_file: Path, rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    """Write ``sweep.yaml`` (the file as run: with any --set) and ``trials.csv``; return both paths."""
+def _sweep_files(spec: SweepSpec, sweep_file: Path, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The text of ``sweep.yaml`` (the file as run: with any --set) and ``trials.csv``."""
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return {"sweep.yaml": spec.file_text() or Path(sweep_file).read_text(), "trials.csv": table.getvalue()}
+
+
+def _write_sweep_files(out: Path, files: dict[str, str]) -> list[Path]:
+    """Write :func:`_sweep_files` into ``out``; return their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.yaml").write_text(spec.file_text() or Path(sweep_file).read_text())
-    with open(out / "trials.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return [out / "sweep.yaml", out / "trials.csv"]
+    for name, text in files.items():
+        (out / name).write_text(text)
+    return [out / name for name in files]
 
 
 def _save_state(out: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(out / STATE_FILE, json.dumps(state, indent=2).encode())
 
 
-def _create_sweep(spec: SweepSpec, sweep_file: Path, digest: str, records: dict[str, dict[str, Any]],
-                  rows: list[dict[str, Any]], out: Path, tracking_uri: str) -> dict[str, Any]:
+def _create_sweep(spec: SweepSpec, files: dict[str, str], digest: str, records: dict[str, dict[str, Any]],
+                  out: Path, tracking_uri: str) -> dict[str, Any]:
     """Write the output directory's sweep files and create the MLflow experiment and parent run."""
-    files = _write_sweep_files(spec, sweep_file, rows, out)
+    paths = _write_sweep_files(out, files)
     artifact_dir = out / "mlartifacts" if is_local_store(tracking_uri) else None
     experiment_id = open_experiment(tracking_uri, spec.name, artifact_dir)
-    parent = start_parent_run(tracking_uri, experiment_id, spec.name, digest, files, spec.description)
+    parent = start_parent_run(tracking_uri, experiment_id, spec.name, digest, paths, spec.description)
     state = {"name": spec.name, "spec_hash": digest, "tracking_uri": tracking_uri,
              "experiment_id": experiment_id, "parent_run_id": parent, "trials": records}
     _save_state(out, state)
     return state
 
 
-def _extend_sweep(spec: SweepSpec, sweep_file: Path, digest: str, records: dict[str, dict[str, Any]],
-                  rows: list[dict[str, Any]], out: Path, state: dict[str, Any]) -> dict[str, Any]:
-    """Make the sweep in ``out`` the sweep file's superset of it: its files, the parent run's copy
-    of them and spec hash, and last the state (a driver stopped before that extends it again)."""
-    files = _write_sweep_files(spec, sweep_file, rows, out)
-    log_sweep_files(state["tracking_uri"], state["parent_run_id"], digest, files)
+def _update_sweep(files: dict[str, str], digest: str, records: dict[str, dict[str, Any]], out: Path,
+                  state: dict[str, Any]) -> dict[str, Any]:
+    """Bring the sweep in ``out`` to the sweep file as run: its files, the parent run's copy of
+    them and spec hash, and last the state (a driver stopped before that does it again; a rerun of
+    the earlier file puts the earlier files back)."""
+    paths = _write_sweep_files(out, files)
+    log_sweep_files(state["tracking_uri"], state["parent_run_id"], digest, paths)
     state = {**state, "spec_hash": digest, "trials": records}
     _save_state(out, state)
     return state
@@ -514,8 +542,9 @@ class ProgressLines(tune.Callback):
     ``a + b * FLOPs per iteration`` (:func:`seconds_per_iteration`: small models are
     overhead-bound, so time is not proportional to FLOPs), applied to the iterations every unended
     trial has left (``work``: FLOPs per iteration and iterations of each trial to train) and
-    divided by the trials seen running at once. Start-up is not in it: rough while one
-    architecture is measured, better once two are.
+    divided by the trials seen running at once (or the trials left, if fewer), and never below the
+    longest trial left. Start-up is not in it: rough while one architecture is measured, better
+    once two are.
     """
 
     def __init__(self, console: Console, out: Path, total: int, done_before: int,
@@ -536,9 +565,12 @@ class ProgressLines(tune.Callback):
         if not measured:
             return None
         per_iter = seconds_per_iteration(measured)
-        left = sum(per_iter(fpi) * max(0, iters - self.iters.get(n, 0))
-                   for n, (fpi, iters) in self.work.items() if n not in self.ended)
-        return left / self.slots
+        left = [per_iter(fpi) * (iters - self.iters.get(n, 0))
+                for n, (fpi, iters) in self.work.items() if n not in self.ended and iters > self.iters.get(n, 0)]
+        if not left:
+            return 0.0
+        # No faster than the longest trial left, nor than the trials left can share the slots.
+        return max(sum(left) / min(self.slots, len(left)), max(left))
 
     def __getstate__(self) -> dict[str, Any]:
         # Ray Tune pickles callbacks into its experiment state; a console does not pickle.
@@ -598,7 +630,7 @@ def seconds_per_iteration(measured: list[tuple[float, float]]) -> Callable[[floa
     ``[(flops_per_iter, seconds_per_iter), ...]``: least squares ``a + b * flops`` with a, b >= 0
     once two architectures are measured (fixed overhead plus compute), else proportional to FLOPs
     (one architecture: overhead and compute cannot be told apart)."""
-    flops = np.array([f for f, _ in measured], dtype=float)
+    flops = np.maximum(np.array([f for f, _ in measured], dtype=float), 1.0)  # no division by a 0 count
     secs = np.array([t for _, t in measured], dtype=float)
     if len(np.unique(flops)) < 2:
         per_flop = float(np.mean(secs / flops))
@@ -646,8 +678,7 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
     out, tracking_uri = spec.output_path(), spec.tracking()
     state, added = _existing_state(spec, out, digest, records, tracking_uri, sweep_file)
     _prepare_data(trials[0].config)
-    started = {t.name for t in trials if (out / TRIALS_DIR / t.name / ATTEMPTS_FILE).exists()}
-    repeats = shared_trainings(trials, started)
+    repeats = shared_trainings(trials, started_trials(out, trials))
     pending = [t for t in trials if t.name not in repeats and not is_done(t, out / TRIALS_DIR / t.name)]
     started_ray = bool(pending) and not ray.is_initialized()
     failed: dict[str, tuple[str, str]] = {}
@@ -719,15 +750,18 @@ def _open_sweep(spec: SweepSpec, sweep_file: Path, digest: str, records: dict[st
                 trials: list[Trial], repeats: dict[str, str], out: Path, tracking_uri: str,
                 state: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Count every trial's FLOPs (trials.csv and the order of trials), then create the output
-    directory, MLflow experiment and parent run, or extend an existing sweep to the sweep file's
-    grid, and mark its parent run running. Returns (trial rows, sweep state). Raises ConfigError
-    naming ``tracking_uri`` if the store refuses."""
+    directory, MLflow experiment and parent run, or bring an existing sweep to the sweep file
+    (grown, or its files written anew where they differ), and mark its parent run running.
+    Returns (trial rows, sweep state). Raises ConfigError naming ``tracking_uri`` if the store
+    refuses."""
     rows = trial_rows(trials, repeats)
+    files = _sweep_files(spec, sweep_file, rows)
     try:
         if state is None:
-            return rows, _create_sweep(spec, sweep_file, digest, records, rows, out, tracking_uri)
-        if state["spec_hash"] != digest:
-            state = _extend_sweep(spec, sweep_file, digest, records, rows, out, state)
+            return rows, _create_sweep(spec, files, digest, records, out, tracking_uri)
+        stale = any(not (out / name).is_file() or (out / name).read_text() != text for name, text in files.items())
+        if state["spec_hash"] != digest or stale:
+            state = _update_sweep(files, digest, records, out, state)
         set_run_status(tracking_uri, state["parent_run_id"], running=True)
     except MlflowException as err:
         raise ConfigError(f"tracking_uri: the MLflow store {tracking_uri} refused the sweep's experiment or "
@@ -753,14 +787,16 @@ def _copy_trial(plan: SweepPlan, trial: Trial, source: str) -> None:
 
 def max_concurrent(setting: int | None, res: Resources, cluster: dict[str, float]) -> int | None:
     """Trials run at once: the sweep's ``max_concurrent``; without one, None (as many as fit) for
-    single-process trials, and for multi-worker trials as many as the cluster's GPUs (CPUs when
-    ``gpus`` is 0) can hold at once, at least 1: each waiting launcher would otherwise hold a
-    Ray Train run queued for workers (Ray's guide to Train inside Tune bounds it the same way).
-    ``cluster``: ``ray.cluster_resources()``."""
+    single-process trials, and for multi-worker trials as many as the cluster's CPUs and GPUs can
+    hold at once (each trial: its workers plus its launcher's DDP_LAUNCHER_CPU), at least 1: each
+    waiting launcher would otherwise hold a Ray Train run queued for workers (Ray's guide to Train
+    inside Tune bounds it the same way). ``cluster``: ``ray.cluster_resources()``."""
     if setting is not None or res.workers == 1:
         return setting
-    kind, per_trial = ("GPU", res.gpus * res.workers) if res.gpus else ("CPU", res.cpus * res.workers)
-    return max(1, int(cluster.get(kind, 0) // per_trial))
+    need = {"CPU": res.cpus * res.workers + DDP_LAUNCHER_CPU}
+    if res.gpus:
+        need["GPU"] = res.gpus * res.workers
+    return max(1, int(min(cluster.get(kind, 0.0) // amount for kind, amount in need.items())))
 
 
 def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[TrialReporter],

@@ -314,6 +314,23 @@ def test_plot_logs_to_the_parent_run_unless_told_not_to(store, tmp_path):
     assert "need at least 3 sizes" in client.get_run(parent).data.tags["gat_sweep.fit.power"]
 
 
+def test_plot_says_why_the_report_was_not_logged(tmp_path):
+    from typer.testing import CliRunner
+
+    from scaling.cli import app
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    client = MlflowClient(uri)
+    exp = client.create_experiment("unwritable", artifact_location=(blocker / "artifacts").as_uri())
+    client.create_run(exp, run_name="unwritable", tags={"gat_sweep.role": "parent"})
+    result = CliRunner().invoke(app, ["plot", "unwritable", "--tracking-uri", uri, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    assert (tmp_path / "r" / "report.html").is_file()  # the report on disk stands
+    assert f"not logged to MLflow ({uri}): " in result.output
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHECK_SCRIPT = """<script>
 window.addEventListener('load', () => {

@@ -43,15 +43,20 @@ def test_status_line_has_elapsed_time_and_eta_from_measured_iterations(monkeypat
     clock.now += 10
     progress.on_trial_result(0, [a, b], b, {"progress/iter": 30})
     # measured: a 0.5 s/it (1 FLOP), b 1.0 s/it (3 FLOPs) -> 0.25 + 0.25 * FLOPs; left 70 + 70
-    # iterations on 2 trials at once: (70 * 0.5 + 70 * 1.0) / 2
-    assert progress.eta() == pytest.approx(52.5)
+    # iterations on 2 trials at once: (70 * 0.5 + 70 * 1.0) / 2 = 52.5 s, but b alone needs 70 s
+    assert progress.eta() == pytest.approx(70.0)
+    progress.work["c"] = (3, 200)  # a 200 s trial bounds it: (35 + 70 + 200) / 2 is less
+    assert progress.eta() == pytest.approx(200.0)
+    progress.work["d"] = (3, 200)  # two of them: sharing the 2 slots is the bound
+    assert progress.eta() == pytest.approx((35 + 70 + 200 + 200) / 2)
+    del progress.work["c"], progress.work["d"]
     clock.now += tune_mod.STATUS_EVERY_S
     progress.on_step_end(0, [a, b])
     assert text.getvalue().strip() == (f"0/2 done; running: a @ 30 it, b @ 30 it; elapsed "
                                        f"{duration(25 + tune_mod.STATUS_EVERY_S)}, about {duration(progress.eta())} left")
     progress.on_trial_complete(0, [a, b], a)
     assert "finished  a  (1/2)" in text.getvalue()
-    assert progress.eta() == pytest.approx(70 * 1.0 / 2)  # a's rest no longer counts
+    assert progress.eta() == pytest.approx(70 * 1.0)  # a's rest no longer counts; b alone uses one slot
 
 
 def test_eta_of_unmeasured_small_models_keeps_their_overhead():

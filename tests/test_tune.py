@@ -216,6 +216,12 @@ def test_a_grown_sweep_trains_only_its_new_trials_under_the_same_parent(ray_loca
     assert parents[0].data.tags["gat_sweep.spec_hash"] == state["spec_hash"] and len(state["trials"]) == 4
     assert len((grown.out / "trials.csv").read_text().splitlines()) == 1 + 4
 
+    # A grow stopped after it wrote the new files but before its state: rerunning the earlier file
+    # resumes the earlier sweep and puts its files back.
+    (grown.out / "trials.csv").write_text("left by an interrupted grow\n")
+    again = run_sweep(make_spec(tmp_path, [1e-3, 2e-3]), sweep_file(tmp_path))
+    assert len((again.out / "trials.csv").read_text().splitlines()) == 1 + 4 and not again.failed
+
     # Anything else that changes existing trials is refused, naming the fields.
     with pytest.raises(SweepChangedError, match=r"iterations: 6 -> 8 \(4 trial\(s\)\)"):
         run_sweep(make_spec(tmp_path, [1e-3, 2e-3], budget={"iterations": 8}), sweep_file(tmp_path))
@@ -260,11 +266,32 @@ def test_ddp_trial_reports_to_tune_while_it_trains(ray_local, tmp_path):
                                                       "progress/iter")] == [2, 3, 4, 6]
 
 
+def test_relay_stats_sends_only_the_newest_record_of_an_earlier_attempt(tmp_path):
+    # A retried DDP trial: records 2 and 4 of the crashed attempt are history (all at once they
+    # would look like iterations done in no time); 4 is relayed, then what the new attempt logs.
+    stats, fitting, reported = tmp_path / "stats.jsonl", Future(), []
+    stats.write_text("".join(json.dumps({"step": s, "progress/iter": float(s)}) + "\n" for s in (2, 4)))
+
+    def rank0():
+        time.sleep(0.05)
+        with open(stats, "a") as f:
+            f.write("".join(json.dumps({"step": s, "progress/iter": float(s)}) + "\n" for s in (6, 8)))
+        fitting.set_result(None)
+
+    writer = threading.Thread(target=rank0)
+    writer.start()
+    relay_stats(stats, fitting, reported.append, poll_s=0.01)
+    writer.join()
+    assert [r["progress/iter"] for r in reported] == [4.0, 6.0, 8.0]
+
+
 def test_multi_worker_trials_are_bounded_by_the_cluster():
     gpu4 = Resources(cpus=4, gpus=1, workers=4)
     assert max_concurrent(None, gpu4, {"CPU": 64, "GPU": 8}) == 2
     assert max_concurrent(None, gpu4, {"CPU": 64, "GPU": 2}) == 1  # one waits for the others
     assert max_concurrent(None, Resources(cpus=1, workers=2), {"CPU": 5}) == 2
+    assert max_concurrent(None, Resources(cpus=1, workers=2), {"CPU": 4}) == 1  # + the launchers' 0.01 CPU
+    assert max_concurrent(None, Resources(cpus=4, gpus=1, workers=2), {"CPU": 8, "GPU": 8}) == 1  # CPUs bind
     assert max_concurrent(3, gpu4, {"GPU": 8}) == 3  # the sweep's own setting wins
     assert max_concurrent(None, Resources(cpus=1), {"CPU": 2}) is None  # single-process: as many as fit
 
