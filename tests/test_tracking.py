@@ -185,9 +185,12 @@ def test_system_metrics_are_logged_while_the_run_trains(store, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")
     reporter = MlflowReporter(store, "system", SWEEP)
     reporter.start(CFG, {}, None)
-    time.sleep(0.5)
-    reporter.finish(TrainResult("finished", 0, 0.0, {}, None))
     client = MlflowClient(store.tracking_uri)
+    deadline = time.monotonic() + 20  # a loaded machine samples late: wait for two samples
+    while len(client.get_metric_history(reporter.run_id, "system/cpu_utilization_percentage")) < 2:
+        assert time.monotonic() < deadline, "no two system-metric samples within 20 s"
+        time.sleep(0.05)
+    reporter.finish(TrainResult("finished", 0, 0.0, {}, None))
     metrics = client.get_run(reporter.run_id).data.metrics
     assert metrics["system/cpu_utilization_percentage"] >= 0
     assert metrics["system/system_memory_usage_megabytes"] > 0
