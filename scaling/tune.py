@@ -21,10 +21,10 @@ retried: it ends at once with status ``config_error``.
 
 A sweep grows: a sweep file that keeps every trial of the sweep in its output directory as it was
 (``sweep.json`` keeps each trial's flattened config and ``sweep.*`` coordinates) and adds others
-(widths, LRs, seeds) trains only the new ones, under the same MLflow parent run. (Adding the
-first width-aware rule to a constant-only sweep changes its trials' ``sweep.base_width``, so that
-is a new sweep.) A sweep file that changes or drops an
-existing trial is refused, naming the fields, instead of mixing two sweeps.
+(widths, LRs, seeds) trains only the new ones, under the same MLflow parent run. A sweep file
+that changes or drops an existing trial is refused, naming the fields, instead of mixing two
+sweeps (adding the first width-aware rule to a constant-only sweep is such a change: it sets its
+trials' ``sweep.base_width``).
 
 Trials whose TrainConfig repeats an earlier trial's (``scaling.grid.shared_trainings``, e.g.
 ``gat`` and ``constant`` at the base width) are not trained again: once the earlier trial has
