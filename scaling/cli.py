@@ -431,8 +431,9 @@ def encode(
     """Encode an image folder into VAE latents that sweeps and `gat-sweep train` can use as dataset.
 
     Resumable: run the same command again after an interruption (finished shards are kept).
-    Use the output directory as `dataset:` in a sweep file, with `latent_size` = resolution / 8
-    and `num_classes` = the number of class folders.
+    Use the output directory as `dataset:` in a sweep file, with `latent_size` = resolution / the
+    VAE's downsampling factor (8 for SD-VAE, 4 for the embedded digits VAE; the line printed at the
+    end gives the latent shape) and `num_classes` = the number of class folders.
 
     **Examples:**
 
