@@ -87,6 +87,25 @@ def test_evaluation_benchmark_runs_on_tiny_digits(tiny_digits_cache):
         row["trial_eval_s"] / row["trial_s"], rel=0.02)  # rounded figures
 
 
+def test_eval_noise_benchmark_repeats_evaluations_of_a_run(tiny_digits_cache, tmp_path):
+    from core.config import NetConfig, TrainConfig
+    from core.train import train
+
+    net = NetConfig(width=32, depth=4, heads=2)
+    cfg = TrainConfig(dataset="digits", g=net, d=net, d_proj_dim=32, batch=8, iterations=2, ckpt_every=2,
+                      eval_every=-1, eval_samples=128)
+    train(cfg, tmp_path / "run", progress=False)
+    out = run_script("benchmarks/eval_noise.py", "--repeats", "2", "--samples", "192", str(tmp_path / "run"))
+    lines = out.splitlines()
+    for line, samples in zip(lines, (128, 192)):
+        assert line.startswith(f"run  iter 2  {samples} samples: FD ")
+        fds = [float(v) for v in line.split("FD ")[1].split("  SD")[0].split()]
+        sd = float(line.split("SD(log FD) ")[1].split()[0])
+        assert len(fds) == 2 and sd == pytest.approx(abs(math.log(fds[0] / fds[1])) / math.sqrt(2), abs=2e-3)
+    assert lines[-2].startswith("pooled SD(log FD) of one evaluation, 128 samples: ")
+    assert lines[-1].startswith("pooled SD(log FD) of one evaluation, 192 samples: ")
+
+
 def test_sweep_overhead_benchmark_runs_two_short_trials():
     out = run_script("benchmarks/sweep_overhead.py", "--trials", "2", "--iterations", "3")
     figures = json.loads(out.splitlines()[-1])
