@@ -95,8 +95,9 @@ def started_trials(out: Path, trials: list[Trial]) -> set[str]:
 
 def shared_trainings(trials: list[Trial], trained: set[str] | frozenset[str] = frozenset()) -> dict[str, str]:
     """{trial: the trial it repeats} for trials whose TrainConfig equals another's but for the name
-    (the first in grid order, or one in ``trained``). Rules coincide wherever they give the same learning rates: ``gat`` and ``constant``
-    at the base width, and ``gat`` at width C with base LR b and ``constant`` with b * C0 / C.
+    (the first in grid order, or one in ``trained``). Rules coincide wherever they give the same
+    learning rates: ``gat`` and ``constant`` at the base width, and ``gat`` at width C with base
+    LR b and ``constant`` with b * C0 / C.
     Such a trial needs no training of its own (training is deterministic given the config).
 
     ``trained``: trials that already started training (of a sweep being extended); they come
@@ -154,11 +155,10 @@ def trial_cost(config: TrainConfig) -> TrialCost:
     return TrialCost(g_params, d_params, per_iter, per_iter * config.iterations)
 
 
-def trial_rows(trials: list[Trial], repeats: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def trial_rows(trials: list[Trial], repeats: dict[str, str]) -> list[dict[str, Any]]:
     """One row per trial for the dry-run table and trials.csv (parameter counts, FLOPs, LRs, and
-    ``same_as``: the trial whose training this one repeats, if any; ``repeats`` as
-    :func:`shared_trainings` gives it, computed here when None)."""
-    repeats = shared_trainings(trials) if repeats is None else repeats
+    ``same_as``: the trial whose training this one repeats, if any, from ``repeats`` as
+    :func:`shared_trainings` gives it)."""
     rows = []
     for t in trials:
         cost, c = trial_cost(t.config), t.config

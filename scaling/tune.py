@@ -267,27 +267,28 @@ def relay_stats(stats: Path, fitting: Future, report: Callable[[dict[str, Any]],
     file back to its checkpoint, records flow again past that step. A line still being written (no
     newline yet) waits for the next poll.
     """
-    last = _last_step(stats) - 1
+    backlog = _complete_records(stats)
+    last = backlog[-1]["step"] - 1 if backlog else -1
     while True:
         finished = fitting.done()  # read before the file: the final records are then on disk
-        if stats.exists():
-            for line in stats.read_text().splitlines(keepends=True):
-                if not line.endswith("\n"):
-                    break
-                record = json.loads(line)
-                step = record.pop("step")
-                if step > last:
-                    last = step
-                    report(record)
+        for record in _complete_records(stats):
+            step = record.pop("step")
+            if step > last:
+                last = step
+                report(record)
         if finished:
             return
         wait([fitting], timeout=poll_s)
 
 
-def _last_step(stats: Path) -> int:
-    """The step of the last complete record of a stats.jsonl, -1 without one."""
-    lines = [line for line in stats.read_text().splitlines(keepends=True) if line.endswith("\n")] if stats.exists() else []
-    return json.loads(lines[-1])["step"] if lines else -1
+def _complete_records(stats: Path) -> list[dict[str, Any]]:
+    """The records of a stats.jsonl up to its last complete line (empty if it does not exist)."""
+    if not stats.exists():
+        return []
+    lines = stats.read_text().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()  # still being written
+    return [json.loads(line) for line in lines]
 
 
 def _train_ddp(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter]) -> TrainResult:

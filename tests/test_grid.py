@@ -116,7 +116,8 @@ def test_imagenet_sweep_dry_run_matches_the_paper(monkeypatch):
     here a stand-in count proportional to width checks that the rows carry it through.
     """
     monkeypatch.setattr(grid, "train_flops_per_iter", lambda cfg: 10**9 * cfg.g.width)
-    rows = {r["size"]: r for r in trial_rows(expand(load_spec(SWEEPS / "imagenet256_gat.yaml")))}
+    trials = expand(load_spec(SWEEPS / "imagenet256_gat.yaml"))
+    rows = {r["size"]: r for r in trial_rows(trials, shared_trainings(trials))}
     lrs = {"S": 4e-4, "B": 2e-4, "L": 1.5e-4, "XL": 1.3333e-4}
     g_params = {"S": 29.36e6, "B": 116.75e6, "L": 408.75e6, "XL": 602.25e6}
     d_params = {"S": 32.65e6, "B": 97.33e6, "L": 315.17e6, "XL": 459.55e6}
