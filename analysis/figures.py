@@ -302,8 +302,7 @@ def lr_transfer_figure(transfer: dict[str, RuleTransfer]) -> Figure:
         ax.set_yscale("log")
         ax.set_xlabel("base LR")
         ax.set_ylabel(f"FD (mean log of last {SCORE_EVALS} evals; geo. mean over seeds)", fontsize=8)
-        word = {True: "transfers", False: "does not transfer", None: "inconclusive"}[res.transfers]
-        ax.set_title(f"{rule}: {word}", fontsize=10)
+        ax.set_title(f"{rule}: {res.outcome}", fontsize=10)
         ax.grid(True, alpha=0.3)
         readable_log_axes(ax)
         ax.legend(fontsize=7)

@@ -418,6 +418,9 @@ def _transfer_lines(values: dict) -> list[str]:
                   for o in t["optima"] if o["diverged_lrs"]]
         if failed:
             out.append(f"  diverged (excluded from the fit): {'; '.join(failed)}")
+        if t["n_trainings_pooled"]:
+            out.append(f"  fitted with {t['n_trainings_pooled']} training(s) run for another rule at the "
+                       "same actual LR (the rule maps them to its base LRs)")
     return out
 
 
@@ -429,7 +432,8 @@ def _summary_text(runs: SweepRuns, rows: list[dict[str, str]], values: dict, not
            "fits (95% bootstrap intervals):"]
     out += [f"  {line}" for line in _fit_lines(values)]
     out += ["", f"LR transfer (shift of the best base LR over the widths, 95% interval from a bootstrap "
-                f"over seeds; transfers if within x2; score: mean log FD of the last {SCORE_EVALS} evaluations):"]
+                f"over seeds; transfers if within x2, does not transfer if beyond, moves if it excludes x1 "
+                f"only; score: mean log FD of the last {SCORE_EVALS} evaluations):"]
     out += [f"  {line}" for line in _transfer_lines(values)]
     if notes:
         out += ["", "notes:", *(f"  - {n}" for n in notes)]

@@ -7,7 +7,8 @@ returns two tables:
   ``eval.metric_key`` param), with the trial's parameters, the iteration (MLflow step), kimg and
   cumulative training FLOPs at that iteration (``progress/kimg`` and ``compute/train_flops``
   histories, matched by step);
-* ``trials``: one row per trial (child run) with its parameters, status, latest progress, best
+* ``trials``: one row per trial (child run) with its parameters (``lr_mults``: the per-kind LR
+  multipliers, ``"d.hidden=1,...,g.vector=1"``), status, latest progress, best
   and final FD, the precision and recall of the best FD's evaluation (:func:`quality_keys`; NaN
   where not logged), the latest failure-mode diagnostics (``diag/early_skip_rel``,
   ``diag/g_update_rel``) and ``same_as``: for a copied trial (tag ``gat_sweep.same_as``) the
@@ -56,8 +57,9 @@ _PARAMS: dict[str, tuple[str, type]] = {
 TAG_SAME_AS = "gat_sweep.same_as"
 """Tag of a copied trial: the name of the earlier trial whose identical training it repeats
 (docs/TRACKING.md); its metrics are that training's."""
-TRIAL_COLUMNS = ["trial", "run_id", "status", "same_as", *_PARAMS, "n_evals", "last_iter", "last_kimg",
-                 "last_train_flops", "final_fd", "best_fd", "best_iter", "precision", "recall", *DIAG_KEYS]
+TRIAL_COLUMNS = ["trial", "run_id", "status", "same_as", *_PARAMS, "lr_mults", "n_evals", "last_iter",
+                 "last_kimg", "last_train_flops", "final_fd", "best_fd", "best_iter", "precision", "recall",
+                 *DIAG_KEYS]
 POINT_COLUMNS = ["sweep", "trial", "run_id", "status", "size", "g_width", "g_depth", "d_width",
                  "d_depth", "lr_rule", "base_lr", "base_width", "lr_g", "lr_d", "batch", "seed",
                  "metric_key", "iter", "kimg", "train_flops", "fd"]
@@ -271,6 +273,10 @@ def _load_trial(client: MlflowClient, run: Run) -> tuple[dict, pd.DataFrame]:
     info = {col: _parse(params.get(key), kind) for col, (key, kind) in _PARAMS.items()}
     if info["size"] is None:
         info["size"] = f"w{info['g_width']}-d{info['g_depth']}"
+    # the per-parameter-kind LR multipliers (lr_mult_g.hidden, ...), e.g. "d.hidden=1,...": two
+    # trainings with the same lr_g and lr_d differ when these do (muP-style rules)
+    info["lr_mults"] = ",".join(f"{key.removeprefix('lr_mult_')}={float(value):g}"
+                                for key, value in sorted(params.items()) if key.startswith("lr_mult_"))
     if info["metric_key"] is None:  # older runs: find the FD/FID key among the metrics
         found = sorted(k for k in metrics if k.startswith(("eval/fd", "eval/fid")))
         info["metric_key"] = found[0] if found else None

@@ -1,7 +1,7 @@
 """Does a learning-rate rule transfer across widths? A noise-aware equivalence test.
 
-For each LR rule, ONE model is fitted to every training of that rule at once (all widths, base
-LRs and seeds):
+For each LR rule, ONE model is fitted to every training the rule can use at once (all widths,
+base LRs and seeds; "Which trainings" below):
 
     log FD = a_w + c * (log lr - m_w)**2,    m_w = v0 + b * log(w / w_ref)
 
@@ -37,12 +37,23 @@ interval is open and the verdict inconclusive.
 Verdict, an equivalence test (Schuirmann 1987, two one-sided tests, here at the stricter 95%
 level) on the shift of the optimum over the sweep's width range, ``shift = b * log(w_max / w_min)``
 (natural log), with tolerance ``TOLERANCE = log 2`` (the best LR moves by less than a factor 2,
-about one LR-grid step):
+about one LR-grid step), combined with the ordinary test of "no shift" on the same interval
+(Lakens 2018, "Equivalence testing for psychological research", Fig. 1):
 
 * "transfers" when the whole 95% interval of the shift lies within (-log 2, log 2);
 * "does not transfer" when it lies entirely above log 2 or entirely below -log 2;
+* "moves" when it excludes 0 but overlaps the tolerance: the best LR does move with width, in
+  the direction given, and whether by more than a factor 2 is undecided (a true shift near the
+  tolerance leaves it undecided at any number of seeds);
 * "inconclusive" otherwise, with the measured seed-to-seed noise and an estimate of the seeds a
   decision would need (the interval's half width scales as 1/sqrt(seeds)).
+
+Which trainings: a rule only decides which actual LR each (width, base LR) trains with, so every
+rule is fitted to every distinct training at the same LR setting, its own and those run for
+another rule, mapped to its base LRs (``rule_trainings``). The ``gat`` and ``constant`` fits then
+use the same data, their slopes differ by exactly 1 and share one interval width, and each width
+gets the LRs of both grids (the cliff above the optimum that only one rule's grid reaches no longer
+bends one rule's fit alone, docs/PILOTS.md section 5).
 
 It is also inconclusive when a width's fitted optimum lies outside the LRs tried at that width
 (``at_edge``: a vertex extrapolated beyond the data is not to be trusted; widen the grid), when
@@ -108,38 +119,82 @@ def trial_score(fd: np.ndarray, status: str) -> float:
 
 
 def trial_scores(points: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per scored trial: ``lr_rule, width, base_lr, seed, trial, score, n_scored,
-    common_iter``; ``score`` is a log FD (``trial_score``) or +inf (diverged).
+    """One row per scored trial: ``lr_rule, width, size, base_lr, lr, lr_d_ratio, lr_mults, seed,
+    trial, score, n_scored, common_iter``; ``score`` is a log FD (``trial_score``) or +inf
+    (diverged), ``lr`` the actual LR of G (``lr_g``), ``lr_d_ratio`` = lr_d / lr_g.
 
     ``points``/``trials``: the tidy tables of ``runs.load_sweep`` (``points`` of one metric).
-    Trials without an evaluation yet (at or before the group's common iteration) and failed
-    trials are left out. The base LR is ``base_lr``, or ``lr_g`` when no base LR was logged.
+    Trials without an evaluation yet (at or before their width's common iteration: the latest
+    evaluation every live trial of that width has reached, whatever its rule) and failed trials
+    are left out. The base LR is ``base_lr``, or ``lr_g`` when no base LR was logged; missing
+    ``lr_d`` / ``lr_mults`` / ``size`` columns default to ``lr_g`` / "" / the width.
     """
-    columns = ["lr_rule", "width", "base_lr", "seed", "trial", "score", "n_scored", "common_iter"]
+    columns = ["lr_rule", "width", "size", "base_lr", "lr", "lr_d_ratio", "lr_mults", "seed", "trial",
+               "score", "n_scored", "common_iter"]
     rows = []
     finite = points[np.isfinite(points["fd"].astype(float))]
     by_run = {run: g.sort_values("iter") for run, g in points.groupby("run_id")}
-    for (rule, width), group in trials.groupby(["lr_rule", "g_width"]):
+    for width, group in trials.groupby("g_width"):
         live = group[~group["status"].isin(EXCLUDED_STATUSES)]
         reached = finite[finite["run_id"].isin(live["run_id"])].groupby("run_id")["iter"].max()
         common = int(reached.min()) if len(reached) else -1
-        for trial in group.itertuples():
-            if trial.status == "failed":
+        for trial in group.to_dict("records"):
+            if trial["status"] == "failed":
                 continue
-            lr = trial.base_lr if np.isfinite(trial.base_lr) else trial.lr_g
-            seed = int(trial.seed) if "seed" in group and np.isfinite(trial.seed) else 0
-            evals = by_run.get(trial.run_id)
+            lr = trial["lr_g"]
+            base = trial["base_lr"] if np.isfinite(trial.get("base_lr", np.nan)) else lr
+            seed = int(trial["seed"]) if np.isfinite(trial.get("seed", np.nan)) else 0
+            evals = by_run.get(trial["run_id"])
             evals = evals[evals["iter"] <= common] if evals is not None else None
-            if trial.status == "diverged":
+            if trial["status"] == "diverged":
                 score, n = math.inf, 0 if evals is None else min(len(evals), SCORE_EVALS)
             elif evals is None or evals.empty:
                 continue
             else:
-                score = trial_score(evals["fd"].to_numpy(), trial.status)
+                score = trial_score(evals["fd"].to_numpy(), trial["status"])
                 n = min(len(evals), SCORE_EVALS)
-            rows.append({"lr_rule": rule, "width": int(width), "base_lr": float(lr), "seed": seed,
-                         "trial": trial.trial, "score": score, "n_scored": n, "common_iter": common})
+            lr_d = trial.get("lr_d", lr)
+            rows.append({"lr_rule": trial["lr_rule"], "width": int(width),
+                         "size": str(trial.get("size") or f"w{int(width)}"), "base_lr": float(base),
+                         "lr": float(lr), "lr_d_ratio": float(lr_d) / float(lr) if np.isfinite(lr_d) else 1.0,
+                         "lr_mults": str(trial.get("lr_mults") or ""), "seed": seed,
+                         "trial": trial["trial"], "score": score, "n_scored": n, "common_iter": common})
     return pd.DataFrame(rows, columns=columns)
+
+
+def _lr_key(lr: pd.Series) -> pd.Series:
+    """LRs as keys that ignore float rounding (1e-9 relative): 0.004 * 32 / 16 == 0.008."""
+    return np.log(lr.astype(float)).round(9)
+
+
+def rule_trainings(scores: pd.DataFrame, rule: str) -> pd.DataFrame:
+    """Every distinct training of a sweep that ``rule`` can use, in the rule's base-LR coordinates.
+
+    A rule only picks which actual LR each (width, base LR) trains with, so a training of another
+    rule at the same width, seed and learning-rate setting is the same training (the sweep runs
+    it once and copies it, ``same_as``). At each width where the rule's own trials have one
+    factor ``k = lr / base_lr``, one ``lr_d / lr_g`` and one set of per-kind multipliers, every
+    training of that width with the same ratio and multipliers enters once, at ``base_lr = lr / k``
+    (e.g. under ``gat`` at width 16, base width 32, the ``constant`` trial at LR 2e-3 is base LR
+    1e-3). Widths where the factor is not unique keep the rule's own trials. Rows are those of
+    :func:`trial_scores` with ``lr_rule = rule`` and a bool column ``pooled`` (from another rule).
+    """
+    own = scores[scores["lr_rule"] == rule]
+    parts = []
+    for width, mine in own.groupby("width"):
+        factor = (np.log(mine["lr"].astype(float)) - np.log(mine["base_lr"].astype(float))).round(9)
+        same = mine[["lr_d_ratio", "lr_mults"]].round({"lr_d_ratio": 9}).drop_duplicates()
+        pool = mine
+        if factor.nunique() == 1 and len(same) == 1:
+            ratio, mults = same.iloc[0]
+            at_width = scores[scores["width"] == width]
+            pool = at_width[(at_width["lr_d_ratio"].round(9) == ratio) & (at_width["lr_mults"] == mults)]
+            pool = pool.assign(base_lr=pool["lr"] / math.exp(factor.iloc[0]))
+        pool = pool.assign(pooled=pool["lr_rule"] != rule, _key=_lr_key(pool["lr"]))
+        parts.append(pool.sort_values("pooled", kind="stable").drop_duplicates(["size", "_key", "seed"]))
+    if not parts:
+        return own.assign(pooled=False)
+    return pd.concat(parts, ignore_index=True).drop(columns="_key").assign(lr_rule=rule)
 
 
 # ---- the model ---------------------------------------------------------------------------------
@@ -253,6 +308,10 @@ class RuleTransfer:
     valley: Valley | None = None
     n_boot: int = 0
     tolerance: float = TOLERANCE
+    outcome: str = "inconclusive"
+    """One of ``OUTCOMES`` (:func:`decide`); ``verdict`` starts with it."""
+    n_pooled: int = 0
+    """Trainings fitted that were run for another rule at the same actual LR (:func:`rule_trainings`)."""
 
     @property
     def slope_ci(self) -> tuple[float, float] | None:
@@ -272,7 +331,8 @@ class RuleTransfer:
             "residual_sd_log": self.residual_sd, "seeds_needed": self.seeds_needed,
             "curvature": None if self.valley is None else self.valley.curvature,
             "w_ref": None if self.valley is None else self.valley.w_ref,
-            "transfers": self.transfers, "verdict": self.verdict, "expected": self.expected,
+            "transfers": self.transfers, "outcome": self.outcome, "verdict": self.verdict,
+            "expected": self.expected, "n_trainings_pooled": self.n_pooled,
             "score": f"mean log FD of the last {SCORE_EVALS} evaluations; diverged = +inf (excluded)",
             "optima": [{"width": o.width, "best_lr": est(o.best_lr), "best_fd": o.best_score,
                         "at_edge": o.at_edge, "common_iter": o.common_iter, "lrs": list(o.lrs),
@@ -328,6 +388,7 @@ def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed
         common = int(group["common_iter"].iloc[0]) if "common_iter" in group else -1
         optima_raw.append((int(width), lrs, per_lr, diverged, tried, common))
     fitted = scores[np.isfinite(scores["score"])]
+    n_pooled = int(scores["pooled"].sum()) if "pooled" in scores else 0
     widths = sorted(fitted["width"].unique().tolist())
     seeds = sorted(fitted["seed"].unique().tolist())
     n_seeds = len(seeds)
@@ -336,7 +397,7 @@ def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed
         optima = tuple(WidthOptimum(w, lrs, sc, dv, None, float(min(sc)), False, ci)
                        for w, lrs, sc, dv, _, ci in optima_raw)
         return RuleTransfer(rule, optima, None, None, None, verdict_text, expected, n_seeds,
-                            _pooled_cell_sd(fitted), None, None, None, 0, tolerance)
+                            _pooled_cell_sd(fitted), None, None, None, 0, tolerance, "inconclusive", n_pooled)
 
     if len(widths) < 2:
         return plain(f"insufficient data: finite scores at {len(widths)} width(s); need at least 2")
@@ -400,57 +461,97 @@ def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed
     noise = (f"seed-to-seed SD of log FD {noise_sd:.2f}" if noise_sd is not None
              else f"residual SD of log FD {residual_sd:.2f}" if residual_sd is not None else "noise unknown")
     edges = [o.width for o in optima if o.at_edge]
-    transfers, text, needed = decide(shift, slope, widths, n_seeds, noise, edges, tolerance)
-    return RuleTransfer(rule, tuple(optima), slope, shift, transfers, text, expected, n_seeds,
-                        noise_sd, residual_sd, needed, valley, n_boot if n_seeds >= 2 else 0, tolerance)
+    d = decide(shift, slope, widths, n_seeds, noise, edges, tolerance)
+    return RuleTransfer(rule, tuple(optima), slope, shift, d.transfers, d.text, expected, n_seeds,
+                        noise_sd, residual_sd, d.seeds_needed, valley, n_boot if n_seeds >= 2 else 0,
+                        tolerance, d.outcome, n_pooled)
+
+
+OUTCOMES = ("transfers", "does not transfer", "moves", "inconclusive")
+"""The four verdicts of the combined equivalence and difference test (Lakens 2018, Fig. 1)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What :func:`decide` concludes about one rule."""
+
+    outcome: str
+    """One of ``OUTCOMES``."""
+    transfers: bool | None
+    """The equivalence answer: True = within the tolerance, False = beyond it, None = undecided
+    (also for "moves")."""
+    text: str
+    seeds_needed: int | None
 
 
 def decide(shift: Estimate, slope: Estimate, widths: list[int], n_seeds: int, noise: str,
-           edges: list[int], tolerance: float = TOLERANCE) -> tuple[bool | None, str, int | None]:
-    """The equivalence test on ``shift`` (log LR factor over the widths, with its interval).
+           edges: list[int], tolerance: float = TOLERANCE) -> Decision:
+    """The equivalence test on ``shift`` (log LR factor over the widths, with its interval),
+    combined with the test of "no shift at all" (Lakens 2018, "Equivalence testing for
+    psychological research", Fig. 1: a difference can be significant and yet too small to
+    matter, or significant with its size undecided):
 
-    Returns (transfers: True / False / None = inconclusive, verdict sentence, seeds needed or
-    None). ``edges``: widths whose fitted optimum lies outside the LRs tried (forces
-    inconclusive). Rules in the module docstring.
+    * "transfers": the 95% interval lies within (-tolerance, tolerance);
+    * "does not transfer": it lies entirely beyond the tolerance, on one side;
+    * "moves": it excludes 0 (the best LR does move with width, in a known direction) but
+      overlaps the tolerance, so whether it moves by more than the tolerance is undecided;
+    * "inconclusive": it overlaps both 0 and the tolerance (or there is no interval).
+
+    ``edges``: widths whose fitted optimum lies outside the LRs tried; they make any verdict
+    "inconclusive". The sentence gives the shift, interval, slope, noise and, where undecided,
+    the seeds a decision against the tolerance would need (half width ~ 1/sqrt(seeds)).
     """
     text = (f"shift of the best LR over widths {min(widths)}-{max(widths)} x{math.exp(shift.value):.3g}")
     needed = None
     if shift.lo is None:
-        transfers = None
+        outcome, transfers = "inconclusive", None
         why = ("one seed, no interval (the bootstrap over seeds needs at least 2)" if n_seeds < 2
                else "unbounded interval (some resamples have no valley)")
         text = f"inconclusive: {text} (slope {slope.value:.2f}); {why}; {noise}; run more seeds"
     else:
         text += (f" [x{math.exp(shift.lo):.3g}, x{math.exp(shift.hi):.3g}], slope {slope}, "
                  f"tolerance x{math.exp(tolerance):.3g}")
+        direction = "falls" if shift.value < 0 else "grows"
         if -tolerance < shift.lo and shift.hi < tolerance:
-            transfers, text = True, "transfers: " + text
+            outcome, transfers, text = "transfers", True, "transfers: " + text
         elif shift.lo > tolerance or shift.hi < -tolerance:
-            direction = "falls" if shift.hi < 0 else "grows"
-            transfers, text = False, f"does not transfer (best LR {direction} with width): " + text
+            outcome, transfers = "does not transfer", False
+            text = f"does not transfer (best LR {direction} with width): " + text
         else:
             transfers = None
             needed = _seeds_needed(shift.value, shift.lo, shift.hi, n_seeds, tolerance)
             need = ("no number of seeds decides a shift exactly at the tolerance" if needed is None
-                    else f"about {needed} seeds would decide" if needed <= MAX_SEEDS_REPORTED
+                    else f"about {needed} seeds would decide against the tolerance"
+                    if needed <= MAX_SEEDS_REPORTED
                     else f"more than {MAX_SEEDS_REPORTED} seeds would be needed")
-            text = f"inconclusive: {text}; {noise}, {n_seeds} seeds; {need}"
+            if shift.lo > 0 or shift.hi < 0:
+                outcome = "moves"
+                text = (f"moves (best LR {direction} with width; whether by more than "
+                        f"x{math.exp(tolerance):.3g} is undecided): {text}; {noise}, {n_seeds} seeds; {need}")
+            else:
+                outcome = "inconclusive"
+                text = f"inconclusive: {text}; {noise}, {n_seeds} seeds; {need}"
     if edges:
-        if transfers is not None:
+        if outcome != "inconclusive":
             text = "inconclusive: " + text.split(": ", 1)[1]
-        transfers = None
+        outcome, transfers = "inconclusive", None
         text += (f" (fitted optimum outside the LRs tried at width {', '.join(map(str, edges))}: "
                  "not trusted; widen the LR grid)")
-    return transfers, text, needed
+    return Decision(outcome, transfers, text, needed)
 
 
 def analyse_transfer(points: pd.DataFrame, trials: pd.DataFrame, *, n_boot: int = N_BOOT,
-                     seed: int = 0) -> dict[str, RuleTransfer]:
+                     seed: int = 0, tolerance: float = TOLERANCE) -> dict[str, RuleTransfer]:
     """LR-transfer analysis per rule from the tidy tables of ``runs.load_sweep``.
 
+    Each rule is fitted to every distinct training it can use (:func:`rule_trainings`: its own and
+    the other rules' at the same actual LR setting), so with the same bootstrap seed the rules'
+    slopes differ by exactly their LR factors' exponent (gat = constant + 1) and share one
+    interval width. ``tolerance``: natural log of the largest shift that counts as transferring.
     Returns {rule: RuleTransfer}; rules whose every trial diverged or has no evaluation yet get a
     RuleTransfer with no fit and an "insufficient data" verdict.
     """
     scores = trial_scores(points, trials)
-    return {rule: fit_rule(scores[scores["lr_rule"] == rule], rule, n_boot=n_boot, seed=seed)
+    return {rule: fit_rule(rule_trainings(scores, rule), rule, n_boot=n_boot, seed=seed,
+                           tolerance=tolerance)
             for rule in sorted(trials["lr_rule"].dropna().unique())}

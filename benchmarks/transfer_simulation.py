@@ -1,10 +1,13 @@
 """How often is the LR-transfer verdict wrong? A simulation study on synthetic sweeps with a
-known truth (analysis.simulation): widths 16/32/64, 5 base LRs a factor 2 apart, a few seeds,
-Gaussian noise on log FD, true slope b of log best LR against log width.
+known truth (analysis.simulation): the deciding sweep's design (widths 16/32/64, 5 base LRs a
+factor 2 apart, rules constant and gat sharing trainings), a few seeds, Gaussian noise on log FD,
+true slope b of log best LR against log width, symmetric or asymmetric valleys (curvature below
+the optimum : above it, e.g. "0.1:0.4").
 
-For each setting it prints the rates of the three verdicts, the false-verdict rate (a
-conclusive verdict that contradicts the truth; on the tolerance boundary b = -0.5, "transfers")
-and the power (rate of the correct conclusive verdict). The last line is the whole table as JSON.
+For each setting it prints the rates of the four verdicts, the false-verdict rate (a
+conclusive verdict that contradicts the truth: on the tolerance boundary b = -0.5 "transfers";
+"moves" in the wrong direction or when the truth is 0) and the power (rate of the correct
+tolerance verdict). The last line is the whole table as JSON.
 
     python benchmarks/transfer_simulation.py                     # the table in docs/ANALYSIS.md
     python benchmarks/transfer_simulation.py --reps 20 --boot 50 --seeds 3 --noise 0.2   # smoke
@@ -27,29 +30,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=400, help="synthetic sweeps per setting")
     parser.add_argument("--boot", type=int, default=300, help="bootstrap resamples per sweep")
-    parser.add_argument("--slopes", default=f"0,-0.25,{B_BOUNDARY},-1", help="true slopes b")
-    parser.add_argument("--noise", default="0.15,0.25", help="SDs of log FD per training")
-    parser.add_argument("--seeds", default="3,4,6", help="seeds per sweep")
-    parser.add_argument("--curvature", default="0.5", help="c of the valley (log FD per log-LR^2)")
+    parser.add_argument("--slopes", default=f"0,-0.25,{B_BOUNDARY},-0.75,-1", help="true slopes b")
+    parser.add_argument("--noise", default="0.2", help="SDs of log FD per training")
+    parser.add_argument("--seeds", default="4,8", help="seeds per sweep")
+    parser.add_argument("--curvature", default="0.5,0.15,0.1:0.4",
+                        help="valley curvatures (log FD per log-LR^2); 'below:above' for an asymmetric one")
     args = parser.parse_args()
     floats = lambda s: [float(v) for v in s.split(",")]  # noqa: E731
     rows = []
     start = time.perf_counter()
     print(f"{args.reps} synthetic sweeps per setting, {args.boot} bootstrap resamples each; "
-          "widths 16/32/64, 5 LRs x2 apart; tolerance: shift within x2 over 16-64")
-    header = ["b", "shift", "truth", "c", "noise", "seeds", "transfers", "not", "inconcl.", "false", "power"]
-    print(("{:>6} {:>6} {:>9} {:>5} {:>5} {:>5} {:>9} {:>6} {:>8} {:>6} {:>6}").format(*header))
+          "widths 16/32/64, 5 LRs x2 apart, gat + constant; tolerance: shift within x2 over 16-64")
+    header = ["b", "shift", "truth", "c", "noise", "seeds", "transfers", "not", "moves", "inconcl.",
+              "false", "power"]
+    print(("{:>6} {:>6} {:>9} {:>7} {:>5} {:>5} {:>9} {:>6} {:>6} {:>8} {:>6} {:>6}").format(*header))
     for b in floats(args.slopes):
-        for c in floats(args.curvature):
+        for curv in args.curvature.split(","):
+            lo, _, hi = curv.partition(":")
+            c, c_hi = float(lo), float(hi or lo)
             for noise in floats(args.noise):
                 for seeds in (int(v) for v in args.seeds.split(",")):
-                    r = simulate(b, noise, seeds, n_rep=args.reps, n_boot=args.boot, curvature=c, seed=1)
+                    r = simulate(b, noise, seeds, n_rep=args.reps, n_boot=args.boot, curvature=c,
+                                 curvature_hi=c_hi, seed=1)
                     rows.append(asdict(r))
                     power = "-" if r.power is None else f"{r.power:.3f}"
-                    print(("{:>6.2f} {:>6} {:>9} {:>5.2f} {:>5.2f} {:>5d} {:>9.3f} {:>6.3f} {:>8.3f} "
+                    print(("{:>6.2f} {:>6} {:>9} {:>7} {:>5.2f} {:>5d} {:>9.3f} {:>6.3f} {:>6.3f} {:>8.3f} "
                            "{:>6.3f} {:>6}").format(b, f"x{math.exp(abs(b) * math.log(4)):.2f}",
-                                                    TRUTH_WORD[truth(b)], c, noise, seeds, r.transfers,
-                                                    r.not_transfers, r.inconclusive, r.false_rate, power))
+                                                    TRUTH_WORD[truth(b)], curv, noise, seeds, r.transfers,
+                                                    r.not_transfers, r.moves, r.inconclusive, r.false_rate,
+                                                    power))
     worst = max(r["false_rate"] for r in rows)
     print(f"worst false-verdict rate {worst:.3f} (bound 0.05); {time.perf_counter() - start:.0f} s")
     print(json.dumps({"reps": args.reps, "boot": args.boot, "worst_false_rate": worst, "rows": rows}))

@@ -87,7 +87,7 @@ def write_synthetic_sweep(uri: str, artifacts: Path, scratch: Path) -> str:
                     tags["gat_sweep.status"] = status
                     run = client.create_run(exp, run_name=name, tags=tags)
                     params = {"g.width": width, "g.depth": 4, "g.heads": 4, "d.width": width, "d.depth": 4,
-                              "lr_g": actual_lr, "lr_d": actual_lr, "batch": BATCH, "patch": 2, "seed": seed,
+                              "lr_g": actual_lr, "lr_d": actual_lr, "lr_mult_g.hidden": 1.0, "lr_mult_d.hidden": 1.0, "batch": BATCH, "patch": 2, "seed": seed,
                               "iterations": ITERS, "sweep.size": f"w{width}", "sweep.lr_rule": rule,
                               "sweep.base_lr": lr, "sweep.base_width": 32,
                               "compute.flops_per_iter": flops_per_iter(width),
@@ -174,6 +174,7 @@ def test_loader_reads_the_schema(store):
     np.testing.assert_allclose(one["train_flops"], one["iter"] * flops_per_iter(64), rtol=1e-12)
     assert one["lr_rule"].unique().tolist() == ["gat"] and one["g_width"].unique().tolist() == [64]
     assert one["base_lr"].iloc[0] == 5e-4 and one["lr_g"].iloc[0] == pytest.approx(2.5e-4)
+    assert set(runs.trials["lr_mults"]) == {"d.hidden=1,g.hidden=1"}
     running = runs.trials.set_index("trial").loc[trial_name(*RUNNING)]
     assert running["n_evals"] == 3 and running["last_iter"] == 600
     diverged = runs.points[runs.points["trial"] == trial_name(*DIVERGED)]

@@ -116,15 +116,15 @@ def test_sweep_overhead_benchmark_runs_two_short_trials():
 
 def test_transfer_simulation_prints_its_table():
     out = run_script("benchmarks/transfer_simulation.py", "--reps", "8", "--boot", "30", "--seeds", "3",
-                     "--noise", "0.2", "--slopes", "0,-1")
+                     "--noise", "0.2", "--slopes", "0,-1", "--curvature", "0.5")
     lines = out.splitlines()
-    assert lines[1].split() == ["b", "shift", "truth", "c", "noise", "seeds", "transfers", "not",
+    assert lines[1].split() == ["b", "shift", "truth", "c", "noise", "seeds", "transfers", "not", "moves",
                                 "inconcl.", "false", "power"]
     assert [row.split()[:3] for row in lines[2:4]] == [["0.00", "x1.00", "transfers"], ["-1.00", "x4.00", "no"]]
     table = json.loads(lines[-1])
     assert table["reps"] == 8 and len(table["rows"]) == 2
-    assert all(0 <= r["false_rate"] <= 1 and r["transfers"] + r["not_transfers"] + r["inconclusive"]
-               == pytest.approx(1.0) for r in table["rows"])
+    assert all(0 <= r["false_rate"] <= 1 and r["transfers"] + r["not_transfers"] + r["moves"]
+               + r["inconclusive"] == pytest.approx(1.0) for r in table["rows"])
 
 
 def test_dry_run_benchmark_times_cold_and_warm_runs():
