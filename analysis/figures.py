@@ -8,6 +8,8 @@ span less than a decade, where matplotlib's default shows no labelled tick at al
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import matplotlib
@@ -333,7 +335,8 @@ def lr_transfer_figure(transfer: dict[str, RuleTransfer]) -> Figure:
         width_axis(ax, widths)
         ax.set_xlabel("width")
         ax.set_ylabel("best base LR (fitted, 95% interval)")
-        ax.set_title("best LR vs width (flat = transfers; tolerance x2)", fontsize=10)
+        tol = next(iter(transfer.values())).tolerance
+        ax.set_title(f"best LR vs width (flat = transfers; tolerance x{math.exp(tol):.3g})", fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     else:

@@ -35,7 +35,7 @@ from analysis.frontier import (EXCLUDED_STATUSES, compute_frontier, frontier_siz
                                usable_points)
 from analysis.paper import PAPER_LAW
 from analysis.runs import STATUSES, SweepRuns, last_sample_grid, load_sweep, trained_as
-from analysis.transfer import SCORE_EVALS, RuleTransfer, analyse_transfer
+from analysis.transfer import SCORE_EVALS, TOLERANCE, RuleTransfer, analyse_transfer
 
 MODELS = ("saturating", "power")
 SUMMARY_COLUMNS = ("size", "width", "depth", "trials", "finished", "running", "diverged", "failed",
@@ -73,13 +73,14 @@ class ReportResult:
 
 
 def make_report(sweep: str, tracking_uri: str, out_dir: Path, *, target_fd: float | None = None,
-                n_boot: int = 1000, seed: int = 0) -> ReportResult:
+                n_boot: int = 1000, seed: int = 0, tolerance: float = TOLERANCE) -> ReportResult:
     """Load sweep ``sweep`` (experiment name or parent run id) from ``tracking_uri``, fit, plot
     and write the report files into ``out_dir`` (created if needed).
 
     ``target_fd``: FD whose required compute is reported (default: half the best FD observed).
     ``n_boot``/``seed``: bootstrap resamples and seed of the fit intervals and of the LR-transfer
-    bootstrap over seeds.
+    bootstrap over seeds. ``tolerance``: natural log of the largest shift of the best LR over the
+    widths that counts as transferring (default log 2, ``analysis.transfer.TOLERANCE``).
     Raises ``analysis.runs.SweepNotFound`` (a ValueError naming the sweeps that exist) when the
     sweep or the sqlite database does not exist.
     """
@@ -118,7 +119,7 @@ def make_report(sweep: str, tracking_uri: str, out_dir: Path, *, target_fd: floa
         notes.append(f"{size} is under-trained: its best FD {fd_big:.4g} is worse than the smaller "
                      f"{smaller}'s {fd_small:.4g} (train it longer or tune its LR; its points measure "
                      "training, not scale)")
-    transfer = analyse_transfer(points, trials, n_boot=n_boot, seed=seed)
+    transfer = analyse_transfer(points, trials, n_boot=n_boot, seed=seed, tolerance=tolerance)
 
     colours = figures.size_colours(trials)
     shown_next = _shown_next(fits, backtests, c_next)
@@ -136,6 +137,7 @@ def make_report(sweep: str, tracking_uri: str, out_dir: Path, *, target_fd: floa
     values = _fitted_values(runs, metric_key, front, fits, backtests, target, c_next, transfer,
                             best, under, notes)
     values["sample_grids"] = [caption for caption, _ in grids]
+    values["lr_transfer_tolerance_log"] = tolerance
     values = _no_nan(values)
     json_path = out_dir / "fits.json"
     json_path.write_text(json.dumps(values, indent=2, allow_nan=False))
@@ -406,6 +408,11 @@ def _fit_lines(values: dict) -> list[str]:
     return lines
 
 
+def _tolerance_text(values: dict) -> str:
+    """The LR-transfer tolerance as a factor, e.g. "x2"."""
+    return f"x{math.exp(values.get('lr_transfer_tolerance_log', TOLERANCE)):.3g}"
+
+
 def _transfer_lines(values: dict) -> list[str]:
     out = []
     for rule, t in values["lr_transfer"].items():
@@ -431,9 +438,10 @@ def _summary_text(runs: SweepRuns, rows: list[dict[str, str]], values: dict, not
     out = [f"sweep {runs.sweep} - metric {values['metric_key']}", *table, "",
            "fits (95% bootstrap intervals):"]
     out += [f"  {line}" for line in _fit_lines(values)]
+    tol = _tolerance_text(values)
     out += ["", f"LR transfer (shift of the best base LR over the widths, 95% interval from a bootstrap "
-                f"over seeds; transfers if within x2, does not transfer if beyond, moves if it excludes x1 "
-                f"only; score: mean log FD of the last {SCORE_EVALS} evaluations):"]
+                f"over seeds; transfers if within {tol}, does not transfer if beyond, moves if it excludes "
+                f"x1 only; score: mean log FD of the last {SCORE_EVALS} evaluations):"]
     out += [f"  {line}" for line in _transfer_lines(values)]
     if notes:
         out += ["", "notes:", *(f"  - {n}" for n in notes)]
@@ -488,7 +496,7 @@ def _html(runs: SweepRuns, rows: list[dict[str, str]], values: dict, figs: dict[
         f"<p>Model per rule: log FD = a_w + c (log lr - v0 - b log(w/w_ref))^2 fitted to every "
         f"training; score = mean log FD of a trial's last {SCORE_EVALS} evaluations (diverged: "
         "excluded, LR marked failed); interval: bootstrap over seeds with a small-sample t factor; "
-        "equivalence test with tolerance x2 (docs/ANALYSIS.md).</p>",
+        f"equivalence test with tolerance {_tolerance_text(values)} (docs/ANALYSIS.md).</p>",
         "<h2>Training curves</h2>", _img(figs["fd_vs_kimg"], "FD vs kimg"),
         "<h2>Failure-mode diagnostics</h2>", _img(figs["diagnostics"], "diagnostics"),
         "<h2>Samples of the best trial per size</h2>", _img(figs["samples"], "sample grids"),

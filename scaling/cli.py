@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shlex
 import shutil
@@ -418,7 +419,9 @@ def schema() -> None:
 def encode(
     images_dir: Annotated[Path, typer.Argument(help="ImageFolder: one sub-folder of images per class.")],
     out_dir: Annotated[Path, typer.Argument(help="Output directory for latent shards and manifest.json.")],
-    vae: Annotated[str, typer.Option(help="Local AutoencoderKL directory (save_pretrained), e.g. SD-VAE.")],
+    vae: Annotated[str, typer.Option(
+        help="Local AutoencoderKL directory (save_pretrained), e.g. SD-VAE; or 'digits' for the embedded "
+        "digits VAE (prepared offline on first use; downsamples by 4, 32 px images).")],
     resolution: Annotated[int, typer.Option(help="Image side in px after the ADM centre crop.")] = 256,
     batch: Annotated[int, typer.Option(help="Images per VAE forward pass.")] = 32,
     precision: Annotated[str, typer.Option(help="fp32 or bf16 (VAE compute and stored latents).")] = "fp32",
@@ -440,6 +443,8 @@ def encode(
       gat-sweep encode /data/imagenet/train /shared/latents/in256 --vae /weights/sd-vae-ft-ema --dry-run
 
       gat-sweep encode /data/imagenet/train /shared/latents/in256 --vae /weights/sd-vae-ft-ema --precision bf16 --batch 128
+
+      gat-sweep encode my_digits/ latents/my_digits --vae digits --resolution 32   # offline, no download
     """
     with user_errors(ValueError):
         from core.encode import DEFAULT_SHARD_SIZE, encode_folder, image_folder
@@ -452,6 +457,10 @@ def encode(
             return
         import torch
 
+        if vae == "digits":  # the embedded VAE, wherever this machine's cache keeps it
+            from core.digits import prepare_digits
+
+            vae = str(prepare_digits().vae_dir)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         manifest = encode_folder(images_dir, out_dir, vae, resolution=resolution, batch=batch, precision=precision,
@@ -460,6 +469,13 @@ def encode(
     info = json.loads(manifest.read_text())
     console.print(f"{info['count']} images, {len(info['classes'])} classes, latents {info['latent_shape']} "
                   f"-> {manifest.parent}", highlight=False, markup=False)
+
+
+def _above_one(value: float) -> float:
+    """Typer callback: a factor that must exceed 1."""
+    if not value > 1:
+        raise typer.BadParameter(f"must be a factor above 1 (e.g. 2), got {value:g}")
+    return value
 
 
 @app.command()
@@ -471,6 +487,10 @@ def plot(
         "outputs/NAME/mlflow.db for a sweep NAME).")] = None,
     log: Annotated[bool, typer.Option(
         "--log/--no-log", help="Log the report, fits and exponents to the sweep's MLflow parent run.")] = True,
+    tolerance: Annotated[float, typer.Option(
+        callback=_above_one,
+        help="LR transfer: the largest factor the best LR may move by over the sweep's widths and still "
+        "'transfer' (the equivalence margin; set it before looking at the results).")] = 2.0,
 ) -> None:
     """Fit FD/FID against training compute for a sweep and write figures and an HTML report.
 
@@ -485,6 +505,8 @@ def plot(
       gat-sweep plot width_lr --tracking-uri sqlite:///$PWD/outputs/width_lr/mlflow.db
 
       gat-sweep plot imagenet256_gat --tracking-uri http://mlflow:5000 --out report/
+
+      gat-sweep plot sweeps/width_lr_full.yaml --tolerance 1.5
     """
     with user_errors():  # a missing sweep file is named at once, before the slow imports
         if Path(sweep).suffix in (".yaml", ".yml") or os.sep in sweep or Path(sweep).is_file():
@@ -499,7 +521,7 @@ def plot(
     with user_errors(SweepNotFound):
         from analysis.report import make_report
 
-        result = make_report(name, uri, out or default_out)
+        result = make_report(name, uri, out or default_out, tolerance=math.log(tolerance))
     console.print(result.summary, highlight=False, markup=False)
     console.print(f"report {result.html}", highlight=False, markup=False)
     if log:

@@ -315,6 +315,25 @@ def test_plot_logs_to_the_parent_run_unless_told_not_to(store, tmp_path):
     assert "need at least 3 sizes" in client.get_run(parent).data.tags["gat_sweep.fit.power"]
 
 
+def test_plot_takes_the_transfer_tolerance_from_the_user(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from scaling.cli import app
+
+    result = CliRunner().invoke(app, ["plot", SWEEP, "--tracking-uri", store[0], "--out", str(tmp_path),
+                                      "--no-log", "--tolerance", "1.25"])
+    assert result.exit_code == 0, result.output
+    # the equivalence margin is the user's: x1.25 instead of x2 throughout the report
+    assert "transfers if within x1.25," in result.output
+    fits = json.loads((tmp_path / "fits.json").read_text())
+    assert fits["lr_transfer_tolerance_log"] == fits["lr_transfer"]["gat"]["tolerance_log"] == \
+        pytest.approx(math.log(1.25))
+    assert "tolerance x1.25" in fits["lr_transfer"]["gat"]["verdict"]
+    assert "tolerance x1.25" in (tmp_path / "report.html").read_text()
+    refused = CliRunner().invoke(app, ["plot", SWEEP, "--tracking-uri", store[0], "--tolerance", "1"])
+    assert refused.exit_code == 2 and "must be a factor above 1" in refused.output
+
+
 def test_plot_says_why_the_report_was_not_logged(tmp_path):
     from typer.testing import CliRunner
 

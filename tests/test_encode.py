@@ -171,3 +171,18 @@ def test_truncated_image_is_named_and_finished_shards_are_kept(folder):
     assert kept and not (folder / "out" / MANIFEST).exists()
     bad.write_bytes(data)  # replaced: the rerun keeps the finished shards and completes
     assert json.loads(encode(folder).read_text())["count"] == len(CLASSES) * PER_CLASS
+
+
+def test_encode_with_the_embedded_digits_vae_through_the_cli(folder, tiny_digits_cache):
+    """`--vae digits` needs no download and no path: it is the embedded VAE of this machine's cache
+    (downsampling 4: 32 px -> 8 x 8 latents), and the manifest names its directory."""
+    from typer.testing import CliRunner
+
+    from scaling.cli import app
+
+    result = CliRunner().invoke(app, ["encode", str(folder / "images"), str(folder / "digits_out"), "--vae", "digits",
+                                      "--resolution", "32", "--batch", "8"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((folder / "digits_out" / MANIFEST).read_text())
+    assert manifest["vae"] == str(tiny_digits_cache.vae_dir) and manifest["count"] == 15
+    assert manifest["latent_shape"] == [4, 8, 8] and "15 images, 3 classes, latents [4, 8, 8]" in result.output
