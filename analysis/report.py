@@ -256,21 +256,29 @@ def _best_per_size(trials: pd.DataFrame, source: pd.Series) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+COLLAPSE_RECALL = 0.05
+"""Recall below which a sample grid's rows are expected to repeat one image per class (partial
+mode collapse): every measured digits run below ~1,000 iterations (docs/PILOTS.md section 2b)."""
+
+
 def _grid_caption(size: str, trial: str, rules: str, path: Path, points: pd.DataFrame,
-                  run_id: str, best_fd: float) -> str:
+                  run_id: str, best_fd: float, recall: float = math.nan) -> str:
     """Caption of a sample grid: the trial, the rules it stands for, the iteration of the grid
-    (from its file name ``iter_<n>.png``) and the FD at that iteration (the latest evaluation at
-    or before it)."""
+    (from its file name ``iter_<n>.png``), the FD at that iteration (the latest evaluation at or
+    before it) and, when the best evaluation's ``recall`` is below ``COLLAPSE_RECALL``, that rows
+    of near-identical images are expected."""
     match = re.search(r"(\d+)$", path.stem)
     head = f"{size}: {trial}" + (f"\n(trained once for rules {rules})" if "," in rules else "")
+    collapse = (f"\nrecall {recall:.2f}: expect each row to repeat one image\n(G uses z weakly this early; "
+                "PILOTS.md 2b)" if recall < COLLAPSE_RECALL else "")
     if match is None:
-        return f"{head}\ngrid {path.stem}; best FD {best_fd:.3g}"
+        return f"{head}\ngrid {path.stem}; best FD {best_fd:.3g}{collapse}"
     it = int(match.group(1))
     evals = points[(points["run_id"] == run_id) & (points["iter"] <= it)].sort_values("iter")
     fd = f"FD {evals['fd'].iloc[-1]:.3g}" if len(evals) else "no FD logged yet"
     if len(evals) and int(evals["iter"].iloc[-1]) != it:
         fd += f" (at iter {int(evals['iter'].iloc[-1])})"
-    return f"{head}\ngrid at iter {it}: {fd}; best FD {best_fd:.3g}"
+    return f"{head}\ngrid at iter {it}: {fd}; best FD {best_fd:.3g}{collapse}"
 
 
 def _best_grids(runs: SweepRuns, best: pd.DataFrame, points: pd.DataFrame, dst: Path
@@ -280,7 +288,8 @@ def _best_grids(runs: SweepRuns, best: pd.DataFrame, points: pd.DataFrame, dst: 
     for r in best.itertuples():
         path = last_sample_grid(runs.tracking_uri, r.run_id, dst / str(r.trial).replace("/", "_"))
         if path is not None:
-            grids.append((_grid_caption(r.size, r.trial, r.rules, path, points, r.run_id, r.best_fd), path))
+            grids.append((_grid_caption(r.size, r.trial, r.rules, path, points, r.run_id, r.best_fd,
+                                        float(r.recall)), path))
     return grids
 
 
