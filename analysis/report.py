@@ -437,6 +437,10 @@ def _transfer_lines(values: dict) -> list[str]:
         if t["n_trainings_pooled"]:
             out.append(f"  fitted with {t['n_trainings_pooled']} training(s) run for another rule at the "
                        "same actual LR (the rule maps them to its base LRs)")
+    constant = values["lr_transfer"].get("constant")
+    if constant and constant["slope"] is not None and constant["slope"]["lo"] is not None:
+        out.append(f"best actual LR ~ width^{_est(constant['slope'], '.2f')} (the constant rule's slope; "
+                   "the gat rule assumes width^-1, constant width^0)")
     return out
 
 
@@ -482,7 +486,9 @@ def _html(runs: SweepRuns, rows: list[dict[str, str]], values: dict, figs: dict[
                   f"samples: {esc(', '.join(map(str, values['eval_num_samples'])) or 'not logged')}); "
                   f"compute convention: {esc('; '.join(values['flops_convention']) or 'not logged')}")
     transfer_rows = [[rule, t["verdict"], t["expected"]] for rule, t in values["lr_transfer"].items()]
-    transfer_detail = "<br>".join(esc(line) for line in _transfer_lines(values) if line.startswith("  "))
+    verdict_lines = tuple(f"{rule}: " for rule in values["lr_transfer"])
+    transfer_detail = "<br>".join(esc(line) for line in _transfer_lines(values)
+                                  if not line.startswith(verdict_lines))
     alphas = [f"{m}: alpha {f['alpha']['value']:.3f}" for m, f in values["fits"].items() if f["ok"]]
     paper = (f"The GAT paper reports FID ~ {PAPER_LAW['A']:.3g} C^-{PAPER_LAW['alpha']} (C in GFLOPs, "
              f"ImageNet-256, FID-50K); this sweep: {'; '.join(alphas) or 'no fit yet'}. "

@@ -246,6 +246,10 @@ def test_report_fits_and_verdicts(report):
                                                                              ("0.50", "0.40")]
     assert "precision  recall" in report.summary
     assert "does not transfer" in report.summary and "gat: transfers: shift" in report.summary
+    # the constant rule's slope is the exponent of the best actual LR (1/width in this sweep)
+    exponent = re.search(r"best actual LR ~ width\^(-?[\d.]+) \[", report.summary)
+    assert exponent and float(exponent.group(1)) == pytest.approx(-1.0, abs=0.05)
+    assert exponent.group(0) in report.html.read_text()
 
 
 def test_sample_grid_captions_give_the_iteration_and_fd_of_the_grid(report):
