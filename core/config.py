@@ -148,6 +148,12 @@ class TrainConfig:
     """Width of D's class-projection head (paper: 2048). Small sweeps may lower it; always logged."""
     repa: bool = False
     """Enable the REPA projector on D (needs local DINOv2 features; off by default)."""
+    train_pos_embed: bool = False
+    """Train the sin-cos positional embeddings of G (its constant input tokens) and D. Off (the
+    paper's fixed 2-D sin-cos embedding, as DiT): they stay at their initial values, receive no
+    gradient and are left out of gradient clipping. On: the GAT reference's behaviour in effect
+    (its optimisers hold both and it re-enables their gradients every step, so they train from
+    the sin-cos initialisation, as muP 'vector' parameters)."""
 
     # ---- optimisation (GAT_METHOD.md §5) ---------------------------------------------------
     batch: int = 32

@@ -96,7 +96,7 @@ _COMPUTE_IRRELEVANT = (
     "grad_clip", "ema_decay", "ema_warmup", "w_avg_beta", "seed", "iterations", "eval_every", "eval_samples",
     "eval_metric", "inception_weights", "fid_ref_npz", "truncation_psi", "ckpt_every", "keep_checkpoints",
     "log_every", "diag_every", "sample_every", "device", "num_threads", "compile", "precision",
-    "grad_checkpointing", "diverge_loss", "diverge_fd_ratio", "reg_fd_precision",
+    "grad_checkpointing", "diverge_loss", "diverge_fd_ratio", "reg_fd_precision", "train_pos_embed",
 )
 """Fields that do not change the counted FLOPs; reset to their defaults so that configs differing
 only in them share one measurement (a learning-rate or muP sweep measures each architecture once)."""

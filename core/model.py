@@ -240,8 +240,10 @@ class Generator(nn.Module):
         self.mapping = nn.Sequential(
             EqualLinear(2 * cfg.z_dim, net.width), nn.SiLU(), EqualLinear(net.width, net.width)
         )
-        # Fixed (untrained) token input, counted as a parameter like the reference does.
-        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(net.width, self.grid), requires_grad=False)
+        # Token input: the sin-cos embedding, fixed unless cfg.train_pos_embed (counted as a
+        # parameter either way, like the reference does).
+        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(net.width, self.grid),
+                                      requires_grad=cfg.train_pos_embed)
         self.blocks = nn.ModuleList(GeneratorBlock(net.width, net.heads) for _ in range(net.depth))
         self.heads = nn.ModuleList(
             OutputHead(net.width, cfg.patch, cfg.latent_channels) for _ in range(MNG_LEVELS)
@@ -378,7 +380,8 @@ class Discriminator(nn.Module):
         self.grad_checkpointing = cfg.grad_checkpointing
         proj = cfg.d_proj_dim
         self.patch_embed = nn.Conv2d(MNG_LEVELS * cfg.latent_channels, net.width, cfg.patch, cfg.patch)
-        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(net.width, self.grid), requires_grad=False)
+        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(net.width, self.grid),
+                                      requires_grad=cfg.train_pos_embed)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, net.width))
         self.blocks = nn.ModuleList(DiscriminatorBlock(net.width, net.heads) for _ in range(net.depth))
         self.norm = nn.RMSNorm(net.width, eps=1e-6)

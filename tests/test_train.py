@@ -115,6 +115,30 @@ def test_fixed_positional_embeddings_stay_out_of_gradients_and_clipping(tmp_path
     assert all(p.requires_grad for p in D.parameters() if id(p) in optimised)
 
 
+def test_trained_positional_embeddings_are_optimised_like_the_reference(tmp_path):
+    """train_pos_embed: G's and D's sin-cos embeddings get gradients, sit in their optimisers as
+    'vector' parameters and move; the rest of the run is the same code path."""
+    from core.model import build_models, sincos_pos_embed_2d
+    from core.step import GATStep
+
+    cfg = tiny(train_pos_embed=True)
+    torch.manual_seed(0)
+    G, D = build_models(cfg)
+    step = GATStep(cfg, G, D, torch.device("cpu"))
+    x, y, z = torch.randn(8, 4, 8, 8), torch.randint(10, (8,)), torch.randn(8, cfg.z_dim)
+    for _ in range(2):
+        step.iteration(x, y, z)
+    for net, opt in ((G, step.opt_g), (D, step.opt_d)):
+        optimised = {id(p) for group in opt.param_groups for p in group["params"]}
+        assert net.pos_embed.requires_grad and id(net.pos_embed) in optimised
+        start = sincos_pos_embed_2d(net.pos_embed.shape[1], cfg.latent_size // cfg.patch)
+        assert not torch.equal(net.pos_embed.detach(), start)
+    # one switch, not a new architecture: FLOPs are measured once for both settings
+    from core.flops import _architecture
+
+    assert _architecture(cfg) == _architecture(tiny())
+
+
 def test_longer_budget_continues_a_finished_run(tmp_path):
     train(tiny(iterations=6), tmp_path / "full", progress=False)
     train(tiny(iterations=3), tmp_path / "grown", progress=False)
