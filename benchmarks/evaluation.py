@@ -77,7 +77,7 @@ def evaluation_cost(cfg) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     evaluator.evaluate(generator)
     total = time.perf_counter() - start
     start = time.perf_counter()
-    evaluator.render(generator, evaluator.z, evaluator.labels)
+    evaluator.sampler.render(generator, evaluator.z, evaluator.labels)
     return total, time.perf_counter() - start
 
 

@@ -215,7 +215,9 @@ class TrainConfig:
     """Failure-mode diagnostics (early-block utilisation, update size) every this many iterations."""
     log_every: int = 10
     sample_every: int = 0
-    """Write an EMA sample grid every this many iterations (0: only at evaluations and the end)."""
+    """Write an EMA sample grid every this many iterations, besides one at every evaluation and at
+    the end, also when evaluation is off (0: only those; <0: never, and the dataset's VAE is then
+    not needed unless the run evaluates). Grids need a dataset with a VAE (not 'random')."""
     diverge_loss: float = 100.0
     """A D or G loss above this at any iteration ends the run as 'diverged' (RpGAN losses start at
     log 2 = 0.69; 100 means the real and fake logits are about 100 apart: a blow-up, not training).

@@ -26,6 +26,9 @@ ADM-cropped at the encode resolution), their features cached by torch-fidelity u
 so a second run does not recompute them. Or ``cfg.fid_ref_npz``: ADM-style ``mu``/``sigma``
 (Dhariwal & Nichol 2021, evaluations/), FID only (KID and precision/recall need features).
 
+Sample grids: :class:`Sampler` (``make_sampler``) holds the dataset's VAE and a fixed grid of z;
+the evaluator decodes through it, and a run that does not evaluate still writes grids with it.
+
 Invalid results: non-finite generated latents or images, or a non-finite metric, raise
 :class:`InvalidMetricError`; a NaN is never returned.
 """
@@ -190,12 +193,58 @@ class GeneratedImages(Dataset):
         return self._images[index - start]
 
 
-class Evaluator:
-    """Evaluates an EMA generator against a dataset's reference; built by :func:`make_evaluator`."""
+class Sampler:
+    """Turns an EMA generator's latents into images: the dataset's VAE, and a fixed grid of z
+    (``GRID_COLUMNS`` samples for each of up to ``GRID_MAX_ROWS`` classes) for sample grids.
+    Built by :func:`make_sampler`; needs no metric, so runs that do not evaluate write grids too."""
 
-    def __init__(self, cfg: TrainConfig, data: LatentData, device: torch.device, metric: str) -> None:
-        self.device, self.num_samples, self.psi = device, cfg.eval_samples, cfg.truncation_psi
-        self.seed, self.scaling_factor = cfg.seed, data.scaling_factor
+    def __init__(self, cfg: TrainConfig, data: LatentData, device: torch.device) -> None:
+        self.device, self.psi, self.scaling_factor = device, cfg.truncation_psi, data.scaling_factor
+        self.vae = load_vae(data.vae).to(device)
+        rows = min(data.num_classes, GRID_MAX_ROWS)
+        grid_classes = torch.linspace(0, data.num_classes - 1, rows).round().long()
+        self.grid_labels = grid_classes.repeat_interleave(GRID_COLUMNS)
+        grid_gen = torch.Generator().manual_seed(cfg.seed + GRID_SEED_OFFSET)
+        self.grid_z = torch.randn(len(self.grid_labels), cfg.z_dim, generator=grid_gen)
+
+    @torch.no_grad()
+    def render(self, generator: Generator, z: Tensor, labels: Tensor) -> Tensor:
+        """EMA samples for (z (n, z_dim), labels (n,)) -> uint8 images (n, 3, H, W) on CPU.
+
+        Raises InvalidMetricError if the latents or decoded images are not finite.
+        """
+        latents = generator.sample(z.to(self.device), labels.to(self.device), psi=self.psi)
+        if not torch.isfinite(latents).all():
+            raise InvalidMetricError("the generator produced non-finite latents; the run has diverged")
+        images = decode_latents(self.vae, latents, self.scaling_factor, batch=EVAL_BATCH)
+        if not torch.isfinite(images).all():
+            raise InvalidMetricError("decoding the generated latents gave non-finite pixels")
+        return to_uint8(images).cpu()
+
+    def sample_grid(self, generator: Generator, path: Path) -> Path:
+        """Write a PNG grid of EMA samples (a row per class, fixed z) atomically; returns ``path``.
+        Raises InvalidMetricError for non-finite samples."""
+        images = self.render(generator, self.grid_z, self.grid_labels)
+        buffer = io.BytesIO()
+        torchvision.utils.save_image(images.float() / 255.0, buffer, nrow=GRID_COLUMNS, padding=2, format="png")
+        atomic_write_bytes(Path(path), buffer.getvalue())
+        return Path(path)
+
+
+def make_sampler(cfg: TrainConfig, data: LatentData, device: torch.device) -> Sampler | None:
+    """The :class:`Sampler` of a run; None for dataset 'random' (no VAE, nothing to look at).
+    Raises FileNotFoundError / OSError (``core.vae.load_vae``) when the dataset's VAE is missing."""
+    return None if data.kind == "random" else Sampler(cfg, data, device)
+
+
+class Evaluator:
+    """Evaluates an EMA generator against a dataset's reference; built by :func:`make_evaluator`.
+    Its samples are decoded by ``sampler`` (:class:`Sampler`)."""
+
+    def __init__(self, cfg: TrainConfig, data: LatentData, device: torch.device, metric: str,
+                 sampler: Sampler) -> None:
+        self.device, self.num_samples, self.sampler = device, cfg.eval_samples, sampler
+        self.seed = cfg.seed
         n = count_label(cfg.eval_samples)
         suffix = f"_digits_{n}" if metric == "fd_domain" else n
         self.keys = {name: f"eval/{name}{suffix}" for name in ("kid", "precision", "recall")}
@@ -216,30 +265,9 @@ class Evaluator:
             "eval.ema": "true",
             "eval.truncation_psi": str(cfg.truncation_psi),
         }
-        self.vae = load_vae(data.vae).to(device)
         eval_gen = torch.Generator().manual_seed(cfg.seed)
         self.z = torch.randn(cfg.eval_samples, cfg.z_dim, generator=eval_gen)
         self.labels = torch.arange(cfg.eval_samples) % data.num_classes
-        rows = min(data.num_classes, GRID_MAX_ROWS)
-        grid_classes = torch.linspace(0, data.num_classes - 1, rows).round().long()
-        self.grid_labels = grid_classes.repeat_interleave(GRID_COLUMNS)
-        grid_gen = torch.Generator().manual_seed(cfg.seed + GRID_SEED_OFFSET)
-        self.grid_z = torch.randn(len(self.grid_labels), cfg.z_dim, generator=grid_gen)
-
-    # -- sampling ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def render(self, generator: Generator, z: Tensor, labels: Tensor) -> Tensor:
-        """EMA samples for (z (n, z_dim), labels (n,)) -> uint8 images (n, 3, H, W) on CPU.
-
-        Raises InvalidMetricError if the latents or decoded images are not finite.
-        """
-        latents = generator.sample(z.to(self.device), labels.to(self.device), psi=self.psi)
-        if not torch.isfinite(latents).all():
-            raise InvalidMetricError("the generator produced non-finite latents; the run has diverged")
-        images = decode_latents(self.vae, latents, self.scaling_factor, batch=EVAL_BATCH)
-        if not torch.isfinite(images).all():
-            raise InvalidMetricError("decoding the generated latents gave non-finite pixels")
-        return to_uint8(images).cpu()
 
     def warm_reference(self) -> None:
         """Compute and cache the reference features now (no-op for an npz reference or a cache hit)."""
@@ -262,7 +290,7 @@ class Evaluator:
         reference). Raises InvalidMetricError instead of returning a non-finite value.
         """
         generated = GeneratedImages(
-            lambda start, stop: self.render(generator, self.z[start:stop], self.labels[start:stop]),
+            lambda start, stop: self.sampler.render(generator, self.z[start:stop], self.labels[start:stop]),
             self.num_samples, EVAL_BATCH,
         )
         if self.npz is None:
@@ -279,18 +307,12 @@ class Evaluator:
             raise InvalidMetricError(f"non-finite evaluation result {bad}")
         return {self.keys[name]: float(value) for name, value in values.items()}
 
-    def sample_grid(self, generator: Generator, path: Path) -> Path:
-        """Write a PNG grid of EMA samples (a row per class, fixed z) atomically; returns ``path``."""
-        images = self.render(generator, self.grid_z, self.grid_labels)
-        buffer = io.BytesIO()
-        torchvision.utils.save_image(images.float() / 255.0, buffer, nrow=GRID_COLUMNS, padding=2, format="png")
-        atomic_write_bytes(Path(path), buffer.getvalue())
-        return Path(path)
 
-
-def make_evaluator(cfg: TrainConfig, data: LatentData, device: torch.device) -> Evaluator | None:
+def make_evaluator(cfg: TrainConfig, data: LatentData, device: torch.device,
+                   sampler: Sampler | None = None) -> Evaluator | None:
     """Validate evaluation settings, build the :class:`Evaluator` and cache the reference features.
 
+    ``sampler``: the run's :class:`Sampler` (built here when not given).
     Returns None for dataset 'random' with eval_metric 'auto' (no images to compare with).
     Raises ConfigError for: an explicit eval_metric on dataset 'random';
     eval_metric 'fd_domain' on a dataset without a domain extractor; 'fid' without a readable
@@ -321,7 +343,7 @@ def make_evaluator(cfg: TrainConfig, data: LatentData, device: torch.device) -> 
             f"eval_samples={cfg.eval_samples} is below the {dim}-d feature size of the {metric} extractor; "
             f"the covariance estimate would be singular. Use eval_samples >= {dim}"
         )
-    evaluator = Evaluator(cfg, data, device, metric)
+    evaluator = Evaluator(cfg, data, device, metric, sampler or Sampler(cfg, data, device))
     evaluator.warm_reference()
     return evaluator
 

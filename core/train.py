@@ -34,7 +34,7 @@ from core import diagnostics
 from core.cache import atomic_write_bytes, json_text
 from core.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from core.config import ConfigError, TrainConfig
-from core.evaluate import InvalidMetricError, make_evaluator
+from core.evaluate import InvalidMetricError, make_evaluator, make_sampler
 from core.flops import FLOPS_CONVENTION, train_flops_per_iter
 from core.latents import load_latents
 from core.model import build_models, count_parameters
@@ -232,9 +232,11 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
 
     device = resolve_device(cfg.device)
     data = load_latents(cfg)
-    evaluator = None
+    sampler = evaluator = None
+    if rank == 0 and (cfg.eval_every >= 0 or cfg.sample_every >= 0):
+        sampler = make_sampler(cfg, data, device)
     if rank == 0 and cfg.eval_every >= 0:
-        evaluator = make_evaluator(cfg, data, device)
+        evaluator = make_evaluator(cfg, data, device, sampler)
     torch.manual_seed(cfg.seed)  # the initialisation is part of what a seed names
     G, D = build_models(cfg, device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
@@ -362,7 +364,6 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
             eval_start = time.perf_counter()
             try:
                 results = evaluator.evaluate(G_ema)  # RNG use here is harmless: iterations re-seed
-                images.append(evaluator.sample_grid(G_ema, run_dir / "samples" / f"iter_{done_it:07d}.png"))
             except InvalidMetricError as error:  # non-finite samples: the run has diverged
                 results, reason = {}, str(error)
             eval_seconds = time.perf_counter() - eval_start
@@ -374,6 +375,12 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
             if reason is None and value < best["value"]:
                 best, is_best = {"value": value, "iteration": done_it}, True
             bar.write(f"{cfg.name} iter {done_it}: {evaluator.metric_key} = {value:.4g}")
+        if sampler is not None and cfg.sample_every >= 0 and (
+                eval_step or done_it == cfg.iterations or (cfg.sample_every and done_it % cfg.sample_every == 0)):
+            try:  # at evaluations, and at the end and every sample_every iterations with or without them
+                images.append(sampler.sample_grid(G_ema, run_dir / "samples" / f"iter_{done_it:07d}.png"))
+            except InvalidMetricError as error:  # an evaluation has said so already, or the loss bound will
+                bar.write(f"{cfg.name} iter {done_it}: no sample grid: {error}")
         if eval_step and world > 1:
             _rank0_flag(reason is not None, device)
         if reason is not None:
@@ -381,8 +388,6 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
             bar.write(f"{cfg.name} iter {done_it}: {reason}; stopping (diverged)")
             emit(done_it, metrics, images)
             break
-        elif evaluator is not None and cfg.sample_every > 0 and done_it % cfg.sample_every == 0:
-            images.append(evaluator.sample_grid(G_ema, run_dir / "samples" / f"iter_{done_it:07d}.png"))
         checkpoint = None
         if done_it % cfg.ckpt_every == 0 or done_it == cfg.iterations or is_best:
             checkpoint = save_checkpoint(

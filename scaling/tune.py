@@ -359,7 +359,8 @@ class SweepOutcome:
 
 def _check_inputs(cfg: TrainConfig) -> None:
     """Check every local file the trials will read, before anything is created or started: the
-    dataset directory, and for an evaluating sweep the VAE its manifest names (for the embedded
+    dataset directory, and unless trials neither evaluate nor write sample grids the VAE its
+    manifest names (for the embedded
     digits, :func:`_prepare_data` makes both) and the Inception weights of eval metric 'fid'.
 
     Raises FileNotFoundError for a missing dataset directory or manifest, ConfigError naming a
@@ -377,14 +378,15 @@ def _check_inputs(cfg: TrainConfig) -> None:
         manifest = root / MANIFEST
         if not manifest.is_file():
             raise FileNotFoundError(f"dataset {root} has no {MANIFEST} (write it with `gat-sweep encode`)")
-        if evaluates:
+        if evaluates or cfg.sample_every >= 0:
             from core.vae import load_vae
 
             vae = json.loads(manifest.read_text())["vae"]
             try:
                 load_vae(vae)
             except Exception as err:  # diffusers and safetensors raise many types for a missing or bad file
-                raise ConfigError(f"the VAE {vae} named in {manifest} (evaluations decode samples with it) "
+                raise ConfigError(f"the VAE {vae} named in {manifest} (evaluations and sample grids decode "
+                                  f"samples with it; train.sample_every: -1 and eval.every: -1 need none) "
                                   f"cannot be loaded: {type(err).__name__}: {err}") from err
     if evaluates and resolve_metric(cfg.eval_metric, "digits" if cfg.dataset == "digits" else "encoded") == "fid":
         check_inception_weights(cfg.inception_weights)

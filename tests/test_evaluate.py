@@ -184,11 +184,11 @@ def test_non_finite_samples_raise(tiny_digits_cache):
 def test_sample_grid(tiny_digits_cache, tmp_path):
     cfg = eval_cfg()
     evaluator = make_evaluator(cfg, load_latents(cfg), CPU)
-    path = evaluator.sample_grid(generator(cfg), tmp_path / "samples" / "iter_0000010.png")
+    path = evaluator.sampler.sample_grid(generator(cfg), tmp_path / "samples" / "iter_0000010.png")
     image = Image.open(path)
     assert image.size == (8 * 34 + 2, 10 * 34 + 2)  # 8 columns x 10 classes of 32 px, padding 2
     assert list((tmp_path / "samples").iterdir()) == [path]  # no temporary file left
-    assert torch.equal(evaluator.grid_labels[::8], torch.arange(10))
+    assert torch.equal(evaluator.sampler.grid_labels[::8], torch.arange(10))
 
 
 def test_training_logs_evaluation_time_apart_from_training(tiny_digits_cache, tmp_path, monkeypatch):
@@ -207,3 +207,20 @@ def test_training_logs_evaluation_time_apart_from_training(tiny_digits_cache, tm
     # The iteration logged right after an evaluation is timed without it.
     after = next(line for line in lines if line["step"] == 3)
     assert after["time/sec_per_kimg"] * cfg.batch / 1000 < 1.0
+
+
+def test_runs_without_evaluation_still_write_sample_grids(tiny_digits_cache, tmp_path):
+    """eval_every=-1 (no metric, no reference statistics): grids every sample_every and at the end,
+    the same pictures an evaluating run writes; sample_every=-1 writes none."""
+    cfg = eval_cfg(iterations=4, eval_every=-1, sample_every=3, batch=8, ckpt_every=4)
+    result = train(cfg, tmp_path / "quiet", progress=False)
+    assert result.status == "finished" and not any(k.startswith("eval/") for k in result.metrics)
+    grids = sorted(p.name for p in (tmp_path / "quiet" / "samples").iterdir())
+    assert grids == ["iter_0000003.png", "iter_0000004.png"]
+    evaluated = train(cfg.replace(eval_every=4), tmp_path / "evaluated", progress=False)
+    assert "eval/fd_digits_128" in evaluated.metrics
+    for name in grids:  # evaluating or not, the same training draws the same grid
+        assert (tmp_path / "quiet" / "samples" / name).read_bytes() == \
+            (tmp_path / "evaluated" / "samples" / name).read_bytes()
+    train(cfg.replace(sample_every=-1), tmp_path / "none", progress=False)
+    assert not (tmp_path / "none" / "samples").exists() or not any((tmp_path / "none" / "samples").iterdir())

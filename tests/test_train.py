@@ -209,10 +209,7 @@ def test_evaluation_far_above_its_best_ends_as_diverged(tmp_path, monkeypatch):
         def evaluate(self, generator):
             return {self.metric_key: next(series)}
 
-        def sample_grid(self, generator, path):
-            return path
-
-    monkeypatch.setattr(train_module, "make_evaluator", lambda cfg, data, device: FakeEvaluator())
+    monkeypatch.setattr(train_module, "make_evaluator", lambda cfg, data, device, sampler: FakeEvaluator())
     result = train(tiny(iterations=8, eval_every=1, ckpt_every=100), tmp_path / "r", progress=False)
     assert result.status == "diverged" and result.iterations == 7
     assert result.reason == ("eval/fd_fake = 480 is more than diverge_fd_ratio = 3 times its best 49 "
