@@ -97,19 +97,24 @@ def test_resume_equals_uninterrupted(tmp_path, grad_clip):
     assert logged(tmp_path / "straight") == logged(tmp_path / "resumed")
 
 
-def test_fixed_positional_embeddings_stay_out_of_gradients_and_clipping(tmp_path):
+def two_iterations(cfg: TrainConfig):
+    """(G, D, GATStep) after two iterations on one fixed batch."""
     from core.model import build_models
     from core.step import GATStep
 
-    cfg = tiny()
     torch.manual_seed(0)
     G, D = build_models(cfg)
     step = GATStep(cfg, G, D, torch.device("cpu"))
     x, y, z = torch.randn(8, 4, 8, 8), torch.randint(10, (8,)), torch.randn(8, cfg.z_dim)
-    for _ in range(2):
+    for _ in range(2):  # the bug was the first iteration switching the embedding on for the second
         step.iteration(x, y, z)
-        assert not D.pos_embed.requires_grad and D.pos_embed.grad is None
-        assert not G.pos_embed.requires_grad
+    return G, D, step
+
+
+def test_fixed_positional_embeddings_stay_out_of_gradients_and_clipping(tmp_path):
+    G, D, step = two_iterations(tiny())
+    assert not D.pos_embed.requires_grad and D.pos_embed.grad is None
+    assert not G.pos_embed.requires_grad
     optimised = {id(p) for group in step.opt_d.param_groups for p in group["params"]}
     assert id(D.pos_embed) not in optimised
     assert all(p.requires_grad for p in D.parameters() if id(p) in optimised)
@@ -118,16 +123,10 @@ def test_fixed_positional_embeddings_stay_out_of_gradients_and_clipping(tmp_path
 def test_trained_positional_embeddings_are_optimised_like_the_reference(tmp_path):
     """train_pos_embed: G's and D's sin-cos embeddings get gradients, sit in their optimisers as
     'vector' parameters and move; the rest of the run is the same code path."""
-    from core.model import build_models, sincos_pos_embed_2d
-    from core.step import GATStep
+    from core.model import sincos_pos_embed_2d
 
     cfg = tiny(train_pos_embed=True)
-    torch.manual_seed(0)
-    G, D = build_models(cfg)
-    step = GATStep(cfg, G, D, torch.device("cpu"))
-    x, y, z = torch.randn(8, 4, 8, 8), torch.randint(10, (8,)), torch.randn(8, cfg.z_dim)
-    for _ in range(2):
-        step.iteration(x, y, z)
+    G, D, step = two_iterations(cfg)
     for net, opt in ((G, step.opt_g), (D, step.opt_d)):
         optimised = {id(p) for group in opt.param_groups for p in group["params"]}
         assert net.pos_embed.requires_grad and id(net.pos_embed) in optimised
