@@ -284,7 +284,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        """Rebuild from :meth:`to_dict` output. Unknown keys raise :class:`ConfigError`."""
+        """Rebuild from :meth:`to_dict` output. Unknown keys raise :class:`ConfigError`; missing
+        keys take their defaults (a config written before a field existed: fields are only ever
+        added with the default that keeps the earlier behaviour, so old run directories and sweeps
+        resume and grow under a newer version)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

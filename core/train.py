@@ -16,6 +16,7 @@ Run directory (ARCHITECTURE.md): ``config.json`` written before step 0, ``stats.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -124,6 +125,8 @@ def _check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
     trained = (run_dir / "checkpoints" / LATEST).exists() or (run_dir / RESULT_FILE).exists()
     if path.exists() and trained:
         old = json.loads(path.read_text())
+        with contextlib.suppress(ConfigError, TypeError):  # a field it lacks ran with its default
+            old = TrainConfig.from_dict(old).to_dict()
         new = cfg.to_dict()
         diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
         if diff:

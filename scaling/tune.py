@@ -57,7 +57,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from core.cache import atomic_write_bytes
-from core.config import ConfigError, TrainConfig
+from core.config import ConfigError, TrainConfig, flatten
 from core.encode import MANIFEST
 from core.flops import remember_flops
 from core.train import RESULT_FILE, STATS_FILE, Report, TrainResult, train
@@ -463,10 +463,11 @@ def _changes(state: dict[str, Any], name: str, records: dict[str, dict[str, Any]
     if "trials" not in state:
         return ["its state (sweep.json) has no per-trial record, so no trial can be checked"]
     old = state["trials"]
+    defaults = flatten(TrainConfig().to_dict())  # a field added since the sweep began ran as its default
     changed: dict[str, tuple[Any, Any, int]] = {}
     for trial in (t for t in old if t in records):  # in grid order: the same message every run
         for key in sorted(old[trial].keys() | records[trial].keys()):
-            before, after = old[trial].get(key), records[trial].get(key)
+            before, after = old[trial].get(key, defaults.get(key)), records[trial].get(key)
             if before != after:
                 first = changed.get(key, (before, after, 0))
                 changed[key] = (first[0], first[1], first[2] + 1)

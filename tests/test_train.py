@@ -231,6 +231,16 @@ def test_different_config_in_run_dir_is_refused(tmp_path):
         train(tiny(iterations=2, lr_g=1e-3), tmp_path / "r", progress=False)
 
 
+def test_run_dir_of_an_older_version_continues(tmp_path):
+    # written before TrainConfig had train_pos_embed: the missing field ran as its default
+    train(tiny(iterations=2), tmp_path / "r", progress=False)
+    config = tmp_path / "r" / "config.json"
+    config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "train_pos_embed"}))
+    assert train(tiny(iterations=3), tmp_path / "r", progress=False).iterations == 3
+    with pytest.raises(ConfigError, match="train_pos_embed"):  # a value other than the default is a change
+        train(tiny(iterations=4, train_pos_embed=True), tmp_path / "r", progress=False)
+
+
 def test_exact_regulariser_mode_trains(tmp_path):
     result = train(tiny(iterations=2, reg_mode="exact"), tmp_path / "r", progress=False)
     assert result.status == "finished" and result.metrics["reg/r1"] > 0

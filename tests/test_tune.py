@@ -222,11 +222,25 @@ def test_a_grown_sweep_trains_only_its_new_trials_under_the_same_parent(ray_loca
     again = run_sweep(make_spec(tmp_path, [1e-3, 2e-3]), sweep_file(tmp_path))
     assert len((again.out / "trials.csv").read_text().splitlines()) == 1 + 4 and not again.failed
 
+    # A sweep begun under an older version, before TrainConfig had a field (here train_pos_embed):
+    # its state and run directories lack the key, which ran as the default. It resumes and grows
+    # under the new version; nothing is trained again.
+    state = json.loads((grown.out / "sweep.json").read_text())
+    for record in state["trials"].values():
+        del record["train_pos_embed"]
+    (grown.out / "sweep.json").write_text(json.dumps(state))
+    for config in (grown.out / "trials").glob("*/config.json"):
+        config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items()
+                                      if k != "train_pos_embed"}))
+    upgraded = run_sweep(make_spec(tmp_path, [1e-3, 2e-3, 4e-3]), sweep_file(tmp_path))
+    assert not upgraded.failed and [t.status for t in upgraded.trials] == ["finished"] * 6
+    assert len(attempts(upgraded.out, "w32-d4-p2_constant_lr0.001_s0")) == 1
+
     # Anything else that changes existing trials is refused, naming the fields.
-    with pytest.raises(SweepChangedError, match=r"iterations: 6 -> 8 \(4 trial\(s\)\)"):
-        run_sweep(make_spec(tmp_path, [1e-3, 2e-3], budget={"iterations": 8}), sweep_file(tmp_path))
-    with pytest.raises(SweepChangedError, match=r"trials dropped: w32-d4-p2_gat_lr0.001_s0, .* and 1 more"):
-        run_sweep(make_spec(tmp_path, [1e-3, 2e-3], seeds=[1]), sweep_file(tmp_path))
+    with pytest.raises(SweepChangedError, match=r"iterations: 6 -> 8 \(6 trial\(s\)\)"):
+        run_sweep(make_spec(tmp_path, [1e-3, 2e-3, 4e-3], budget={"iterations": 8}), sweep_file(tmp_path))
+    with pytest.raises(SweepChangedError, match=r"trials dropped: w32-d4-p2_gat_lr0.001_s0, .* and 3 more"):
+        run_sweep(make_spec(tmp_path, [1e-3, 2e-3, 4e-3], seeds=[1]), sweep_file(tmp_path))
 
 
 def test_relay_stats_passes_each_record_once_while_training_runs(tmp_path):
