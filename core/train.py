@@ -380,10 +380,12 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
             bar.write(f"{cfg.name} iter {done_it}: {evaluator.metric_key} = {value:.4g}")
         if sampler is not None and cfg.sample_every >= 0 and (
                 eval_step or done_it == cfg.iterations or (cfg.sample_every and done_it % cfg.sample_every == 0)):
+            grid_start = time.perf_counter()
             try:  # at evaluations, and at the end and every sample_every iterations with or without them
                 images.append(sampler.sample_grid(G_ema, run_dir / "samples" / f"iter_{done_it:07d}.png"))
             except InvalidMetricError as error:  # an evaluation has said so already, or the loss bound will
                 bar.write(f"{cfg.name} iter {done_it}: no sample grid: {error}")
+            window_start += time.perf_counter() - grid_start  # not training time either
         if eval_step and world > 1:
             _rank0_flag(reason is not None, device)
         if reason is not None:

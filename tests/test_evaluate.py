@@ -199,12 +199,19 @@ def test_training_logs_evaluation_time_apart_from_training(tiny_digits_cache, tm
         time.sleep(1.0)
         return evaluate(self, generator)
 
+    grid = evaluate_mod.Sampler.sample_grid
+
+    def slow_grid(self, generator, path):  # and a sample grid that takes another second
+        time.sleep(1.0)
+        return grid(self, generator, path)
+
     monkeypatch.setattr(evaluate_mod.Evaluator, "evaluate", slow_evaluate)
+    monkeypatch.setattr(evaluate_mod.Sampler, "sample_grid", slow_grid)
     train(cfg, tmp_path / "run", progress=False)
     lines = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
     eval_seconds = {line["step"]: line["time/eval_s"] for line in lines if "time/eval_s" in line}
     assert sorted(eval_seconds) == [2, 4] and all(s >= 1.0 for s in eval_seconds.values())
-    # The iteration logged right after an evaluation is timed without it.
+    # The iteration logged right after an evaluation is timed without it and without its grid.
     after = next(line for line in lines if line["step"] == 3)
     assert after["time/sec_per_kimg"] * cfg.batch / 1000 < 1.0
 
