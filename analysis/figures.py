@@ -293,7 +293,8 @@ def lr_transfer_figure(transfer: dict[str, RuleTransfer]) -> Figure:
             if o.diverged_lrs:  # diverged LRs: an x near the top of the panel
                 ax.plot(o.diverged_lrs, np.full(len(o.diverged_lrs), 0.96), "x", color=wcol[o.width],
                         ms=9, mew=2, transform=ax.get_xaxis_transform())
-            if res.valley is not None and res.valley.curvature > 0 and o.width in res.valley.widths:
+            if res.valley is not None and o.width in res.valley.widths and \
+                    res.valley.curvatures[res.valley.widths.index(o.width)] > 0:
                 grid = np.geomspace(lrs[ok].min(), lrs[ok].max(), 60) if ok.any() else lrs
                 ax.plot(grid, np.exp(res.valley.log_fd(o.width, grid)), "-", color=wcol[o.width], lw=1)
             if o.best_lr is not None:

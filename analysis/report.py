@@ -269,7 +269,7 @@ def _grid_caption(size: str, trial: str, rules: str, path: Path, points: pd.Data
     of near-identical images are expected."""
     match = re.search(r"(\d+)$", path.stem)
     head = f"{size}: {trial}" + (f"\n(trained once for rules {rules})" if "," in rules else "")
-    collapse = (f"\nrecall {recall:.2f}: expect each row to repeat one image\n(G uses z weakly this early; "
+    collapse = (f"\nrecall {recall:.2f} at its best FD: expect rows of one image\n(G uses z weakly this early; "
                 "PILOTS.md 2b)" if recall < COLLAPSE_RECALL else "")
     if match is None:
         return f"{head}\ngrid {path.stem}; best FD {best_fd:.3g}{collapse}"
@@ -438,7 +438,8 @@ def _transfer_lines(values: dict) -> list[str]:
             out.append(f"  fitted with {t['n_trainings_pooled']} training(s) run for another rule at the "
                        "same actual LR (the rule maps them to its base LRs)")
     constant = values["lr_transfer"].get("constant")
-    if constant and constant["slope"] is not None and constant["slope"]["lo"] is not None:
+    if constant and constant["slope"] is not None and constant["slope"]["lo"] is not None and \
+            not any(o["at_edge"] for o in constant["optima"]):
         out.append(f"best actual LR ~ width^{_est(constant['slope'], '.2f')} (the constant rule's slope; "
                    "the gat rule assumes width^-1, constant width^0)")
     return out
@@ -508,7 +509,8 @@ def _html(runs: SweepRuns, rows: list[dict[str, str]], values: dict, figs: dict[
         "<h2>Learning-rate transfer</h2>", _img(figs["lr_transfer"], "LR transfer"),
         _table(["rule", "verdict", "expectation"], transfer_rows),
         f"<p>{transfer_detail}</p>" if transfer_detail else "",
-        f"<p>Model per rule: log FD = a_w + c (log lr - v0 - b log(w/w_ref))^2 fitted to every "
+        f"<p>Model per rule: log FD = a_w + c_w (log lr - m_w)^2 per width, b = slope of m_w against "
+        f"log width, fitted to every "
         f"training; score = mean log FD of a trial's last {SCORE_EVALS} evaluations (diverged: "
         "excluded, LR marked failed); interval: bootstrap over seeds with a small-sample t factor; "
         f"equivalence test with tolerance {_tolerance_text(values)} (docs/ANALYSIS.md).</p>",

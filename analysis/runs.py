@@ -40,6 +40,7 @@ _PARAMS: dict[str, tuple[str, type]] = {
     "g_depth": ("g.depth", int),
     "d_width": ("d.width", int),
     "d_depth": ("d.depth", int),
+    "patch": ("patch", int),
     "lr_rule": ("sweep.lr_rule", str),
     "base_lr": ("sweep.base_lr", float),
     "base_width": ("sweep.base_width", int),

@@ -8,7 +8,8 @@ score per training (width, actual LR, seed), drawn from a valley in the actual L
 
 ``c(d)`` is ``curvature`` below the optimum and ``curvature_hi`` above it (default: the same; an
 asymmetric valley, gentle below and steep above as the measured sweeps show, tests the symmetric
-model ``analysis.transfer`` fits under misspecification), with independent Gaussian noise of SD
+valleys ``analysis.transfer`` fits under misspecification), both times ``growth`` per width
+doubling (the measured valleys are more curved at larger widths), with independent Gaussian noise of SD
 ``noise_sd`` per training (the seed-to-seed SD of the score measured on real sweeps is ~0.2,
 docs/PILOTS.md). ``v0`` is jittered by up to half an LR step per replicate so the optimum does not
 always sit on a grid point. The rule under test is ``constant``, fitted as the tool fits it:
@@ -48,7 +49,7 @@ B_BOUNDARY = -TOLERANCE / math.log(WIDTHS[-1] / WIDTHS[0])
 
 
 def synthetic_scores(b: float, noise_sd: float, n_seeds: int, rng: np.random.Generator, *,
-                     curvature: float = 0.5, curvature_hi: float | None = None,
+                     curvature: float = 0.5, curvature_hi: float | None = None, growth: float = 1.0,
                      widths: tuple[int, ...] = WIDTHS, lrs: tuple[float, ...] = LRS,
                      jitter: float = 0.5) -> pd.DataFrame:
     """One synthetic sweep's trial scores (rows of ``transfer.trial_scores``), rules ``constant``
@@ -58,8 +59,9 @@ def synthetic_scores(b: float, noise_sd: float, n_seeds: int, rng: np.random.Gen
     ``b``: true slope of log best (actual = constant's base) LR on log width; ``noise_sd``: SD of
     log FD per training; ``curvature``/``curvature_hi``: ``c`` in log FD per (natural log LR)^2
     below/above the optimum (0.5: one factor-2 step costs 0.24 in log FD, ~27% in FD);
-    ``jitter``: the optimum at w_ref moves uniformly by up to this fraction of an LR step. Offsets
-    a_w fall with width (wider is better).
+    ``growth``: both curvatures grow by this factor per width doubling (about 1.4 measured, 2 as a
+    stress case; they are the values at the middle width); ``jitter``: the optimum at w_ref moves
+    uniformly by up to this fraction of an LR step. Offsets a_w fall with width (wider is better).
     """
     c_hi = curvature if curvature_hi is None else curvature_hi
     w_ref = math.exp(np.mean(np.log(widths)))
@@ -71,13 +73,15 @@ def synthetic_scores(b: float, noise_sd: float, n_seeds: int, rng: np.random.Gen
         for width in widths:
             m = v0 + b * math.log(width / w_ref)
             a = 7.0 - 0.3 * math.log(width / widths[0])
+            scale = growth ** math.log2(width / w_ref)
             for base in lrs:
                 lr = base * (BASE_WIDTH / width if rule == "gat" else 1.0)
                 d = math.log(lr) - m
                 for seed in range(n_seeds):
                     key = (width, round(math.log(lr), 9), seed)
                     if key not in drawn:
-                        drawn[key] = a + (curvature if d < 0 else c_hi) * d * d + rng.normal(0.0, noise_sd)
+                        c = scale * (curvature if d < 0 else c_hi)
+                        drawn[key] = a + c * d * d + rng.normal(0.0, noise_sd)
                     rows.append({"lr_rule": rule, "width": width, "size": f"w{width}", "base_lr": base,
                                  "lr": lr, "lr_d_ratio": 1.0, "lr_mults": "", "seed": seed,
                                  "trial": f"{rule}-w{width}-lr{base:g}-s{seed}", "score": drawn[key],
@@ -103,6 +107,7 @@ class SimResult:
     n_seeds: int
     curvature: float
     curvature_hi: float
+    growth: float
     n_rep: int
     transfers: float
     """Fraction of "transfers" verdicts."""
@@ -118,7 +123,8 @@ class SimResult:
 
 
 def simulate(b: float, noise_sd: float, n_seeds: int, *, n_rep: int = 200, n_boot: int = 200,
-             curvature: float = 0.5, curvature_hi: float | None = None, seed: int = 0) -> SimResult:
+             curvature: float = 0.5, curvature_hi: float | None = None, growth: float = 1.0,
+             seed: int = 0) -> SimResult:
     """Run the transfer test (rule ``constant``, pooled as the tool pools it) on ``n_rep``
     synthetic sweeps (seeded) and count its verdicts."""
     rng = np.random.default_rng(seed)
@@ -126,7 +132,8 @@ def simulate(b: float, noise_sd: float, n_seeds: int, *, n_rep: int = 200, n_boo
     counts = {"transfers": 0, "does not transfer": 0, "moves": 0, "inconclusive": 0}
     wrong_moves = 0
     for rep in range(n_rep):
-        scores = synthetic_scores(b, noise_sd, n_seeds, rng, curvature=curvature, curvature_hi=c_hi)
+        scores = synthetic_scores(b, noise_sd, n_seeds, rng, curvature=curvature, curvature_hi=c_hi,
+                                  growth=growth)
         res = fit_rule(rule_trainings(scores, "constant"), "constant", n_boot=n_boot, seed=rep)
         counts[res.outcome] += 1
         if res.outcome == "moves" and (b == 0 or np.sign(res.shift.value) != np.sign(b)):
@@ -140,5 +147,5 @@ def simulate(b: float, noise_sd: float, n_seeds: int, *, n_rep: int = 200, n_boo
         false_rate = frac[side]
         power = frac["transfers" if true else "does not transfer"]
     false_rate += wrong_moves / n_rep
-    return SimResult(b, noise_sd, n_seeds, curvature, c_hi, n_rep, frac["transfers"],
+    return SimResult(b, noise_sd, n_seeds, curvature, c_hi, growth, n_rep, frac["transfers"],
                      frac["does not transfer"], frac["moves"], frac["inconclusive"], false_rate, power)

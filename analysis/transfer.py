@@ -3,19 +3,23 @@
 For each LR rule, ONE model is fitted to every training the rule can use at once (all widths,
 base LRs and seeds; "Which trainings" below):
 
-    log FD = a_w + c * (log lr - m_w)**2,    m_w = v0 + b * log(w / w_ref)
+    log FD = a_w + c_w * (log lr - m_w)**2        (one valley per width w)
+    m_w ~ v0 + b * log(w / w_ref)                 (least-squares line through the optima)
 
-with a free offset ``a_w`` per width, one curvature ``c > 0`` shared by all widths, and the
-optimum ``m_w`` (log of the best *base* LR at width w) linear in log width. ``lr`` is the rule's
-base LR; ``w_ref`` is the geometric mean of the fitted widths (so ``v0`` is the optimum at the
-middle of the sweep and nearly uncorrelated with ``b``). ``b`` is the quantity of interest: 0
-means the best base LR does not move with width, -1 means it falls as 1/width, which the GAT
-paper's rule ``lr = base_lr * 768 / width`` corrects (GAT_METHOD.md §5).
+with a free offset ``a_w``, curvature ``c_w > 0`` and optimum ``m_w`` (log of the best *base* LR
+at width w) per width, and ``b`` the least-squares slope of the optima against log width. ``lr``
+is the rule's base LR; ``w_ref`` is the geometric mean of the fitted widths. ``b`` is the
+quantity of interest: 0 means the best base LR does not move with width, -1 means it falls as
+1/width, which the GAT paper's rule ``lr = base_lr * 768 / width`` corrects (GAT_METHOD.md §5).
+Each width has its own curvature because the measured valleys differ (width 16's flat, width
+64's about twice as curved, docs/PILOTS.md section 7): one curvature shared by all widths would
+scale each width's fitted optimum about the centre of the LRs and bias ``b`` (a review's
+simulation: 9-18% false "moves" verdicts with curvatures 2-3x apart per width doubling).
 
-The model is linear in its reparametrisation ``log FD = a_w + c x**2 + d0 x + d1 x z`` (``x`` =
-log lr minus its mean, ``z = log(w / w_ref)``), so it is fitted exactly by (weighted) least
-squares and ``b = -d1 / (2c)``, ``m_w = x_mean - (d0 + d1 z_w) / (2c)``. A fit with ``c <= 0``
-has no valley and no optimum.
+Each width's quadratic is linear in its reparametrisation ``a'_w + c_w x**2 + e_w x`` (``x`` =
+log lr minus its mean), so the model is fitted exactly by (weighted) least squares and
+``m_w = x_mean - e_w / (2 c_w)``; a width needs finite scores at 3 or more LRs. A fit with some
+``c_w <= 0`` has no valley there and no optimum.
 
 Uncertainty: a bootstrap over seeds (Efron & Tibshirani 1993, ch. 6 and 12; Field & Welsh 2007
 for the cluster bootstrap): seeds are resampled with replacement, keeping every training of a
@@ -126,8 +130,10 @@ def trial_scores(points: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     ``points``/``trials``: the tidy tables of ``runs.load_sweep`` (``points`` of one metric).
     Trials without an evaluation yet (at or before their width's common iteration: the latest
     evaluation every live trial of that width has reached, whatever its rule) and failed trials
-    are left out. The base LR is ``base_lr``, or ``lr_g`` when no base LR was logged; missing
-    ``lr_d`` / ``lr_mults`` / ``size`` columns default to ``lr_g`` / "" / the width.
+    are left out. The base LR is ``base_lr``, or ``lr_g`` when no base LR was logged (and ``lr``
+    is ``base_lr`` when no ``lr_g`` was); missing ``lr_d`` / ``lr_mults`` / ``size`` columns
+    default to ``lr_g`` / "" / ``w<width>-d<g_depth>``; ``size`` gets ``-p<patch>`` where a
+    patch column exists, so trainings of different architectures never merge.
     """
     columns = ["lr_rule", "width", "size", "base_lr", "lr", "lr_d_ratio", "lr_mults", "seed", "trial",
                "score", "n_scored", "common_iter"]
@@ -141,8 +147,9 @@ def trial_scores(points: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
         for trial in group.to_dict("records"):
             if trial["status"] == "failed":
                 continue
-            lr = trial["lr_g"]
-            base = trial["base_lr"] if np.isfinite(trial.get("base_lr", np.nan)) else lr
+            base = trial.get("base_lr", np.nan)
+            lr = trial["lr_g"] if np.isfinite(trial.get("lr_g", np.nan)) else base
+            base = base if np.isfinite(base) else lr
             seed = int(trial["seed"]) if np.isfinite(trial.get("seed", np.nan)) else 0
             evals = by_run.get(trial["run_id"])
             evals = evals[evals["iter"] <= common] if evals is not None else None
@@ -154,8 +161,11 @@ def trial_scores(points: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
                 score = trial_score(evals["fd"].to_numpy(), trial["status"])
                 n = min(len(evals), SCORE_EVALS)
             lr_d = trial.get("lr_d", lr)
+            size = trial.get("size") or f"w{int(width)}-d{trial.get('g_depth', '?')}"
+            patch = trial.get("patch")
             rows.append({"lr_rule": trial["lr_rule"], "width": int(width),
-                         "size": str(trial.get("size") or f"w{int(width)}"), "base_lr": float(base),
+                         "size": str(size) + ("" if patch is None or pd.isna(patch) else f"-p{int(patch)}"),
+                         "base_lr": float(base),
                          "lr": float(lr), "lr_d_ratio": float(lr_d) / float(lr) if np.isfinite(lr_d) else 1.0,
                          "lr_mults": str(trial.get("lr_mults") or ""), "seed": seed,
                          "trial": trial["trial"], "score": score, "n_scored": n, "common_iter": common})
@@ -189,7 +199,9 @@ def rule_trainings(scores: pd.DataFrame, rule: str) -> pd.DataFrame:
             ratio, mults = same.iloc[0]
             at_width = scores[scores["width"] == width]
             pool = at_width[(at_width["lr_d_ratio"].round(9) == ratio) & (at_width["lr_mults"] == mults)]
-            pool = pool.assign(base_lr=pool["lr"] / math.exp(factor.iloc[0]))
+            ratio = float((mine["lr"] / mine["base_lr"]).iloc[0])  # exact, not the rounded log
+            mapped = (pool["lr"] / ratio).map(lambda v: float(f"{v:.12g}"))
+            pool = pool.assign(base_lr=mapped)  # 12 digits: 0.004 / 2 is 0.002, not 0.0019999999991
         pool = pool.assign(pooled=pool["lr_rule"] != rule, _key=_lr_key(pool["lr"]))
         parts.append(pool.sort_values("pooled", kind="stable").drop_duplicates(["size", "_key", "seed"]))
     if not parts:
@@ -201,29 +213,32 @@ def rule_trainings(scores: pd.DataFrame, rule: str) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Valley:
-    """Full-data fit of ``log FD = a_w + c (log lr - m_w)^2``, ``m_w = v0 + b log(w / w_ref)``."""
+    """Full-data fit of ``log FD = a_w + c_w (log lr - m_w)^2`` per width, and the line
+    ``m = v0 + b log(w / w_ref)`` fitted to the optima ``m_w`` by least squares."""
 
     widths: tuple[int, ...]
     offsets: tuple[float, ...]
     """``a_w`` per width (log FD at the optimum)."""
-    curvature: float
-    """``c`` (log FD per (log LR)^2); the fit has a valley only when it is > 0."""
+    curvatures: tuple[float, ...]
+    """``c_w`` per width (log FD per (log LR)^2); the fit has a valley only when all are > 0."""
+    log_optima: tuple[float, ...]
+    """``m_w`` per width: log of the best base LR (NaN where ``c_w <= 0``)."""
     v0: float
-    """log of the best base LR at ``w_ref``."""
+    """The line's log best base LR at ``w_ref``."""
     b: float
     w_ref: float
 
     def log_fd(self, width: int, lr: np.ndarray) -> np.ndarray:
         """Fitted log FD at ``width`` and base LRs ``lr`` (same shape as ``lr``)."""
-        a = self.offsets[self.widths.index(width)]
-        m = self.v0 + self.b * math.log(width / self.w_ref)
-        return a + self.curvature * (np.log(np.asarray(lr, float)) - m) ** 2
+        j = self.widths.index(width)
+        return self.offsets[j] + self.curvatures[j] * (np.log(np.asarray(lr, float)) - self.log_optima[j]) ** 2
 
 
-def _design(x: np.ndarray, width_idx: np.ndarray, n_widths: int, z_rows: np.ndarray) -> np.ndarray:
-    """Design matrix (n, n_widths + 3): one-hot width, x^2, x, x z (x = centred log LR)."""
+def _design(x: np.ndarray, width_idx: np.ndarray, n_widths: int) -> np.ndarray:
+    """Design matrix (n, 3 n_widths): per width, its indicator times 1, x^2 and x (x = centred
+    log LR), i.e. one quadratic per width."""
     onehot = np.eye(n_widths)[width_idx]
-    return np.column_stack([onehot, x**2, x, x * z_rows])
+    return np.column_stack([onehot, onehot * (x**2)[:, None], onehot * x[:, None]])
 
 
 def _solve(X: np.ndarray, y: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -242,12 +257,15 @@ def _solve(X: np.ndarray, y: np.ndarray, weights: np.ndarray) -> tuple[np.ndarra
 
 def _vertex(beta: np.ndarray, n_widths: int, x_mean: float, z_w: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(c (B,), b (B,), m_w (B, W)) from coefficients (B, p); NaN where c <= 0 (no valley)."""
-    c, d0, d1 = beta[:, n_widths], beta[:, n_widths + 1], beta[:, n_widths + 2]
+    """(c (B, W), b (B,), m (B, W)) from coefficients (B, 3W): the optimum of each width's
+    quadratic, ``m_w = x_mean - e_w / (2 c_w)``, and the least-squares slope ``b`` of ``m_w`` on
+    ``z_w``; NaN where some ``c_w <= 0`` (no valley)."""
+    c, e = beta[:, n_widths:2 * n_widths], beta[:, 2 * n_widths:]
     with np.errstate(divide="ignore", invalid="ignore"):
-        valley = c > 0
-        b = np.where(valley, -d1 / (2 * c), np.nan)
-        m = np.where(valley[:, None], x_mean - (d0[:, None] + d1[:, None] * z_w) / (2 * c[:, None]), np.nan)
+        valley = (c > 0).all(axis=1)
+        m = np.where(valley[:, None], x_mean - e / (2 * c), np.nan)
+    zc = z_w - z_w.mean()
+    b = (m - m.mean(axis=1, keepdims=True)) @ zc / (zc @ zc)
     return c, b, m
 
 
@@ -324,12 +342,12 @@ class RuleTransfer:
         """JSON-ready summary (non-finite values become None in report._no_nan)."""
         est = (lambda e: None if e is None else e.to_dict())
         return {
-            "rule": self.rule, "model": "log FD = a_w + c (log lr - v0 - b log(w/w_ref))^2",
+            "rule": self.rule, "model": "log FD = a_w + c_w (log lr - m_w)^2 per width; m_w ~ v0 + b log(w/w_ref)",
             "slope": est(self.slope), "shift": est(self.shift), "tolerance_log": self.tolerance,
             "level": LEVEL, "interval": "bootstrap over seeds, SE x t(n_seeds-1) x sqrt(n/(n-1))",
             "n_boot": self.n_boot, "n_seeds": self.n_seeds, "noise_sd_log": self.noise_sd,
             "residual_sd_log": self.residual_sd, "seeds_needed": self.seeds_needed,
-            "curvature": None if self.valley is None else self.valley.curvature,
+            "curvatures": None if self.valley is None else list(self.valley.curvatures),
             "w_ref": None if self.valley is None else self.valley.w_ref,
             "transfers": self.transfers, "outcome": self.outcome, "verdict": self.verdict,
             "expected": self.expected, "n_trainings_pooled": self.n_pooled,
@@ -389,6 +407,8 @@ def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed
         optima_raw.append((int(width), lrs, per_lr, diverged, tried, common))
     fitted = scores[np.isfinite(scores["score"])]
     n_pooled = int(scores["pooled"].sum()) if "pooled" in scores else 0
+    curved = fitted.groupby("width")["base_lr"].nunique()
+    fitted = fitted[fitted["width"].isin(curved.index[curved >= 3])]  # a quadratic needs 3 LRs
     widths = sorted(fitted["width"].unique().tolist())
     seeds = sorted(fitted["seed"].unique().tolist())
     n_seeds = len(seeds)
@@ -400,9 +420,8 @@ def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed
                             _pooled_cell_sd(fitted), None, None, None, 0, tolerance, "inconclusive", n_pooled)
 
     if len(widths) < 2:
-        return plain(f"insufficient data: finite scores at {len(widths)} width(s); need at least 2")
-    if fitted["base_lr"].nunique() < 3:
-        return plain("insufficient data: finite scores at fewer than 3 distinct LRs (no curvature)")
+        return plain(f"insufficient data: finite scores at 3 or more distinct LRs at {len(widths)} "
+                     "width(s); need at least 2 such widths")
 
     log_lr = np.log(fitted["base_lr"].to_numpy(float))
     x_mean = float(log_lr.mean())
@@ -410,7 +429,7 @@ def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed
     w_ref = float(np.exp(np.mean(np.log(widths))))
     z_w = np.log(np.array(widths, float) / w_ref)
     widx = np.searchsorted(widths, fitted["width"].to_numpy())
-    X = _design(x, widx, len(widths), z_w[widx])
+    X = _design(x, widx, len(widths))
     y = fitted["score"].to_numpy(float)
     beta, ok = _solve(X, y, np.ones((1, len(y))))
     if not ok[0]:
@@ -421,14 +440,18 @@ def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed
     residual_sd = math.sqrt(float(resid @ resid) / dof) if dof > 0 else None
     noise_sd = _pooled_cell_sd(fitted)
     span = math.log(max(widths) / min(widths))
-    # the one-hot coefficients are a_w + c (m_w - x_mean)^2 (the square expanded in centred x)
-    offsets = beta[0, :len(widths)] - (c[0] * (m[0] - x_mean) ** 2 if c[0] > 0 else 0.0)
-    valley = Valley(tuple(widths), tuple(offsets.tolist()), float(c[0]),
-                    float(x_mean - beta[0, len(widths) + 1] / (2 * c[0])) if c[0] > 0 else math.nan,
+    # the per-width intercepts are a_w + c_w (m_w - x_mean)^2 (the square expanded in centred x)
+    with np.errstate(invalid="ignore"):
+        m_full = x_mean - beta[0, 2 * len(widths):] / (2 * c[0])
+    offsets = beta[0, :len(widths)] - np.where(c[0] > 0, c[0] * (m_full - x_mean) ** 2, 0.0)
+    valley = Valley(tuple(widths), tuple(offsets.tolist()), tuple(c[0].tolist()),
+                    tuple(np.where(c[0] > 0, m_full, np.nan).tolist()),
+                    float(np.mean(m[0]) - b[0] * np.mean(z_w)) if np.isfinite(b[0]) else math.nan,
                     float(b[0]), w_ref)
-    if not c[0] > 0:
-        out = plain(f"inconclusive: no valley (fitted curvature {c[0]:.3g} <= 0): FD does not rise "
-                    "on both sides of any LR tried; widen the LR grid or train longer")
+    if not (c[0] > 0).all():
+        flat = ", ".join(f"{w} ({cw:.3g})" for w, cw in zip(widths, c[0]) if not cw > 0)
+        out = plain(f"inconclusive: no valley at width {flat} (fitted curvature <= 0): FD does not rise "
+                    "on both sides of any LR tried there; widen the LR grid or train longer")
         return replace(out, residual_sd=residual_sd, valley=valley)
 
     # bootstrap over seeds: weight of a training = how often its seed was drawn

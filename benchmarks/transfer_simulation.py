@@ -35,30 +35,32 @@ def main() -> None:
     parser.add_argument("--seeds", default="4,8", help="seeds per sweep")
     parser.add_argument("--curvature", default="0.5,0.15,0.1:0.4",
                         help="valley curvatures (log FD per log-LR^2); 'below:above' for an asymmetric one")
+    parser.add_argument("--growth", default="1,2", help="curvature factors per width doubling")
     args = parser.parse_args()
     floats = lambda s: [float(v) for v in s.split(",")]  # noqa: E731
     rows = []
     start = time.perf_counter()
     print(f"{args.reps} synthetic sweeps per setting, {args.boot} bootstrap resamples each; "
           "widths 16/32/64, 5 LRs x2 apart, gat + constant; tolerance: shift within x2 over 16-64")
-    header = ["b", "shift", "truth", "c", "noise", "seeds", "transfers", "not", "moves", "inconcl.",
+    header = ["b", "shift", "truth", "c", "growth", "noise", "seeds", "transfers", "not", "moves", "inconcl.",
               "false", "power"]
-    print(("{:>6} {:>6} {:>9} {:>7} {:>5} {:>5} {:>9} {:>6} {:>6} {:>8} {:>6} {:>6}").format(*header))
+    print(("{:>6} {:>6} {:>9} {:>7} {:>6} {:>5} {:>5} {:>9} {:>6} {:>6} {:>8} {:>6} {:>6}").format(*header))
     for b in floats(args.slopes):
         for curv in args.curvature.split(","):
             lo, _, hi = curv.partition(":")
             c, c_hi = float(lo), float(hi or lo)
-            for noise in floats(args.noise):
-                for seeds in (int(v) for v in args.seeds.split(",")):
-                    r = simulate(b, noise, seeds, n_rep=args.reps, n_boot=args.boot, curvature=c,
-                                 curvature_hi=c_hi, seed=1)
-                    rows.append(asdict(r))
-                    power = "-" if r.power is None else f"{r.power:.3f}"
-                    print(("{:>6.2f} {:>6} {:>9} {:>7} {:>5.2f} {:>5d} {:>9.3f} {:>6.3f} {:>6.3f} {:>8.3f} "
-                           "{:>6.3f} {:>6}").format(b, f"x{math.exp(abs(b) * math.log(4)):.2f}",
-                                                    TRUTH_WORD[truth(b)], curv, noise, seeds, r.transfers,
-                                                    r.not_transfers, r.moves, r.inconclusive, r.false_rate,
-                                                    power))
+            for growth in floats(args.growth):
+                for noise in floats(args.noise):
+                    for seeds in (int(v) for v in args.seeds.split(",")):
+                        r = simulate(b, noise, seeds, n_rep=args.reps, n_boot=args.boot, curvature=c,
+                                     curvature_hi=c_hi, growth=growth, seed=1)
+                        rows.append(asdict(r))
+                        power = "-" if r.power is None else f"{r.power:.3f}"
+                        print(("{:>6.2f} {:>6} {:>9} {:>7} {:>6.2g} {:>5.2f} {:>5d} {:>9.3f} {:>6.3f} {:>6.3f} "
+                               "{:>8.3f} {:>6.3f} {:>6}").format(
+                                   b, f"x{math.exp(abs(b) * math.log(4)):.2f}", TRUTH_WORD[truth(b)], curv,
+                                   growth, noise, seeds, r.transfers, r.not_transfers, r.moves, r.inconclusive,
+                                   r.false_rate, power))
     worst = max(r["false_rate"] for r in rows)
     print(f"worst false-verdict rate {worst:.3f} (bound 0.05); {time.perf_counter() - start:.0f} s")
     print(json.dumps({"reps": args.reps, "boot": args.boot, "worst_false_rate": worst, "rows": rows}))

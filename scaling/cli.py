@@ -421,7 +421,8 @@ def encode(
     out_dir: Annotated[Path, typer.Argument(help="Output directory for latent shards and manifest.json.")],
     vae: Annotated[str, typer.Option(
         help="Local AutoencoderKL directory (save_pretrained), e.g. SD-VAE; or 'digits' for the embedded "
-        "digits VAE (prepared offline on first use; downsamples by 4, 32 px images).")],
+        "digits VAE (prepared offline on first use; trained on 32 px digits, downsamples by 4; a local "
+        "folder named digits is ./digits).")],
     resolution: Annotated[int, typer.Option(help="Image side in px after the ADM centre crop.")] = 256,
     batch: Annotated[int, typer.Option(help="Images per VAE forward pass.")] = 32,
     precision: Annotated[str, typer.Option(help="fp32 or bf16 (VAE compute and stored latents).")] = "fp32",

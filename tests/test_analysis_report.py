@@ -261,7 +261,7 @@ def test_sample_grid_captions_give_the_iteration_and_fd_of_the_grid(report):
         fd_1000 = runs.points[(runs.points["trial"] == trial) & (runs.points["iter"] == 1000)]["fd"].iloc[0]
         assert caption.startswith(f"{size}: gat-") and "(trained once for rules constant, gat)" in caption
         assert f"grid at iter 1000: FD {fd_1000:.3g}; best FD" in caption
-        assert "repeat one image" not in caption        # recall 0.1-0.4 here: no collapse expected
+        assert "rows of one image" not in caption       # recall 0.1-0.4 here: no collapse expected
 
 
 def test_a_grid_of_a_collapsed_generator_says_so(tmp_path):
@@ -269,10 +269,10 @@ def test_a_grid_of_a_collapsed_generator_says_so(tmp_path):
 
     points = pd.DataFrame({"run_id": ["r"] * 2, "iter": [400, 800], "fd": [2000.0, 1285.0]})
     low = _grid_caption("w16", "t", "gat", tmp_path / "iter_0000800.png", points, "r", 1285.0, 0.002)
-    assert low == ("w16: t\ngrid at iter 800: FD 1.28e+03; best FD 1.28e+03\nrecall 0.00: expect each row "
-                   "to repeat one image\n(G uses z weakly this early; PILOTS.md 2b)")
-    assert "repeat" not in _grid_caption("w16", "t", "gat", tmp_path / "iter_0000800.png", points, "r", 1285.0, 0.3)
-    assert "repeat" not in _grid_caption("w16", "t", "gat", tmp_path / "iter_0000800.png", points, "r", 1285.0)
+    assert low == ("w16: t\ngrid at iter 800: FD 1.28e+03; best FD 1.28e+03\nrecall 0.00 at its best FD: "
+                   "expect rows of one image\n(G uses z weakly this early; PILOTS.md 2b)")
+    assert "one image" not in _grid_caption("w16", "t", "gat", tmp_path / "iter_0000800.png", points, "r", 1285.0, 0.3)
+    assert "one image" not in _grid_caption("w16", "t", "gat", tmp_path / "iter_0000800.png", points, "r", 1285.0)
 
 
 def test_report_never_names_a_copy_as_best(report):

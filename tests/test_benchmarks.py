@@ -116,10 +116,10 @@ def test_sweep_overhead_benchmark_runs_two_short_trials():
 
 def test_transfer_simulation_prints_its_table():
     out = run_script("benchmarks/transfer_simulation.py", "--reps", "8", "--boot", "30", "--seeds", "3",
-                     "--noise", "0.2", "--slopes", "0,-1", "--curvature", "0.5")
+                     "--noise", "0.2", "--slopes", "0,-1", "--curvature", "0.5", "--growth", "1")
     lines = out.splitlines()
-    assert lines[1].split() == ["b", "shift", "truth", "c", "noise", "seeds", "transfers", "not", "moves",
-                                "inconcl.", "false", "power"]
+    assert lines[1].split() == ["b", "shift", "truth", "c", "growth", "noise", "seeds", "transfers", "not",
+                                "moves", "inconcl.", "false", "power"]
     assert [row.split()[:3] for row in lines[2:4]] == [["0.00", "x1.00", "transfers"], ["-1.00", "x4.00", "no"]]
     table = json.loads(lines[-1])
     assert table["reps"] == 8 and len(table["rows"]) == 2
