@@ -476,8 +476,9 @@ def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed
             continue
         j = widths.index(w)
         lo, hi = _t_interval(float(m[0, j]), boot_m[:, j], n_seeds)
-        best = Estimate(float(np.exp(m[0, j])), None if lo is None else float(np.exp(lo)),
-                        None if hi is None else float(np.exp(hi)))
+        with np.errstate(over="ignore"):  # an optimum far outside the grid: inf, and at_edge
+            best = Estimate(float(np.exp(m[0, j])), None if lo is None else float(np.exp(lo)),
+                            None if hi is None else float(np.exp(hi)))
         edge = tried is None or not (tried[0] <= best.value <= tried[1])
         optima.append(WidthOptimum(w, lrs, sc, dv, best, float(min(sc)), edge, ci))
 
@@ -488,6 +489,16 @@ def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed
     return RuleTransfer(rule, tuple(optima), slope, shift, d.transfers, d.text, expected, n_seeds,
                         noise_sd, residual_sd, d.seeds_needed, valley, n_boot if n_seeds >= 2 else 0,
                         tolerance, d.outcome, n_pooled)
+
+
+def factor_text(log_factor: float) -> str:
+    """A shift given in natural log as a factor, "x1.89"; beyond float range (an optimum
+    extrapolated from a nearly flat valley) "x>1e300" / "x<1e-300"."""
+    if log_factor > 690:
+        return "x>1e300"
+    if log_factor < -690:
+        return "x<1e-300"
+    return f"x{math.exp(log_factor):.3g}"
 
 
 OUTCOMES = ("transfers", "does not transfer", "moves", "inconclusive")
@@ -524,7 +535,7 @@ def decide(shift: Estimate, slope: Estimate, widths: list[int], n_seeds: int, no
     "inconclusive". The sentence gives the shift, interval, slope, noise and, where undecided,
     the seeds a decision against the tolerance would need (half width ~ 1/sqrt(seeds)).
     """
-    text = (f"shift of the best LR over widths {min(widths)}-{max(widths)} x{math.exp(shift.value):.3g}")
+    text = f"shift of the best LR over widths {min(widths)}-{max(widths)} {factor_text(shift.value)}"
     needed = None
     if shift.lo is None:
         outcome, transfers = "inconclusive", None
@@ -532,8 +543,8 @@ def decide(shift: Estimate, slope: Estimate, widths: list[int], n_seeds: int, no
                else "unbounded interval (some resamples have no valley)")
         text = f"inconclusive: {text} (slope {slope.value:.2f}); {why}; {noise}; run more seeds"
     else:
-        text += (f" [x{math.exp(shift.lo):.3g}, x{math.exp(shift.hi):.3g}], slope {slope}, "
-                 f"tolerance x{math.exp(tolerance):.3g}")
+        text += (f" [{factor_text(shift.lo)}, {factor_text(shift.hi)}], slope {slope}, "
+                 f"tolerance {factor_text(tolerance)}")
         direction = "falls" if shift.value < 0 else "grows"
         if -tolerance < shift.lo and shift.hi < tolerance:
             outcome, transfers, text = "transfers", True, "transfers: " + text
@@ -550,7 +561,7 @@ def decide(shift: Estimate, slope: Estimate, widths: list[int], n_seeds: int, no
             if shift.lo > 0 or shift.hi < 0:
                 outcome = "moves"
                 text = (f"moves (best LR {direction} with width; whether by more than "
-                        f"x{math.exp(tolerance):.3g} is undecided): {text}; {noise}, {n_seeds} seeds; {need}")
+                        f"{factor_text(tolerance)} is undecided): {text}; {noise}, {n_seeds} seeds; {need}")
             else:
                 outcome = "inconclusive"
                 text = f"inconclusive: {text}; {noise}, {n_seeds} seeds; {need}"

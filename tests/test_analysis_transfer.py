@@ -127,6 +127,12 @@ def test_equivalence_and_difference_verdicts(shift, lo, hi, outcome, transfers, 
     assert edge.text.startswith("inconclusive: shift") and "at width 64: not trusted" in edge.text
 
 
+def test_a_nearly_flat_valley_gives_a_huge_but_printable_interval():
+    # an optimum extrapolated from a nearly flat valley: thousands in log LR, beyond math.exp
+    got = decide(Estimate(2.0, -900.0, 905.0), Estimate(1.4, -650.0, 653.0), [16, 32, 64], 4, "noise", [])
+    assert got.outcome == "inconclusive" and "[x<1e-300, x>1e300]" in got.text
+
+
 def test_seeds_needed_for_a_clear_case():
     # shift -1.2 [-1.8, -0.6]: half width 0.6 must shrink to 1.2 - log 2 = 0.507: 3 x 1.4 = 5 seeds
     got = decide(Estimate(-1.2, -1.8, -0.6), Estimate(-0.87, -1.3, -0.43), [16, 32, 64], 3, "noise", [])
