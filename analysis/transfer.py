@@ -48,7 +48,7 @@ about one LR-grid step), combined with the ordinary test of "no shift" on the sa
 * "does not transfer" when it lies entirely above log 2 or entirely below -log 2;
 * "moves" when it excludes 0 but overlaps the tolerance: the best LR does move with width, in
   the direction given, and whether by more than a factor 2 is undecided (a true shift near the
-  tolerance leaves it undecided at any number of seeds);
+  tolerance takes very many seeds to decide, one exactly at it none);
 * "inconclusive" otherwise, with the measured seed-to-seed noise and an estimate of the seeds a
   decision would need (the interval's half width scales as 1/sqrt(seeds)).
 
