@@ -1,7 +1,8 @@
 """End to end on a real two-node Ray cluster and a real MLflow tracking server, both on 127.0.0.1
 and stopped by PID afterwards: `gat-sweep run --address` runs trials on the nodes (concurrent ones
-on different nodes) and logs over HTTP (checked through MLflow's REST API); node-local storage or tracking files are refused with
-the setting named; a driver killed mid-sweep and started again reruns no finished trial."""
+on different nodes) and logs over HTTP (checked through MLflow's REST API); node-local storage or
+tracking files are refused with the setting named; a driver killed mid-sweep and started again
+reruns no finished trial."""
 
 import json
 import os
