@@ -192,15 +192,14 @@ def rule_trainings(scores: pd.DataFrame, rule: str) -> pd.DataFrame:
     own = scores[scores["lr_rule"] == rule]
     parts = []
     for width, mine in own.groupby("width"):
-        factor = (np.log(mine["lr"].astype(float)) - np.log(mine["base_lr"].astype(float))).round(9)
+        factors = mine["lr"] / mine["base_lr"]
         same = mine[["lr_d_ratio", "lr_mults"]].round({"lr_d_ratio": 9}).drop_duplicates()
         pool = mine
-        if factor.nunique() == 1 and len(same) == 1:
-            ratio, mults = same.iloc[0]
+        if _lr_key(factors).nunique() == 1 and len(same) == 1:
+            d_ratio, mults = same.iloc[0]
             at_width = scores[scores["width"] == width]
-            pool = at_width[(at_width["lr_d_ratio"].round(9) == ratio) & (at_width["lr_mults"] == mults)]
-            ratio = float((mine["lr"] / mine["base_lr"]).iloc[0])  # exact, not the rounded log
-            mapped = (pool["lr"] / ratio).map(lambda v: float(f"{v:.12g}"))
+            pool = at_width[(at_width["lr_d_ratio"].round(9) == d_ratio) & (at_width["lr_mults"] == mults)]
+            mapped = (pool["lr"] / float(factors.iloc[0])).map(lambda v: float(f"{v:.12g}"))
             pool = pool.assign(base_lr=mapped)  # 12 digits: 0.004 / 2 is 0.002, not 0.0019999999991
         pool = pool.assign(pooled=pool["lr_rule"] != rule, _key=_lr_key(pool["lr"]))
         parts.append(pool.sort_values("pooled", kind="stable").drop_duplicates(["size", "_key", "seed"]))
@@ -258,12 +257,11 @@ def _solve(X: np.ndarray, y: np.ndarray, weights: np.ndarray) -> tuple[np.ndarra
 def _vertex(beta: np.ndarray, n_widths: int, x_mean: float, z_w: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(c (B, W), b (B,), m (B, W)) from coefficients (B, 3W): the optimum of each width's
-    quadratic, ``m_w = x_mean - e_w / (2 c_w)``, and the least-squares slope ``b`` of ``m_w`` on
-    ``z_w``; NaN where some ``c_w <= 0`` (no valley)."""
+    quadratic, ``m_w = x_mean - e_w / (2 c_w)`` (NaN where ``c_w <= 0``: no valley there), and the
+    least-squares slope ``b`` of ``m_w`` on ``z_w`` (NaN unless every width has a valley)."""
     c, e = beta[:, n_widths:2 * n_widths], beta[:, 2 * n_widths:]
     with np.errstate(divide="ignore", invalid="ignore"):
-        valley = (c > 0).all(axis=1)
-        m = np.where(valley[:, None], x_mean - e / (2 * c), np.nan)
+        m = np.where(c > 0, x_mean - e / (2 * c), np.nan)
     zc = z_w - z_w.mean()
     b = (m - m.mean(axis=1, keepdims=True)) @ zc / (zc @ zc)
     return c, b, m
@@ -441,11 +439,8 @@ def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed
     noise_sd = _pooled_cell_sd(fitted)
     span = math.log(max(widths) / min(widths))
     # the per-width intercepts are a_w + c_w (m_w - x_mean)^2 (the square expanded in centred x)
-    with np.errstate(invalid="ignore"):
-        m_full = x_mean - beta[0, 2 * len(widths):] / (2 * c[0])
-    offsets = beta[0, :len(widths)] - np.where(c[0] > 0, c[0] * (m_full - x_mean) ** 2, 0.0)
-    valley = Valley(tuple(widths), tuple(offsets.tolist()), tuple(c[0].tolist()),
-                    tuple(np.where(c[0] > 0, m_full, np.nan).tolist()),
+    offsets = beta[0, :len(widths)] - np.where(c[0] > 0, c[0] * (m[0] - x_mean) ** 2, 0.0)
+    valley = Valley(tuple(widths), tuple(offsets.tolist()), tuple(c[0].tolist()), tuple(m[0].tolist()),
                     float(np.mean(m[0]) - b[0] * np.mean(z_w)) if np.isfinite(b[0]) else math.nan,
                     float(b[0]), w_ref)
     if not (c[0] > 0).all():
@@ -465,7 +460,7 @@ def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed
         bbeta, bok = _solve(X, y, counts[:, seed_idx].astype(float))
         _, boot_b, boot_m = _vertex(bbeta, len(widths), x_mean, z_w)
         boot_b = np.where(bok, boot_b, np.nan)
-        boot_m = np.where(bok[:, None], boot_m, np.nan)
+        boot_m = np.where(np.isfinite(boot_b)[:, None], boot_m, np.nan)  # a resample needs every valley
 
     slope = Estimate(float(b[0]), *_t_interval(float(b[0]), boot_b, n_seeds))
     shift = Estimate(float(b[0]) * span, *(None if v is None else v * span for v in (slope.lo, slope.hi)))
