@@ -54,6 +54,12 @@ class AugmentParams:
         """Number of samples N the parameters are for."""
         return self.color.shape[0]
 
+    def head(self, n: int) -> "AugmentParams":
+        """The parameters of the first n samples (e.g. the reals of a reals-then-fakes draw)."""
+        fields = {name: getattr(self, name)[:n] for name in
+                  ("color", "brightness", "saturation", "contrast", "shift", "cutout_corner", "flip")}
+        return AugmentParams(cutout_size=self.cutout_size, **fields)
+
 
 def sample_augment(
     n: int,
@@ -127,6 +133,28 @@ def apply_augment(x: Tensor, params: AugmentParams, color_reference: Tensor | No
     flat = torch.where(params.flip.view(n, 1, 1, 1), flat.flip(-1), flat)
     out = flat.reshape(n, k, c, h, w).transpose(0, 1)
     return out if x.ndim == 5 else out.squeeze(0)
+
+
+def apply_to_pixels(images: Tensor, params: AugmentParams, latent_size: int) -> Tensor:
+    """The geometric part of a latent draw applied to the raw images of the same samples:
+    translation (scaled from latent to image pixels, zero fill) and horizontal flip -- the GAT
+    reference's raw-image policy ``translation,flip`` for its DINOv2 alignment target
+    (``losses/Rp_PT_loss.py``); no colour (an RGB and a latent colour shift are different
+    things) and no cutout.
+
+    images: (N, 3, S, S) float; a latent shift of t pixels moves the image by
+    ``round(t * S / latent_size)`` pixels in the same direction. (The reference rescales with
+    ``t * latent_size // S``, which is 0 or -1 at S = 224 -- in effect no shift; we apply the
+    intended one. docs/METHOD.md lists this difference.) Returns (N, 3, S, S).
+
+    Raises ValueError if the batch size differs from the parameters'.
+    """
+    n, _, size, _ = images.shape
+    if n != params.batch:
+        raise ValueError(f"augmentation parameters are for {params.batch} samples, images have batch {n}")
+    shift = torch.round(params.shift.to(torch.float64) * size / latent_size).to(torch.int64)
+    out = _translate(images, shift)
+    return torch.where(params.flip.view(n, 1, 1, 1), out.flip(-1), out)
 
 
 def _color(levels: Tensor, params: AugmentParams, ref: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 MNG_LEVELS = 4
@@ -147,7 +148,20 @@ class TrainConfig:
     d_proj_dim: int = 2048
     """Width of D's class-projection head (paper: 2048). Small sweeps may lower it; always logged."""
     repa: bool = False
-    """Enable the REPA projector on D (needs local DINOv2 features; off by default)."""
+    """Align D with a frozen DINOv2 encoder, as the GAT reference's published recipe does
+    (``core/repa.py``; REPA, Yu et al. 2025, applied to D): a projector MLP on D's tokens of the
+    real batch is pulled towards the encoder's normalised CLS and patch tokens of the raw image,
+    weight ``repa_weight``, in the D loss only. Needs ``repa_encoder`` and a dataset with raw
+    images (the embedded digits, or ``gat-sweep encode --keep-images``). On in the ImageNet
+    presets, off in the embedded default."""
+    repa_encoder: str = ""
+    """Absolute path to a local DINOv2 model directory (transformers ``Dinov2Model``
+    ``save_pretrained``, e.g. of facebook/dinov2-base = ViT-B/14, the reference's encoder)."""
+    repa_dim: int = 768
+    """Projector output size = the encoder's hidden size (768 for DINOv2 ViT-B/14); checked
+    against the encoder when it is loaded."""
+    repa_weight: float = 1.0
+    """Weight of the alignment loss in the D loss (reference ``proj_coeff`` 1.0)."""
     train_pos_embed: bool = False
     """Train the sin-cos positional embeddings of G (its constant input tokens) and D. Off (the
     paper's fixed 2-D sin-cos embedding, as DiT): they stay at their initial values, receive no
@@ -243,7 +257,7 @@ class TrainConfig:
             check_field_types(getattr(self, key), f"{key}.")
         self.g.check("g", need_depth_multiple=MNG_LEVELS)
         self.d.check("d")
-        positive = ("latent_size", "latent_channels", "num_classes", "patch", "z_dim", "d_proj_dim",
+        positive = ("latent_size", "latent_channels", "num_classes", "patch", "z_dim", "d_proj_dim", "repa_dim",
                     "batch", "iterations", "eval_samples", "ckpt_every", "log_every", "diag_every")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -261,6 +275,11 @@ class TrainConfig:
             raise ConfigError(f"truncation_psi must be in [0, 1], got {self.truncation_psi}")
         if self.gamma_r1 < 0 or self.gamma_r2 < 0:
             raise ConfigError("gamma_r1 and gamma_r2 must be >= 0")
+        if self.repa_weight < 0:
+            raise ConfigError(f"repa_weight must be >= 0, got {self.repa_weight}")
+        if self.repa_encoder and not Path(self.repa_encoder).is_absolute():
+            raise ConfigError(f"repa_encoder must be an absolute path (Ray workers change directory), "
+                              f"got {self.repa_encoder!r}")
         if self.diverge_loss < 0:
             raise ConfigError(f"diverge_loss must be >= 0 (0: off), got {self.diverge_loss}")
         if self.diverge_fd_ratio != 0 and not self.diverge_fd_ratio > 1:

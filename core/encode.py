@@ -8,11 +8,14 @@ sorted by path; torchvision's ``ImageFolder`` scan). Each image is centre-croppe
 Output (``OUT_DIR``):
 
 * ``shard_00000.safetensors``, ... : tensors ``mean`` and ``std`` (posterior, unscaled, float32
-  for precision 'fp32' or bfloat16 for 'bf16'), shape (n, c, h, w), and ``labels`` int64 (n,);
+  for precision 'fp32' or bfloat16 for 'bf16'), shape (n, c, h, w), ``labels`` int64 (n,) and,
+  with ``keep_images``, ``images`` uint8 (n, 3, resolution, resolution) -- the ADM crops the
+  latents were encoded from, which the DINOv2 alignment (``cfg.repa``) reads;
   shard k holds images ``[k * shard_size, (k + 1) * shard_size)`` of the sorted list. Each shard's
   safetensors metadata carries the run fingerprint.
 * ``manifest.json`` (written last): ``format``, ``vae`` (as given), ``scaling_factor`` (from the VAE
   config), ``resolution``, ``count``, ``classes``, ``latent_shape`` [c, h, w], ``precision``,
+  ``keep_images``,
   ``images_dir`` (absolute), ``shard_size``, ``fingerprint`` and ``shards`` (file, start, count,
   sha256 of the file).
 
@@ -115,6 +118,8 @@ class EncodedLatents:
     """(N, c, h, w) posterior standard deviations, unscaled."""
     labels: Tensor
     """(N,) int64 class indices into ``manifest['classes']``."""
+    images: Tensor | None
+    """(N, 3, R, R) uint8 ADM crops when encoded with ``keep_images``, else None."""
 
 
 def encode_folder(
@@ -130,6 +135,7 @@ def encode_folder(
     allow_download: bool = False,
     num_workers: int = 0,
     progress: bool = True,
+    keep_images: bool = False,
 ) -> Path:
     """Encode an ImageFolder into latent shards plus a manifest; returns the manifest path.
 
@@ -145,6 +151,8 @@ def encode_folder(
         device: torch device for the VAE.
         num_workers: DataLoader workers decoding images (0: in this process).
         progress: show a tqdm bar (images) when stderr is a terminal (tqdm's disable=None).
+        keep_images: also store the uint8 crops in the shards (for ``cfg.repa``; 192 KiB per
+            image at 256 px, and training holds them in memory).
 
     Raises:
         ValueError: bad precision / sizes, a VAE with a ``shift_factor`` (not supported: the
@@ -158,12 +166,12 @@ def encode_folder(
         if value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
     images_dir, out_dir = Path(images_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
-    dataset = image_folder(images_dir, resolution)
+    dataset = image_folder(images_dir, resolution, as_uint8=True)
     files = [str(Path(path).relative_to(images_dir)) for path, _ in dataset.samples]
-    fingerprint = content_hash(
-        {"format": FORMAT, "files": files, "labels": dataset.targets, "classes": dataset.classes,
-         "vae": vae, "resolution": resolution, "precision": precision, "shard_size": shard_size}
-    )
+    settings = {"format": FORMAT, "files": files, "labels": dataset.targets, "classes": dataset.classes,
+                "vae": vae, "resolution": resolution, "precision": precision, "shard_size": shard_size}
+    # keep_images joins the hash only when set, so an earlier run's directory keeps its fingerprint
+    fingerprint = content_hash({**settings, "keep_images": True} if keep_images else settings)
     manifest_path = out_dir / MANIFEST
     if manifest_path.is_file():
         if json.loads(manifest_path.read_text()).get("fingerprint") != fingerprint:
@@ -184,7 +192,8 @@ def encode_folder(
             if path.is_file():
                 _check_shard(path, fingerprint)
             else:
-                _encode_shard(model, Subset(dataset, range(start, stop)), path, fingerprint, batch, num_workers, bar)
+                _encode_shard(model, Subset(dataset, range(start, stop)), path, fingerprint, batch, num_workers, bar,
+                              keep_images)
             bar.n = stop
             bar.refresh()
             shards.append({"file": path.name, "start": start, "count": stop - start, "sha256": file_sha256(path)})
@@ -200,6 +209,7 @@ def encode_folder(
         "classes": dataset.classes,
         "latent_shape": [c, h, w],
         "precision": precision,
+        "keep_images": keep_images,
         "images_dir": str(images_dir),
         "shard_size": shard_size,
         "fingerprint": fingerprint,
@@ -219,14 +229,15 @@ def _check_shard(path: Path, fingerprint: str) -> None:
 
 @torch.no_grad()
 def _encode_shard(model: AutoencoderKL, subset: Subset, path: Path, fingerprint: str, batch: int,
-                  num_workers: int, bar: tqdm) -> None:
-    """Encode one shard's images and write it atomically; refuse non-finite latents."""
-    means, stds, labels = [], [], []
+                  num_workers: int, bar: tqdm, keep_images: bool) -> None:
+    """Encode one shard's images (uint8 crops) and write it atomically; refuse non-finite latents."""
+    means, stds, labels, crops = [], [], [], []
     for images, targets in DataLoader(subset, batch_size=batch, num_workers=num_workers):
-        posterior = model.encode(images.to(model.device, model.dtype)).latent_dist
+        posterior = model.encode(from_uint8(images).to(model.device, model.dtype)).latent_dist
         means.append(posterior.mean.cpu())
         stds.append(posterior.std.cpu())
         labels.append(targets.to(torch.int64))
+        crops.append(images)
         bar.update(len(targets))
     mean, std = torch.cat(means), torch.cat(stds)
     if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
@@ -236,6 +247,8 @@ def _encode_shard(model: AutoencoderKL, subset: Subset, path: Path, fingerprint:
             "If the VAE runs in fp16, use precision 'fp32' or 'bf16'"
         )
     tensors = {"mean": mean.contiguous(), "std": std.contiguous(), "labels": torch.cat(labels)}
+    if keep_images:
+        tensors["images"] = torch.cat(crops)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"fingerprint": fingerprint}))
 
 
@@ -252,7 +265,7 @@ def read_encoded(out_dir: Path, verify: bool = True) -> EncodedLatents:
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{manifest_path}: format {manifest.get('format')!r} is not {FORMAT!r}")
-    means, stds, labels = [], [], []
+    means, stds, labels, images = [], [], [], []
     for shard in manifest["shards"]:
         path = out_dir / shard["file"]
         if not path.is_file():
@@ -264,4 +277,6 @@ def read_encoded(out_dir: Path, verify: bool = True) -> EncodedLatents:
         means.append(tensors["mean"])
         stds.append(tensors["std"])
         labels.append(tensors["labels"])
-    return EncodedLatents(manifest, torch.cat(means), torch.cat(stds), torch.cat(labels))
+        images.append(tensors.get("images"))
+    kept = torch.cat(images) if manifest.get("keep_images") else None
+    return EncodedLatents(manifest, torch.cat(means), torch.cat(stds), torch.cat(labels), kept)

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 FLOPS_CONVENTION = (
     "FLOPs = 2 x multiply-accumulates of matmul/conv/attention ops, measured with torch "
     "FlopCounterMode over one full training iteration (D step incl. R1/R2 on real and fake, "
-    "G step), forward + backward, G + D; optimiser, EMA, norms and augmentation not counted"
+    "G step), forward + backward, G + D (with repa: D's projector, not the frozen DINOv2 encoder); "
+    "optimiser, EMA, norms and augmentation not counted"
 )
 
 
@@ -97,6 +98,7 @@ _COMPUTE_IRRELEVANT = (
     "eval_metric", "inception_weights", "fid_ref_npz", "truncation_psi", "ckpt_every", "keep_checkpoints",
     "log_every", "diag_every", "sample_every", "device", "num_threads", "compile", "precision",
     "grad_checkpointing", "diverge_loss", "diverge_fd_ratio", "reg_fd_precision", "train_pos_embed",
+    "repa_encoder", "repa_weight",
 )
 """Fields that do not change the counted FLOPs; reset to their defaults so that configs differing
 only in them share one measurement (a learning-rate or muP sweep measures each architecture once)."""

@@ -53,6 +53,10 @@ class LatentData:
     """Where to load the decoder from (local directory or hub id); None for 'random'."""
     root: Path | None
     """Digits cache entry or encode output directory; None for 'random'."""
+    images: Tensor | None = None
+    """(N, 3, S, S) uint8 raw images in [0, 255] (for the DINOv2 alignment, ``cfg.repa``): the
+    digits' 32 px images; an encoded folder's ADM crops if encoded with ``--keep-images``;
+    None otherwise."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -64,11 +68,18 @@ class LatentData:
         with eps ~ N(0, I) if ``sample_posterior`` (and std is known) else
         ``scaling_factor * mean``; y: (batch,) int64. Both on CPU.
         """
+        x, y, _ = self.sample_with_images(batch, generator)
+        return x, y
+
+    def sample_with_images(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor | None]:
+        """:meth:`sample` (the same draws) plus the batch's raw images, uint8 (batch, 3, S, S),
+        or None when the dataset keeps none."""
         index = torch.randint(len(self.labels), (batch,), generator=generator)
         x = self.mean[index].float()
         if self.sample_posterior and self.std is not None:
             x = x + self.std[index].float() * torch.randn(x.shape, generator=generator)
-        return x * self.scaling_factor, self.labels[index]
+        images = None if self.images is None else self.images[index]
+        return x * self.scaling_factor, self.labels[index], images
 
 
 def load_latents(cfg: TrainConfig) -> LatentData:
@@ -100,7 +111,7 @@ def _random_data(cfg: TrainConfig) -> LatentData:
     return LatentData(
         name="random", kind="random", num_classes=cfg.num_classes, channels=cfg.latent_channels,
         size=cfg.latent_size, scaling_factor=1.0, mean=torch.randn(shape, generator=generator), std=None,
-        labels=torch.randint(cfg.num_classes, (RANDOM_POOL,), generator=generator),
+        labels=torch.randint(cfg.num_classes, (RANDOM_POOL,), generator=generator), images=None,
         sample_posterior=cfg.sample_posterior, vae=None, root=None,
     )
 
@@ -111,7 +122,7 @@ def _digits_data(cfg: TrainConfig) -> LatentData:
     return LatentData(
         name=digits.name, kind="digits", num_classes=int(digits.labels.max()) + 1, channels=channels,
         size=size, scaling_factor=digits.scaling_factor, mean=digits.latent_mean, std=digits.latent_std,
-        labels=digits.labels, sample_posterior=cfg.sample_posterior, vae=str(digits.vae_dir), root=digits.root,
+        labels=digits.labels, images=digits.images, sample_posterior=cfg.sample_posterior, vae=str(digits.vae_dir), root=digits.root,
     )
 
 
@@ -122,7 +133,7 @@ def _encoded_data(cfg: TrainConfig, root: Path) -> LatentData:
     return LatentData(
         name=str(root), kind="encoded", num_classes=len(manifest["classes"]), channels=channels, size=size,
         scaling_factor=float(manifest["scaling_factor"]), mean=encoded.mean, std=encoded.std,
-        labels=encoded.labels, sample_posterior=cfg.sample_posterior, vae=manifest["vae"], root=root,
+        labels=encoded.labels, images=encoded.images, sample_posterior=cfg.sample_posterior, vae=manifest["vae"], root=root,
     )
 
 

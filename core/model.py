@@ -28,8 +28,8 @@ MOD_INIT_GAIN = 0.1
 LAYERSCALE_INIT = 0.1
 """Initial LayerScale of D's residual branches (GAT_METHOD.md §2)."""
 EMBED_INIT_STD = 0.02
-REPA_DIM = 768
-"""Feature size of DINOv2 ViT-B/14, the REPA target."""
+REPA_HIDDEN = 2048
+"""Hidden width of D's REPA projector MLP (reference ``projector_dim``)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,6 +366,13 @@ class DiscriminatorBlock(nn.Module):
         return x
 
 
+def repa_projector(width: int, dim: int) -> nn.Sequential:
+    """D's REPA projector (reference ``build_mlp``): Linear(C -> 2048) SiLU Linear(2048 -> 2048)
+    SiLU Linear(2048 -> dim); tokens (..., C) -> (..., dim) (GAT_METHOD.md §2)."""
+    return nn.Sequential(nn.Linear(width, REPA_HIDDEN), nn.SiLU(), nn.Linear(REPA_HIDDEN, REPA_HIDDEN),
+                         nn.SiLU(), nn.Linear(REPA_HIDDEN, dim))
+
+
 class Discriminator(nn.Module):
     """GAT discriminator D(x_levels, y) -> logit (GAT_METHOD.md §2).
 
@@ -388,11 +395,7 @@ class Discriminator(nn.Module):
         self.head = nn.Linear(net.width, proj)
         self.class_embed = nn.Embedding(cfg.num_classes, proj)
         self.class_map = nn.Sequential(EqualLinear(proj, proj), nn.SiLU(), EqualLinear(proj, proj))
-        self.repa = (
-            nn.Sequential(nn.Linear(net.width, 2048), nn.SiLU(), nn.Linear(2048, 2048), nn.SiLU(),
-                          nn.Linear(2048, REPA_DIM))
-            if cfg.repa else None
-        )
+        self.repa = repa_projector(net.width, cfg.repa_dim) if cfg.repa else None
         cos, sin = rope_2d(net.head_dim, self.grid, prefix=1)  # CLS first, not rotated
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -408,13 +411,14 @@ class Discriminator(nn.Module):
         nn.init.normal_(self.cls_token, std=EMBED_INIT_STD)
         nn.init.normal_(self.class_embed.weight, std=EMBED_INIT_STD)
 
-    def features(self, x: Tensor) -> Tensor:
-        """(N, 4c, H, W) -> final normalised tokens (N, 1 + T, C), CLS first."""
+    def tokens(self, x: Tensor) -> Tensor:
+        """(N, 4c, H, W) -> the last block's tokens (N, 1 + T, C), CLS first, before the final
+        norm (what the REPA projector reads, as in the reference)."""
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
         h = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), tokens], dim=1)
         for block in self.blocks:
             h = _maybe_checkpoint(self.grad_checkpointing, block, h, self.rope_cos, self.rope_sin)
-        return self.norm(h)
+        return h
 
     def class_projection(self, y: Tensor) -> Tensor:
         """Projection vectors ``cmap(embed(y))``: (N,) int64 -> (N, P).
@@ -428,23 +432,26 @@ class Discriminator(nn.Module):
             return F.embedding(y, self.class_map(self.class_embed.weight))
         return self.class_map(self.class_embed(y))
 
-    def forward(self, x: Tensor, y: Tensor, return_repa: bool = False,
-                projection: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, y: Tensor, projection: Tensor | None = None,
+                align: int = 0) -> Tensor | tuple[Tensor, Tensor]:
         """x: (N, 4c, H, W), y: (N,) int64 -> logits (N,).
 
         ``projection``: ``class_projection(y)`` (N, P) computed by the caller, so that calls with
         the same labels while D's weights are fixed (the G step) run the class MLP once.
-        With ``return_repa`` (needs ``repa=True``) also returns projected tokens (N, 1 + T, 768).
+        ``align`` > 0 (needs ``repa=True``): also return the REPA projector's output on the first
+        ``align`` samples' tokens before the final norm, (align, 1 + T, repa_dim), CLS first
+        (inside forward, so DistributedDataParallel sees the projector used).
+        Raises ValueError for ``align`` > 0 on a D built without the projector.
         """
-        h = self.features(x)
+        h = self.tokens(x)
         if projection is None:
             projection = self.class_projection(y)
-        logit = (self.head(h[:, 0]) * projection).sum(dim=1)
-        if return_repa:
-            if self.repa is None:
-                raise ValueError("return_repa=True needs a discriminator built with repa=True")
-            return logit, self.repa(h)
-        return logit
+        logit = (self.head(self.norm(h)[:, 0]) * projection).sum(dim=1)
+        if align <= 0:
+            return logit
+        if self.repa is None:
+            raise ValueError("align > 0 needs a discriminator built with repa=True")
+        return logit, self.repa(h[:align])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 ``gat-sweep train PRESET`` runs one of these; sweep files start from them too. ImageNet presets
 follow the paper's scaling study (GAT_METHOD.md §5-§7: batch 512, bf16, 50K iterations,
-lr = 2e-4 * 768 / width for G and D, FID-5K every 2,500 iterations) and need latents written by
-``gat-sweep encode`` plus local Inception weights.
+lr = 2e-4 * 768 / width for G and D, FID-5K every 2,500 iterations) with the reference's DINOv2
+alignment of D (``repa``), and need latents written by ``gat-sweep encode --keep-images``, local
+Inception weights and a local DINOv2 ViT-B/14 (``repa_encoder``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def _imagenet(size: str, patch: int) -> TrainConfig:
         name=f"GAT-{size}/{patch}", dataset="imagenet256-latents", latent_size=32, num_classes=1000,
         g=net, d=net, patch=patch, batch=512, lr_g=lr, lr_d=lr, iterations=50_000,
         eval_every=2_500, eval_samples=5_000, eval_metric="fid", precision="bf16",
-        ckpt_every=2_500, log_every=100, diag_every=500,
+        ckpt_every=2_500, log_every=100, diag_every=500, repa=True,
     )
 
 

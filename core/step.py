@@ -9,7 +9,8 @@ G's weights do not change in between, so both give the same fakes and one forwar
 D step: on the detached fakes -> DiffAugment reals and fakes with
 independent parameters (the same parameters for all levels of a sample) -> MNG-perturb with
 independent nested noise chains -> RpGAN D loss + gamma/2 R1 (reals) + gamma/2 R2 (fakes), both
-with the same augmentation and noise as the loss -> clip -> AdamW.
+with the same augmentation and noise as the loss, + ``repa_weight`` x the DINOv2 alignment loss
+of the reals (``cfg.repa``, :mod:`core.repa`) -> clip -> AdamW.
 
 G step: the same fakes, with grad -> fresh augmentation and noise for reals and fakes -> RpGAN G loss with D(real) detached -> clip -> AdamW -> EMA update.
 
@@ -30,6 +31,7 @@ from core.config import MNG_LEVELS, LRMultipliers, TrainConfig
 from core.loss import finite_difference_penalty, gradient_penalty, rpgan_d_loss, rpgan_g_loss
 from core.mng import nested_noise, noise_levels, perturb
 from core.model import Generator, parameters_by_kind
+from core.repa import alignment_loss, encoder_input, encoder_targets
 
 
 def make_optimizer(model: nn.Module, lr: float, mults: LRMultipliers, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -80,12 +82,19 @@ class GATStep:
     G and D may be wrapped in DistributedDataParallel; gradients then average over ranks.
     With ``count_only`` (FLOP counting, ``core.flops``) the per-class w average is not updated and
     gradient clipping and the optimiser steps are skipped: they hold no counted (matmul) FLOPs,
-    and on the meta device the per-tensor optimiser loop cost seconds for large models.
+    and on the meta device the per-tensor optimiser loop cost seconds for large models. With
+    ``cfg.repa`` the frozen ``encoder`` (:func:`core.repa.load_encoder`) gives the alignment
+    targets; when counting, random targets of its output shape stand in for it (the frozen
+    encoder's forward is not training compute of G or D).
     """
 
     def __init__(self, cfg: TrainConfig, G: nn.Module, D: nn.Module, device: torch.device,
-                 G_ema: Generator | None = None, count_only: bool = False) -> None:
+                 G_ema: Generator | None = None, count_only: bool = False,
+                 encoder: nn.Module | None = None) -> None:
+        if cfg.repa and encoder is None and not count_only:
+            raise ValueError("cfg.repa needs the DINOv2 encoder (core.repa.load_encoder)")
         self.cfg, self.G, self.D, self.G_ema, self.device = cfg, G, D, G_ema, device
+        self.encoder = encoder
         self.done = 0
         """Iterations completed (set on resume; drives the EMA warm-up)."""
         self.count_only = count_only
@@ -113,9 +122,27 @@ class GATStep:
         return aug, nested_noise(tuple(shape), self.t, device=self.device)
 
     def _logits(self, D: nn.Module, d_input: Tensor, y: Tensor, projection: Tensor | None = None,
-                fp32: bool = False) -> Tensor:
+                fp32: bool = False, align: int = 0) -> tuple[Tensor, Tensor | None]:
+        """D's float32 logits (N,) and, for ``align`` > 0, the REPA projector's output on the
+        first ``align`` samples (align, 1 + T, repa_dim)."""
         with contextlib.nullcontext() if fp32 else self.autocast:
-            return D(d_input, y, projection=projection).float()
+            out = D(d_input, y, projection=projection, align=align)
+        logits, projected = out if align else (out, None)
+        return logits.float(), projected
+
+    def _repa_targets(self, images: Tensor | None, aug: AugmentParams | None, n: int) -> tuple[Tensor, Tensor]:
+        """The encoder's (f_cls (n, E), f_patch (n, P, E)) for the real batch's raw images
+        (uint8 (n, 3, S, S)) under the reals' augmentation draw; random stand-ins when counting."""
+        cfg = self.cfg
+        if self.count_only:
+            tokens = (cfg.latent_size // cfg.patch) ** 2
+            return (torch.randn(n, cfg.repa_dim, device=self.device),
+                    torch.randn(n, tokens, cfg.repa_dim, device=self.device))
+        if images is None:
+            raise ValueError("cfg.repa needs the raw images of the real batch (d_step's images)")
+        pixels = encoder_input(images.to(self.device), aug, cfg.latent_size)
+        with self.autocast:
+            return encoder_targets(self.encoder, pixels)
 
     def _clip_and_step(self, opt: torch.optim.Optimizer) -> Tensor:
         """Clip the gradient norm of exactly the parameters ``opt`` updates, then step.
@@ -137,16 +164,18 @@ class GATStep:
         with self.autocast:
             return self.G(z, y, update_w_avg=not self.count_only).float()
 
-    def iteration(self, x: Tensor, y: Tensor, z: Tensor) -> dict[str, Tensor]:
-        """One full iteration: fakes, D step, G step (+ EMA). Returns detached 0-d stats."""
+    def iteration(self, x: Tensor, y: Tensor, z: Tensor, images: Tensor | None = None) -> dict[str, Tensor]:
+        """One full iteration: fakes, D step, G step (+ EMA). Returns detached 0-d stats.
+        ``images``: the reals' raw uint8 images (N, 3, S, S), needed with ``cfg.repa``."""
         fake = self.generate(z, y)
-        stats = {**self.d_step(x, y, fake.detach()), **self.g_step(x, y, fake)}
+        stats = {**self.d_step(x, y, fake.detach(), images), **self.g_step(x, y, fake)}
         self.done += 1
         return stats
 
-    def d_step(self, x: Tensor, y: Tensor, fake: Tensor) -> dict[str, Tensor]:
+    def d_step(self, x: Tensor, y: Tensor, fake: Tensor, images: Tensor | None = None) -> dict[str, Tensor]:
         """One discriminator update. x: (N, c, H, W) scaled real latents, y: (N,),
-        fake: (K, N, c, H, W) detached generator output.
+        fake: (K, N, c, H, W) detached generator output, images: uint8 (N, 3, S, S) raw images of
+        the reals (``cfg.repa`` only; the alignment loss is logged as ``loss/repa``).
 
         Reals and fakes, and for the finite-difference R1/R2 their perturbed twins
         ``x + fd_eps * eps``, go through D in one batched forward: D treats samples
@@ -173,13 +202,18 @@ class GATStep:
         # Double backprop needs the math attention kernel (fused kernels have no 2nd derivative).
         kernel = sdpa_kernel([SDPBackend.MATH]) if exact and regularise else contextlib.nullcontext()
         with kernel:
-            logits = self._logits(self.D, torch.cat(inputs), torch.cat(labels),
-                                  fp32=fd and cfg.reg_fd_precision == "fp32").split(n)
+            logits, projected = self._logits(self.D, torch.cat(inputs), torch.cat(labels),
+                                             fp32=fd and cfg.reg_fd_precision == "fp32", align=n if cfg.repa else 0)
+            logits = logits.split(n)
             d_real, d_fake = logits[0], logits[1]
             loss = rpgan_d_loss(d_real, d_fake)
             stats = {"loss/D": loss.detach(), "diag/d_real": d_real.detach().mean(),
                      "diag/d_fake": d_fake.detach().mean()}
             total = loss
+            if projected is not None:  # the reals come first in the batched forward
+                align = alignment_loss(projected, *self._repa_targets(images, None if aug is None else aug.head(n), n)).mean()
+                total = total + cfg.repa_weight * align
+                stats["loss/repa"] = align.detach()
             for i, (key, gamma, data) in enumerate((("reg/r1", cfg.gamma_r1, real), ("reg/r2", cfg.gamma_r2, fake))):
                 if gamma <= 0:
                     continue
@@ -210,10 +244,10 @@ class GATStep:
             with torch.no_grad(), self.autocast:  # D is fixed here: one class MLP for both calls
                 projection = D.class_projection(y)
             aug, noise = self._draws(fake.shape)
-            d_fake = self._logits(D, self._d_input(fake, aug, noise), y, projection)
+            d_fake = self._logits(D, self._d_input(fake, aug, noise), y, projection)[0]
             with torch.no_grad():
                 aug, noise = self._draws(fake.shape)
-                d_real = self._logits(D, self._d_input(x.unsqueeze(0).expand_as(fake), aug, noise), y, projection)
+                d_real = self._logits(D, self._d_input(x.unsqueeze(0).expand_as(fake), aug, noise), y, projection)[0]
             loss = rpgan_g_loss(d_fake, d_real)
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()

@@ -39,6 +39,7 @@ from core.evaluate import InvalidMetricError, make_evaluator, make_sampler
 from core.flops import FLOPS_CONVENTION, train_flops_per_iter
 from core.latents import load_latents
 from core.model import build_models, count_parameters
+from core.repa import run_encoder
 from core.step import GATStep
 
 CONFIG_FILE, STATS_FILE, RESULT_FILE = "config.json", "stats.jsonl", "result.json"
@@ -235,6 +236,7 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
 
     device = resolve_device(cfg.device)
     data = load_latents(cfg)
+    encoder = run_encoder(cfg, data, device) if cfg.repa else None
     sampler = evaluator = None
     if rank == 0 and (cfg.eval_every >= 0 or cfg.sample_every >= 0):
         sampler = make_sampler(cfg, data, device)
@@ -279,7 +281,7 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         # w_avg stays rank-local (rank 0's copy is saved), as in the reference: no buffer broadcast.
         G_train = DistributedDataParallel(G, device_ids=ids, broadcast_buffers=False)
         D_train = DistributedDataParallel(D, device_ids=ids)
-    step = GATStep(cfg, G_train, D_train, device, G_ema=G_ema)
+    step = GATStep(cfg, G_train, D_train, device, G_ema=G_ema, encoder=encoder)
     step.done = start
     if start:
         step.opt_g.load_state_dict(state["opt_g"])
@@ -315,14 +317,14 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         seed = _iteration_seed(cfg.seed, it, rank)
         torch.manual_seed(seed)
         data_gen.manual_seed(seed)
-        x, y = data.sample(local_batch, data_gen)
+        x, y, images = data.sample_with_images(local_batch, data_gen)
         z = torch.randn(local_batch, cfg.z_dim, generator=data_gen)
         x, y, z = x.to(device, non_blocking=True), y.to(device), z.to(device)
 
         done_it = it + 1
         diag_now = rank == 0 and done_it % cfg.diag_every == 0
         before = diagnostics.g_output(G, z_fix, y_fix) if diag_now else None
-        stats = step.iteration(x, y, z)
+        stats = step.iteration(x, y, z, images if cfg.repa else None)
         healthy = _losses_healthy(stats, cfg.diverge_loss)
         if world > 1:
             dist.all_reduce(healthy, op=dist.ReduceOp.MIN)  # all ranks stop together

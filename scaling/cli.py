@@ -401,6 +401,14 @@ def _print_config(cfg: TrainConfig, run_dir: Path) -> None:
         f"({si(cost.d_params)})\nFLOPs per iteration {cost.flops_per_iter:.4g}; {cfg.iterations} iterations "
         f"({cfg.kimg:g} kimg) -> {si(cost.total_flops, 'FLOPs')}\nconvention: {FLOPS_CONVENTION}\n"
         f"run directory {run_dir}", highlight=False, markup=False)
+    if cfg.repa:
+        from core.model import count_parameters, repa_projector
+
+        projector = count_parameters(repa_projector(cfg.d.width, cfg.repa_dim).to("meta"))
+        encoder = cfg.repa_encoder or "not set (set repa_encoder to a local DINOv2 directory before training)"
+        console.print(f"DINOv2 alignment (repa) on, weight {cfg.repa_weight:g}: D's projector has {projector:,} "
+                      f"({si(projector)}) parameters, included in D's count; encoder {encoder}",
+                      highlight=False, markup=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,6 +438,9 @@ def encode(
     device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu, cuda, cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader processes decoding images.")] = 0,
     allow_download: Annotated[bool, typer.Option(help="Allow fetching a hub VAE id (offline by default).")] = False,
+    keep_images: Annotated[bool, typer.Option(
+        "--keep-images", help="Also store the cropped images beside the latents (needed by repa: true, the "
+        "DINOv2 alignment; 192 KiB per image at 256 px, held in memory when training).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count images and classes; encode nothing.")] = False,
 ) -> None:
     """Encode an image folder into VAE latents that sweeps and `gat-sweep train` can use as dataset.
@@ -466,7 +477,7 @@ def encode(
             device = "cuda" if torch.cuda.is_available() else "cpu"
         manifest = encode_folder(images_dir, out_dir, vae, resolution=resolution, batch=batch, precision=precision,
                                  shard_size=shard_size or DEFAULT_SHARD_SIZE, device=device,
-                                 allow_download=allow_download, num_workers=workers)
+                                 allow_download=allow_download, num_workers=workers, keep_images=keep_images)
     info = json.loads(manifest.read_text())
     console.print(f"{info['count']} images, {len(info['classes'])} classes, latents {info['latent_shape']} "
                   f"-> {manifest.parent}", highlight=False, markup=False)

@@ -78,6 +78,21 @@ def test_train_dry_run_resolves_preset_and_overrides(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_imagenet_preset_dry_run_shows_the_alignment_and_its_projector(tmp_path):
+    """GAT-B/2 trains with the DINOv2 alignment on (the reference's recipe): the dry run says so,
+    with the projector's parameters (Linear 768->2048->2048->768) inside D's count (97.33M
+    without it, GAT_METHOD.md §6), and needs no encoder."""
+    result = invoke("train", "GAT-B/2", "--dry-run", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    projector = 768 * 2048 + 2048 + 2048 * 2048 + 2048 + 2048 * 768 + 768
+    assert projector == 7_344_896
+    text = " ".join(result.output.split())
+    assert f"D's projector has {projector:,} (7.34M) parameters, included in D's count" in text
+    assert "D parameters 104,676,864" in text and "encoder not set" in text
+    off = invoke("train", "GAT-B/2", "--set", "repa=false", "--dry-run", "--out", str(tmp_path / "r"))
+    assert "D parameters 97,331,968" in " ".join(off.output.split()) and "projector has" not in off.output
+
+
 def test_train_reads_a_config_file(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("name: mine\ndataset: random\ng: {width: 32, depth: 4, heads: 2}\nbatch: 4\n")

@@ -97,6 +97,26 @@ def test_encode_writes_shards_that_the_loader_reads(folder):
         load_latents(TrainConfig(dataset=str(folder / "out")))
 
 
+def test_encode_keeps_the_crops_for_the_alignment(folder):
+    """--keep-images stores each latent's ADM crop (uint8) in its shard, and the loader hands the
+    batch's crops out with the same draw as the latents (what cfg.repa encodes)."""
+    encode(folder, out="kept", keep_images=True)
+    manifest = json.loads((folder / "kept" / MANIFEST).read_text())
+    assert manifest["keep_images"] is True
+    encoded = read_encoded(folder / "kept")
+    crop = np.asarray(center_crop_arr(Image.open(folder / "images" / "emu" / "2.png"), RES))
+    assert encoded.images.dtype == torch.uint8 and encoded.images.shape == (15, 3, RES, RES)
+    assert np.array_equal(encoded.images[2 * PER_CLASS + 2].permute(1, 2, 0).numpy(), crop)
+    # The latents are those of the run without images; that run keeps none.
+    encode(folder)
+    plain = read_encoded(folder / "out")
+    assert torch.equal(plain.mean, encoded.mean) and plain.images is None
+    data = load_latents(TrainConfig(dataset=str(folder / "kept"), num_classes=3, sample_posterior=False))
+    x, y, images = data.sample_with_images(6, torch.Generator().manual_seed(1))
+    index = torch.randint(15, (6,), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(images, encoded.images[index]) and torch.equal(y, encoded.labels[index])
+
+
 def test_encode_resumes_keeping_finished_shards(folder, monkeypatch):
     first = json.loads(encode(folder).read_text())
     (folder / "out" / MANIFEST).unlink()
