@@ -361,10 +361,11 @@ def _check_inputs(cfg: TrainConfig) -> None:
     """Check every local file the trials will read, before anything is created or started: the
     dataset directory, and unless trials neither evaluate nor write sample grids the VAE its
     manifest names (for the embedded
-    digits, :func:`_prepare_data` makes both) and the Inception weights of eval metric 'fid'.
+    digits, :func:`_prepare_data` makes both), the Inception weights of eval metric 'fid', and with
+    ``repa`` the DINOv2 encoder and the dataset's raw images.
 
     Raises FileNotFoundError for a missing dataset directory or manifest, ConfigError naming a
-    weights file that is missing or cannot be loaded.
+    weights file that is missing or cannot be loaded or a dataset without the images repa needs.
     """
     from core.evaluate import check_inception_weights, resolve_metric
 
@@ -388,6 +389,14 @@ def _check_inputs(cfg: TrainConfig) -> None:
                 raise ConfigError(f"the VAE {vae} named in {manifest} (evaluations and sample grids decode "
                                   f"samples with it; train.sample_every: -1 and eval.every: -1 need none) "
                                   f"cannot be loaded: {type(err).__name__}: {err}") from err
+    if cfg.repa:
+        import torch
+
+        from core.repa import load_encoder, require_images
+
+        kept = cfg.dataset == "digits" or json.loads((Path(cfg.dataset) / MANIFEST).read_text()).get("keep_images")
+        require_images("digits" if cfg.dataset == "digits" else "encoded", cfg.dataset, bool(kept))
+        load_encoder(cfg.repa_encoder, cfg.repa_dim, torch.device("cpu"))
     if evaluates and resolve_metric(cfg.eval_metric, "digits" if cfg.dataset == "digits" else "encoded") == "fid":
         check_inception_weights(cfg.inception_weights)
 

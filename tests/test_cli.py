@@ -213,6 +213,35 @@ output_dir: {tmp_path / 'out'}
     assert not (tmp_path / "out").exists()  # nothing created, Ray not started
 
 
+@pytest.mark.parametrize("problem", ["no encoder", "no images"])
+def test_run_checks_the_alignment_inputs_before_anything_starts(tmp_path, problem):
+    """repa: true reads a local DINOv2 and the dataset's raw images: a missing one is one error
+    from the driver, before Ray starts or anything is written."""
+    dataset = "digits"
+    if problem == "no images":
+        (tmp_path / "latents").mkdir()
+        (tmp_path / "latents" / "manifest.json").write_text(json.dumps({"vae": "unused"}))
+        dataset = str(tmp_path / "latents")
+    sweep = tmp_path / "repa.yaml"
+    sweep.write_text(f"""
+name: repa
+dataset: {dataset}
+model: {{widths: [32], depths: [4], head_dim: 16}}
+lr: {{base_lrs: [1e-3], rules: [constant]}}
+budget: {{iterations: 2}}
+eval: {{every: -1}}
+train: {{repa: true, latent_size: 8, num_classes: 10, sample_every: -1}}
+output_dir: {tmp_path / 'out'}
+""")
+    result = invoke("run", str(sweep))
+    assert result.exit_code == 2, result.output
+    message = {"no encoder": "repa=true needs repa_encoder, a local DINOv2 directory",
+               "no images": f"repa=true aligns D with DINOv2 features of the raw images, and dataset "
+                            f"'{dataset}' keeps none: re-encode the folder with `gat-sweep encode ... --keep-images`"}
+    assert " ".join(result.output.split()).startswith(f"error: {message[problem]}")
+    assert not (tmp_path / "out").exists()  # nothing created, Ray not started
+
+
 def test_run_summary_names_retried_failed_config_error_and_diverged_trials(monkeypatch, tmp_path):
     # Issue 11, findings 5, 11 and 12: the summary says what happened to which trial, and why.
     outcome = SweepOutcome("smoke", tmp_path, f"sqlite:///{tmp_path}/mlflow.db", "1", [
