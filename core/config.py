@@ -28,10 +28,11 @@ SIZES: dict[str, tuple[int, int, int]] = {
 }
 
 PARAM_KINDS = ("vector", "hidden", "output")
-"""Parameter kinds the models expose for per-kind LR multipliers (muP-style rules):
-``vector`` = embeddings, biases, norm gains, LayerScale, CLS token (width-independent fan-in);
-``hidden`` = matrices whose fan-in grows with width; ``output`` = read-out matrices
-(G's latent heads, D's logit head)."""
+"""Parameter kinds for per-kind LR multipliers (muP-style rules), inferred from shapes by
+``core.model.parameter_kinds``: ``hidden`` = matrices whose fan-in and fan-out grow with width;
+``output`` = read-outs, whose fan-in grows and fan-out does not (G's latent heads, D's logit head,
+the REPA projector's input layer); ``vector`` = everything else (embeddings, biases, norm gains,
+LayerScale, CLS token, matrices with a width-independent fan-in)."""
 
 
 class ConfigError(ValueError):

@@ -14,12 +14,15 @@ K = 4 MNG levels, P = ``d_proj_dim``.
 
 from __future__ import annotations
 
+import functools
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from core.config import MNG_LEVELS, NetConfig, TrainConfig
+from core.config import MNG_LEVELS, PARAM_KINDS, NetConfig, TrainConfig
 
 EQUAL_LR_MUL = 0.01
 """Equalised-LR multiplier of the mapping network and D's class projection (StyleGAN2 §B)."""
@@ -457,32 +460,50 @@ class Discriminator(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Parameter kinds (for per-kind LR multipliers) and counts
 # ----------------------------------------------------------------------------------------------
-_FIXED_FAN_IN = ("mapping.0.", "patch_embed.", "class_map.", "repa.0.")  # fan-in not tied to width
+@functools.cache
+def parameter_kinds(cfg: TrainConfig, net: Literal["g", "d"]) -> dict[str, str]:
+    """Kind of every named parameter of G (``net='g'``) or D (``'d'``) for muP-style per-kind
+    LRs: 'vector', 'hidden' or 'output', inferred the muP way from how its shape changes with
+    width (mup's ``infshape``; Yang et al. 2022, "Tensor Programs V", Table 3, Adam column).
 
-
-def parameter_kind(name: str, param: Tensor) -> str:
-    """Kind of a named G/D parameter for muP-style rules: 'vector', 'hidden' or 'output'.
-
-    'vector': embeddings, biases, norm gains, LayerScale, CLS token, and matrices whose fan-in
-    does not grow with width (mapping input layer, D's patch embedding and class MLP);
-    'output': read-out matrices (G's ``heads.k.out``, D's ``head``); 'hidden': all other matrices.
-    (muP, Yang et al. 2022, Table 3, Adam column.)
+    The network is built on the meta device at its width C and at 2C (heads doubled, head dim
+    kept). A linear map's weight (out, in) -- ``nn.Linear`` or :class:`EqualLinear` -- is
+    'hidden' when both its fan-in and fan-out grow with width, 'output' (a read-out) when only its
+    fan-in grows, and 'vector' when its fan-in does not grow (input layers, fixed-size MLPs such
+    as D's class map and the REPA projector's inner layers). Every other tensor (biases, norm gains,
+    LayerScale, embeddings, tokens, the patch-embedding convolution) is 'vector' unless two or
+    more of its dimensions grow. Returns {parameter name: kind}.
     """
-    if param.ndim < 2 or name.startswith(("class_embed.", "cls_token", "pos_embed")):
-        return "vector"
-    if (name.startswith("heads.") and ".out." in name) or name.startswith(("head.", "repa.4.")):
-        return "output"
-    if name.startswith(_FIXED_FAN_IN):
-        return "vector"
-    return "hidden"
+    base = getattr(cfg, net)
+    wide = cfg.replace(**{net: NetConfig(width=2 * base.width, depth=base.depth, heads=2 * base.heads)})
+
+    def shapes(c: TrainConfig) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+        with torch.device("meta"):
+            model = Generator(c) if net == "g" else Discriminator(c)
+        linear = {f"{name}.weight" for name, module in model.named_modules()
+                  if isinstance(module, (nn.Linear, EqualLinear))}
+        return {name: tuple(p.shape) for name, p in model.named_parameters()}, linear
+
+    (narrow_shapes, linear), (wide_shapes, _) = shapes(cfg), shapes(wide)
+    kinds = {}
+    for name, shape in narrow_shapes.items():
+        grows = [a != b for a, b in zip(shape, wide_shapes[name])]
+        if name in linear:
+            fan_out, fan_in = grows
+            kinds[name] = "vector" if not fan_in else "hidden" if fan_out else "output"
+        else:
+            kinds[name] = "hidden" if sum(grows) >= 2 else "vector"
+    return kinds
 
 
-def parameters_by_kind(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Trainable parameters grouped by :func:`parameter_kind`; every kind key is present."""
-    groups: dict[str, list[nn.Parameter]] = {"vector": [], "hidden": [], "output": []}
+def parameters_by_kind(model: Generator | Discriminator, cfg: TrainConfig) -> dict[str, list[nn.Parameter]]:
+    """Trainable parameters of ``model`` (built from ``cfg``) grouped by :func:`parameter_kinds`,
+    in ``named_parameters`` order; every kind key is present."""
+    kinds = parameter_kinds(cfg, "g" if isinstance(model, Generator) else "d")
+    groups: dict[str, list[nn.Parameter]] = {kind: [] for kind in PARAM_KINDS}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            groups[parameter_kind(name, param)].append(param)
+            groups[kinds[name]].append(param)
     return groups
 
 

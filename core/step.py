@@ -44,7 +44,7 @@ def make_optimizer(model: nn.Module, lr: float, mults: LRMultipliers, cfg: Train
     """
     groups = [
         {"params": params, "lr": lr * mults.as_dict()[kind], "kind": kind}
-        for kind, params in parameters_by_kind(model).items() if params
+        for kind, params in parameters_by_kind(model, cfg).items() if params
     ]
     device = next(model.parameters()).device
     return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,

@@ -7,7 +7,7 @@ import torch
 
 from core.config import ConfigError, NetConfig, TrainConfig
 from core.model import (
-    Attention, apply_rope, build_models, count_parameters, parameter_kind, parameters_by_kind, rope_2d,
+    Attention, apply_rope, build_models, count_parameters, parameter_kinds, parameters_by_kind, rope_2d,
     sincos_pos_embed_2d,
 )
 
@@ -139,15 +139,21 @@ def test_init_scales():
 
 
 def test_parameter_kinds():
-    G, D = build_models(TrainConfig(d_proj_dim=64), "meta")
-    kinds = {n: parameter_kind(n, p) for n, p in list(G.named_parameters()) + [("D." + n, p) for n, p in D.named_parameters()]}
+    c = TrainConfig(d_proj_dim=64, repa=True)
+    G, D = build_models(c, "meta")
+    kinds = parameter_kinds(c, "g")
     assert kinds["heads.0.out.weight"] == "output" and kinds["heads.0.out.bias"] == "vector"
     assert kinds["blocks.0.attn.qkv.weight"] == "hidden" and kinds["mapping.2.weight"] == "hidden"
     assert kinds["mapping.0.weight"] == "vector" and kinds["class_embed.weight"] == "vector"
-    d_kinds = {n: parameter_kind(n, p) for n, p in D.named_parameters()}
+    assert kinds["blocks.0.attn.q_norm.weight"] == "vector" and kinds["pos_embed"] == "vector"
+    d_kinds = parameter_kinds(c, "d")
     assert d_kinds["head.weight"] == "output" and d_kinds["patch_embed.weight"] == "vector"
     assert d_kinds["class_map.0.weight"] == "vector" and d_kinds["blocks.1.mlp.fc2.weight"] == "hidden"
-    groups = parameters_by_kind(G)
+    # The REPA projector (issue 14, finding 3): width -> 2048 reads out of D's width; the two
+    # fixed-size layers (2048 -> 2048 -> 768) are not tied to width at all.
+    assert (d_kinds["repa.0.weight"], d_kinds["repa.2.weight"], d_kinds["repa.4.weight"]) == ("output", "vector", "vector")
+    assert set(kinds) == {n for n, _ in G.named_parameters()} and set(d_kinds) == {n for n, _ in D.named_parameters()}
+    groups = parameters_by_kind(G, c)
     assert sum(p.numel() for ps in groups.values() for p in ps) == count_parameters(G) - G.pos_embed.numel()
 
 
