@@ -221,7 +221,8 @@ def _build_entry(out: Path, preset: str, settings: DigitsSettings, progress: boo
         stages.update()
 
         start = time.perf_counter()
-        classifier = train_classifier(images[~heldout], labels[~heldout], settings.classifier, progress)
+        classifier = train_classifier(images[~heldout], labels[~heldout], int(labels.max()) + 1,
+                                      settings.classifier, progress)
         heldout_accuracy = accuracy(classifier, images[heldout], labels[heldout])
         seconds["classifier"] = time.perf_counter() - start
         stages.update()

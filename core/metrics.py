@@ -9,8 +9,8 @@ from __future__ import annotations
 
 INCEPTION_DIM = 2048
 """Size of the Inception-v3 pool features that FID compares."""
-DIGITS_FEATURE_DIM = 64
-"""Size of the digits classifier's ``"features"`` layer (penultimate activations, core/features.py)."""
+DOMAIN_FEATURE_DIM = 64
+"""Size of the domain classifier's ``"features"`` layer (penultimate activations, core/features.py)."""
 
 
 def resolve_metric(metric: str, data_kind: str) -> str:
@@ -24,4 +24,4 @@ def resolve_metric(metric: str, data_kind: str) -> str:
 def feature_dim(metric: str) -> int:
     """Feature size of a resolved metric's extractor: the fewest samples a Frechet distance needs
     (fewer give a singular sample covariance)."""
-    return DIGITS_FEATURE_DIM if metric == "fd_domain" else INCEPTION_DIM
+    return DOMAIN_FEATURE_DIM if metric == "fd_domain" else INCEPTION_DIM

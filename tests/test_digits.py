@@ -38,6 +38,13 @@ def test_images_are_rgb_upsampled_digits():
     assert (got - expected).abs().max() <= 0.5 + 1e-6  # rounding to uint8
 
 
+def test_cache_keys_are_pinned():
+    """The entries behind the README's digits numbers: the digits images, DigitsSettings and
+    PREPARATION_VERSION make these keys, so a change of either key must be deliberate."""
+    assert entry_dir("full").name == "full-bc91b85ba755ead0"
+    assert entry_dir("tiny").name == "tiny-ebf8bb3217e8345f"
+
+
 def test_prepared_entry(tiny_digits_cache):
     d = tiny_digits_cache
     assert d.name == "digits-tiny" and d.root == entry_dir("tiny")
