@@ -6,12 +6,20 @@ and warms the reference-feature cache; ``Evaluator.evaluate(G_ema)`` then draws 
 classes), decodes them with the dataset's VAE (dividing by the scaling factor once), converts
 them to uint8 [0, 255] (clamped, never wrapped) and hands them to ``torch_fidelity.calculate_metrics``.
 
-Two feature extractors (``cfg.eval_metric``; 'auto' = fd_domain for the embedded digits, fid
-otherwise):
+Two feature extractors (``cfg.eval_metric``; 'auto' = fd_domain for the embedded digits, and for
+an encoded folder fid when ``cfg.inception_weights`` is set, fd_domain otherwise; see
+:func:`core.metrics.resolve_metric`):
 
-* ``fd_domain``: the digits classifier of :mod:`core.features` -> ``eval/fd_digits_<n>`` (a Frechet
-  distance in that network's 64-d feature space, not Inception FID), ``eval/kid_digits_<n>``,
-  ``eval/precision_digits_<n>``, ``eval/recall_digits_<n>``;
+* ``fd_domain``: a domain classifier of :mod:`core.features`, a small CNN trained on the dataset's
+  own labelled images, so evaluation needs no download (a Frechet distance in that network's 64-d
+  feature space, not Inception FID). The embedded digits use the classifier of their cache entry
+  -> ``eval/fd_digits_<n>``, ``eval/kid_digits_<n>``, ``eval/precision_digits_<n>``,
+  ``eval/recall_digits_<n>``. An encoded folder uses its own classifier, trained on first use on
+  the reference images (:func:`prepare_folder_classifier`, cached under ``<cache>/domain/``)
+  -> ``eval/fd_domain_<n>``, ``eval/kid_domain_<n>``, ``eval/precision_domain_<n>``,
+  ``eval/recall_domain_<n>``. Distances of different folders are in different feature spaces
+  and are not comparable with each other. Provenance names the classifier file and its held-out
+  accuracy (``eval.classifier_heldout_accuracy``);
 * ``fid``: torch-fidelity's ``inception-v3-compat`` (the TF-FID Inception, 2048-d pool features)
   from the local file ``cfg.inception_weights`` -> ``eval/fid<n>``, ``eval/kid<n>``,
   ``eval/precision<n>``, ``eval/recall<n>`` (precision/recall in Inception space, not the
@@ -22,9 +30,10 @@ otherwise):
 References: the reference statistics are the real images of the dataset (digits: all 1,797
 images; an encoded folder: up to :data:`REFERENCE_MAX` images of ``images_dir``, a seeded subset,
 ADM-cropped at the encode resolution), their features cached by torch-fidelity under
-``<cache>/fidelity/`` with a name holding (dataset, resolution, sample count) and the extractor,
-so a second run does not recompute them. Or ``cfg.fid_ref_npz``: ADM-style ``mu``/``sigma``
-(Dhariwal & Nichol 2021, evaluations/), FID only (KID and precision/recall need features).
+``<cache>/fidelity/`` with a name holding (dataset, resolution, sample count, and a folder
+classifier's key) and the extractor, so a second run does not recompute them. Or
+``cfg.fid_ref_npz``: ADM-style ``mu``/``sigma`` (Dhariwal & Nichol 2021, evaluations/), FID only
+(KID and precision/recall need features).
 
 Sample grids: :class:`Sampler` (``make_sampler``) holds the dataset's VAE and a fixed grid of z;
 the evaluator decodes through it, and a run that does not evaluate still writes grids with it.
@@ -38,8 +47,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,19 +58,28 @@ import torch
 import torch_fidelity
 import torchvision
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.utils import (
     create_feature_extractor,
     extract_featuresdict_from_input_id_cached,
     get_featuresdict_from_dataset,
 )
+from tqdm import tqdm
 
-from core.cache import atomic_write_bytes, cache_root, content_hash
+from core.cache import atomic_directory, atomic_write_bytes, cache_root, content_hash
 from core.config import ConfigError, TrainConfig
-from core.digits import load_entry
+from core.digits import deterministic_cpu, load_entry
 from core.encode import MANIFEST, image_folder
-from core.features import EXTRACTOR_NAME
+from core.features import (
+    EXTRACTOR_NAME,
+    FOLDER_EXTRACTOR_NAME,
+    ClassifierSettings,
+    accuracy,
+    resize_for_classifier,
+    save_classifier,
+    train_classifier,
+)
 from core.latents import LatentData
 from core.metrics import INCEPTION_DIM, feature_dim, resolve_metric
 from core.model import Generator
@@ -85,6 +105,50 @@ GRID_COLUMNS, GRID_MAX_ROWS = 8, 10
 """Sample grid: one row per class (at most 10 classes, evenly spaced), 8 samples per row."""
 GRID_SEED_OFFSET = 1
 """The grid's z come from seed ``cfg.seed + 1`` (evaluation uses ``cfg.seed``)."""
+
+
+FOLDER_CLASSIFIER_VERSION = 1
+"""Bump when :func:`prepare_folder_classifier` changes what it produces (invalidates cached entries)."""
+
+
+@dataclass(frozen=True)
+class FolderClassifierSettings:
+    """Everything but the folder that determines a folder's domain classifier (hashed into its
+    cache key with the folder's path, the manifest's fingerprint and :data:`FOLDER_CLASSIFIER_VERSION`)."""
+
+    max_images: int = REFERENCE_MAX
+    """At most this many images, the seeded subset that also forms the reference (:func:`reference_indices`)."""
+    heldout_fraction: float = 0.2
+    """Share of those images held out from training to measure the accuracy (digits: 360 of 1,797)."""
+    split_seed: int = 0
+    """Seed of the held-out split."""
+    classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
+    """Training schedule (the digits classifier's)."""
+
+
+FOLDER_CLASSIFIER = FolderClassifierSettings()
+"""The settings every folder's classifier is trained with."""
+
+
+@dataclass(frozen=True)
+class FolderClassifier:
+    """A prepared folder classifier: ``<cache>/domain/<key>/`` with ``classifier.safetensors`` and
+    ``meta.json`` (folder, resolution, fingerprint, settings, version, class and image counts,
+    held-out accuracy, seconds)."""
+
+    root: Path
+    key: str
+    meta: dict
+
+    @property
+    def path(self) -> Path:
+        """The weights file torch-fidelity's extractor loads."""
+        return self.root / "classifier.safetensors"
+
+    @property
+    def heldout_accuracy(self) -> float:
+        """Top-1 accuracy in [0, 1] on the held-out images."""
+        return float(self.meta["heldout_accuracy"])
 
 
 class InvalidMetricError(RuntimeError):
@@ -172,6 +236,105 @@ class FolderImages(Dataset):
         return self.folder[self.indices[index]][0]
 
 
+def reference_indices(count: int, max_images: int = REFERENCE_MAX) -> list[int]:
+    """Sorted indices of the images of an encoded folder (``count`` images, in ``image_folder``
+    order) that its reference and its classifier use: all of them, or a subset of ``max_images``
+    drawn by a permutation seeded with 0."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(0))
+    return sorted(order[: min(count, max_images)].tolist())
+
+
+def folder_images_dir(root: Path) -> tuple[dict, Path]:
+    """(manifest, images directory) of the encode output directory ``root``.
+
+    Raises ConfigError when the images the manifest names are gone (the reference and the
+    folder's classifier are made from them).
+    """
+    manifest = json.loads((root / MANIFEST).read_text())
+    images_dir = Path(manifest["images_dir"])
+    if not images_dir.is_dir():
+        raise ConfigError(
+            f"the reference images {images_dir} of {root} are gone; restore them, or set fid_ref_npz "
+            "(eval_metric 'fid'), or turn evaluation off (eval_every=-1)"
+        )
+    return manifest, images_dir
+
+
+def prepare_folder_classifier(root: Path, settings: FolderClassifierSettings = FOLDER_CLASSIFIER,
+                              progress: bool = True) -> FolderClassifier:
+    """Train (first call) or load (later calls) the domain classifier of an encoded image folder.
+
+    ``root``: a ``gat-sweep encode`` output directory. The classifier is trained on the folder's
+    own labels, on the ADM-cropped images at the encode resolution (``images_dir`` of the
+    manifest) resized to 32 px (:func:`core.features.resize_for_classifier`): the
+    :func:`reference_indices` subset, less a held-out share (seeded split) whose accuracy is
+    recorded. Training is seeded and runs on one CPU thread in deterministic mode
+    (:func:`core.digits.deterministic_cpu`), so the weights do not depend on the machine's thread
+    count. Cached under ``<cache>/domain/<key>`` (atomic; concurrent preparations are safe), the
+    key hashing the folder's path, the manifest's fingerprint, ``settings`` and
+    :data:`FOLDER_CLASSIFIER_VERSION`. With ``progress``, tqdm bars when stderr is a terminal.
+    Cost: 1 s for 500 images of 32 px on one CPU thread (about 14 ms per training step of 64
+    images, 10 epochs), plus reading and cropping the images once.
+
+    Raises ConfigError when the images are gone or fewer than 2 (one to train on, one held out);
+    ValueError naming a corrupt image file (:func:`core.encode.read_rgb`).
+    """
+    manifest, images_dir = folder_images_dir(root)
+    key = content_hash(str(images_dir), manifest["fingerprint"],
+                       {"settings": asdict(settings), "version": FOLDER_CLASSIFIER_VERSION})
+    entry = cache_root() / "domain" / key
+    if not (entry / "meta.json").is_file():
+        with atomic_directory(entry) as tmp:
+            _train_folder_classifier(tmp, manifest, images_dir, settings, progress)
+    return FolderClassifier(entry, key, json.loads((entry / "meta.json").read_text()))
+
+
+def _train_folder_classifier(out: Path, manifest: dict, images_dir: Path, settings: FolderClassifierSettings,
+                             progress: bool) -> None:
+    """Read the folder's images, train and evaluate its classifier, write it and meta.json into ``out``."""
+    start = time.perf_counter()
+    resolution = int(manifest["resolution"])
+    indices = reference_indices(int(manifest["count"]), settings.max_images)
+    if len(indices) < 2:
+        raise ConfigError(f"{images_dir} holds {len(indices)} image(s); its domain classifier needs at least 2 "
+                          "(one to train on, one held out)")
+    images, labels = [], []
+    loader = DataLoader(Subset(image_folder(images_dir, resolution, as_uint8=True), indices), batch_size=EVAL_BATCH)
+    with tqdm(total=len(indices), desc="folder classifier: reading images", unit="img",
+              disable=None if progress else True) as bar:
+        for batch_images, batch_labels in loader:
+            images.append(resize_for_classifier(batch_images))
+            labels.append(batch_labels.to(torch.int64))
+            bar.update(len(batch_labels))
+    images_u8, labels_all = torch.cat(images), torch.cat(labels)
+    read_seconds = time.perf_counter() - start
+
+    n = len(indices)
+    heldout_count = min(max(round(settings.heldout_fraction * n), 1), n - 1)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(settings.split_seed))
+    heldout = torch.zeros(n, dtype=torch.bool)
+    heldout[order[:heldout_count]] = True
+    start = time.perf_counter()
+    with deterministic_cpu():
+        model = train_classifier(images_u8[~heldout], labels_all[~heldout], len(manifest["classes"]),
+                                 settings.classifier, progress)
+        heldout_accuracy = accuracy(model, images_u8[heldout], labels_all[heldout])
+    save_classifier(model, out / "classifier.safetensors")
+    meta = {
+        "images_dir": str(images_dir),
+        "resolution": resolution,
+        "fingerprint": manifest["fingerprint"],
+        "settings": asdict(settings),
+        "version": FOLDER_CLASSIFIER_VERSION,
+        "num_classes": len(manifest["classes"]),
+        "images": n,
+        "heldout": heldout_count,
+        "heldout_accuracy": heldout_accuracy,
+        "seconds": {"read": read_seconds, "train": time.perf_counter() - start},
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
 class GeneratedImages(Dataset):
     """Generator samples rendered lazily, one chunk of ``chunk`` images at a time, in index order.
 
@@ -246,17 +409,25 @@ class Evaluator:
         self.device, self.num_samples, self.sampler = device, cfg.eval_samples, sampler
         self.seed = cfg.seed
         n = count_label(cfg.eval_samples)
-        suffix = f"_digits_{n}" if metric == "fd_domain" else n
-        self.keys = {name: f"eval/{name}{suffix}" for name in ("kid", "precision", "recall")}
-        self.keys["fd"] = f"eval/fd{suffix}" if metric == "fd_domain" else f"eval/fid{suffix}"
-        self.metric_key = self.keys["fd"]
-        if metric == "fd_domain":
-            weights = str(load_entry(data.root).classifier_path)
-            self.extractor, self.layer, self.weights = EXTRACTOR_NAME, DOMAIN_LAYER, weights
-        else:
+        classifier_accuracy, classifier_key = None, ""
+        if metric == "fid":
+            suffix, fd_name = n, "fid"
             self.extractor, self.layer, self.weights = INCEPTION, INCEPTION_LAYER, cfg.inception_weights
+        elif data.kind == "digits":
+            suffix, fd_name = f"_digits_{n}", "fd"
+            digits = load_entry(data.root)
+            self.extractor, self.layer, self.weights = EXTRACTOR_NAME, DOMAIN_LAYER, str(digits.classifier_path)
+            classifier_accuracy = digits.meta["classifier_heldout_accuracy"]
+        else:  # an encoded folder's own classifier
+            suffix, fd_name = f"_domain_{n}", "fd"
+            folder = prepare_folder_classifier(data.root)
+            self.extractor, self.layer, self.weights = FOLDER_EXTRACTOR_NAME, DOMAIN_LAYER, str(folder.path)
+            classifier_accuracy, classifier_key = folder.heldout_accuracy, folder.key
+        self.keys = {name: f"eval/{name}{suffix}" for name in ("kid", "precision", "recall")}
+        self.keys["fd"] = f"eval/{fd_name}{suffix}"
+        self.metric_key = self.keys["fd"]
         self.npz = _read_npz(Path(cfg.fid_ref_npz)) if cfg.fid_ref_npz else None
-        self.reference, self.reference_name, reference_desc = _reference(cfg, data)
+        self.reference, self.reference_name, reference_desc = _reference(cfg, data, classifier_key)
         self.provenance = {
             "eval.metric_key": self.metric_key,
             "eval.extractor": f"{self.extractor} ({self.weights})",
@@ -265,6 +436,8 @@ class Evaluator:
             "eval.ema": "true",
             "eval.truncation_psi": str(cfg.truncation_psi),
         }
+        if classifier_accuracy is not None:
+            self.provenance["eval.classifier_heldout_accuracy"] = f"{classifier_accuracy:.4f}"
         eval_gen = torch.Generator().manual_seed(cfg.seed)
         self.z = torch.randn(cfg.eval_samples, cfg.z_dim, generator=eval_gen)
         self.labels = torch.arange(cfg.eval_samples) % data.num_classes
@@ -312,29 +485,26 @@ def make_evaluator(cfg: TrainConfig, data: LatentData, device: torch.device,
                    sampler: Sampler | None = None) -> Evaluator | None:
     """Validate evaluation settings, build the :class:`Evaluator` and cache the reference features.
 
-    ``sampler``: the run's :class:`Sampler` (built here when not given).
+    ``sampler``: the run's :class:`Sampler` (built here when not given). For 'fd_domain' on an
+    encoded folder this trains the folder's classifier on first use (:func:`prepare_folder_classifier`).
     Returns None for dataset 'random' with eval_metric 'auto' (no images to compare with).
-    Raises ConfigError for: an explicit eval_metric on dataset 'random';
-    eval_metric 'fd_domain' on a dataset without a domain extractor; 'fid' without a readable
-    ``inception_weights`` file (the message says where to get it); an unreadable or malformed
-    ``fid_ref_npz``; a folder reference whose images are gone; ``eval_samples`` below the feature
-    dimension (64 for the digits extractor, 2048 for Inception: the sample covariance would be
-    singular and the distance unstable).
+    Raises ConfigError for: an explicit eval_metric on dataset 'random'; 'fid' without a readable
+    ``inception_weights`` file (the message says where to get it); ``fid_ref_npz`` with
+    'fd_domain', or unreadable or malformed; a folder whose images are gone (its reference and
+    classifier are made from them); ``eval_samples`` below the feature dimension (64 for the
+    domain extractor, 2048 for Inception: the sample covariance would be singular and the
+    distance unstable).
     """
-    if data.kind == "random":
-        if cfg.eval_metric != "auto":
-            raise ConfigError(
-                f"eval_metric={cfg.eval_metric!r} needs real images, and dataset 'random' has none: use "
-                "dataset 'digits' or an encoded folder, or eval_every=-1 (eval.every: -1 in a sweep file)")
+    metric = resolve_metric(cfg.eval_metric, data.kind, cfg.inception_weights)
+    if metric == "none":
         return None
-    metric = resolve_metric(cfg.eval_metric, data.kind)
-    if metric == "fd_domain" and data.kind != "digits":
+    if data.kind == "random":
         raise ConfigError(
-            f"eval_metric='fd_domain' needs the embedded digits dataset (no domain feature extractor "
-            f"exists for {data.name}); use eval_metric='fid' with inception_weights"
-        )
+            f"eval_metric={cfg.eval_metric!r} needs real images, and dataset 'random' has none: use "
+            "dataset 'digits' or an encoded folder, or eval_every=-1 (eval.every: -1 in a sweep file)")
     if metric == "fd_domain" and cfg.fid_ref_npz:
-        raise ConfigError("fid_ref_npz holds Inception statistics; it applies only with eval_metric='fid'")
+        raise ConfigError("fid_ref_npz holds Inception statistics; it applies only with eval_metric='fid' "
+                          "(and inception_weights, without which eval_metric 'auto' means 'fd_domain')")
     if metric == "fid":
         check_inception_weights(cfg.inception_weights)
     dim = feature_dim(metric)
@@ -388,22 +558,21 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     return stats
 
 
-def _reference(cfg: TrainConfig, data: LatentData) -> tuple[Dataset | None, str | None, str]:
-    """(reference dataset, its torch-fidelity cache name, provenance text); no dataset for an npz."""
+def _reference(cfg: TrainConfig, data: LatentData, classifier_key: str) -> tuple[Dataset | None, str | None, str]:
+    """(reference dataset, its torch-fidelity cache name, provenance text); no dataset for an npz.
+    ``classifier_key``: the folder classifier's cache key, part of the cache name so that a
+    retrained classifier never meets features of another ('' for Inception and the digits)."""
     if cfg.fid_ref_npz:
         return None, None, f"npz {cfg.fid_ref_npz}"
     if data.kind == "digits":
         digits = load_entry(data.root)
         name = f"{digits.name}-{digits.key}-{digits.images.shape[-1]}px-n{len(digits.images)}"
         return UInt8Images(digits.images), name, f"{data.name}: all {len(digits.images)} real images ({digits.key})"
-    manifest = json.loads((data.root / MANIFEST).read_text())
-    images_dir, resolution = Path(manifest["images_dir"]), int(manifest["resolution"])
-    if not images_dir.is_dir():
-        raise ConfigError(
-            f"the reference images {images_dir} of {data.name} are gone; restore them or set fid_ref_npz"
-        )
-    count = min(int(manifest["count"]), REFERENCE_MAX)
-    order = torch.randperm(int(manifest["count"]), generator=torch.Generator().manual_seed(0))
-    indices = sorted(order[:count].tolist())
+    manifest, images_dir = folder_images_dir(data.root)
+    resolution = int(manifest["resolution"])
+    indices = reference_indices(int(manifest["count"]))
+    count = len(indices)
     name = f"folder-{content_hash(str(images_dir), manifest['fingerprint'], length=12)}-{resolution}px-n{count}"
+    if classifier_key:
+        name += f"-{classifier_key}"
     return FolderImages(images_dir, resolution, indices), name, f"{images_dir} at {resolution}px, {count} images"

@@ -13,12 +13,19 @@ DOMAIN_FEATURE_DIM = 64
 """Size of the domain classifier's ``"features"`` layer (penultimate activations, core/features.py)."""
 
 
-def resolve_metric(metric: str, data_kind: str) -> str:
-    """The extractor an ``eval_metric`` means for a dataset kind ('digits', 'random', 'encoded'):
-    'auto' is 'fd_domain' for the embedded digits and 'fid' otherwise; others are themselves."""
-    if metric == "auto":
-        return "fd_domain" if data_kind == "digits" else "fid"
-    return metric
+def resolve_metric(metric: str, data_kind: str, inception_weights: str) -> str:
+    """The extractor an ``eval_metric`` means for a dataset kind ('digits', 'random', 'encoded')
+    and the ``inception_weights`` setting (a path, or '' when unset).
+
+    'auto' is 'fd_domain' for the embedded digits; for an encoded folder, 'fid' when Inception
+    weights are given and 'fd_domain' (the folder's own classifier, no download) otherwise; and
+    'none' for 'random' (no images to compare with). Other values are themselves.
+    """
+    if metric != "auto":
+        return metric
+    if data_kind == "random":
+        return "none"
+    return "fid" if data_kind == "encoded" and inception_weights else "fd_domain"
 
 
 def feature_dim(metric: str) -> int:

@@ -375,15 +375,12 @@ class SweepSpec(_Strict):
 
     def _check_eval(self) -> None:
         """Frechet distances need at least as many samples as feature dimensions (else the sample
-        covariance is singular); the domain extractor exists for digits only. The same rules as
-        ``core.evaluate.make_evaluator`` (shared helpers), checked here so a sweep fails before
-        anything starts."""
+        covariance is singular). The same rule as ``core.evaluate.make_evaluator`` (shared
+        helpers), checked here so a sweep fails before anything starts."""
         if self.eval.every < 0 or self.dataset == "random":
             return
-        metric = resolve_metric(self.eval.metric, "digits" if self.dataset == "digits" else "encoded")
-        if metric == "fd_domain" and self.dataset != "digits":
-            raise ValueError("eval.metric fd_domain needs dataset digits (the only one with a domain "
-                             "feature extractor); use eval.metric fid with train.inception_weights")
+        metric = resolve_metric(self.eval.metric, "digits" if self.dataset == "digits" else "encoded",
+                                self.base_config().inception_weights)
         need = feature_dim(metric)
         if self.eval.samples < need:
             raise ValueError(f"eval.samples={self.eval.samples} is below the {need}-d features of the "

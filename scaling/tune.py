@@ -397,7 +397,8 @@ def _check_inputs(cfg: TrainConfig) -> None:
         kept = cfg.dataset == "digits" or json.loads((Path(cfg.dataset) / MANIFEST).read_text()).get("keep_images")
         require_images("digits" if cfg.dataset == "digits" else "encoded", cfg.dataset, bool(kept))
         load_encoder(cfg.repa_encoder, cfg.repa_dim, torch.device("cpu"))
-    if evaluates and resolve_metric(cfg.eval_metric, "digits" if cfg.dataset == "digits" else "encoded") == "fid":
+    kind = "digits" if cfg.dataset == "digits" else "encoded"
+    if evaluates and resolve_metric(cfg.eval_metric, kind, cfg.inception_weights) == "fid":
         check_inception_weights(cfg.inception_weights)
 
 

@@ -11,17 +11,28 @@ so ``core.latents.load_latents(TrainConfig(dataset='digits'))`` and
 ``core.evaluate.make_evaluator`` find the tiny entry instead of preparing the full one. Both
 variables are restored when the session ends; processes started while it runs (Ray workers)
 inherit them. The fixture returns the :class:`core.digits.DigitsCache`.
+
+``digits_image_folder``: a labelled ImageFolder of PNGs written from the first
+:data:`FOLDER_IMAGES` digits images (32 px, class sub-folders ``0/`` ... ``9/``), and
+``encoded_digits_folder``: that folder encoded at 32 px with the tiny digits VAE (what
+``gat-sweep encode DIR OUT --vae digits --resolution 32`` writes; about 2 s).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from core.cache import CACHE_ENV
-from core.digits import PRESET_ENV, DigitsCache, prepare_digits
+from core.digits import PRESET_ENV, DigitsCache, digits_images, prepare_digits
+from core.encode import encode_folder
+
+FOLDER_IMAGES = 500
+"""Images in the generated labelled folder (enough for its classifier to reach 99% held-out accuracy)."""
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +44,25 @@ def tiny_digits_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Digi
         yield prepare_digits(progress=False)
     finally:
         patch.undo()
+
+
+@pytest.fixture(scope="session")
+def digits_image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("digits_folder")
+    images, labels = digits_images(32)
+    for index in range(FOLDER_IMAGES):
+        folder = root / str(int(labels[index]))
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(images[index].permute(1, 2, 0).numpy()).save(folder / f"{index:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def encoded_digits_folder(tiny_digits_cache: DigitsCache, digits_image_folder: Path,
+                          tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("digits_folder_latents")
+    encode_folder(digits_image_folder, out, str(tiny_digits_cache.vae_dir), resolution=32, progress=False)
+    return out
 
 
 @pytest.fixture(autouse=True)
