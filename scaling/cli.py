@@ -450,6 +450,12 @@ def encode(
     VAE's downsampling factor (8 for SD-VAE, 4 for the embedded digits VAE; the line printed at the
     end gives the latent shape) and `num_classes` = the number of class folders.
 
+    Runs on it are evaluated offline: with eval_metric auto and no inception_weights, the first
+    evaluation trains a small classifier on the folder's own images and labels (cached; seconds for
+    a few thousand small images) and runs log eval/fd_domain_1k (for 1,000 samples), a Frechet
+    distance in that classifier's feature space; with inception_weights set, auto means Inception
+    FID. Either way the reference is the images in IMAGES_DIR: keep them where they are.
+
     **Examples:**
 
       gat-sweep encode /data/imagenet/train /shared/latents/in256 --vae /weights/sd-vae-ft-ema --dry-run
