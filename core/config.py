@@ -122,48 +122,67 @@ class LRMultipliers:
         return {"vector": self.vector, "hidden": self.hidden, "output": self.output}
 
 
+def _field(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, compute: bool = False,
+           resumable: bool = False, sweep: str | None = None) -> Any:
+    """A :class:`TrainConfig` field that states its role in its metadata, from which the lists
+    below are derived (one place to say what a new field is):
+
+    * ``compute``: it changes the counted FLOPs of an iteration (``core.flops`` measures once per
+      setting of the compute fields);
+    * ``resumable``: it may differ between a run directory and the call that resumes it;
+    * ``sweep``: the sweep-file key that sets it (a sweep's ``train:`` section may not).
+    """
+    return field(default=default, default_factory=factory,
+                 metadata={"compute": compute, "resumable": resumable, "sweep": sweep})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one GAT training run needs. Units are given per field."""
 
-    name: str = "gat"
+    name: str = _field("gat", resumable=True, sweep="name (trial names are derived from the grid)")
     """Run / trial name (also the MLflow run name)."""
 
     # ---- data -------------------------------------------------------------------------------
-    dataset: str = "digits"
+    dataset: str = _field("digits", sweep="dataset")
     """'digits' (embedded default, prepared offline), 'random' (Gaussian latents, for tests and
     benchmarks) or an absolute path to a directory written by ``gat-sweep encode``."""
-    latent_size: int = 8
+    latent_size: int = _field(8, compute=True)
     """Latent height = width H in latent pixels (SD-VAE on 256 px gives 32)."""
-    latent_channels: int = 4
-    num_classes: int = 10
-    sample_posterior: bool = True
+    latent_channels: int = _field(4, compute=True)
+    """Latent channels c (SD-VAE: 4)."""
+    num_classes: int = _field(10, compute=True)
+    """Number of classes (labels 0 .. num_classes - 1)."""
+    sample_posterior: bool = _field(True, compute=True)
     """Train on ``mean + std * eps`` (True) or on the posterior mean (False)."""
 
     # ---- model ------------------------------------------------------------------------------
-    g: NetConfig = field(default_factory=NetConfig)
-    d: NetConfig = field(default_factory=NetConfig)
-    patch: int = 2
+    g: NetConfig = _field(factory=NetConfig, compute=True, sweep="model")
+    """Generator shape (GAT_METHOD.md §1)."""
+    d: NetConfig = _field(factory=NetConfig, compute=True, sweep="model.discriminator")
+    """Discriminator shape (GAT_METHOD.md §2)."""
+    patch: int = _field(2, compute=True, sweep="model.patch")
     """Patch size p (the '/2' in GAT-B/2), shared by G and D."""
-    z_dim: int = 64
-    d_proj_dim: int = 2048
+    z_dim: int = _field(64, compute=True)
+    """Size of the latent code z and of G's class embedding (the mapping network's two inputs)."""
+    d_proj_dim: int = _field(2048, compute=True)
     """Width of D's class-projection head (paper: 2048). Small sweeps may lower it; always logged."""
-    repa: bool = False
+    repa: bool = _field(False, compute=True)
     """Align D with a frozen DINOv2 encoder, as the GAT reference's published recipe does
     (``core/repa.py``; REPA, Yu et al. 2025, applied to D): a projector MLP on D's tokens of the
     real batch is pulled towards the encoder's normalised CLS and patch tokens of the raw image,
     weight ``repa_weight``, in the D loss only. Needs ``repa_encoder`` and a dataset with raw
     images (the embedded digits, or ``gat-sweep encode --keep-images``). On in the ImageNet
     presets, off in the embedded default."""
-    repa_encoder: str = ""
+    repa_encoder: str = _field("")
     """Absolute path to a local DINOv2 model directory (transformers ``Dinov2Model``
     ``save_pretrained``, e.g. of facebook/dinov2-base = ViT-B/14, the reference's encoder)."""
-    repa_dim: int = 768
+    repa_dim: int = _field(768, compute=True)
     """Projector output size = the encoder's hidden size (768 for DINOv2 ViT-B/14); checked
     against the encoder when it is loaded."""
-    repa_weight: float = 1.0
+    repa_weight: float = _field(1.0)
     """Weight of the alignment loss in the D loss (reference ``proj_coeff`` 1.0)."""
-    train_pos_embed: bool = False
+    train_pos_embed: bool = _field(False)
     """Train the sin-cos positional embeddings of G (its constant input tokens) and D. Off (the
     paper's fixed 2-D sin-cos embedding, as DiT): they stay at their initial values, receive no
     gradient and are left out of gradient clipping. On: the GAT reference's behaviour in effect
@@ -171,85 +190,102 @@ class TrainConfig:
     the sin-cos initialisation, as muP 'vector' parameters)."""
 
     # ---- optimisation (GAT_METHOD.md §5) ---------------------------------------------------
-    batch: int = 32
+    batch: int = _field(32, compute=True)
     """Global batch size in images per iteration."""
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    lr_mult_g: LRMultipliers = field(default_factory=LRMultipliers)
-    lr_mult_d: LRMultipliers = field(default_factory=LRMultipliers)
-    beta1: float = 0.0
-    beta2: float = 0.99
-    adam_eps: float = 1e-8
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
+    lr_g: float = _field(2e-4, sweep="lr.base_lrs / lr.rules")
+    """Generator learning rate (Adam; before the per-kind multipliers)."""
+    lr_d: float = _field(2e-4, sweep="lr.base_lrs / lr.rules")
+    """Discriminator learning rate (Adam; before the per-kind multipliers)."""
+    lr_mult_g: LRMultipliers = _field(factory=LRMultipliers, sweep="lr.rules")
+    """Per-parameter-kind multipliers of ``lr_g`` (muP-style rules; all 1 = one LR)."""
+    lr_mult_d: LRMultipliers = _field(factory=LRMultipliers, sweep="lr.rules")
+    """Per-parameter-kind multipliers of ``lr_d``."""
+    beta1: float = _field(0.0)
+    """Adam beta1 (GAT_METHOD.md §5: 0)."""
+    beta2: float = _field(0.99)
+    """Adam beta2 (0.99)."""
+    adam_eps: float = _field(1e-8)
+    """Adam epsilon."""
+    weight_decay: float = _field(0.0)
+    """AdamW weight decay (0)."""
+    grad_clip: float = _field(1.0)
+    """Gradient-norm clipping threshold of each network's optimised parameters."""
+    ema_decay: float = _field(0.999)
     """EMA decay of G per iteration (paper: 0.999 at batch 512)."""
-    ema_warmup: bool = False
+    ema_warmup: bool = _field(False)
     """Use ``min(ema_decay, (1 + t) / (10 + t))`` at iteration t (TensorFlow's
     ExponentialMovingAverage with ``num_updates``), so that a run of a few hundred iterations is
     not evaluated on an EMA still dominated by the initialisation. Off = the paper's constant."""
-    w_avg_beta: float = 0.995
+    w_avg_beta: float = _field(0.995)
+    """Decay of G's per-class running mean of w (truncation centre), per G step."""
 
     # ---- losses and regularisers (GAT_METHOD.md §4) ----------------------------------------
-    gamma_r1: float = 0.1
-    gamma_r2: float = 0.1
-    reg_mode: Literal["finite_difference", "exact"] = "finite_difference"
+    gamma_r1: float = _field(0.1, compute=True)
+    """R1 weight: the D loss adds gamma_r1 / 2 x the squared gradient norm on reals."""
+    gamma_r2: float = _field(0.1, compute=True)
+    """R2 weight: the same on fakes."""
+    reg_mode: Literal["finite_difference", "exact"] = _field("finite_difference", compute=True)
     """R1/R2 estimator: the reference's finite difference, or exact double backprop."""
-    reg_fd_eps: float = 0.01
-    reg_fd_precision: Literal["autocast", "fp32"] = "autocast"
+    reg_fd_eps: float = _field(0.01, compute=True)
+    """Step of the finite-difference R1/R2 (reference ``approximated_GP_std`` 0.01)."""
+    reg_fd_precision: Literal["autocast", "fp32"] = _field("autocast")
     """With precision 'bf16' and the finite-difference R1/R2: 'autocast' keeps the D step in bf16
     as the reference does (its published results came with it), although the penalty is then
     mostly the rounding of two nearly equal logits (R1 1.3-26x, R2 1.9-22x the fp32 value,
     benchmarks/fd_precision.py, docs/BENCHMARKS.md); 'fp32' runs the D step's forward (reals, fakes
     and their perturbed twins) in fp32, exact but slower on GPUs (not yet measured: run
     benchmarks/gpu.py --reg-fd-precision fp32). No effect in fp32 or with reg_mode 'exact'."""
-    augment: bool = True
+    augment: bool = _field(True, compute=True)
     """Latent DiffAugment (color, translation, cutout, flip) with probability 1."""
 
     # ---- budget and cadence -----------------------------------------------------------------
-    iterations: int = 100
+    iterations: int = _field(100, resumable=True, sweep="budget")
     """Training length in iterations (kimg = iterations * batch / 1000)."""
-    eval_every: int = 0
+    eval_every: int = _field(0, sweep="eval.every")
     """Evaluate FD/FID every this many iterations (0: only at the end; <0: never)."""
-    eval_samples: int = 1000
+    eval_samples: int = _field(1000, sweep="eval.samples")
     """Generated samples per evaluation (the '1k' / '5K' in the metric name)."""
-    eval_metric: Literal["auto", "fd_domain", "fid"] = "auto"
+    eval_metric: Literal["auto", "fd_domain", "fid"] = _field("auto", sweep="eval.metric")
     """'fid' needs local Inception weights (``inception_weights``); 'fd_domain' uses the dataset's
     own feature extractor; 'auto' picks fd_domain for the embedded default and fid otherwise."""
-    inception_weights: str = ""
+    inception_weights: str = _field("")
     """Absolute path to torch-fidelity's ``inception-v3-compat`` weights file (for FID)."""
-    fid_ref_npz: str = ""
+    fid_ref_npz: str = _field("")
     """Optional ADM-style reference statistics (.npz with mu, sigma)."""
-    truncation_psi: float = 0.0
+    truncation_psi: float = _field(0.0)
     """Truncation for evaluation samples; 0 = none (training-time FID uses 0)."""
-    ckpt_every: int = 50
+    ckpt_every: int = _field(50)
     """Checkpoint every this many iterations; the last iteration always checkpoints."""
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = _field(3)
     """Numbered checkpoints kept besides ``latest`` and ``best``."""
-    diag_every: int = 25
+    diag_every: int = _field(25)
     """Failure-mode diagnostics (early-block utilisation, update size) every this many iterations."""
-    log_every: int = 10
-    sample_every: int = 0
+    log_every: int = _field(10)
+    """Average the training statistics over, and log them every, this many iterations."""
+    sample_every: int = _field(0)
     """Write an EMA sample grid every this many iterations, besides one at every evaluation and at
     the end, also when evaluation is off (0: only those; <0: never, and the dataset's VAE is then
     not needed unless the run evaluates). Grids need a dataset with a VAE (not 'random')."""
-    diverge_loss: float = 100.0
+    diverge_loss: float = _field(100.0)
     """A D or G loss above this at any iteration ends the run as 'diverged' (RpGAN losses start at
     log 2 = 0.69; 100 means the real and fake logits are about 100 apart: a blow-up, not training).
     0: only non-finite losses count. A non-finite loss always ends the run."""
-    diverge_fd_ratio: float = 3.0
+    diverge_fd_ratio: float = _field(3.0)
     """An evaluation more than this many times the run's best so far ends the run as 'diverged'
     (an FD series 70, 52, 49, 480 has blown up). 0: off."""
 
     # ---- execution --------------------------------------------------------------------------
-    seed: int = 0
-    device: str = "auto"
+    seed: int = _field(0, sweep="seeds")
+    """Seed of the initialisation, the data draws and the augmentation/noise draws (per iteration)."""
+    device: str = _field("auto", resumable=True)
     """'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:N'."""
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16"] = _field("fp32")
     """bf16 = autocast on CUDA (master weights fp32)."""
-    grad_checkpointing: bool = False
-    compile: bool = False
-    num_threads: int = 0
+    grad_checkpointing: bool = _field(False)
+    """Recompute each block's activations in the backward pass (less memory, more time)."""
+    compile: bool = _field(False, resumable=True)
+    """``torch.compile`` both networks."""
+    num_threads: int = _field(0, resumable=True)
     """torch intra-op threads on CPU (0: leave torch's default)."""
 
     def __post_init__(self) -> None:
@@ -324,6 +360,20 @@ class TrainConfig:
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def _fields_with(key: str) -> dict[str, Any]:
+    """{field name: metadata value} of the TrainConfig fields whose ``key`` metadata is set."""
+    return {f.name: f.metadata[key] for f in dataclasses.fields(TrainConfig) if f.metadata.get(key)}
+
+
+COMPUTE_FIELDS = frozenset(_fields_with("compute"))
+"""TrainConfig fields that change the FLOPs of a training iteration."""
+RESUMABLE_FIELDS = frozenset(_fields_with("resumable"))
+"""TrainConfig fields that may change between a run directory and the call resuming it (a longer
+budget continues a finished run; execution settings may change between machines)."""
+SWEEP_FIELDS: dict[str, str] = _fields_with("sweep")
+"""TrainConfig fields a sweep sets itself -> the sweep-file key to use instead."""
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

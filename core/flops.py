@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.cache import atomic_write_bytes, cache_root, content_hash
-from core.config import TrainConfig
+from core.config import COMPUTE_FIELDS, TrainConfig
 
 if TYPE_CHECKING:
     import torch
@@ -92,16 +92,6 @@ def measure_iteration_flops(cfg: TrainConfig, device: torch.device | str = "meta
     return int(counter.get_total_flops())
 
 
-_COMPUTE_IRRELEVANT = (
-    "name", "dataset", "lr_g", "lr_d", "lr_mult_g", "lr_mult_d", "beta1", "beta2", "adam_eps", "weight_decay",
-    "grad_clip", "ema_decay", "ema_warmup", "w_avg_beta", "seed", "iterations", "eval_every", "eval_samples",
-    "eval_metric", "inception_weights", "fid_ref_npz", "truncation_psi", "ckpt_every", "keep_checkpoints",
-    "log_every", "diag_every", "sample_every", "device", "num_threads", "compile", "precision",
-    "grad_checkpointing", "diverge_loss", "diverge_fd_ratio", "reg_fd_precision", "train_pos_embed",
-    "repa_encoder", "repa_weight",
-)
-"""Fields that do not change the counted FLOPs; reset to their defaults so that configs differing
-only in them share one measurement (a learning-rate or muP sweep measures each architecture once)."""
 _MEASURED: dict[TrainConfig, int] = {}
 
 SMALL_MODEL_PARAMS = 20_000_000
@@ -195,6 +185,9 @@ def remember_flops(cfg: TrainConfig, flops_per_iter: int) -> None:
 
 
 def _architecture(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with every :data:`_COMPUTE_IRRELEVANT` field at its default: the measurement's key."""
+    """``cfg`` with every field outside :data:`core.config.COMPUTE_FIELDS` at its default: the
+    measurement's key, so that configs differing only in LRs, seeds or cadence (a learning-rate
+    or muP sweep) share one measurement."""
     defaults = TrainConfig()
-    return cfg.replace(**{name: getattr(defaults, name) for name in _COMPUTE_IRRELEVANT})
+    return cfg.replace(**{f.name: getattr(defaults, f.name) for f in fields(TrainConfig)
+                          if f.name not in COMPUTE_FIELDS})

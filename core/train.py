@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from core import diagnostics
 from core.cache import atomic_write_bytes, json_text
 from core.checkpoint import LATEST, load_checkpoint, save_checkpoint
-from core.config import ConfigError, TrainConfig
+from core.config import RESUMABLE_FIELDS, ConfigError, TrainConfig
 from core.evaluate import InvalidMetricError, make_evaluator, make_sampler
 from core.flops import FLOPS_CONVENTION, train_flops_per_iter
 from core.latents import load_latents
@@ -43,9 +43,6 @@ from core.repa import run_encoder
 from core.step import GATStep
 
 CONFIG_FILE, STATS_FILE, RESULT_FILE = "config.json", "stats.jsonl", "result.json"
-RESUMABLE_CHANGES = {"iterations", "device", "num_threads", "compile", "name"}
-"""Config fields that may differ between a run directory and a resuming call (a longer budget
-continues a finished run; execution settings may change between machines)."""
 DIAG_SAMPLES = 16
 
 
@@ -129,7 +126,7 @@ def _check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
         with contextlib.suppress(ConfigError, TypeError):  # a field it lacks ran with its default
             old = TrainConfig.from_dict(old).to_dict()
         new = cfg.to_dict()
-        diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+        diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k))
         if diff:
             raise ConfigError(
                 f"run directory {run_dir} holds a run with a different config (fields: "
