@@ -20,8 +20,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-PENALTY_MODES = ("finite_difference", "exact")
-
 
 def rpgan_d_loss(d_real: Tensor, d_fake: Tensor) -> Tensor:
     """Discriminator RpGAN loss ``mean(softplus(-(d_r - d_f)))`` (RpGAN objective, R3GAN).
@@ -41,34 +39,21 @@ def rpgan_g_loss(d_fake: Tensor, d_real: Tensor) -> Tensor:
     return F.softplus(-(d_fake - d_real.detach())).mean()
 
 
-def gradient_penalty(
-    d_of_x: Callable[[Tensor], Tensor],
-    x: Tensor,
-    mode: str = "finite_difference",
-    fd_eps: float = 0.01,
-    d_x: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Per-sample squared norm of D's gradient w.r.t. its clean input: R1 (reals) / R2 (fakes).
+def gradient_penalty(d_of_x: Callable[[Tensor], Tensor], x: Tensor, d_x: Tensor | None = None) -> Tensor:
+    """Per-sample ``||grad_x d_of_x(x)||^2`` by double backprop: the exact R1 (reals) / R2
+    (fakes) of Mescheder et al. 2018, "Which training methods for GANs do actually converge?"
+    (``reg_mode: exact``; create_graph, so D's parameters get gradients).
 
-    ``"exact"``: ``||grad_x d_of_x(x)||^2`` by double backprop (create_graph, so D's parameters
-    get gradients; R1/R2 of Mescheder et al. 2018, "Which training methods for GANs do actually
-    converge?"). If x requires grad and ``d_x`` is given, ``d_x`` is differentiated directly;
-    it must then have been computed from x under the math attention kernel, since PyTorch's
-    flash / memory-efficient attention have no double backward. Otherwise the forward is
-    recomputed here from a detached copy of x, under the math kernel.
-
-    ``"finite_difference"`` (the GAT reference's ``approximated_gradient_penalty``):
-    ``((d_of_x(x) - d_of_x(x + fd_eps * eps)) / fd_eps)^2`` with eps ~ N(0, I) shaped like x.
-    Since ``E[(g . eps)^2] = ||g||^2``, its mean over eps estimates the exact penalty up to
-    O(fd_eps^2). ``d_x`` is d_of_x(x) if already computed (saves a forward). The difference is
-    taken in D's output dtype: under bf16 autocast it is mostly rounding.
+    If x requires grad and ``d_x`` is given, ``d_x`` is differentiated directly; it must then have
+    been computed from x under the math attention kernel, since PyTorch's flash /
+    memory-efficient attention have no double backward. Otherwise the forward is recomputed here
+    from a detached copy of x, under the math kernel.
 
     d_of_x: maps clean data shaped like x to logits (N,), each sample's logit depending on that
-    sample only (per-sample gradients come from one backward of the sum). x: real latents (N, c, H, W) or the
-    fake stack (K, N, c, H, W) (batch on dim 0 resp. 1). generator: for eps, on x's device.
-    Returns the penalty per sample, (N,). Raises ValueError for an unknown ``mode``, a
-    non-positive ``fd_eps``, an x that is not 4-D/5-D, or logits that are not (N,).
+    sample only (per-sample gradients come from one backward of the sum). x: real latents
+    (N, c, H, W) or the fake stack (K, N, c, H, W) (batch on dim 0 resp. 1).
+    Returns the penalty per sample, (N,). Raises ValueError for an x that is not 4-D/5-D or
+    logits that are not (N,).
     """
     if x.ndim not in (4, 5):
         raise ValueError(
@@ -76,29 +61,22 @@ def gradient_penalty(
         )
     batch_dim = x.ndim - 4
     n = x.shape[batch_dim]
-    if mode == "exact":
-        if d_x is None or not x.requires_grad:
-            x = x.detach().requires_grad_(True)
-            with sdpa_kernel(SDPBackend.MATH):
-                d_x = d_of_x(x)
-        (grad,) = torch.autograd.grad(_checked(d_x, n).sum(), x, create_graph=True)
-        other_dims = [dim for dim in range(x.ndim) if dim != batch_dim]
-        return grad.square().sum(dim=other_dims)
-    if mode == "finite_difference":
-        if not fd_eps > 0:
-            raise ValueError(f"fd_eps must be positive, got {fd_eps}")
-        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        logits = _checked(d_of_x(x) if d_x is None else d_x, n)
-        shifted = _checked(d_of_x(x + fd_eps * eps), n)
-        return finite_difference_penalty(logits, shifted, fd_eps)
-    raise ValueError(f"unknown gradient penalty mode={mode!r}; choose one of {PENALTY_MODES}")
+    if d_x is None or not x.requires_grad:
+        x = x.detach().requires_grad_(True)
+        with sdpa_kernel(SDPBackend.MATH):
+            d_x = d_of_x(x)
+    (grad,) = torch.autograd.grad(_checked(d_x, n).sum(), x, create_graph=True)
+    other_dims = [dim for dim in range(x.ndim) if dim != batch_dim]
+    return grad.square().sum(dim=other_dims)
 
 
 def finite_difference_penalty(d_x: Tensor, d_shifted: Tensor, fd_eps: float) -> Tensor:
-    """``((D(E(x)) - D(E(x + fd_eps * eps))) / fd_eps)^2`` per sample from the two logits (N,).
-
-    The GAT reference's R1/R2 estimator; callers that batch both branches into one D forward
-    use this directly (see :func:`gradient_penalty` for the estimator's meaning).
+    """``((D(x) - D(x + fd_eps * eps)) / fd_eps)^2`` per sample from the two logits (N,), with
+    eps ~ N(0, I) shaped like x and both branches under the same augmentation and MNG noise: the
+    GAT reference's R1/R2 estimator (``approximated_gradient_penalty``; ``reg_mode:
+    finite_difference``). Since ``E[(g . eps)^2] = ||g||^2``, its mean over eps estimates
+    :func:`gradient_penalty` up to O(fd_eps^2). The difference is taken in D's output dtype:
+    under bf16 autocast it is mostly rounding (``reg_fd_precision``).
     """
     return ((d_x - d_shifted) / fd_eps).square()
 

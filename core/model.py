@@ -290,21 +290,10 @@ class Generator(nn.Module):
         means = sums[present] / counts[present, None]
         self.w_avg[present] = torch.lerp(means, self.w_avg[present], self.w_avg_beta)
 
-    def guide(self, w: Tensor, z: Tensor, y: Tensor, psi: float, guidance: float) -> Tensor:
-        """Truncation and w-space guidance (reference ``forward``).
-
-        Truncation: ``w <- lerp(w, w_avg[y], psi)`` (psi 0 = none). Guidance: with ``w_null`` the
-        mean over all classes of the style of the same z, ``w <- w_null + guidance * (w - w_null)``
-        (guidance 1 = none). Shapes: w (N, C), z (N, z_dim), y (N,).
-        """
-        if psi:
-            w = torch.lerp(w, self.w_avg[y], psi)
-        if guidance != 1.0:
-            n, k = z.shape[0], self.num_classes
-            all_classes = torch.arange(k, device=y.device).repeat(n)
-            w_null = self.style(z.repeat_interleave(k, dim=0), all_classes).view(n, k, -1).mean(1)
-            w = w_null + guidance * (w - w_null)
-        return w
+    def truncate(self, w: Tensor, y: Tensor, psi: float) -> Tensor:
+        """Truncation towards the class's running mean (reference ``forward``):
+        ``w <- lerp(w, w_avg[y], psi)``, psi 0 = none. Shapes: w (N, C), y (N,)."""
+        return torch.lerp(w, self.w_avg[y], psi) if psi else w
 
     # -- synthesis -----------------------------------------------------------------------------
     def unpatchify(self, x: Tensor) -> Tensor:
@@ -331,9 +320,7 @@ class Generator(nn.Module):
                 head_idx += 1
         return torch.stack(levels, dim=0)
 
-    def forward(
-        self, z: Tensor, y: Tensor, psi: float = 0.0, guidance: float = 1.0, update_w_avg: bool = False
-    ) -> Tensor:
+    def forward(self, z: Tensor, y: Tensor, psi: float = 0.0, update_w_avg: bool = False) -> Tensor:
         """z: (N, z_dim) float, y: (N,) int64 -> (K=4, N, c, H, W) accumulated MNG levels.
 
         The last level ``[-1]`` is the sample; evaluation uses :meth:`sample`.
@@ -341,11 +328,11 @@ class Generator(nn.Module):
         w = self.style(z, y)
         if update_w_avg:
             self.update_w_avg(w, y)
-        return self.synthesize(self.guide(w, z, y, psi, guidance))
+        return self.synthesize(self.truncate(w, y, psi))
 
-    def sample(self, z: Tensor, y: Tensor, psi: float = 0.0, guidance: float = 1.0) -> Tensor:
+    def sample(self, z: Tensor, y: Tensor, psi: float = 0.0) -> Tensor:
         """Final level only: (N, z_dim), (N,) -> (N, c, H, W)."""
-        return self.forward(z, y, psi=psi, guidance=guidance)[-1]
+        return self.forward(z, y, psi=psi)[-1]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -220,7 +220,7 @@ class GATStep:
                 if fd:
                     penalty = finite_difference_penalty(logits[i], logits[2 + i], cfg.reg_fd_eps)
                 else:
-                    penalty = gradient_penalty(lambda _: logits[i], data, mode="exact", d_x=logits[i])
+                    penalty = gradient_penalty(lambda _: logits[i], data, d_x=logits[i])
                 total = total + gamma / 2 * penalty.mean()
                 stats[key] = penalty.mean().detach()
             self.opt_d.zero_grad(set_to_none=True)

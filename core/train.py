@@ -397,7 +397,7 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
             checkpoint = save_checkpoint(
                 {"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
                  "opt_g": step.opt_g.state_dict(), "opt_d": step.opt_d.state_dict(),
-                 "iteration": done_it, "kimg": done_it * cfg.batch / 1000.0, "best": best,
+                 "iteration": done_it, "best": best,
                  "window": window, "window_iters": window_iters,
                  "last": {**last, **with_progress(done_it, metrics)},  # as emitted just below
                  "config": cfg.to_dict(), "reporter": reporter.state_dict()},

@@ -9,11 +9,19 @@ from pathlib import Path
 from scaling.tune import ATTEMPTS_FILE, TRIALS_DIR
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct TCP ports on 127.0.0.1 that nothing listens on right now: all n sockets stay
+    bound until every port is picked, so two calls cannot return the same port. (Another process
+    may still take one before the caller binds it; servers that need a port get one this way
+    because they cannot be handed a bound socket.)"""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def attempts(out: Path, trial: str) -> list[dict]:

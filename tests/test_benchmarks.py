@@ -80,7 +80,7 @@ def test_evaluation_benchmark_runs_on_tiny_digits(tiny_digits_cache):
     lines = out.splitlines()
     assert lines[0].startswith("torch threads 1, 64 samples per evaluation; reference statistics")
     figures = json.loads(lines[-1])
-    assert figures["reference_cold_s"] > figures["reference_cached_s"] > 0
+    assert figures["reference_cold_s"] > 0 and figures["reference_cached_s"] > 0  # times, not compared: no timed tests
     (row,) = figures["rows"]
     assert row["width"] == 16 and row["images_per_s"] == pytest.approx(64 / row["eval_s"], rel=0.01)
     # trial_s and trial_eval_s are printed rounded to 0.01 s, eval_share from the unrounded times

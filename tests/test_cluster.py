@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import attempts, free_port
+from helpers import attempts, free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,7 @@ def cluster(tmp_path_factory, tiny_digits_cache):
     inherit the tiny digits cache's environment."""
     logs = tmp_path_factory.mktemp("cluster")
     temp = Path(f"/tmp/rt{uuid.uuid4().hex[:6]}")  # Ray's socket paths must stay short
-    mlflow_port, ray_port = free_port(), free_port()
+    mlflow_port, ray_port = free_ports(2)
     procs = [start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
                     "--workers", "1", "--backend-store-uri", f"sqlite:///{logs / 'mlflow.db'}",
                     "--artifacts-destination", str(logs / "artifacts")], logs / "mlflow.log")]

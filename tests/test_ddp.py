@@ -14,7 +14,6 @@ import torch.multiprocessing as mp
 from core import train as train_mod
 from core.checkpoint import load_checkpoint
 from core.config import NetConfig, TrainConfig
-from helpers import free_port
 
 WORLD = 2
 NET = NetConfig(width=32, depth=4, heads=2)
@@ -22,7 +21,7 @@ CFG = TrainConfig(name="ddp", dataset="random", g=NET, d=NET, d_proj_dim=32, bat
                   eval_every=-1, log_every=1, diag_every=2, seed=5)
 
 
-def worker(rank: int, port: int, tmp: str) -> None:
+def worker(rank: int, tmp: str) -> None:
     """One rank: train, then save its status and final G / D parameters to ``tmp/rank<r>.pt``.
 
     Parameters only: the buffer ``G.w_avg`` (per-class running mean of w, for truncation) is
@@ -30,9 +29,10 @@ def worker(rank: int, port: int, tmp: str) -> None:
     the last G step it is rank-local, as in the reference implementation (there DDP does not
     broadcast buffers at all); rank 0's copy is the one checkpointed.
     """
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+    # A file store, not a TCP port: no port to race for with other processes.
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
     built = []  # the (G, D) that train() builds and trains (DDP wraps these very modules)
     G_init = {}
 
@@ -55,7 +55,7 @@ def worker(rank: int, port: int, tmp: str) -> None:
 
 @pytest.mark.timeout(180)
 def test_two_rank_ddp_training_keeps_ranks_identical(tmp_path):
-    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(worker, args=(str(tmp_path),), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert [(r["status"], r["iterations"]) for r in ranks] == [("finished", 3)] * WORLD
 

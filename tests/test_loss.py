@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from core.augment import AugmentParams, apply_augment, sample_augment
 from core.config import NetConfig, TrainConfig
-from core.loss import gradient_penalty, rpgan_d_loss, rpgan_g_loss
+from core.loss import finite_difference_penalty, gradient_penalty, rpgan_d_loss, rpgan_g_loss
 from core.mng import nested_noise, noise_levels, perturb
 from core.model import Discriminator
 
@@ -56,6 +56,12 @@ def test_g_loss_has_no_gradient_into_the_real_logits():
     torch.testing.assert_close(d_fake.grad, -torch.sigmoid(torch.tensor([3.0, -1.0])) / 2)
 
 
+def fd_penalty(d_of_x, x, generator, fd_eps=0.01):
+    """The finite-difference R1/R2 of one eps draw from ``generator``, as the D step forms it."""
+    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    return finite_difference_penalty(d_of_x(x), d_of_x(x + fd_eps * eps), fd_eps)
+
+
 # ---- exact penalty: analytic cases ---------------------------------------------------------
 def test_exact_penalty_of_a_linear_d_is_the_squared_weight_norm():
     gen = torch.Generator().manual_seed(0)
@@ -65,10 +71,10 @@ def test_exact_penalty_of_a_linear_d_is_the_squared_weight_norm():
         return (as_levels(x) * w.unsqueeze(1)).sum(dim=(0, 2, 3, 4))
 
     fake = torch.randn(K, 5, 2, 3, 3, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(gradient_penalty(d_of_x, fake, mode="exact"), w.square().sum().expand(5))
+    torch.testing.assert_close(gradient_penalty(d_of_x, fake), w.square().sum().expand(5))
     # A real batch is repeated to K levels, so its gradient is the sum of the level weights.
     real = torch.randn(5, 2, 3, 3, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(gradient_penalty(d_of_x, real, mode="exact"),
+    torch.testing.assert_close(gradient_penalty(d_of_x, real),
                                w.sum(0).square().sum().expand(5))
 
 
@@ -81,12 +87,12 @@ def test_exact_penalty_of_a_quadratic_d():
         return 0.5 * (a * v.square()).sum(dim=(1, 2, 3))
 
     expected = (a * x).square().sum(dim=(1, 2, 3))
-    torch.testing.assert_close(gradient_penalty(d_of_x, x, mode="exact"), expected)
+    torch.testing.assert_close(gradient_penalty(d_of_x, x), expected)
     # Reusing d_x computed from an x that requires grad gives the same value.
     leaf = x.clone().requires_grad_(True)
-    torch.testing.assert_close(gradient_penalty(d_of_x, leaf, mode="exact", d_x=d_of_x(leaf)), expected)
+    torch.testing.assert_close(gradient_penalty(d_of_x, leaf, d_x=d_of_x(leaf)), expected)
     # A d_x without a graph to x is ignored and the forward recomputed.
-    torch.testing.assert_close(gradient_penalty(d_of_x, x, mode="exact", d_x=d_of_x(x)), expected)
+    torch.testing.assert_close(gradient_penalty(d_of_x, x, d_x=d_of_x(x)), expected)
 
 
 def test_finite_difference_of_a_linear_d_is_the_squared_directional_derivative():
@@ -97,7 +103,7 @@ def test_finite_difference_of_a_linear_d_is_the_squared_directional_derivative()
     def d_of_x(v):
         return (v * w).sum(dim=(1, 2, 3))
 
-    fd = gradient_penalty(d_of_x, x, fd_eps=0.01, generator=torch.Generator().manual_seed(9))
+    fd = fd_penalty(d_of_x, x, torch.Generator().manual_seed(9))
     eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     torch.testing.assert_close(fd, (eps * w).sum(dim=(1, 2, 3)).square(), rtol=1e-9, atol=0)
 
@@ -109,10 +115,10 @@ def test_penalty_gradients_reach_d_parameters_in_both_modes():
     def d_of_x(v):
         return (v * w).sum(dim=(1, 2, 3))
 
-    gradient_penalty(d_of_x, x, mode="exact").mean().backward()  # mean ||w||^2 -> 2 w
+    gradient_penalty(d_of_x, x).mean().backward()  # mean ||w||^2 -> 2 w
     torch.testing.assert_close(w.grad, 2 * w.detach())
     w.grad = None
-    gradient_penalty(d_of_x, x, generator=torch.Generator().manual_seed(4)).mean().backward()
+    fd_penalty(d_of_x, x, torch.Generator().manual_seed(4)).mean().backward()
     eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     directional = (eps * w.detach()).sum(dim=(1, 2, 3))  # mean (w . eps)^2 -> mean 2 (w . eps) eps
     torch.testing.assert_close(w.grad, (2 * directional.view(3, 1, 1, 1) * eps).mean(0, keepdim=True))
@@ -131,11 +137,10 @@ def test_finite_difference_matches_exact_on_a_tanh_mlp(fake):
     def d_of_x(v):
         return mlp(flat_input(v)).squeeze(1)
 
-    exact = gradient_penalty(d_of_x, x, mode="exact")
+    exact = gradient_penalty(d_of_x, x)
     # Many eps draws at once: each sample repeated `draws` times along the batch dim.
     batch_dim = x.ndim - 4
-    fd = gradient_penalty(d_of_x, x.repeat_interleave(draws, dim=batch_dim),
-                          generator=torch.Generator().manual_seed(5))
+    fd = fd_penalty(d_of_x, x.repeat_interleave(draws, dim=batch_dim), torch.Generator().manual_seed(5))
     # Each draw is ||g||^2 chi^2_1-distributed (relative std sqrt 2): the mean of 20k has 1% error.
     torch.testing.assert_close(fd.view(n, draws).mean(1), exact, rtol=0.04, atol=0)
 
@@ -171,13 +176,13 @@ def test_finite_difference_matches_exact_on_the_gat_discriminator(fake):
     noise = nested_noise((K, n, 4, 8, 8), noise_levels(), generator=gen)
     y = torch.tensor([1, 7])
     d_of_x = gat_d_of_x(D, params, noise, y)
-    exact = gradient_penalty(d_of_x, x, mode="exact")
+    exact = gradient_penalty(d_of_x, x)
 
     batch_dim = x.ndim - 4
     many = gat_d_of_x(D, repeat_params(params, draws), noise.repeat_interleave(draws, dim=1),
                       y.repeat_interleave(draws))
     x_many = x.repeat_interleave(draws, dim=batch_dim)
-    fd = gradient_penalty(many, x_many, generator=torch.Generator().manual_seed(8)).detach()
+    fd = fd_penalty(many, x_many, torch.Generator().manual_seed(8)).detach()
     # Loose: the mean of 256 chi^2_1 draws has ~9% relative error.
     torch.testing.assert_close(fd.view(n, draws).mean(1), exact.detach(), rtol=0.3, atol=0)
     # Sharp, draw by draw: sqrt(FD) is |g . eps| up to the curvature term O(fd_eps).
@@ -197,7 +202,8 @@ def test_gat_discriminator_parameters_get_penalty_gradients(mode):
     fake = torch.randn(K, 3, 4, 8, 8, generator=gen)
     noise = nested_noise((K, 3, 4, 8, 8), noise_levels(), generator=gen)
     d_of_x = gat_d_of_x(D, sample_augment(3, 8, generator=gen), noise, torch.tensor([0, 1, 2]))
-    gradient_penalty(d_of_x, fake, mode=mode, generator=gen).mean().backward()
+    penalty = gradient_penalty(d_of_x, fake) if mode == "exact" else fd_penalty(d_of_x, fake, gen)
+    penalty.mean().backward()
     trainable = {name: p for name, p in D.named_parameters() if p.requires_grad}
     # head.bias shifts the logit by a constant (sum(bias * cmap)), so neither grad_x d nor
     # d(x) - d(x + h eps) depends on it: no gradient when exact, a zero one with finite differences.
@@ -214,10 +220,6 @@ def test_penalty_input_errors():
         return v.flatten(1).sum(1)
 
     x = torch.zeros(2, 1, 2, 2)
-    with pytest.raises(ValueError, match="mode='r1'"):
-        gradient_penalty(d_of_x, x, mode="r1")
-    with pytest.raises(ValueError, match="fd_eps"):
-        gradient_penalty(d_of_x, x, fd_eps=0.0)
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         gradient_penalty(lambda v: v.flatten(1), x)
     with pytest.raises(ValueError, match=r"\(K, N, c, H, W\)"):

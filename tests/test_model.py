@@ -107,7 +107,18 @@ def test_generator_levels_accumulate_and_shapes():
     w = G.style(z, y)
     levels = G.synthesize(w)
     assert levels.shape == (4, 3, 4, 8, 8)
-    # x_k = x_{k-1} + head_k: reconstruct head 2's own output from the blocks.
+    # x_k = x_{k-1} + head_k: each head's own output, read off the token stream after the block
+    # it follows (G.head_after), is the difference of consecutive levels.
+    x = G.pos_embed.unsqueeze(0).expand(3, -1, -1)
+    heads = []
+    for i, block in enumerate(G.blocks):
+        x = block(x, w, G.rope_cos, G.rope_sin)
+        if i in G.head_after:
+            heads.append(G.unpatchify(G.heads[G.head_after.index(i)](x, w)))
+    assert G.head_after == [0, 1, 2, 3]  # depth 4: a head after every block
+    torch.testing.assert_close(levels[0], heads[0])
+    for k in range(1, 4):
+        torch.testing.assert_close(levels[k] - levels[k - 1], heads[k], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(G.sample(z, y), levels[-1])
     assert D(torch.cat(list(levels), 1), y).shape == (3,)
 
@@ -121,8 +132,9 @@ def test_truncation_and_w_avg():
     # beta 0.995 from zeros: w_avg[c] = 0.005 * mean(w[y == c]); untouched classes stay 0.
     torch.testing.assert_close(G.w_avg[1], 0.005 * w[:2].mean(0))
     assert G.w_avg[0].abs().sum() == 0
-    torch.testing.assert_close(G.guide(w, z, y, psi=1.0, guidance=1.0), G.w_avg[y])
-    torch.testing.assert_close(G.guide(w, z, y, psi=0.0, guidance=1.0), w)
+    torch.testing.assert_close(G.truncate(w, y, psi=1.0), G.w_avg[y])
+    torch.testing.assert_close(G.truncate(w, y, psi=0.5), (w + G.w_avg[y]) / 2)
+    assert G.truncate(w, y, psi=0.0) is w
 
 
 def test_init_scales():
