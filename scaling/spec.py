@@ -49,7 +49,7 @@ from pydantic import (
     model_validator,
 )
 
-from core.config import MNG_LEVELS, SIZES, ConfigError, TrainConfig
+from core.config import MNG_LEVELS, SIZES, SWEEP_FIELDS, ConfigError, TrainConfig
 from core.metrics import feature_dim, resolve_metric
 from core.presets import PRESETS, get_preset
 from scaling.lr_rules import WIDTH_AWARE_RULES
@@ -66,24 +66,6 @@ EMBEDDED_DATASETS = ("digits", "random")
 
 LR_RULE_NAMES = ("constant", "gat", "mup")
 """Names of the rules in ``scaling.lr_rules.RULES`` (kept literal here for the JSON schema)."""
-
-# TrainConfig fields a sweep sets itself, with the sweep key to use instead.
-GRID_FIELDS: dict[str, str] = {
-    "name": "name (trial names are derived from the grid)",
-    "dataset": "dataset",
-    "g": "model",
-    "d": "model.discriminator",
-    "patch": "model.patch",
-    "lr_g": "lr.base_lrs / lr.rules",
-    "lr_d": "lr.base_lrs / lr.rules",
-    "lr_mult_g": "lr.rules",
-    "lr_mult_d": "lr.rules",
-    "iterations": "budget",
-    "seed": "seeds",
-    "eval_every": "eval.every",
-    "eval_samples": "eval.samples",
-    "eval_metric": "eval.metric",
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,7 +288,7 @@ def _train_overrides_model() -> type[BaseModel]:
     fields: dict[str, Any] = {
         f.name: (hints[f.name] | None, None)
         for f in dataclasses.fields(TrainConfig)
-        if f.name not in GRID_FIELDS
+        if f.name not in SWEEP_FIELDS
     }
     return create_model(
         "TrainOverrides",
@@ -532,8 +514,8 @@ def format_errors(err: ValidationError) -> str:
 
 def _unknown_key_message(loc: list[str]) -> str:
     key = loc[-1]
-    if loc[:1] == ["train"] and len(loc) == 2 and key in GRID_FIELDS:
-        return f"set by the sweep itself: use {GRID_FIELDS[key]} instead of train.{key}"
+    if loc[:1] == ["train"] and len(loc) == 2 and key in SWEEP_FIELDS:
+        return f"set by the sweep itself: use {SWEEP_FIELDS[key]} instead of train.{key}"
     known = _keys_at(loc[:-1])
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(known)})"
