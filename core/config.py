@@ -247,7 +247,10 @@ class TrainConfig:
     """Generated samples per evaluation (the '1k' / '5K' in the metric name)."""
     eval_metric: Literal["auto", "fd_domain", "fid"] = _field("auto", sweep="eval.metric")
     """'fid' needs local Inception weights (``inception_weights``); 'fd_domain' uses the dataset's
-    own feature extractor; 'auto' picks fd_domain for the embedded default and fid otherwise."""
+    own classifier as feature extractor (the digits' classifier, or for an encoded folder one
+    trained on its own images and labels on first use, cached under ``<cache>/domain/``); 'auto'
+    picks fd_domain for the embedded default, and for an encoded folder fid when
+    ``inception_weights`` is set and fd_domain otherwise (no download)."""
     inception_weights: str = _field("")
     """Absolute path to torch-fidelity's ``inception-v3-compat`` weights file (for FID)."""
     fid_ref_npz: str = _field("")

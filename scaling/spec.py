@@ -260,7 +260,9 @@ class EvalSpec(_Strict):
     every: int = Field(0, ge=-1)
     """Iterations between evaluations; 0 = only at the end, -1 = never."""
     metric: Literal["auto", "fd_domain", "fid"] = "auto"
-    """fd_domain (the dataset's own feature extractor), fid (local Inception weights), or auto."""
+    """fd_domain (the dataset's own classifier: the digits', or one trained on an encoded folder),
+    fid (local Inception weights), or auto (fid for a folder with train.inception_weights,
+    fd_domain otherwise)."""
     samples: PositiveInt = 1000
     """Generated samples per evaluation (the 5K in FID-5K)."""
 

@@ -60,6 +60,7 @@ from core.cache import atomic_write_bytes
 from core.config import ConfigError, TrainConfig, flatten
 from core.encode import MANIFEST
 from core.flops import remember_flops
+from core.metrics import resolve_metric
 from core.train import RESULT_FILE, STATS_FILE, Report, TrainResult, train
 from scaling.grid import (
     ATTEMPTS_FILE,
@@ -367,7 +368,7 @@ def _check_inputs(cfg: TrainConfig) -> None:
     Raises FileNotFoundError for a missing dataset directory or manifest, ConfigError naming a
     weights file that is missing or cannot be loaded or a dataset without the images repa needs.
     """
-    from core.evaluate import check_inception_weights, resolve_metric
+    from core.evaluate import check_inception_weights
 
     if cfg.dataset == "random":
         return
@@ -403,8 +404,9 @@ def _check_inputs(cfg: TrainConfig) -> None:
 
 
 def _prepare_data(cfg: TrainConfig) -> None:
-    """Prepare what all trials share before any starts, so that trials do not race for it: the
-    embedded digits dataset and its reference statistics (cached on first use)."""
+    """Prepare what all trials share before any starts, so that trials do not repeat or race for
+    it: the embedded digits dataset and its reference statistics, or an encoded folder's domain
+    classifier (each cached on first use)."""
     if cfg.dataset == "digits":
         from core.evaluate import make_evaluator
         from core.latents import load_latents
@@ -412,6 +414,10 @@ def _prepare_data(cfg: TrainConfig) -> None:
         data = load_latents(cfg)  # builds the embedded dataset's cache on first use
         if cfg.eval_every >= 0:
             make_evaluator(cfg, data, torch.device("cpu"))  # caches the reference statistics
+    elif cfg.eval_every >= 0 and resolve_metric(cfg.eval_metric, "encoded", cfg.inception_weights) == "fd_domain":
+        from core.evaluate import prepare_folder_classifier
+
+        prepare_folder_classifier(Path(cfg.dataset))  # not load_latents: the driver needs no latents
 
 
 def _check_writable(out: Path, tracking_uri: str) -> None:

@@ -163,3 +163,17 @@ def test_image_folder_to_falling_domain_fd_through_the_cli(digits_image_folder, 
     grids = sorted((run / "samples").glob("iter_*.png"))
     assert [p.name for p in grids] == ["iter_0000100.png", "iter_0000200.png", "iter_0000300.png"]
     assert Image.open(grids[-1]).size == (8 * 34 + 2, 10 * 34 + 2)  # 8 samples x 10 classes of 32 px
+
+
+def test_sweep_driver_trains_the_folder_classifier_once_before_trials(encoded_digits_folder, monkeypatch):
+    """A folder sweep evaluated with fd_domain gets its classifier from the driver, so the trials
+    only read the cache entry (they would otherwise each train a copy at once)."""
+    from scaling import tune
+
+    calls = []
+    monkeypatch.setattr(evaluate_mod, "prepare_folder_classifier", lambda root, *a, **k: calls.append(root))
+    base = TrainConfig(dataset=str(encoded_digits_folder), eval_every=0)
+    tune._prepare_data(base)
+    tune._prepare_data(base.replace(eval_every=-1))  # no evaluation: nothing to prepare
+    tune._prepare_data(base.replace(eval_metric="fid", inception_weights="/w/inception.pth"))
+    assert calls == [encoded_digits_folder]
