@@ -72,15 +72,13 @@ def center_crop_arr(image: Image.Image, resolution: int) -> Image.Image:
 
 
 class CenterCropToTensor:
-    """Transform: PIL image -> :func:`center_crop_arr` -> tensor (3, R, R), uint8 in [0, 255]
-    (``as_uint8=True``) or float32 in [-1, 1]."""
+    """Transform: PIL image -> :func:`center_crop_arr` -> uint8 tensor (3, R, R) in [0, 255]."""
 
-    def __init__(self, resolution: int, as_uint8: bool) -> None:
-        self.resolution, self.as_uint8 = resolution, as_uint8
+    def __init__(self, resolution: int) -> None:
+        self.resolution = resolution
 
     def __call__(self, image: Image.Image) -> Tensor:
-        pixels = torch.from_numpy(np.asarray(center_crop_arr(image, self.resolution)).copy()).permute(2, 0, 1)
-        return pixels if self.as_uint8 else from_uint8(pixels)
+        return torch.from_numpy(np.asarray(center_crop_arr(image, self.resolution)).copy()).permute(2, 0, 1)
 
 
 def read_rgb(path: str) -> Image.Image:
@@ -96,15 +94,16 @@ def read_rgb(path: str) -> Image.Image:
                          "command again (finished shards are kept)") from None
 
 
-def image_folder(images_dir: Path, resolution: int, as_uint8: bool = False) -> ImageFolder:
-    """torchvision ``ImageFolder`` over ``images_dir`` with the ADM crop; items are (image, label).
+def image_folder(images_dir: Path, resolution: int) -> ImageFolder:
+    """torchvision ``ImageFolder`` over ``images_dir`` with the ADM crop; items are (uint8 image
+    (3, R, R), label).
 
     Raises FileNotFoundError naming the directory if it is missing or has no class folders/images;
     reading an item raises ValueError naming the file if it is corrupt (:func:`read_rgb`).
     """
     if not Path(images_dir).is_dir():
         raise FileNotFoundError(f"image folder {images_dir} does not exist")
-    return ImageFolder(str(images_dir), transform=CenterCropToTensor(resolution, as_uint8), loader=read_rgb)
+    return ImageFolder(str(images_dir), transform=CenterCropToTensor(resolution), loader=read_rgb)
 
 
 @dataclass(frozen=True)
@@ -166,7 +165,7 @@ def encode_folder(
         if value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
     images_dir, out_dir = Path(images_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
-    dataset = image_folder(images_dir, resolution, as_uint8=True)
+    dataset = image_folder(images_dir, resolution)
     files = [str(Path(path).relative_to(images_dir)) for path, _ in dataset.samples]
     settings = {"format": FORMAT, "files": files, "labels": dataset.targets, "classes": dataset.classes,
                 "vae": vae, "resolution": resolution, "precision": precision, "shard_size": shard_size}

@@ -226,7 +226,7 @@ class FolderImages(Dataset):
     """Selected images of an ImageFolder, ADM-cropped, as uint8 (3, R, R) tensors."""
 
     def __init__(self, images_dir: Path, resolution: int, indices: list[int]) -> None:
-        self.folder = image_folder(images_dir, resolution, as_uint8=True)
+        self.folder = image_folder(images_dir, resolution)
         self.indices = indices
 
     def __len__(self) -> int:
@@ -299,7 +299,7 @@ def _train_folder_classifier(out: Path, manifest: dict, images_dir: Path, settin
         raise ConfigError(f"{images_dir} holds {len(indices)} image(s); its domain classifier needs at least 2 "
                           "(one to train on, one held out)")
     images, labels = [], []
-    loader = DataLoader(Subset(image_folder(images_dir, resolution, as_uint8=True), indices), batch_size=EVAL_BATCH)
+    loader = DataLoader(Subset(image_folder(images_dir, resolution), indices), batch_size=EVAL_BATCH)
     with tqdm(total=len(indices), desc="folder classifier: reading images", unit="img",
               disable=None if progress else True) as bar:
         for batch_images, batch_labels in loader:
