@@ -1,13 +1,13 @@
 """The GAT paper's published scaling-study points, their training compute, and a fit of them.
 
-Points (GAT_METHOD.md §7; Hyun et al. 2025, scaling study): FID-50K of GAT-S/2, B/2, L/2, XL/2
+Points (docs/METHOD.md §7; Hyun et al. 2025, scaling study): FID-50K of GAT-S/2, B/2, L/2, XL/2
 after 50K iterations at batch 512: 15.2, 9.5, 4.6, 4.0. The paper reports the compute law
 ``FID ~ 3.52e5 * C^-0.456`` with C in training GFLOPs (ICML version) without stating how it
 counts C, so the compute here is an **estimate from the published forward costs, not a
 measurement**:
 
 * forward cost of G's transformer blocks per image, ``M_G`` = 6.1 / 23 / 80 / 118 GMACs for
-  S/B/L/XL at /2 (GAT_METHOD.md §6, DiT convention);
+  S/B/L/XL at /2 (docs/METHOD.md §6, DiT convention);
 * D's blocks have G's depth and width and 256 + 1 (CLS) tokens, so ``M_D = M_G`` (< 1% off);
   embeddings, heads, the mapping network and D's class projection are left out (< 1%), and so are
   the frozen VAE encoder and the optional REPA/DINOv2 features;

@@ -1,4 +1,4 @@
-"""Differentiable augmentation of latents (DiffAugment, Zhao et al. 2020; GAT_METHOD.md §4).
+"""Differentiable augmentation of latents (DiffAugment, Zhao et al. 2020; docs/METHOD.md §4).
 
 Policy ``color, translation, cutout, flip`` applied with probability 1, as in the GAT reference
 (``losses/diffaug.py``, ``losses/Rp_loss.py``). Parameters are drawn once per sample by
@@ -105,7 +105,7 @@ def apply_augment(x: Tensor, params: AugmentParams, color_reference: Tensor | No
     ``color_reference`` (x's shape; default x): the input whose last level gives the colour op's
     means. The finite-difference R1/R2 branch ``x + fd_eps * eps`` passes the clean x, because
     the reference stores the means with the augmentation parameters and reuses them there
-    (GAT_METHOD.md §4, "R1/R2 finite difference, exact detail").
+    (docs/METHOD.md §4, "R1/R2 finite difference, exact detail").
 
     Colour, as the reference's ``rand_brightness_saturation_contrast`` computes it (it differs
     from applying DiffAugment's three ops in turn: the brightness offset ends up scaled by the

@@ -5,8 +5,10 @@ Every field a trial can vary lives here, with its default taken from the paper
 authors' reference implementation (github.com/hse1032/GAT). Configs are validated in
 ``__post_init__``: an impossible combination raises :class:`ConfigError` naming the field.
 
-``TrainConfig.to_dict()`` / ``TrainConfig.from_dict()`` round-trip through plain JSON types,
-which is how a config travels to a Ray Tune trial and into ``config.json`` of a run directory.
+``TrainConfig.to_dict()`` / ``TrainConfig.from_dict()`` round-trip through plain JSON types:
+how a config is written to ``config.json`` of a run directory, to ``sweep.json`` and to MLflow
+(flattened). Ray Tune trials receive the ``TrainConfig`` objects themselves, inside the sweep
+plan (``scaling.tune``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 MNG_LEVELS = 4
-"""Number of MNG output heads / noise levels K (GAT_METHOD.md §1, §3)."""
+"""Number of MNG output heads / noise levels K (docs/METHOD.md §1, §3)."""
 
-# name -> (depth, width, heads); GAT_METHOD.md §6, the paper's Table 1.
+# name -> (depth, width, heads); docs/METHOD.md §6, the paper's Table 1.
 SIZES: dict[str, tuple[int, int, int]] = {
     "S": (12, 384, 6),
     "B": (12, 768, 12),
@@ -158,9 +160,9 @@ class TrainConfig:
 
     # ---- model ------------------------------------------------------------------------------
     g: NetConfig = _field(factory=NetConfig, compute=True, sweep="model")
-    """Generator shape (GAT_METHOD.md §1)."""
+    """Generator shape (docs/METHOD.md §1)."""
     d: NetConfig = _field(factory=NetConfig, compute=True, sweep="model.discriminator")
-    """Discriminator shape (GAT_METHOD.md §2)."""
+    """Discriminator shape (docs/METHOD.md §2)."""
     patch: int = _field(2, compute=True, sweep="model.patch")
     """Patch size p (the '/2' in GAT-B/2), shared by G and D."""
     z_dim: int = _field(64, compute=True)
@@ -189,7 +191,7 @@ class TrainConfig:
     (its optimisers hold both and it re-enables their gradients every step, so they train from
     the sin-cos initialisation, as muP 'vector' parameters)."""
 
-    # ---- optimisation (GAT_METHOD.md §5) ---------------------------------------------------
+    # ---- optimisation (docs/METHOD.md §5) ---------------------------------------------------
     batch: int = _field(32, compute=True)
     """Global batch size in images per iteration."""
     lr_g: float = _field(2e-4, sweep="lr.base_lrs / lr.rules")
@@ -201,7 +203,7 @@ class TrainConfig:
     lr_mult_d: LRMultipliers = _field(factory=LRMultipliers, sweep="lr.rules")
     """Per-parameter-kind multipliers of ``lr_d``."""
     beta1: float = _field(0.0)
-    """Adam beta1 (GAT_METHOD.md §5: 0)."""
+    """Adam beta1 (docs/METHOD.md §5: 0)."""
     beta2: float = _field(0.99)
     """Adam beta2 (0.99)."""
     adam_eps: float = _field(1e-8)
@@ -219,7 +221,7 @@ class TrainConfig:
     w_avg_beta: float = _field(0.995)
     """Decay of G's per-class running mean of w (truncation centre), per G step."""
 
-    # ---- losses and regularisers (GAT_METHOD.md §4) ----------------------------------------
+    # ---- losses and regularisers (docs/METHOD.md §4) ----------------------------------------
     gamma_r1: float = _field(0.1, compute=True)
     """R1 weight: the D loss adds gamma_r1 / 2 x the squared gradient norm on reals."""
     gamma_r2: float = _field(0.1, compute=True)
@@ -283,7 +285,7 @@ class TrainConfig:
     device: str = _field("auto", resumable=True)
     """'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:N'."""
     precision: Literal["fp32", "bf16"] = _field("fp32")
-    """bf16 = autocast on CUDA (master weights fp32)."""
+    """bf16 = autocast to bfloat16 on the run's device (CUDA or CPU; master weights fp32)."""
     grad_checkpointing: bool = _field(False)
     """Recompute each block's activations in the backward pass (less memory, more time)."""
     compile: bool = _field(False, resumable=True)

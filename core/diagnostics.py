@@ -1,4 +1,4 @@
-"""The paper's failure-mode diagnostics as cheap scalar metrics (GAT_METHOD.md §7).
+"""The paper's failure-mode diagnostics as cheap scalar metrics (docs/METHOD.md §7).
 
 (a) Early-layer utilisation (paper §3.1): if the first blocks of G are under-used, removing them
 barely changes the output. ``early_skip_rel`` = ||G(z) - G_{skip}(z)|| / ||G(z)|| where G_skip

@@ -1,4 +1,4 @@
-"""RpGAN losses and the R1/R2 gradient penalties (GAT_METHOD.md §4).
+"""RpGAN losses and the R1/R2 gradient penalties (docs/METHOD.md §4).
 
 Relativistic pairing GAN (Jolicoeur-Martineau 2019) as used by R3GAN (Huang et al., "The GAN is
 dead; long live the GAN! A modern GAN baseline", NeurIPS 2024, its RpGAN objective): each real

@@ -1,4 +1,4 @@
-"""MNG: multi-level noise-perturbed image guidance (Hyun et al. 2025, §3; GAT_METHOD.md §3).
+"""MNG: multi-level noise-perturbed image guidance (Hyun et al. 2025, §3; docs/METHOD.md §3).
 
 The generator's K output levels (earliest = coarsest first) are each mixed with Gaussian noise,
 more for earlier levels, and concatenated on channels as the discriminator's input. The noises
@@ -22,7 +22,7 @@ MNG_NOISE_OFFSET = 0.01
 def noise_levels(levels: int = 4) -> Tensor:
     """Noise level t_k of each MNG level, earliest (noisiest) first.
 
-    ``t_k = 1 - 0.125 ** (1 - (k-1)/(K-1)) + 0.01`` for k = 1..K (GAT_METHOD.md §3; reference
+    ``t_k = 1 - 0.125 ** (1 - (k-1)/(K-1)) + 0.01`` for k = 1..K (docs/METHOD.md §3; reference
     ``info_per_layer`` plus its 1e-2 offset). For K = 4: 0.885, 0.76, 0.51, 0.01.
 
     Returns: float64 tensor (K,). Raises ValueError if ``levels < 2`` (the schedule needs two
@@ -38,7 +38,7 @@ def chain_coefficients(t: Tensor) -> tuple[Tensor, Tensor]:
     """Decay d_k and incremental noise std sqrt(v_k) of the nested noise chain.
 
     With t_{K+1} = 0: ``d_k = (1 - t_k) / (1 - t_{k+1})`` and ``v_k = t_k^2 - t_{k+1}^2 d_k^2``
-    (GAT_METHOD.md §3; reference ``apply_gaussian_list_cumulative``). For the default levels,
+    (docs/METHOD.md §3; reference ``apply_gaussian_list_cumulative``). For the default levels,
     (d, sqrt v) = (0.990, 0.0100), (0.4949, 0.5100), (0.4898, 0.7178), (0.4792, 0.8066) for
     k = 4..1.
 
@@ -63,7 +63,7 @@ def nested_noise(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Draw one nested noise chain n_1..n_K (GAT_METHOD.md §3).
+    """Draw one nested noise chain n_1..n_K (docs/METHOD.md §3).
 
     From the cleanest level down, with n_{K+1} = 0: ``n_k = d_k n_{k+1} + sqrt(v_k) eps_k``,
     eps_k ~ N(0, I) independent. Then ``n_k ~ N(0, t_k^2 I)`` and
@@ -88,7 +88,7 @@ def nested_noise(
 def perturb(levels: Tensor, noise: Tensor, t: Tensor) -> Tensor:
     """Mix each level with its noise and stack the levels on channels: the D input.
 
-    ``x~_k = (1 - t_k) x_k + n_k`` (linear interpolation, GAT_METHOD.md §3), concatenated in
+    ``x~_k = (1 - t_k) x_k + n_k`` (linear interpolation, docs/METHOD.md §3), concatenated in
     order k = 1..K, so level 1 (noisiest) fills channels [0:c] (reference ``forward_encoder``).
     Differentiable w.r.t. ``levels`` (and ``noise``).
 

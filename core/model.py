@@ -3,10 +3,10 @@
 The whole architecture in one file, read top to bottom: shared layers (positional embeddings,
 RoPE, attention, SwiGLU, equalised linear), the generator with its mapping network and four MNG
 output heads, the discriminator with its class projection, and the initialisation. The numbers
-follow ``shared/design/GAT_METHOD.md`` §1, §2, §6 and §8; where the paper and the authors'
-reference implementation (github.com/hse1032/GAT) differ, the implementation is followed and a
-comment says so. Parameter counts match the paper's Table (GAT_METHOD.md §6) within 0.1%;
-see ``tests/test_model.py``.
+follow docs/METHOD.md §1, §2, §6 and §8; where the paper and the authors' reference
+implementation (github.com/hse1032/GAT) differ, a comment says which one is followed and
+docs/METHOD.md §9 says why. Parameter counts match the paper's Table (docs/METHOD.md §6) within
+0.1%; see ``tests/test_model.py``.
 
 Shapes: N batch, C width, T = (H/p)^2 image tokens, H latent size, c latent channels (4),
 K = 4 MNG levels, P = ``d_proj_dim``.
@@ -29,7 +29,7 @@ EQUAL_LR_MUL = 0.01
 MOD_INIT_GAIN = 0.1
 """Xavier gain of the adaLN modulation layers: small but non-zero gates (reference init)."""
 LAYERSCALE_INIT = 0.1
-"""Initial LayerScale of D's residual branches (GAT_METHOD.md §2)."""
+"""Initial LayerScale of D's residual branches (docs/METHOD.md §2)."""
 EMBED_INIT_STD = 0.02
 REPA_HIDDEN = 2048
 """Hidden width of D's REPA projector MLP (reference ``projector_dim``)."""
@@ -39,7 +39,7 @@ REPA_HIDDEN = 2048
 # Positional information
 # ----------------------------------------------------------------------------------------------
 def sincos_pos_embed_2d(width: int, grid: int) -> Tensor:
-    """Fixed 2-D sin-cos positional embedding, MAE/DiT convention (GAT_METHOD.md §8).
+    """Fixed 2-D sin-cos positional embedding, MAE/DiT convention (docs/METHOD.md §8).
 
     Token ``i * grid + j`` is row i, column j. The first C/2 channels encode the column j, the
     last C/2 the row i; each half is ``[sin(pos * w_k)] + [cos(pos * w_k)]`` with
@@ -62,7 +62,7 @@ def sincos_pos_embed_2d(width: int, grid: int) -> Tensor:
 
 
 def rope_2d(head_dim: int, grid: int, prefix: int = 0) -> tuple[Tensor, Tensor]:
-    """cos/sin tables of 2-D axial RoPE for a grid x grid token map (GAT_METHOD.md §8).
+    """cos/sin tables of 2-D axial RoPE for a grid x grid token map (docs/METHOD.md §8).
 
     The first head_dim/2 channels rotate with the row index, the last head_dim/2 with the
     column index; channel pairs (2m, 2m+1) of each half turn by ``pos * 10000 ** (-2m / (hd/2))``.
@@ -144,7 +144,7 @@ class Attention(nn.Module):
         head_dim = width // heads
         self.qkv = nn.Linear(width, 3 * width)
         # QK-norm keeps torch's default eps (None: the machine epsilon of the input dtype), as the
-        # reference does (GAT_METHOD.md §8); the block norms use 1e-6.
+        # reference does (docs/METHOD.md §8); the block norms use 1e-6.
         self.q_norm = nn.RMSNorm(head_dim)
         self.k_norm = nn.RMSNorm(head_dim)
         self.proj = nn.Linear(width, width)
@@ -189,7 +189,7 @@ def _maybe_checkpoint(enabled: bool, fn, *args):  # type: ignore[no-untyped-def]
 # Generator
 # ----------------------------------------------------------------------------------------------
 class GeneratorBlock(nn.Module):
-    """Pre-norm block modulated by the style w: scale + gate, no shift (GAT_METHOD.md §1).
+    """Pre-norm block modulated by the style w: scale + gate, no shift (docs/METHOD.md §1).
 
     x: (N, T, C), w: (N, C) -> (N, T, C).
     """
@@ -228,7 +228,7 @@ class Generator(nn.Module):
 
     Tokens start as the fixed sin-cos embedding (no noise image); all variation enters through
     the style w from the mapping network. Four output heads after each quarter of the blocks give
-    accumulated predictions ``x_k = x_{k-1} + head_k`` (MNG, GAT_METHOD.md §1, §3).
+    accumulated predictions ``x_k = x_{k-1} + head_k`` (MNG, docs/METHOD.md §1, §3).
     """
 
     def __init__(self, cfg: TrainConfig) -> None:
@@ -358,13 +358,13 @@ class DiscriminatorBlock(nn.Module):
 
 def repa_projector(width: int, dim: int) -> nn.Sequential:
     """D's REPA projector (reference ``build_mlp``): Linear(C -> 2048) SiLU Linear(2048 -> 2048)
-    SiLU Linear(2048 -> dim); tokens (..., C) -> (..., dim) (GAT_METHOD.md §2)."""
+    SiLU Linear(2048 -> dim); tokens (..., C) -> (..., dim) (docs/METHOD.md §2)."""
     return nn.Sequential(nn.Linear(width, REPA_HIDDEN), nn.SiLU(), nn.Linear(REPA_HIDDEN, REPA_HIDDEN),
                          nn.SiLU(), nn.Linear(REPA_HIDDEN, dim))
 
 
 class Discriminator(nn.Module):
-    """GAT discriminator D(x_levels, y) -> logit (GAT_METHOD.md §2).
+    """GAT discriminator D(x_levels, y) -> logit (docs/METHOD.md §2).
 
     Input: the K = 4 MNG-perturbed levels concatenated on channels (N, 4c, H, W); one logit per
     sample, class-conditioned by projection onto an embedding passed through an equalised MLP.

@@ -1,7 +1,7 @@
 """Named training presets, as one literal table (EDM2 style).
 
 ``gat-sweep train PRESET`` runs one of these; sweep files start from them too. ImageNet presets
-follow the paper's scaling study (GAT_METHOD.md §5-§7: batch 512, bf16, 50K iterations,
+follow the paper's scaling study (docs/METHOD.md §5-§7: batch 512, bf16, 50K iterations,
 lr = 2e-4 * 768 / width for G and D, FID-5K every 2,500 iterations) with the reference's DINOv2
 alignment of D (``repa``), and need latents written by ``gat-sweep encode --keep-images``, local
 Inception weights and a local DINOv2 ViT-B/14 (``repa_encoder``).
@@ -12,7 +12,7 @@ from __future__ import annotations
 from core.config import SIZES, ConfigError, NetConfig, TrainConfig
 
 PAPER_BASE_LR = 2e-4
-"""Reference base learning rate at batch 512 and base width 768 (GAT_METHOD.md §5)."""
+"""Reference base learning rate at batch 512 and base width 768 (docs/METHOD.md §5)."""
 PAPER_BASE_WIDTH = 768
 
 

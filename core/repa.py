@@ -3,7 +3,7 @@
 The GAT reference (hse1032/GAT, ``losses/Rp_PT_loss.py``, its default ``enc_type`` dinov2-vit-b)
 adds to the D loss, per real sample, the representation-alignment loss of REPA (Yu et al.,
 "Representation Alignment for Generation", 2025) computed on D instead of a diffusion model
-(GAT_METHOD.md §2 and §4):
+(docs/METHOD.md §2 and §4):
 
 * the raw RGB image of the real sample is scaled to [0, 1], normalised with the ImageNet mean
   and std, resized to 224 x 224 (bicubic), augmented with the translation and flip of its

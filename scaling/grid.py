@@ -145,7 +145,7 @@ class TrialCost:
 
 
 def trial_cost(config: TrainConfig) -> TrialCost:
-    """Parameter counts (all tensors, GAT_METHOD.md §6 convention) and measured training FLOPs.
+    """Parameter counts (all tensors, docs/METHOD.md §6 convention) and measured training FLOPs.
 
     Both come from ``core.flops``: counted once per architecture and batch (models on the meta
     device, so paper-scale sizes cost no memory) and kept on disk for later dry runs.

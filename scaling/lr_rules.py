@@ -17,7 +17,7 @@ mup       base_lr                 1             C0 / C        C0 / C
 
 * ``constant``: standard parametrisation, the same LR at every width.
 * ``gat``: the paper's rule (Hyun et al. 2025, "Scalable GANs with Transformers"; see
-  GAT_METHOD.md §5): one scalar for all parameters of a network, inversely proportional to its
+  docs/METHOD.md §5): one scalar for all parameters of a network, inversely proportional to its
   width, with C0 = 768 (GAT-B) in the paper. Generator and discriminator each use their own width.
   At base_lr 2e-4: S (384) 4e-4, B (768) 2e-4, L (1024) 1.5e-4, XL (1152) 1.333e-4.
 * ``mup``: the Adam column of muP (Yang et al. 2022, "Tensor Programs V", Table 3): input weights
@@ -70,7 +70,7 @@ def constant(base_lr: float, width: int, base_width: int | None) -> NetLR:
 
 
 def gat(base_lr: float, width: int, base_width: int | None) -> NetLR:
-    """The paper's width-aware rule ``lr = base_lr * base_width / width`` (GAT_METHOD.md §5)."""
+    """The paper's width-aware rule ``lr = base_lr * base_width / width`` (docs/METHOD.md §5)."""
     return NetLR(lr=base_lr * _ratio(base_lr, width, base_width), mult=LRMultipliers())
 
 

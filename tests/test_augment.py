@@ -1,5 +1,5 @@
 """Latent DiffAugment: exact ops on hand-made inputs, shared parameters across MNG levels,
-reproducibility, parameter distribution and differentiability (GAT_METHOD.md §4)."""
+reproducibility, parameter distribution and differentiability (docs/METHOD.md §4)."""
 
 import dataclasses
 

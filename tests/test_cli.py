@@ -81,7 +81,7 @@ def test_train_dry_run_resolves_preset_and_overrides(tmp_path):
 def test_imagenet_preset_dry_run_shows_the_alignment_and_its_projector(tmp_path):
     """GAT-B/2 trains with the DINOv2 alignment on (the reference's recipe): the dry run says so,
     with the projector's parameters (Linear 768->2048->2048->768) inside D's count (97.33M
-    without it, GAT_METHOD.md §6), and needs no encoder."""
+    without it, docs/METHOD.md §6), and needs no encoder."""
     result = invoke("train", "GAT-B/2", "--dry-run", "--out", str(tmp_path / "r"))
     assert result.exit_code == 0, result.output
     projector = 768 * 2048 + 2048 + 2048 * 2048 + 2048 + 2048 * 768 + 768

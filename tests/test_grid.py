@@ -1,5 +1,5 @@
 """Grid expansion (scaling/grid.py): trial count, names, per-network LRs, the sweep hash, and the
-ImageNet sweep's dry-run numbers (the paper's LRs and parameter counts, GAT_METHOD.md §5-§6)."""
+ImageNet sweep's dry-run numbers (the paper's LRs and parameter counts, docs/METHOD.md §5-§6)."""
 
 import json
 from pathlib import Path
@@ -110,7 +110,7 @@ def test_trial_cost_counts_parameters_and_flops():
 
 
 def test_imagenet_sweep_dry_run_matches_the_paper(monkeypatch):
-    """GAT_METHOD.md §5 (LRs at base 2e-4, width 768) and §6 (parameter counts, /2, within 0.1%;
+    """docs/METHOD.md §5 (LRs at base 2e-4, width 768) and §6 (parameter counts, /2, within 0.1%;
     D's counts there exclude the REPA projector the sweep trains with).
 
     FLOP counting of paper-size models takes minutes on 2 cores and has its own tests (core);

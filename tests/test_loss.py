@@ -1,6 +1,6 @@
 """RpGAN losses and the R1/R2 penalties: known values, analytic gradients of simple
 discriminators, and finite-difference vs exact agreement, also for the real GAT discriminator
-composed with the latent augmentation and MNG noise (GAT_METHOD.md §4)."""
+composed with the latent augmentation and MNG noise (docs/METHOD.md §4)."""
 
 import dataclasses
 import math

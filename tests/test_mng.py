@@ -1,4 +1,4 @@
-"""MNG noise schedule, nested noise chain and perturbation (GAT_METHOD.md §3)."""
+"""MNG noise schedule, nested noise chain and perturbation (docs/METHOD.md §3)."""
 
 import pytest
 import torch
@@ -20,7 +20,7 @@ def test_noise_levels_needs_two_levels():
 
 def test_chain_coefficients_match_the_table():
     d, sqrt_v = chain_coefficients(noise_levels())
-    # GAT_METHOD.md §3 lists k = 4..1; tensors are ordered k = 1..4.
+    # docs/METHOD.md §3 lists k = 4..1; tensors are ordered k = 1..4.
     table_d = torch.tensor([0.4792, 0.4898, 0.4949, 0.990], dtype=torch.float64)
     table_sqrt_v = torch.tensor([0.8066, 0.7178, 0.5100, 0.0100], dtype=torch.float64)
     torch.testing.assert_close(d, table_d, rtol=0, atol=5e-5)

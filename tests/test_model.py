@@ -11,7 +11,7 @@ from core.model import (
     sincos_pos_embed_2d,
 )
 
-# GAT_METHOD.md §6: (G params, D params) in millions, ImageNet-256 (1000 classes, 32x32x4 latents).
+# docs/METHOD.md §6: (G params, D params) in millions, ImageNet-256 (1000 classes, 32x32x4 latents).
 PAPER_COUNTS = {
     ("S", 2): (29.36, 32.65), ("B", 2): (116.75, 97.33), ("L", 2): (408.75, 315.17),
     ("XL", 2): (602.25, 459.55), ("S", 4): (29.38, 32.65), ("B", 4): (116.79, 97.33),

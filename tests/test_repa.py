@@ -169,7 +169,7 @@ def test_missing_encoder_or_images_is_one_error_before_training(encoder_dir, tin
 
 def test_projector_reads_tokens_before_the_final_norm(encoder_dir):
     """As the reference: its projector reads the last block's output, not the normalised tokens
-    the logit head reads (GAT_METHOD.md §2)."""
+    the logit head reads (docs/METHOD.md §2)."""
     torch.manual_seed(0)
     _, D = build_models(cfg(encoder_dir))
     with torch.no_grad():
