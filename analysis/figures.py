@@ -24,6 +24,7 @@ from matplotlib.ticker import FixedFormatter, FixedLocator, MaxNLocator, NullFor
 
 from analysis.fit import Estimate, ScalingFit
 from analysis.transfer import SCORE_EVALS, RuleTransfer
+from core.records import EARLY_SKIP_REL, G_UPDATE_REL
 
 DPI = 110
 RULE_COLOURS = {"constant": "tab:red", "gat": "tab:blue", "mup": "tab:green"}
@@ -354,13 +355,13 @@ def lr_transfer(transfer: dict[str, RuleTransfer], path: Path) -> Path:
 
 
 def diagnostics(trials: pd.DataFrame, path: Path) -> Path:
-    """The paper's two failure-mode diagnostics (GAT_METHOD.md §7) against width, latest value
+    """The paper's two failure-mode diagnostics (docs/METHOD.md §7) against width, latest value
     per trial, colour per LR rule: early-block use (``diag/early_skip_rel``) and the relative
     output change per optimiser step (``diag/g_update_rel``)."""
     fig = Figure(figsize=(10, 4.2))
     axes = fig.subplots(1, 2, squeeze=False)
-    panels = (("early_skip_rel", "diag/early_skip_rel\n(small = early blocks under-used)"),
-              ("g_update_rel", "diag/g_update_rel\n(output change per step)"))
+    panels = (("early_skip_rel", f"{EARLY_SKIP_REL}\n(small = early blocks under-used)"),
+              ("g_update_rel", f"{G_UPDATE_REL}\n(output change per step)"))
     for ax, (col, label) in zip(axes[0], panels):
         data = trials[np.isfinite(trials[col].astype(float)) & (trials[col].astype(float) > 0)]
         if data.empty:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-EXCLUDED_STATUSES = ("diverged", "failed")
-"""Trials whose evaluations are never fitted: their numbers near the failure are not trustworthy."""
+from core.records import EXCLUDED_STATUSES
+
 
 
 def usable_points(points: pd.DataFrame, metric_key: str) -> tuple[pd.DataFrame, list[str]]:

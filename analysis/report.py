@@ -31,11 +31,11 @@ from mlflow.tracking import MlflowClient
 
 from analysis import figures
 from analysis.fit import Backtest, Estimate, ScalingFit, backtest_largest, fit_law
-from analysis.frontier import (EXCLUDED_STATUSES, compute_frontier, frontier_sizes, under_trained_sizes,
-                               usable_points)
+from analysis.frontier import compute_frontier, frontier_sizes, under_trained_sizes, usable_points
 from analysis.paper import PAPER_LAW
-from analysis.runs import STATUSES, SweepRuns, last_sample_grid, load_sweep, trained_as
+from analysis.runs import SweepRuns, last_sample_grid, load_sweep, trained_as
 from analysis.transfer import SCORE_EVALS, TOLERANCE, RuleTransfer, analyse_transfer
+from core.records import EXCLUDED_STATUSES, STATUSES, TAG_SAME_AS, fit_tag, lr_transfer_tag
 
 MODELS = ("saturating", "power")
 SUMMARY_COLUMNS = ("size", "width", "depth", "trials", "finished", "running", "diverged", "failed",
@@ -96,7 +96,7 @@ def make_report(sweep: str, tracking_uri: str, out_dir: Path, *, target_fd: floa
     copies = trials.loc[source != trials["trial"], "run_id"]
     if usable["run_id"].isin(copies).any():
         usable = usable[~usable["run_id"].isin(copies)]
-        dropped.append(f"{len(copies)} copied trial(s) (tag gat_sweep.same_as) repeat another trial's "
+        dropped.append(f"{len(copies)} copied trial(s) (tag {TAG_SAME_AS}) repeat another trial's "
                        "training: their evaluations enter the compute fits once, as the trained run's")
     notes += dropped
     front = compute_frontier(usable)
@@ -174,11 +174,11 @@ def log_report(result: ReportResult) -> str | None:
         client.log_artifact(run_id, str(path), REPORT_ARTIFACTS)
     metrics, tags = {}, {}
     for model, fit in result.values["fits"].items():
-        tags[f"gat_sweep.fit.{model}"] = "ok" if fit["ok"] else fit["reason"]
+        tags[fit_tag(model)] = "ok" if fit["ok"] else fit["reason"]
         if fit["ok"]:
             metrics.update(_estimate_metrics(f"fit/{model}/alpha", fit["alpha"]))
     for rule, transfer in result.values["lr_transfer"].items():
-        tags[f"gat_sweep.lr_transfer.{rule}"] = transfer["verdict"]
+        tags[lr_transfer_tag(rule)] = transfer["verdict"]
         if transfer["slope"] is not None:
             metrics.update(_estimate_metrics(f"lr_transfer/{rule}/slope", transfer["slope"]))
     now = int(time.time() * 1000)

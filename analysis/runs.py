@@ -30,8 +30,25 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-STATUSES = ("running", "finished", "diverged", "failed")
-DIAG_KEYS = {"early_skip_rel": "diag/early_skip_rel", "g_update_rel": "diag/g_update_rel"}
+from core.records import (
+    EARLY_SKIP_REL,
+    FAILED,
+    FINISHED,
+    G_UPDATE_REL,
+    ITER,
+    KIMG,
+    METRIC_KEY_PARAM,
+    RUNNING,
+    STATUSES,
+    TAG_ROLE,
+    TAG_SAME_AS,
+    TAG_STATUS,
+    TAG_TRIAL,
+    TRAIN_FLOPS,
+    quality_keys,
+)
+
+DIAG_KEYS = {"early_skip_rel": EARLY_SKIP_REL, "g_update_rel": G_UPDATE_REL}
 
 # tidy column -> (MLflow param, parser); TRACKING.md "Child run" params.
 _PARAMS: dict[str, tuple[str, type]] = {
@@ -51,13 +68,10 @@ _PARAMS: dict[str, tuple[str, type]] = {
     "iterations": ("iterations", int),
     "flops_per_iter": ("compute.flops_per_iter", float),
     "flops_convention": ("compute.flops_convention", str),
-    "metric_key": ("eval.metric_key", str),
+    "metric_key": (METRIC_KEY_PARAM, str),
     "eval_extractor": ("eval.extractor", str),
     "eval_num_samples": ("eval.num_samples", int),
 }
-TAG_SAME_AS = "gat_sweep.same_as"
-"""Tag of a copied trial: the name of the earlier trial whose identical training it repeats
-(docs/TRACKING.md); its metrics are that training's."""
 TRIAL_COLUMNS = ["trial", "run_id", "status", "same_as", *_PARAMS, "lr_mults", "n_evals", "last_iter",
                  "last_kimg", "last_train_flops", "final_fd", "best_fd", "best_iter", "precision", "recall",
                  *DIAG_KEYS]
@@ -106,8 +120,8 @@ def load_sweep(sweep: str, tracking_uri: str) -> SweepRuns:
     experiment = client.get_experiment_by_name(sweep)
     parent_id = None
     if experiment is not None:
-        trial_filter = "tags.`gat_sweep.role` = 'trial'"
-        parents = _search_all(client, experiment.experiment_id, "tags.`gat_sweep.role` = 'parent'")
+        trial_filter = f"tags.`{TAG_ROLE}` = 'trial'"
+        parents = _search_all(client, experiment.experiment_id, f"tags.`{TAG_ROLE}` = 'parent'")
         parent_id = parents[0].info.run_id if len(parents) == 1 else None
     else:
         parent = _get_parent_run(client, sweep)
@@ -188,13 +202,13 @@ def _get_parent_run(client: MlflowClient, run_id: str) -> Run | None:
         run = client.get_run(run_id)
     except MlflowException:
         return None
-    return run if run.data.tags.get("gat_sweep.role") == "parent" else None
+    return run if run.data.tags.get(TAG_ROLE) == "parent" else None
 
 
 def _not_found_message(client: MlflowClient, sweep: str, tracking_uri: str) -> str:
     lines = []
     for exp in client.search_experiments(max_results=1000):
-        for parent in _search_all(client, exp.experiment_id, "tags.`gat_sweep.role` = 'parent'"):
+        for parent in _search_all(client, exp.experiment_id, f"tags.`{TAG_ROLE}` = 'parent'"):
             lines.append(f"{exp.name} (parent run {parent.info.run_id})")
     known = "; ".join(lines) if lines else "none"
     return (f"no sweep named {sweep!r} and no parent run with that id in {tracking_uri}; "
@@ -215,15 +229,14 @@ def _latest_per_trial(runs: list[Run]) -> tuple[list[Run], list[str]]:
 
 
 def _trial_name(run: Run) -> str:
-    return run.data.tags.get("gat_sweep.trial") or run.info.run_name or run.info.run_id
+    return run.data.tags.get(TAG_TRIAL) or run.info.run_name or run.info.run_id
 
 
 def _status(run: Run) -> str:
-    tag = run.data.tags.get("gat_sweep.status")
+    tag = run.data.tags.get(TAG_STATUS)
     if tag in STATUSES:
         return tag
-    return {"RUNNING": "running", "SCHEDULED": "running", "FINISHED": "finished"}.get(
-        run.info.status, "failed")
+    return {"RUNNING": RUNNING, "SCHEDULED": RUNNING, "FINISHED": FINISHED}.get(run.info.status, FAILED)
 
 
 def _parse(value: str | None, kind: type):
@@ -253,15 +266,6 @@ def _at_steps(history: tuple[np.ndarray, np.ndarray], steps: np.ndarray) -> np.n
     return out
 
 
-def quality_keys(metric_key: str) -> tuple[str, str]:
-    """The precision and recall keys logged beside the FD/FID key ``metric_key`` (core/evaluate.py
-    names them with its suffix): ``eval/fd_digits_500`` -> ``eval/precision_digits_500``,
-    ``eval/recall_digits_500``; ``eval/fid5k`` -> ``eval/precision5k``, ``eval/recall5k``."""
-    prefix = "eval/fid" if metric_key.startswith("eval/fid") else "eval/fd"
-    suffix = metric_key.removeprefix(prefix)
-    return f"eval/precision{suffix}", f"eval/recall{suffix}"
-
-
 def _value_at(client: MlflowClient, run_id: str, key: str, step: float) -> float:
     """The metric ``key`` logged at ``step`` exactly, or NaN."""
     steps, values = _history(client, run_id, key)
@@ -278,18 +282,15 @@ def _load_trial(client: MlflowClient, run: Run) -> tuple[dict, pd.DataFrame]:
     # trainings with the same lr_g and lr_d differ when these do (muP-style rules)
     info["lr_mults"] = ",".join(f"{key.removeprefix('lr_mult_')}={float(value):g}"
                                 for key, value in sorted(params.items()) if key.startswith("lr_mult_"))
-    if info["metric_key"] is None:  # older runs: find the FD/FID key among the metrics
-        found = sorted(k for k in metrics if k.startswith(("eval/fd", "eval/fid")))
-        info["metric_key"] = found[0] if found else None
     run_id = run.info.run_id
     trial = {"trial": _trial_name(run), "run_id": run_id, "status": _status(run),
              "same_as": run.data.tags.get(TAG_SAME_AS) or None, **info}
 
     steps, fd = (_history(client, run_id, info["metric_key"]) if info["metric_key"]
                  else (np.array([]), np.array([])))
-    kimg = _at_steps(_history(client, run_id, "progress/kimg"), steps)
+    kimg = _at_steps(_history(client, run_id, KIMG), steps)
     kimg = np.where(np.isnan(kimg), steps * info["batch"] / 1000.0, kimg)
-    flops = _at_steps(_history(client, run_id, "compute/train_flops"), steps)
+    flops = _at_steps(_history(client, run_id, TRAIN_FLOPS), steps)
     flops = np.where(np.isnan(flops), steps * info["flops_per_iter"], flops)
     points = pd.DataFrame({**{c: trial[c] for c in _TRIAL_FIELDS_IN_POINTS},
                            "iter": steps.astype(int), "kimg": kimg, "train_flops": flops, "fd": fd})
@@ -302,9 +303,9 @@ def _load_trial(client: MlflowClient, run: Run) -> tuple[dict, pd.DataFrame]:
                    for col, key in zip(quality, quality_keys(info["metric_key"]))}
     trial.update({
         "n_evals": len(steps),
-        "last_iter": metrics.get("progress/iter", steps[-1] if len(steps) else np.nan),
-        "last_kimg": metrics.get("progress/kimg", np.nan),
-        "last_train_flops": metrics.get("compute/train_flops", np.nan),
+        "last_iter": metrics.get(ITER, steps[-1] if len(steps) else np.nan),
+        "last_kimg": metrics.get(KIMG, np.nan),
+        "last_train_flops": metrics.get(TRAIN_FLOPS, np.nan),
         "final_fd": fd[-1] if len(fd) else np.nan,
         "best_fd": fd[best] if best is not None else np.nan,
         "best_iter": steps[best] if best is not None else np.nan,

@@ -10,7 +10,7 @@ with a free offset ``a_w``, curvature ``c_w > 0`` and optimum ``m_w`` (log of th
 at width w) per width, and ``b`` the least-squares slope of the optima against log width. ``lr``
 is the rule's base LR; ``w_ref`` is the geometric mean of the fitted widths. ``b`` is the
 quantity of interest: 0 means the best base LR does not move with width, -1 means it falls as
-1/width, which the GAT paper's rule ``lr = base_lr * 768 / width`` corrects (GAT_METHOD.md §5).
+1/width, which the GAT paper's rule ``lr = base_lr * 768 / width`` corrects (docs/METHOD.md §5).
 Each width has its own curvature because the measured valleys differ (width 16's flat, width
 64's about twice as curved, docs/PILOTS.md section 7): one curvature shared by all widths would
 scale each width's fitted optimum about the centre of the LRs and bias ``b`` (a review's
@@ -84,7 +84,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.fit import Estimate
-from analysis.frontier import EXCLUDED_STATUSES
+from core.records import DIVERGED, EXCLUDED_STATUSES
 
 PAPER_EXPECTATION = {
     "constant": "paper: best LR falls with width (negative slope)",
@@ -111,7 +111,7 @@ def trial_score(fd: np.ndarray, status: str) -> float:
     fewer), +inf when ``status == 'diverged'`` or one of those values is non-finite or not
     positive. Raises ValueError for an empty history of a trial that did not diverge.
     """
-    if status == "diverged":
+    if status == DIVERGED:
         return math.inf
     fd = np.asarray(fd, dtype=float)
     if fd.size == 0:
@@ -153,7 +153,7 @@ def trial_scores(points: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
             seed = int(trial["seed"]) if np.isfinite(trial.get("seed", np.nan)) else 0
             evals = by_run.get(trial["run_id"])
             evals = evals[evals["iter"] <= common] if evals is not None else None
-            if trial["status"] == "diverged":
+            if trial["status"] == DIVERGED:
                 score, n = math.inf, 0 if evals is None else min(len(evals), SCORE_EVALS)
             elif evals is None or evals.empty:
                 continue

@@ -31,6 +31,7 @@ import torch
 from core.cache import CACHE_ENV, cache_root
 from core.evaluate import make_evaluator
 from core.latents import load_latents
+from core.records import EVAL_SECONDS, STATS_FILE
 from core.model import Generator
 from core.train import train
 from scaling.grid import expand
@@ -87,8 +88,8 @@ def trial_share(cfg, root: Path) -> tuple[float, float, int]:  # type: ignore[no
     start = time.perf_counter()
     train(cfg, run_dir, progress=False)
     wall = time.perf_counter() - start
-    evals = [json.loads(line)["time/eval_s"] for line in (run_dir / "stats.jsonl").read_text().splitlines()
-             if "time/eval_s" in line]
+    evals = [json.loads(line)[EVAL_SECONDS] for line in (run_dir / STATS_FILE).read_text().splitlines()
+             if EVAL_SECONDS in line]
     return wall, sum(evals), len(evals)
 
 

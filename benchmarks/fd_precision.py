@@ -27,6 +27,7 @@ import torch
 
 from core.config import NetConfig, TrainConfig
 from core.model import build_models
+from core.records import REG_R1, REG_R2
 from core.step import GATStep
 
 
@@ -38,7 +39,7 @@ def penalties(cfg: TrainConfig, state: dict, x: torch.Tensor, y: torch.Tensor, f
     step = GATStep(cfg, G, D, torch.device("cpu"))
     torch.manual_seed(seed)
     stats = step.d_step(x, y, fake)
-    return {"r1": stats["reg/r1"].item(), "r2": stats["reg/r2"].item()}
+    return {"r1": stats[REG_R1].item(), "r2": stats[REG_R2].item()}
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ from core.config import TrainConfig
 from core.flops import FLOPS_CONVENTION, train_flops_per_iter
 from core.model import count_parameters
 from core.presets import PRESETS
+from core.records import LOSS_D, LOSS_G
 from train_step import setup, sync, timed  # benchmarks/train_step.py (this script's directory)
 
 MATMUL_SIZE = {"cuda": 8192, "cpu": 1024}
@@ -99,7 +100,7 @@ def benchmark(cfg: TrainConfig, device: torch.device, warmup: int, iters: int, p
 
     def iteration() -> None:
         stats = step.iteration(x, y, z)
-        losses.append(torch.stack([stats["loss/D"], stats["loss/G"]]))
+        losses.append(torch.stack([stats[LOSS_D], stats[LOSS_G]]))
 
     kernels = AttentionKernels()
     with kernels:  # the first warm-up iteration, eager, reports the attention kernels

@@ -83,6 +83,7 @@ from core.features import (
 from core.latents import LatentData
 from core.metrics import INCEPTION_DIM, feature_dim, resolve_metric
 from core.model import Generator
+from core.records import METRIC_KEY_PARAM, eval_keys
 from core.vae import decode_latents, load_vae, to_uint8
 
 INCEPTION = "inception-v3-compat"
@@ -411,25 +412,24 @@ class Evaluator:
         n = count_label(cfg.eval_samples)
         classifier_accuracy, classifier_key = None, ""
         if metric == "fid":
-            suffix, fd_name = n, "fid"
+            space = None  # Inception: eval/fid<n>
             self.extractor, self.layer, self.weights = INCEPTION, INCEPTION_LAYER, cfg.inception_weights
         elif data.kind == "digits":
-            suffix, fd_name = f"_digits_{n}", "fd"
+            space = "digits"
             digits = load_entry(data.root)
             self.extractor, self.layer, self.weights = EXTRACTOR_NAME, DOMAIN_LAYER, str(digits.classifier_path)
             classifier_accuracy = digits.meta["classifier_heldout_accuracy"]
         else:  # an encoded folder's own classifier
-            suffix, fd_name = f"_domain_{n}", "fd"
+            space = "domain"
             folder = prepare_folder_classifier(data.root)
             self.extractor, self.layer, self.weights = FOLDER_EXTRACTOR_NAME, DOMAIN_LAYER, str(folder.path)
             classifier_accuracy, classifier_key = folder.heldout_accuracy, folder.key
-        self.keys = {name: f"eval/{name}{suffix}" for name in ("kid", "precision", "recall")}
-        self.keys["fd"] = f"eval/{fd_name}{suffix}"
+        self.keys = eval_keys(space, n)
         self.metric_key = self.keys["fd"]
         self.npz = _read_npz(Path(cfg.fid_ref_npz)) if cfg.fid_ref_npz else None
         self.reference, self.reference_name, reference_desc = _reference(cfg, data, classifier_key)
         self.provenance = {
-            "eval.metric_key": self.metric_key,
+            METRIC_KEY_PARAM: self.metric_key,
             "eval.extractor": f"{self.extractor} ({self.weights})",
             "eval.num_samples": str(cfg.eval_samples),
             "eval.reference": reference_desc,

@@ -1,6 +1,6 @@
 """One GAT training iteration: a D step, then a G step on the same real batch and the same z.
 
-Blocks in a fixed order (GAT_METHOD.md §3-§5, reference ``train.py``):
+Blocks in a fixed order (docs/METHOD.md §3-§5, reference ``train.py``):
 
 Fakes: ``G(z, y)`` once, with grad (all K = 4 MNG levels; updates the per-class w running mean).
 The reference runs G twice, once without grad for the D step and once with grad for the G step;
@@ -31,13 +31,14 @@ from core.config import MNG_LEVELS, LRMultipliers, TrainConfig
 from core.loss import finite_difference_penalty, gradient_penalty, rpgan_d_loss, rpgan_g_loss
 from core.mng import nested_noise, noise_levels, perturb
 from core.model import Generator, parameters_by_kind
+from core.records import D_FAKE, D_REAL, GRAD_NORM_D, GRAD_NORM_G, LOSS_D, LOSS_G, LOSS_REPA, REG_R1, REG_R2
 from core.repa import alignment_loss, encoder_input, encoder_targets
 
 
 def make_optimizer(model: nn.Module, lr: float, mults: LRMultipliers, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with one parameter group per kind (vector / hidden / output), lr = lr * multiplier.
 
-    Betas (0.0, 0.99), eps 1e-8, weight decay 0, constant LR (GAT_METHOD.md §5). Each group keeps
+    Betas (0.0, 0.99), eps 1e-8, weight decay 0, constant LR (docs/METHOD.md §5). Each group keeps
     its ``kind`` so LR rules and logs can find it. On CPU and CUDA the fused kernel runs (one pass
     over each tensor: 6x faster than the per-tensor loop on CPU for D's 2048-wide class MLP,
     benchmarks/train_step.py); elsewhere (the meta device of FLOP counting) the default one.
@@ -53,7 +54,7 @@ def make_optimizer(model: nn.Module, lr: float, mults: LRMultipliers, cfg: Train
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model for parameters; buffers copied (GAT_METHOD.md §5)."""
+    """ema <- decay * ema + (1 - decay) * model for parameters; buffers copied (docs/METHOD.md §5)."""
     ema_params = [p for p in ema.parameters()]
     params = [p.detach() for p in model.parameters()]
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
@@ -106,7 +107,7 @@ class GATStep:
             if cfg.precision == "bf16" and device.type != "meta" else contextlib.nullcontext()
         )
 
-    # -- D input: augment, then MNG-perturb (GAT_METHOD.md §3 "augment first, then perturb") -------
+    # -- D input: augment, then MNG-perturb (docs/METHOD.md §3 "augment first, then perturb") -------
     def _d_input(self, levels: Tensor, aug: AugmentParams | None, noise: Tensor,
                  color_reference: Tensor | None = None) -> Tensor:
         """Clean levels (K, N, c, H, W) -> D input (N, K*c, H, W) with the given draws
@@ -149,7 +150,7 @@ class GATStep:
 
         Parameters outside the optimiser (the fixed sin-cos positional embeddings) never enter
         the norm: had they a gradient, clipping would scale the real update by something the
-        optimiser ignores (GAT_METHOD.md §8, "gradient clipping must see exactly the parameters
+        optimiser ignores (docs/METHOD.md §8, "gradient clipping must see exactly the parameters
         that are optimised").
         """
         if self.count_only:
@@ -207,14 +208,13 @@ class GATStep:
             logits = logits.split(n)
             d_real, d_fake = logits[0], logits[1]
             loss = rpgan_d_loss(d_real, d_fake)
-            stats = {"loss/D": loss.detach(), "diag/d_real": d_real.detach().mean(),
-                     "diag/d_fake": d_fake.detach().mean()}
+            stats = {LOSS_D: loss.detach(), D_REAL: d_real.detach().mean(), D_FAKE: d_fake.detach().mean()}
             total = loss
             if projected is not None:  # the reals come first in the batched forward
                 align = alignment_loss(projected, *self._repa_targets(images, None if aug is None else aug.head(n), n)).mean()
                 total = total + cfg.repa_weight * align
-                stats["loss/repa"] = align.detach()
-            for i, (key, gamma, data) in enumerate((("reg/r1", cfg.gamma_r1, real), ("reg/r2", cfg.gamma_r2, fake))):
+                stats[LOSS_REPA] = align.detach()
+            for i, (key, gamma, data) in enumerate(((REG_R1, cfg.gamma_r1, real), (REG_R2, cfg.gamma_r2, fake))):
                 if gamma <= 0:
                     continue
                 if fd:
@@ -225,7 +225,7 @@ class GATStep:
                 stats[key] = penalty.mean().detach()
             self.opt_d.zero_grad(set_to_none=True)
             total.backward()
-        stats["diag/grad_norm_D"] = self._clip_and_step(self.opt_d)
+        stats[GRAD_NORM_D] = self._clip_and_step(self.opt_d)
         return stats
 
     def g_step(self, x: Tensor, y: Tensor, fake: Tensor) -> dict[str, Tensor]:
@@ -254,7 +254,7 @@ class GATStep:
         finally:
             for p in trainable:
                 p.requires_grad_(True)
-        stats = {"loss/G": loss.detach(), "diag/grad_norm_G": self._clip_and_step(self.opt_g)}
+        stats = {LOSS_G: loss.detach(), GRAD_NORM_G: self._clip_and_step(self.opt_g)}
         if self.G_ema is not None:
             update_ema(self.G_ema, _unwrap(self.G), ema_decay_at(self.cfg, self.done))
         return stats

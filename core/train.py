@@ -39,10 +39,26 @@ from core.evaluate import InvalidMetricError, make_evaluator, make_sampler
 from core.flops import FLOPS_CONVENTION, train_flops_per_iter
 from core.latents import load_latents
 from core.model import build_models, count_parameters
+from core.records import (
+    CONFIG_FILE,
+    DIVERGED,
+    EARLY_SKIP_REL,
+    EVAL_SECONDS,
+    FINISHED,
+    G_UPDATE_REL,
+    ITER,
+    KIMG,
+    LOSS_D,
+    LOSS_G,
+    RESULT_FILE,
+    SEC_PER_KIMG,
+    STATS_FILE,
+    TRAIN_FLOPS,
+    RunResult,
+)
 from core.repa import run_encoder
 from core.step import GATStep
 
-CONFIG_FILE, STATS_FILE, RESULT_FILE = "config.json", "stats.jsonl", "result.json"
 DIAG_SAMPLES = 16
 
 
@@ -60,21 +76,6 @@ class Report:
     """Checkpoint written at this step (absolute), if any."""
 
 
-@dataclass
-class TrainResult:
-    """How a run ended."""
-
-    status: str
-    """'finished' or 'diverged'."""
-    iterations: int
-    kimg: float
-    metrics: dict[str, float]
-    """Last logged value of every metric."""
-    run_dir: Path
-    reason: str | None = None
-    """Why the run diverged (None when it finished)."""
-
-
 class Reporter:
     """Receives a run's progress. Subclass and override; every method is a no-op here."""
 
@@ -90,7 +91,7 @@ class Reporter:
         """Plain data stored in every checkpoint (e.g. a tracking run id)."""
         return {}
 
-    def finish(self, result: TrainResult) -> None:
+    def finish(self, result: RunResult) -> None:
         """Called once when the run ends (finished or diverged)."""
 
 
@@ -149,7 +150,7 @@ def _truncate_stats(path: Path, start: int) -> None:
 def _losses_healthy(stats: dict[str, torch.Tensor], bound: float) -> torch.Tensor:
     """1 if loss/D and loss/G are finite (and at most ``bound`` when it is > 0), else 0: an int
     0-d tensor on the losses' device, ready for an all-reduce (MIN) across ranks."""
-    losses = torch.stack([stats["loss/D"], stats["loss/G"]])
+    losses = torch.stack([stats[LOSS_D], stats[LOSS_G]])
     ok = torch.isfinite(losses).all()
     if bound > 0:
         ok = ok & (losses <= bound).all()
@@ -158,7 +159,7 @@ def _losses_healthy(stats: dict[str, torch.Tensor], bound: float) -> torch.Tenso
 
 def _loss_divergence(stats: dict[str, torch.Tensor], bound: float, iteration: int) -> str:
     """Why :func:`_losses_healthy` said 0 (this rank's losses; another rank's when they look fine)."""
-    for key in ("loss/D", "loss/G"):
+    for key in (LOSS_D, LOSS_G):
         value = stats[key].item()
         if not math.isfinite(value):
             return f"non-finite {key} at iteration {iteration}"
@@ -182,17 +183,7 @@ def _rank0_flag(flag: bool, device: torch.device) -> bool:
     return bool(tensor.item())
 
 
-def _finished(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
-    path = run_dir / RESULT_FILE
-    if not path.exists():
-        return None
-    result = json.loads(path.read_text())
-    if result["status"] == "finished" and result["iterations"] < cfg.iterations:
-        return None  # a longer budget continues the run from its last checkpoint
-    return result
-
-
-def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, progress: bool = True) -> TrainResult:
+def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, progress: bool = True) -> RunResult:
     """Train (or resume, or return at once if finished) one GAT run in ``run_dir``.
 
     Args:
@@ -200,7 +191,7 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         run_dir: run directory; made absolute. Resumes from ``checkpoints/latest.pt`` if present.
         reporter: progress sink (Ray Tune / MLflow in ``scaling``); None = files only.
         progress: show a tqdm progress bar (rank 0).
-    Returns: :class:`TrainResult`; status 'diverged' (no exception) when a loss became non-finite
+    Returns: :class:`RunResult`; status 'diverged' (no exception) when a loss became non-finite
         or exceeded ``cfg.diverge_loss``, an evaluation's samples were non-finite, or an evaluation
         exceeded ``cfg.diverge_fd_ratio`` times the best so far; ``reason`` says which.
     Raises: ConfigError for an impossible config, a missing dataset or evaluation weights, or a
@@ -217,7 +208,8 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
     if rank == 0:
         try:
             _check_run_dir(cfg, run_dir)
-            decision[0] = ("ok", _finished(run_dir, cfg))
+            ended = RunResult.load(run_dir)
+            decision[0] = ("ok", ended if ended is not None and ended.is_done(cfg.iterations) else None)
         except ConfigError as error:
             decision[0] = ("error", str(error))
     if world > 1:
@@ -226,8 +218,7 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
     if kind == "error":
         raise ConfigError(done)
     if done is not None:
-        return TrainResult(done["status"], done["iterations"], done["kimg"], done["metrics"], run_dir,
-                           done.get("reason"))
+        return done
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
 
@@ -294,13 +285,12 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
     local_batch = cfg.batch // world
     data_gen = torch.Generator()
     window_start = time.perf_counter()
-    status, reason = "finished", None
+    status, reason = FINISHED, None
     bar = tqdm(total=cfg.iterations, initial=start, unit="it", disable=not progress or rank != 0,
                desc=cfg.name, dynamic_ncols=True)
 
     def with_progress(it: int, metrics: dict[str, float]) -> dict[str, float]:
-        return {"progress/iter": float(it), "progress/kimg": it * cfg.batch / 1000.0,
-                "compute/train_flops": float(it * flops_per_iter), **metrics}
+        return {ITER: float(it), KIMG: it * cfg.batch / 1000.0, TRAIN_FLOPS: float(it * flops_per_iter), **metrics}
 
     def emit(it: int, metrics: dict[str, float], images: list[Path] | None = None,
              checkpoint: Path | None = None) -> None:
@@ -326,7 +316,7 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         if world > 1:
             dist.all_reduce(healthy, op=dist.ReduceOp.MIN)  # all ranks stop together
         if not bool(healthy):
-            status, reason = "diverged", _loss_divergence(stats, cfg.diverge_loss, done_it)
+            status, reason = DIVERGED, _loss_divergence(stats, cfg.diverge_loss, done_it)
             if rank == 0:
                 emit(done_it, {k: v.item() for k, v in stats.items() if torch.isfinite(v)})
             bar.write(f"{cfg.name}: {reason}; stopping (diverged)")
@@ -345,21 +335,21 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
             done_it == cfg.iterations or (cfg.eval_every > 0 and done_it % cfg.eval_every == 0))
         if rank != 0:
             if eval_step and world > 1 and _rank0_flag(False, device):
-                status = "diverged"
+                status = DIVERGED
                 break
             continue
 
         metrics: dict[str, float] = {}
         if diag_now:
-            metrics["diag/g_update_rel"] = diagnostics.relative_change(before, diagnostics.g_output(G, z_fix, y_fix))
-            metrics["diag/early_skip_rel"] = diagnostics.early_skip_rel(G_ema, z_fix, y_fix)
+            metrics[G_UPDATE_REL] = diagnostics.relative_change(before, diagnostics.g_output(G, z_fix, y_fix))
+            metrics[EARLY_SKIP_REL] = diagnostics.early_skip_rel(G_ema, z_fix, y_fix)
         if log_now:
             elapsed = time.perf_counter() - window_start
             metrics.update({k: (v / window_iters).item() for k, v in window.items()})
-            metrics["time/sec_per_kimg"] = elapsed / (window_iters * cfg.batch / 1000.0)
+            metrics[SEC_PER_KIMG] = elapsed / (window_iters * cfg.batch / 1000.0)
             window, window_iters, window_start = {}, 0, time.perf_counter()
-            bar.set_postfix({"kimg": f"{done_it * cfg.batch / 1000:.1f}", "D": f"{metrics['loss/D']:.3f}",
-                             "G": f"{metrics['loss/G']:.3f}"}, refresh=False)
+            bar.set_postfix({"kimg": f"{done_it * cfg.batch / 1000:.1f}", "D": f"{metrics[LOSS_D]:.3f}",
+                             "G": f"{metrics[LOSS_G]:.3f}"}, refresh=False)
         images: list[Path] = []
         is_best = False
         if eval_step and evaluator is not None:
@@ -371,7 +361,7 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
             eval_seconds = time.perf_counter() - eval_start
             window_start += eval_seconds  # time/sec_per_kimg measures training, not evaluation
             metrics.update(results)
-            metrics["time/eval_s"] = eval_seconds
+            metrics[EVAL_SECONDS] = eval_seconds
             value = results.get(evaluator.metric_key, math.inf)
             reason = reason or _fd_divergence(evaluator.metric_key, value, best, cfg.diverge_fd_ratio)
             if reason is None and value < best["value"]:
@@ -388,7 +378,7 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         if eval_step and world > 1:
             _rank0_flag(reason is not None, device)
         if reason is not None:
-            status = "diverged"
+            status = DIVERGED
             bar.write(f"{cfg.name} iter {done_it}: {reason}; stopping (diverged)")
             emit(done_it, metrics, images)
             break
@@ -407,10 +397,8 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
     bar.close()
 
     final_it = done_it if cfg.iterations > start else start
-    result = TrainResult(status, final_it, final_it * cfg.batch / 1000.0, dict(last), run_dir, reason)
+    result = RunResult(status, final_it, final_it * cfg.batch / 1000.0, dict(last), run_dir, reason, best)
     if rank == 0:
-        atomic_write_bytes(run_dir / RESULT_FILE, json_text(  # best value null when nothing was evaluated
-            {"status": status, "reason": reason, "iterations": result.iterations, "kimg": result.kimg,
-             "metrics": result.metrics, "best": best}, indent=2).encode())
+        result.save()  # the best value is null when nothing was evaluated
         reporter.finish(result)
     return result

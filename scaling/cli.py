@@ -34,6 +34,7 @@ from rich.table import Table
 
 from core.config import ConfigError, TrainConfig, flatten
 from core.presets import PRESETS, get_preset
+from core.records import LOSS_D, LOSS_G, TAG_SAME_AS, is_fd_key, is_progress_key
 from scaling.lock import refuse_if_running
 from scaling.spec import (
     EMBEDDED_DATASETS,
@@ -262,13 +263,13 @@ def _print_outcome(outcome: Any, console: Console, plot_command: str) -> None:
     """The summary of a sweep: a table of every trial, then the trials that were retried, failed,
     hit a configuration error or diverged (each with its reason), disagreements of the MLflow
     store, counts, what to do next (commands that work as printed) and where the results are."""
-    keys = sorted({k for t in outcome.trials for k in t.metrics if k.startswith(("eval/fd", "eval/fid"))})
+    keys = sorted({k for t in outcome.trials for k in t.metrics if is_fd_key(k)})
     table = Table(title=f"sweep {outcome.name}", title_justify="left", box=box.SIMPLE_HEAD)
-    for name in ["trial", "status", "iterations", "kimg", *keys, "loss/G", "loss/D"]:
+    for name in ["trial", "status", "iterations", "kimg", *keys, LOSS_G, LOSS_D]:
         table.add_column(name, justify="left" if name in ("trial", "status") else "right", no_wrap=name == "trial")
     styles = {"finished": "green", "diverged": "yellow", "error": "red", "config_error": "red", "incomplete": "dim"}
     for t in outcome.trials:
-        values = [f"{t.metrics[k]:.4g}" if k in t.metrics else "-" for k in [*keys, "loss/G", "loss/D"]]
+        values = [f"{t.metrics[k]:.4g}" if k in t.metrics else "-" for k in [*keys, LOSS_G, LOSS_D]]
         table.add_row(t.name, f"[{styles[t.status]}]{t.status}[/]", str(t.iterations), f"{t.kimg:g}", *values)
     console.print(table)
     for t in outcome.trials:
@@ -290,7 +291,7 @@ def _print_outcome(outcome: Any, console: Console, plot_command: str) -> None:
     counts = {s: sum(t.status == s for t in outcome.trials) for s in styles}
     copies = sum(t.same_as is not None for t in outcome.trials)
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n)
-                  + (f" ({copies} repeat an identical trial's training: copied runs, tag gat_sweep.same_as)"
+                  + (f" ({copies} repeat an identical trial's training: copied runs, tag {TAG_SAME_AS})"
                      if copies else ""), highlight=False)
     if counts["incomplete"] or counts["error"]:
         console.print("Run the same command again to resume: ended trials are kept, the others continue "
@@ -380,7 +381,7 @@ def train(
     if result.reason:
         console.print(f"[yellow]diverged:[/] {escape(result.reason)}", highlight=False)
     metrics = "  ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())
-                        if k.startswith(("eval/", "loss/")))
+                        if is_progress_key(k))
     console.print(f"[{style}]{result.status}[/] after {result.iterations} iterations "
                   f"({result.kimg:g} kimg): {metrics}\nrun directory {escape(str(result.run_dir))}", highlight=False)
 

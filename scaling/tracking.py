@@ -41,11 +41,24 @@ from mlflow.utils.mlflow_tags import (
 from PIL import Image
 
 from core.config import TrainConfig, flatten
-from core.train import Report, Reporter, TrainResult
+from core.records import (
+    BEST_STEP,
+    FAILED,
+    ITER,
+    METRIC_KEY_PARAM,
+    RUNNING,
+    TAG_ERROR,
+    TAG_ROLE,
+    TAG_SAME_AS,
+    TAG_SPEC_HASH,
+    TAG_STATUS,
+    TAG_SWEEP,
+    TAG_TRIAL,
+    RunResult,
+    best_key,
+)
+from core.train import Report, Reporter
 
-TAG_ROLE, TAG_SWEEP, TAG_TRIAL = "gat_sweep.role", "gat_sweep.sweep", "gat_sweep.trial"
-TAG_STATUS, TAG_SPEC_HASH, TAG_SAME_AS = "gat_sweep.status", "gat_sweep.spec_hash", "gat_sweep.same_as"
-TAG_ERROR = "gat_sweep.error"
 PARAMS_PER_BATCH, METRICS_PER_BATCH, RUNS_PER_PAGE = 100, 1000, 1000
 """MLflow's limits of params and of metrics per log_batch call; runs per search page."""
 ERROR_TAG_CHARS = 5000
@@ -58,9 +71,6 @@ CONTEXT_TAGS = (MLFLOW_USER, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_GIT_
 """The context tags of the parent run that every child run repeats."""
 SAMPLES_KEY = "samples"
 """``log_image`` key of the EMA sample grids."""
-BEST_PREFIX, BEST_STEP = "best/", "best/step"
-"""``best/<metric>``: the best (lowest) FD/FID so far, ``<metric>`` being ``eval.metric_key``
-without ``eval/``; ``best/step``: the iteration of that evaluation."""
 
 
 def context_tags() -> dict[str, str]:
@@ -231,7 +241,7 @@ def end_open_runs(tracking: TrialTracking, reasons: dict[str, tuple[str, str]]) 
         for run in runs:
             if trial in reasons and run.info.status == RunStatus.to_string(RunStatus.RUNNING):
                 status, reason = reasons[trial]
-                client.log_batch(run.info.run_id, tags=[RunTag(TAG_STATUS, "failed"),
+                client.log_batch(run.info.run_id, tags=[RunTag(TAG_STATUS, FAILED),
                                                         RunTag(TAG_ERROR, reason[:ERROR_TAG_CHARS])])
                 client.set_terminated(run.info.run_id, status)
                 closed.append(trial)
@@ -304,12 +314,12 @@ class MlflowReporter(Reporter):
         found = None if state else self.tracking.find_run(self.client, self.trial)
         self.run_id = (state or {}).get("mlflow_run_id") or (found.info.run_id if found else self._create_run())
         self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        self.client.set_tag(self.run_id, TAG_STATUS, "running")
+        self.client.set_tag(self.run_id, TAG_STATUS, RUNNING)
         _log_params(self.client, self.run_id, {**flatten(cfg.to_dict()), **self.params, **info})
         self.client.log_dict(self.run_id, cfg.to_dict(), "config.json")
-        history = self.client.get_metric_history(self.run_id, "progress/iter")
+        history = self.client.get_metric_history(self.run_id, ITER)
         self._logged_until = max((m.step for m in history), default=-1)
-        self._metric_key = info.get("eval.metric_key")
+        self._metric_key = info.get(METRIC_KEY_PARAM)
         if self._metric_key is not None:
             logged = self.client.get_run(self.run_id).data.metrics
             self._best = logged.get(self._best_key(), math.inf)
@@ -331,7 +341,7 @@ class MlflowReporter(Reporter):
     def state_dict(self) -> dict[str, Any]:
         return {"mlflow_run_id": self.run_id}
 
-    def finish(self, result: TrainResult) -> None:
+    def finish(self, result: RunResult) -> None:
         """Tag the run finished or diverged and close it."""
         self._stop_system_metrics()
         self.client.set_tag(self.run_id, TAG_STATUS, result.status)
@@ -347,14 +357,14 @@ class MlflowReporter(Reporter):
             found = self.tracking.find_run(self.client, self.trial)
             self.run_id = found.info.run_id if found else self._create_run()
         self.client.log_batch(self.run_id, tags=[
-            RunTag(TAG_STATUS, "failed"), RunTag(TAG_ERROR, f"{type(error).__name__}: {error}"[:ERROR_TAG_CHARS])])
+            RunTag(TAG_STATUS, FAILED), RunTag(TAG_ERROR, f"{type(error).__name__}: {error}"[:ERROR_TAG_CHARS])])
         self.client.set_terminated(self.run_id, "FAILED")
 
     def _create_run(self) -> str:
         return self.tracking.create_run(self.client, self.trial)
 
     def _best_key(self) -> str:
-        return BEST_PREFIX + self._metric_key.removeprefix("eval/")
+        return best_key(self._metric_key)
 
     def _stop_system_metrics(self) -> None:
         if self._monitor is not None:

@@ -61,7 +61,8 @@ from core.config import ConfigError, TrainConfig, flatten
 from core.encode import MANIFEST
 from core.flops import remember_flops
 from core.metrics import resolve_metric
-from core.train import RESULT_FILE, STATS_FILE, Report, TrainResult, train
+from core.records import CONFIG_FILE, DIVERGED, FINISHED, ITER, RESULT_FILE, STATS_FILE, RunResult, is_fd_key
+from core.train import Report, train
 from scaling.grid import (
     ATTEMPTS_FILE,
     TRIALS_DIR,
@@ -169,17 +170,10 @@ class TrialReporter(MlflowReporter):
             tune.report(dict(report.metrics))
 
 
-def read_result(run_dir: Path) -> dict[str, Any] | None:
-    """The ``result.json`` of a run directory, or None if the run has not ended."""
-    path = run_dir / RESULT_FILE
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def is_done(trial: Trial, run_dir: Path) -> bool:
-    """True if the trial ended: diverged, or finished its full budget."""
-    result = read_result(run_dir)
-    return result is not None and (
-        result["status"] == "diverged" or result["iterations"] >= trial.config.iterations)
+    """True if the trial ended: diverged, or finished its full budget (``result.json``)."""
+    result = RunResult.load(run_dir)
+    return result is not None and result.is_done(trial.config.iterations)
 
 
 def run_trial(config: dict[str, str], plan: SweepPlan, reporter_cls: type[TrialReporter]) -> None:
@@ -211,7 +205,7 @@ def run_trial(config: dict[str, str], plan: SweepPlan, reporter_cls: type[TrialR
     tune.report({**result.metrics, "status": result.status, "iterations": result.iterations})
 
 
-def _train(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter]) -> TrainResult:
+def _train(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter]) -> RunResult:
     """Train one trial in this process; a failure is recorded before it propagates."""
     torch.set_num_threads(max(1, int(plan.resources.cpus)))
     remember_flops(trial.config, plan.flops_per_iter[trial.name])
@@ -292,7 +286,7 @@ def _complete_records(stats: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
-def _train_ddp(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter]) -> TrainResult:
+def _train_ddp(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter]) -> RunResult:
     """Train one trial on ``resources.workers`` DDP processes through Ray Train's TorchTrainer."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -310,9 +304,7 @@ def _train_ddp(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter])
         fitting = pool.submit(trainer.fit)
         relay_stats(plan.run_dir(trial.name) / STATS_FILE, fitting, tune.report)
         fitting.result()  # a worker's exception surfaces here; Tune then retries the whole trial
-    result = read_result(plan.run_dir(trial.name))
-    return TrainResult(result["status"], result["iterations"], result["kimg"], result["metrics"],
-                       plan.run_dir(trial.name))
+    return RunResult.load(plan.run_dir(trial.name))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -604,9 +596,9 @@ class ProgressLines(tune.Callback):
         self._print(f"[cyan]start[/]     {trial.config['trial']}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # type: ignore[no-untyped-def]
-        if "progress/iter" in result:
+        if ITER in result:
             name, now = trial.config["trial"], time.monotonic()
-            self.iters[name] = int(result["progress/iter"])
+            self.iters[name] = int(result[ITER])
             self.first.setdefault(name, (self.iters[name], now))
             self.latest_time[name] = now
             self.slots = max(self.slots, sum(t.status == "RUNNING" for t in trials))
@@ -620,8 +612,8 @@ class ProgressLines(tune.Callback):
             self._print(f"[red]{status}[/] {trial.config['trial']}  ({self.done}/{self.total}), not retried: "
                         f"{escape(result.get('error', ''))}")
             return
-        evals = "  ".join(f"{k}={v:.4g}" for k, v in result.items() if k.startswith(("eval/fd", "eval/fid")))
-        style = "red" if status == "diverged" else "green"
+        evals = "  ".join(f"{k}={v:.4g}" for k, v in result.items() if is_fd_key(k))
+        style = "red" if status == DIVERGED else "green"
         self._print(f"[{style}]{status:<9}[/] {trial.config['trial']}  ({self.done}/{self.total})  {evals}")
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
@@ -749,7 +741,7 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
     end_open_runs(plan.tracking, {
         t.name: ("KILLED", "the trial did not end: the driver stopped before it finished")
         if t.status == "incomplete" else ("FAILED", t.error or t.status)
-        for t in outcome.trials if t.status not in ("finished", "diverged")})
+        for t in outcome.trials if t.status not in (FINISHED, DIVERGED)})
     outcome.store_problems = _check_store(plan, outcome)
     set_run_status(tracking_uri, state["parent_run_id"], running=False,
                    failed=outcome.failed or any(t.status == "incomplete" for t in outcome.trials))
@@ -759,7 +751,7 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
 def _check_store(plan: SweepPlan, outcome: SweepOutcome) -> list[str]:
     """The store checked against the trials that ended (:func:`scaling.tracking.store_problems`);
     a store that cannot be read is one problem."""
-    ended = {t.name: t.status for t in outcome.trials if t.status in ("finished", "diverged")}
+    ended = {t.name: t.status for t in outcome.trials if t.status in (FINISHED, DIVERGED)}
     try:
         return store_problems(plan.tracking, ended)
     except MlflowException as err:
@@ -799,8 +791,8 @@ def _copy_trial(plan: SweepPlan, trial: Trial, source: str) -> None:
     (dst / "samples").mkdir(parents=True, exist_ok=True)
     for path in samples:
         shutil.copyfile(path, dst / "samples" / path.name)
-    (dst / "config.json").write_text(json.dumps(trial.config.to_dict(), indent=2))
-    shutil.copyfile(src / "stats.jsonl", dst / "stats.jsonl")
+    (dst / CONFIG_FILE).write_text(json.dumps(trial.config.to_dict(), indent=2))
+    shutil.copyfile(src / STATS_FILE, dst / STATS_FILE)
     (dst / COPY_FILE).write_text(json.dumps({"trial": source, "mlflow_run_id": run_id}, indent=2))
     shutil.copyfile(src / RESULT_FILE, dst / RESULT_FILE)
 
@@ -855,13 +847,13 @@ def _collect(spec: SweepSpec, plan: SweepPlan, trials: list[Trial], failed: dict
     outcomes = []
     for t in trials:
         run_dir = plan.run_dir(t.name)
-        result = read_result(run_dir)
+        result = RunResult.load(run_dir)
         same_as = repeats.get(t.name)
         history = {"same_as": same_as, "starts": len(read_jsonl(run_dir / ATTEMPTS_FILE)),
                    "failures": [f["error"] for f in read_jsonl(run_dir / FAILURES_FILE)]}
         if result is not None and is_done(t, run_dir):
-            outcomes.append(TrialOutcome(t.name, result["status"], result["iterations"], result["kimg"],
-                                         result["metrics"], reason=result.get("reason"), **history))
+            outcomes.append(TrialOutcome(t.name, result.status, result.iterations, result.kimg,
+                                         result.metrics, reason=result.reason, **history))
         elif t.name in failed:
             status, error = failed[t.name]
             outcomes.append(TrialOutcome(t.name, status, error=error, **history))

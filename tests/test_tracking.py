@@ -15,7 +15,8 @@ from PIL import Image
 
 from core.checkpoint import load_checkpoint
 from core.config import NetConfig, TrainConfig
-from core.train import Report, TrainResult, train
+from core.records import RunResult
+from core.train import Report, train
 from scaling.tracking import (
     MlflowReporter,
     TrialTracking,
@@ -151,7 +152,7 @@ def test_sample_grids_are_logged_as_images_with_their_step(store, tmp_path):
     reporter.start(CFG, {}, None)
     for step in (2, 4):
         reporter.report(Report(step, {"progress/iter": float(step)}, [sample_grid(tmp_path / f"iter_{step:07d}.png")]))
-    reporter.finish(TrainResult("finished", 4, 0.032, {}, tmp_path))
+    reporter.finish(RunResult("finished", 4, 0.032, {}, tmp_path))
     client = MlflowClient(store.tracking_uri)
     assert image_steps(client, reporter.run_id) == [2, 4]
     assert client.get_run(reporter.run_id).data.tags["mlflow.loggedImages"] == "True"
@@ -170,7 +171,7 @@ def test_best_metric_and_step_follow_the_evaluations_across_a_resume(store):
     second.start(cfg, info, first.state_dict())
     for step, fd in ((6, 45.0), (8, 42.0), (10, 30.0)):
         second.report(Report(step, {"progress/iter": float(step), FD: fd}))
-    second.finish(TrainResult("finished", 10, 0.08, {}, None))
+    second.finish(RunResult("finished", 10, 0.08, {}, None))
     client = MlflowClient(store.tracking_uri)
     best = client.get_metric_history(first.run_id, "best/fd_digits_1k")
     assert [(m.step, m.value) for m in best] == [(2, 50.0), (4, 40.0), (10, 30.0)]
@@ -190,7 +191,7 @@ def test_system_metrics_are_logged_while_the_run_trains(store, monkeypatch):
     while len(client.get_metric_history(reporter.run_id, "system/cpu_utilization_percentage")) < 2:
         assert time.monotonic() < deadline, "no two system-metric samples within 20 s"
         time.sleep(0.05)
-    reporter.finish(TrainResult("finished", 0, 0.0, {}, None))
+    reporter.finish(RunResult("finished", 0, 0.0, {}, None))
     metrics = client.get_run(reporter.run_id).data.metrics
     assert metrics["system/cpu_utilization_percentage"] >= 0
     assert metrics["system/system_memory_usage_megabytes"] > 0
@@ -201,7 +202,7 @@ def test_system_metrics_are_logged_while_the_run_trains(store, monkeypatch):
     off = MlflowReporter(store, "system-off", SWEEP)
     off.start(CFG, {}, None)
     time.sleep(0.2)
-    off.finish(TrainResult("finished", 0, 0.0, {}, None))
+    off.finish(RunResult("finished", 0, 0.0, {}, None))
     assert not any(k.startswith("system/") for k in client.get_run(off.run_id).data.metrics)
 
 
@@ -231,7 +232,7 @@ def test_crash_and_resume_log_to_one_run_without_duplicate_steps(store, tmp_path
 def test_diverged_result_is_tagged(store):
     reporter = MlflowReporter(store, "diverging", SWEEP)
     reporter.start(CFG, {}, None)
-    reporter.finish(TrainResult("diverged", 3, 0.024, {}, None))
+    reporter.finish(RunResult("diverged", 3, 0.024, {}, None))
     run = MlflowClient(store.tracking_uri).get_run(reporter.run_id)
     assert run.data.tags["gat_sweep.status"] == "diverged" and run.info.status == "FINISHED"
     assert reporter.state_dict() == {"mlflow_run_id": reporter.run_id}
@@ -243,7 +244,7 @@ def test_copy_run_repeats_a_run_under_another_trial_once(store, tmp_path):
     grid = sample_grid(tmp_path / "iter_0000002.png")
     source.report(Report(2, {"loss/D": 1.5, "progress/iter": 2.0}, [grid]))
     source.report(Report(4, {"loss/D": 1.25, "progress/iter": 4.0}))
-    source.finish(TrainResult("finished", 4, 0.032, {}, tmp_path))
+    source.finish(RunResult("finished", 4, 0.032, {}, tmp_path))
     cfg = CFG.replace(name="repeat")
     params = {**SWEEP, "sweep.lr_rule": "constant"}
     first = copy_run(store, "source", "repeat", cfg, params, [grid])

@@ -1,0 +1,146 @@
+"""What a run records, in one place: metric keys, MLflow tag names, statuses, the files of a run
+directory, and the run's result record (``result.json``).
+
+Torch-free, so that the trainer (``core``), the sweep driver and tracking (``scaling``) and the
+analysis (``analysis``, which never imports torch) read and write the same names. docs/TRACKING.md
+lists what each key means; a test checks that no module outside this one spells a metric key or
+a tag name as a string literal.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.cache import atomic_write_bytes, json_text
+
+# ---- metric keys (logged per iteration step; docs/TRACKING.md "Metrics") ----------------------
+LOSS_D, LOSS_G, LOSS_REPA = "loss/D", "loss/G", "loss/repa"
+"""RpGAN losses of the D and G steps and the DINOv2 alignment loss (repa only)."""
+REG_R1, REG_R2 = "reg/r1", "reg/r2"
+"""R1 (reals) and R2 (fakes) penalties before the gamma / 2 factor."""
+D_REAL, D_FAKE = "diag/d_real", "diag/d_fake"
+"""Mean D logit on reals and on fakes in the D step."""
+GRAD_NORM_D, GRAD_NORM_G = "diag/grad_norm_D", "diag/grad_norm_G"
+"""Gradient norms before clipping."""
+G_UPDATE_REL, EARLY_SKIP_REL = "diag/g_update_rel", "diag/early_skip_rel"
+"""Failure-mode diagnostics of G (core/diagnostics.py)."""
+ITER, KIMG, TRAIN_FLOPS = "progress/iter", "progress/kimg", "compute/train_flops"
+"""Iterations and thousands of real images done; cumulative training FLOPs."""
+SEC_PER_KIMG, EVAL_SECONDS = "time/sec_per_kimg", "time/eval_s"
+"""Training seconds per kimg (evaluation excluded) and seconds of one evaluation."""
+EVAL_PREFIX = "eval/"
+FD_PREFIXES = ("eval/fd", "eval/fid")
+"""Prefixes of a Frechet-distance key: ``eval/fd_<extractor>_<n>`` (a domain classifier's feature
+space) or ``eval/fid<n>`` (Inception)."""
+BEST_PREFIX, BEST_STEP = "best/", "best/step"
+"""``best/<metric>``: the best (lowest) FD/FID so far, ``<metric>`` being the FD key without
+``eval/``; ``best/step``: the iteration of that evaluation (MLflow only)."""
+
+# ---- params that name other records (docs/TRACKING.md "Child run") ---------------------------
+METRIC_KEY_PARAM = "eval.metric_key"
+"""Param holding the run's FD/FID metric key."""
+
+# ---- MLflow tags -------------------------------------------------------------------------------
+TAG_ROLE, TAG_SWEEP, TAG_TRIAL = "gat_sweep.role", "gat_sweep.sweep", "gat_sweep.trial"
+"""Role ('parent' or 'trial'), sweep name and trial name of a run."""
+TAG_STATUS, TAG_SPEC_HASH, TAG_SAME_AS = "gat_sweep.status", "gat_sweep.spec_hash", "gat_sweep.same_as"
+"""A child run's status (:data:`STATUSES`); the sweep file's hash (parent); for a copied trial,
+the trial whose identical training it repeats (its metrics are that training's)."""
+TAG_ERROR = "gat_sweep.error"
+TAG_PREFIX = "gat_sweep."
+
+
+def fit_tag(model: str) -> str:
+    """Parent-run tag of a compute fit's outcome (``gat_sweep.fit.<model>``: 'ok' or why not)."""
+    return f"{TAG_PREFIX}fit.{model}"
+
+
+def lr_transfer_tag(rule: str) -> str:
+    """Parent-run tag of an LR rule's transfer verdict (``gat_sweep.lr_transfer.<rule>``)."""
+    return f"{TAG_PREFIX}lr_transfer.{rule}"
+
+
+# ---- statuses ----------------------------------------------------------------------------------
+RUNNING, FINISHED, DIVERGED, FAILED = "running", "finished", "diverged", "failed"
+STATUSES = (RUNNING, FINISHED, DIVERGED, FAILED)
+EXCLUDED_STATUSES = (DIVERGED, FAILED)
+"""Trials whose evaluations are never fitted: their numbers near the failure are not trustworthy."""
+"""Values of the ``gat_sweep.status`` tag of a child run; ``result.json`` holds FINISHED or DIVERGED."""
+
+# ---- files of a run directory (ARCHITECTURE.md "A run directory describes itself") -----------
+CONFIG_FILE, STATS_FILE, RESULT_FILE = "config.json", "stats.jsonl", "result.json"
+
+
+def eval_keys(extractor: str | None, count: str) -> dict[str, str]:
+    """The evaluation metric keys of one extractor and sample-count label: {'fd', 'kid',
+    'precision', 'recall'} -> key. ``extractor`` None means Inception (``eval/fid5k``,
+    ``eval/kid5k``, ...); a name such as 'digits' gives ``eval/fd_digits_1k``, ``eval/kid_digits_1k``."""
+    suffix = count if extractor is None else f"_{extractor}_{count}"
+    keys = {name: f"{EVAL_PREFIX}{name}{suffix}" for name in ("kid", "precision", "recall")}
+    keys["fd"] = f"{EVAL_PREFIX}{'fid' if extractor is None else 'fd'}{suffix}"
+    return keys
+
+
+def is_fd_key(key: str) -> bool:
+    """True for a Frechet-distance metric key (FD in any feature space, or FID)."""
+    return key.startswith(FD_PREFIXES)
+
+
+def quality_keys(fd_key: str) -> tuple[str, str]:
+    """The precision and recall keys logged beside an FD/FID key: ``eval/fd_digits_500`` ->
+    (``eval/precision_digits_500``, ``eval/recall_digits_500``); ``eval/fid5k`` ->
+    (``eval/precision5k``, ``eval/recall5k``)."""
+    prefix = FD_PREFIXES[1] if fd_key.startswith(FD_PREFIXES[1]) else FD_PREFIXES[0]
+    suffix = fd_key.removeprefix(prefix)
+    return f"{EVAL_PREFIX}precision{suffix}", f"{EVAL_PREFIX}recall{suffix}"
+
+
+def best_key(fd_key: str) -> str:
+    """The MLflow key of the best value so far of an FD/FID key (``best/fd_digits_500``)."""
+    return BEST_PREFIX + fd_key.removeprefix(EVAL_PREFIX)
+
+
+def is_progress_key(key: str) -> bool:
+    """True for the keys of evaluations and losses, what a one-line run summary shows."""
+    return key.startswith((EVAL_PREFIX, "loss/"))
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended: what ``result.json`` of its run directory holds."""
+
+    status: str
+    """FINISHED or DIVERGED."""
+    iterations: int
+    kimg: float
+    metrics: dict[str, float]
+    """Last logged value of every metric."""
+    run_dir: Path
+    reason: str | None = None
+    """Why the run diverged (None when it finished)."""
+    best: dict[str, Any] | None = None
+    """The best evaluation: {'value': FD/FID or None when nothing was evaluated, 'iteration'}."""
+
+    def is_done(self, iterations: int) -> bool:
+        """True if a run asked for ``iterations`` has nothing left to do: it diverged, or it
+        finished at least that many iterations (a longer budget continues a finished run)."""
+        return self.status == DIVERGED or self.iterations >= iterations
+
+    def save(self) -> None:
+        """Write ``result.json`` atomically (temp file + rename) into :attr:`run_dir`."""
+        record = {"status": self.status, "reason": self.reason, "iterations": self.iterations,
+                  "kimg": self.kimg, "metrics": self.metrics, "best": self.best}
+        atomic_write_bytes(self.run_dir / RESULT_FILE, json_text(record, indent=2).encode())
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunResult | None:
+        """The result of the run in ``run_dir``, or None if it has not ended (no ``result.json``)."""
+        path = Path(run_dir) / RESULT_FILE
+        if not path.exists():
+            return None
+        record = json.loads(path.read_text())
+        return cls(record["status"], record["iterations"], record["kimg"], record["metrics"], Path(run_dir),
+                   record.get("reason"), record.get("best"))
