@@ -336,7 +336,11 @@ class TrainConfig:
     @property
     def kimg(self) -> float:
         """Training length in thousands of real images shown to D."""
-        return self.iterations * self.batch / 1000.0
+        return self.kimg_at(self.iterations)
+
+    def kimg_at(self, iterations: int) -> float:
+        """Thousands of real images D has seen after ``iterations`` iterations (global batch)."""
+        return iterations * self.batch / 1000.0
 
     # ---- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

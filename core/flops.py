@@ -116,8 +116,7 @@ def train_flops_per_iter(cfg: TrainConfig) -> int:
 
     Measured at the real batch size (D's class projection costs the same for any batch that
     holds more rows than classes, so FLOPs are not exactly linear in the batch). Kept per
-    architecture and batch for the life of the process (see :func:`remember_flops`) and on disk
-    (:func:`count_architecture`).
+    architecture and batch for the life of the process and on disk (:func:`count_architecture`).
     """
     key = _architecture(cfg)
     if key not in _MEASURED:
@@ -175,13 +174,6 @@ def _core_source_hash() -> str:
     """Hash of every ``core/*.py`` file: the code that builds and steps the models being counted."""
     files = sorted(Path(__file__).parent.glob("*.py"))
     return content_hash(*(f.read_bytes() for f in files))
-
-
-def remember_flops(cfg: TrainConfig, flops_per_iter: int) -> None:
-    """Record a count made elsewhere (a sweep's driver hands its counts to the trials, so that each
-    trial process does not count again); :func:`train_flops_per_iter` then returns it for ``cfg``
-    and every config of the same architecture and batch."""
-    _MEASURED[_architecture(cfg)] = flops_per_iter
 
 
 def _architecture(cfg: TrainConfig) -> TrainConfig:

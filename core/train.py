@@ -38,7 +38,7 @@ from core.config import RESUMABLE_FIELDS, ConfigError, TrainConfig
 from core.evaluate import InvalidMetricError, make_evaluator, make_sampler
 from core.flops import FLOPS_CONVENTION, train_flops_per_iter
 from core.latents import load_latents
-from core.model import build_models, count_parameters
+from core.model import Generator, build_models, count_parameters
 from core.records import (
     CONFIG_FILE,
     DIVERGED,
@@ -183,27 +183,54 @@ def _rank0_flag(flag: bool, device: torch.device) -> bool:
     return bool(tensor.item())
 
 
-def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, progress: bool = True) -> RunResult:
-    """Train (or resume, or return at once if finished) one GAT run in ``run_dir``.
+@dataclass
+class _Carry:
+    """What the loop carries from one iteration to the next besides weights and optimiser moments.
 
-    Args:
-        cfg: the validated run configuration.
-        run_dir: run directory; made absolute. Resumes from ``checkpoints/latest.pt`` if present.
-        reporter: progress sink (Ray Tune / MLflow in ``scaling``); None = files only.
-        progress: show a tqdm progress bar (rank 0).
-    Returns: :class:`RunResult`; status 'diverged' (no exception) when a loss became non-finite
-        or exceeded ``cfg.diverge_loss``, an evaluation's samples were non-finite, or an evaluation
-        exceeded ``cfg.diverge_fd_ratio`` times the best so far; ``reason`` says which.
-    Raises: ConfigError for an impossible config, a missing dataset or evaluation weights, or a
-        run directory holding a different config. Other exceptions propagate (Ray retries them).
+    Everything else is re-derived from the iteration number (RNG seeds, EMA warm-up), so a run
+    resumed from a checkpoint holding this logs and trains exactly what the uninterrupted one does.
     """
-    run_dir = Path(run_dir).resolve()
-    reporter = reporter or Reporter()
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    if cfg.batch % world:
-        raise ConfigError(f"batch={cfg.batch} is not divisible by the {world} distributed workers")
-    # Rank 0 owns the run directory; every rank follows its decision (or its error).
+
+    iteration: int = 0
+    """Iterations completed."""
+    best: dict[str, Any] = field(default_factory=lambda: {"value": math.inf, "iteration": -1})
+    """The best evaluation so far (``value`` inf before any)."""
+    window: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Sums of the step statistics since the last log."""
+    window_iters: int = 0
+    last: dict[str, float] = field(default_factory=dict)
+    """The last logged value of every metric (the result's metrics)."""
+    reporter: dict[str, Any] | None = None
+    """The reporter's :meth:`Reporter.state_dict` at the checkpoint (None for a fresh run)."""
+
+
+def _checkpoint_state(G: Generator, D: torch.nn.Module, G_ema: Generator, step: GATStep, carry: _Carry,
+                      cfg: TrainConfig) -> dict[str, Any]:
+    """The checkpoint of the current iteration: weights, optimiser moments, the carry and the
+    config as plain data (:mod:`core.checkpoint`)."""
+    return {"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
+            "opt_g": step.opt_g.state_dict(), "opt_d": step.opt_d.state_dict(),
+            "iteration": carry.iteration, "best": carry.best, "window": carry.window,
+            "window_iters": carry.window_iters, "last": carry.last, "config": cfg.to_dict(),
+            "reporter": carry.reporter}
+
+
+def _resume(path: Path, device: torch.device, G: Generator, D: torch.nn.Module,
+            G_ema: Generator) -> tuple[_Carry, dict[str, Any]]:
+    """Load a :func:`_checkpoint_state` into the models; returns the carry and the two optimiser
+    states (loaded once the optimisers exist)."""
+    state = load_checkpoint(path, device)
+    G.load_state_dict(state["G"])
+    D.load_state_dict(state["D"])
+    G_ema.load_state_dict(state["G_ema"])
+    carry = _Carry(state["iteration"], state["best"], state["window"], state["window_iters"], state["last"],
+                   state["reporter"])
+    return carry, {"opt_g": state["opt_g"], "opt_d": state["opt_d"]}
+
+
+def _decide(cfg: TrainConfig, run_dir: Path, rank: int, world: int) -> RunResult | None:
+    """Rank 0 checks the run directory (:func:`_check_run_dir`) and whether the run has ended
+    already; every rank follows its decision, or raises its ConfigError."""
     decision: list[Any] = [None]
     if rank == 0:
         try:
@@ -214,14 +241,51 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
             decision[0] = ("error", str(error))
     if world > 1:
         dist.broadcast_object_list(decision, src=0)
-    kind, done = decision[0]
+    kind, value = decision[0]
     if kind == "error":
-        raise ConfigError(done)
-    if done is not None:
-        return done
+        raise ConfigError(value)
+    return value
+
+
+def _mean_over_ranks(window: dict[str, torch.Tensor], world: int) -> dict[str, torch.Tensor]:
+    """The logging window's sums averaged over the ranks (logged losses are global-batch means)."""
+    keys = sorted(window)
+    sums = torch.stack([window[k] for k in keys])
+    dist.all_reduce(sums)
+    return dict(zip(keys, sums / world))
+
+
+def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, progress: bool = True,
+          flops_per_iter: int | None = None) -> RunResult:
+    """Train (or resume, or return at once if finished) one GAT run in ``run_dir``.
+
+    Args:
+        cfg: the validated run configuration.
+        run_dir: run directory; made absolute. Resumes from ``checkpoints/latest.pt`` if present.
+        reporter: progress sink (Ray Tune / MLflow in ``scaling``); None = files only.
+        progress: show a tqdm progress bar (rank 0).
+        flops_per_iter: FLOPs of one iteration (:func:`core.flops.train_flops_per_iter`), when the
+            caller has counted them (a sweep's driver counts every architecture once); None: count.
+    Returns: :class:`core.records.RunResult`; status 'diverged' (no exception) when a loss became
+        non-finite or exceeded ``cfg.diverge_loss``, an evaluation's samples were non-finite, or an
+        evaluation exceeded ``cfg.diverge_fd_ratio`` times the best so far; ``reason`` says which.
+    Raises: ConfigError for an impossible config, a missing dataset or evaluation weights, or a
+        run directory holding a different config. Other exceptions propagate (Ray retries them).
+    """
+    # ---- 1. Has this run directory a run, and may this config continue it? -------------------
+    run_dir = Path(run_dir).resolve()
+    reporter = reporter or Reporter()
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if cfg.batch % world:
+        raise ConfigError(f"batch={cfg.batch} is not divisible by the {world} distributed workers")
+    ended = _decide(cfg, run_dir, rank, world)
+    if ended is not None:
+        return ended
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
 
+    # ---- 2. Data, the DINOv2 encoder, evaluation: everything that can fail before training ---
     device = resolve_device(cfg.device)
     data = load_latents(cfg)
     encoder = run_encoder(cfg, data, device) if cfg.repa else None
@@ -230,35 +294,27 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         sampler = make_sampler(cfg, data, device)
     if rank == 0 and cfg.eval_every >= 0:
         evaluator = make_evaluator(cfg, data, device, sampler)
+
+    # ---- 3. Models, seeded; the run's parameters --------------------------------------------
     torch.manual_seed(cfg.seed)  # the initialisation is part of what a seed names
     G, D = build_models(cfg, device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    info = {
-        "model.g_params": str(count_parameters(G)), "model.d_params": str(count_parameters(D)),
-        "compute.flops_per_iter": str(train_flops_per_iter(cfg)),
-        "compute.flops_convention": FLOPS_CONVENTION,
-        **(evaluator.provenance if evaluator is not None else {}),
-    }
-    flops_per_iter = int(info["compute.flops_per_iter"])
+    if flops_per_iter is None:
+        flops_per_iter = train_flops_per_iter(cfg)
+    info = {"model.g_params": str(count_parameters(G)), "model.d_params": str(count_parameters(D)),
+            "compute.flops_per_iter": str(flops_per_iter), "compute.flops_convention": FLOPS_CONVENTION,
+            **(evaluator.provenance if evaluator is not None else {})}
 
-    # Everything the loop carries from one iteration to the next is either re-derived from the
-    # iteration number (RNG seeds, EMA warm-up) or stored in the checkpoint (weights, optimiser
-    # moments, w_avg, best evaluation, the open logging window, the last value of every metric),
-    # so a resumed run logs and trains exactly what the uninterrupted one does.
-    start, best, reporter_state = 0, {"value": math.inf, "iteration": -1}, None
-    window: dict[str, torch.Tensor] = {}
-    window_iters = 0
-    last: dict[str, float] = {}
+    # ---- 4. Resume ----------------------------------------------------------------------------
+    carry, optimisers = _Carry(), None
     ckpt_dir = run_dir / "checkpoints"
     if (ckpt_dir / LATEST).exists():
-        state = load_checkpoint(ckpt_dir / LATEST, device)
-        G.load_state_dict(state["G"])
-        D.load_state_dict(state["D"])
-        G_ema.load_state_dict(state["G_ema"])
-        start, best, reporter_state = state["iteration"], state["best"], state["reporter"]
-        window, window_iters, last = state["window"], state["window_iters"], state["last"]
+        carry, optimisers = _resume(ckpt_dir / LATEST, device, G, D, G_ema)
+    start = carry.iteration
     if rank == 0:
         _truncate_stats(run_dir / STATS_FILE, start)
+
+    # ---- 5. Compilation, DDP wrappers, the step (optimisers) and the reporter ----------------
     G_train: torch.nn.Module = G
     D_train: torch.nn.Module = D
     if cfg.compile:
@@ -271,11 +327,11 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         D_train = DistributedDataParallel(D, device_ids=ids)
     step = GATStep(cfg, G_train, D_train, device, G_ema=G_ema, encoder=encoder)
     step.done = start
-    if start:
-        step.opt_g.load_state_dict(state["opt_g"])
-        step.opt_d.load_state_dict(state["opt_d"])
+    if optimisers is not None:
+        step.opt_g.load_state_dict(optimisers["opt_g"])
+        step.opt_d.load_state_dict(optimisers["opt_d"])
     if rank == 0:
-        reporter.start(cfg, info, reporter_state)
+        reporter.start(cfg, info, carry.reporter)
 
     # Fixed inputs for diagnostics (and nothing else): drawn once from the run's seed.
     fixed = torch.Generator().manual_seed(cfg.seed + 12_345)
@@ -290,17 +346,19 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
                desc=cfg.name, dynamic_ncols=True)
 
     def with_progress(it: int, metrics: dict[str, float]) -> dict[str, float]:
-        return {ITER: float(it), KIMG: it * cfg.batch / 1000.0, TRAIN_FLOPS: float(it * flops_per_iter), **metrics}
+        return {ITER: float(it), KIMG: cfg.kimg_at(it), TRAIN_FLOPS: float(it * flops_per_iter), **metrics}
 
     def emit(it: int, metrics: dict[str, float], images: list[Path] | None = None,
              checkpoint: Path | None = None) -> None:
         metrics = with_progress(it, metrics)
-        last.update(metrics)
+        carry.last.update(metrics)
         with open(run_dir / STATS_FILE, "a") as f:
             f.write(json_text({"step": it, **metrics}) + "\n")
         reporter.report(Report(it, metrics, images or [], checkpoint))
 
+    # ---- 6. The loop --------------------------------------------------------------------------
     for it in range(start, cfg.iterations):
+        # 6a. This iteration's draws, from (seed, iteration, rank) alone; one D and one G step.
         seed = _iteration_seed(cfg.seed, it, rank)
         torch.manual_seed(seed)
         data_gen.manual_seed(seed)
@@ -312,44 +370,48 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         diag_now = rank == 0 and done_it % cfg.diag_every == 0
         before = diagnostics.g_output(G, z_fix, y_fix) if diag_now else None
         stats = step.iteration(x, y, z, images if cfg.repa else None)
+
+        # 6b. A non-finite or exploding loss on any rank ends the run on every rank.
         healthy = _losses_healthy(stats, cfg.diverge_loss)
         if world > 1:
-            dist.all_reduce(healthy, op=dist.ReduceOp.MIN)  # all ranks stop together
+            dist.all_reduce(healthy, op=dist.ReduceOp.MIN)
         if not bool(healthy):
             status, reason = DIVERGED, _loss_divergence(stats, cfg.diverge_loss, done_it)
             if rank == 0:
                 emit(done_it, {k: v.item() for k, v in stats.items() if torch.isfinite(v)})
             bar.write(f"{cfg.name}: {reason}; stopping (diverged)")
             break
+
+        # 6c. The logging window (statistics stay on the device until they are logged).
         for key, value in stats.items():
-            window[key] = window.get(key, 0.0) + value
-        window_iters += 1
+            carry.window[key] = carry.window.get(key, 0.0) + value
+        carry.window_iters += 1
         bar.update(1)
         log_now = done_it % cfg.log_every == 0 or done_it == cfg.iterations
-        if log_now and world > 1:  # logged losses are means over the global batch
-            keys = sorted(window)
-            sums = torch.stack([window[k] for k in keys])
-            dist.all_reduce(sums)
-            window = dict(zip(keys, sums / world))
+        if log_now and world > 1:
+            carry.window = _mean_over_ranks(carry.window, world)
         eval_step = cfg.eval_every >= 0 and (
             done_it == cfg.iterations or (cfg.eval_every > 0 and done_it % cfg.eval_every == 0))
-        if rank != 0:
+        if rank != 0:  # the other ranks only learn whether rank 0's evaluation diverged
             if eval_step and world > 1 and _rank0_flag(False, device):
                 status = DIVERGED
                 break
             continue
 
+        # 6d. Diagnostics and the logged means.
         metrics: dict[str, float] = {}
         if diag_now:
             metrics[G_UPDATE_REL] = diagnostics.relative_change(before, diagnostics.g_output(G, z_fix, y_fix))
             metrics[EARLY_SKIP_REL] = diagnostics.early_skip_rel(G_ema, z_fix, y_fix)
         if log_now:
             elapsed = time.perf_counter() - window_start
-            metrics.update({k: (v / window_iters).item() for k, v in window.items()})
-            metrics[SEC_PER_KIMG] = elapsed / (window_iters * cfg.batch / 1000.0)
-            window, window_iters, window_start = {}, 0, time.perf_counter()
-            bar.set_postfix({"kimg": f"{done_it * cfg.batch / 1000:.1f}", "D": f"{metrics[LOSS_D]:.3f}",
+            metrics.update({k: (v / carry.window_iters).item() for k, v in carry.window.items()})
+            metrics[SEC_PER_KIMG] = elapsed / cfg.kimg_at(carry.window_iters)
+            carry.window, carry.window_iters, window_start = {}, 0, time.perf_counter()
+            bar.set_postfix({"kimg": f"{cfg.kimg_at(done_it):.1f}", "D": f"{metrics[LOSS_D]:.3f}",
                              "G": f"{metrics[LOSS_G]:.3f}"}, refresh=False)
+
+        # 6e. Evaluation of the EMA generator; a blow-up ends the run.
         images: list[Path] = []
         is_best = False
         if eval_step and evaluator is not None:
@@ -363,14 +425,16 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
             metrics.update(results)
             metrics[EVAL_SECONDS] = eval_seconds
             value = results.get(evaluator.metric_key, math.inf)
-            reason = reason or _fd_divergence(evaluator.metric_key, value, best, cfg.diverge_fd_ratio)
-            if reason is None and value < best["value"]:
-                best, is_best = {"value": value, "iteration": done_it}, True
+            reason = reason or _fd_divergence(evaluator.metric_key, value, carry.best, cfg.diverge_fd_ratio)
+            if reason is None and value < carry.best["value"]:
+                carry.best, is_best = {"value": value, "iteration": done_it}, True
             bar.write(f"{cfg.name} iter {done_it}: {evaluator.metric_key} = {value:.4g}")
+
+        # 6f. Sample grid: at evaluations, at the end, and every sample_every iterations.
         if sampler is not None and cfg.sample_every >= 0 and (
                 eval_step or done_it == cfg.iterations or (cfg.sample_every and done_it % cfg.sample_every == 0)):
             grid_start = time.perf_counter()
-            try:  # at evaluations, and at the end and every sample_every iterations with or without them
+            try:
                 images.append(sampler.sample_grid(G_ema, run_dir / "samples" / f"iter_{done_it:07d}.png"))
             except InvalidMetricError as error:  # an evaluation has said so already, or the loss bound will
                 bar.write(f"{cfg.name} iter {done_it}: no sample grid: {error}")
@@ -382,22 +446,21 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
             bar.write(f"{cfg.name} iter {done_it}: {reason}; stopping (diverged)")
             emit(done_it, metrics, images)
             break
+
+        # 6g. Checkpoint (with the carry as it is after this step's emit), then emit.
         checkpoint = None
         if done_it % cfg.ckpt_every == 0 or done_it == cfg.iterations or is_best:
-            checkpoint = save_checkpoint(
-                {"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-                 "opt_g": step.opt_g.state_dict(), "opt_d": step.opt_d.state_dict(),
-                 "iteration": done_it, "best": best,
-                 "window": window, "window_iters": window_iters,
-                 "last": {**last, **with_progress(done_it, metrics)},  # as emitted just below
-                 "config": cfg.to_dict(), "reporter": reporter.state_dict()},
-                ckpt_dir, done_it, keep=cfg.keep_checkpoints, best=is_best)
+            carry.iteration, carry.reporter = done_it, reporter.state_dict()
+            carry.last.update(with_progress(done_it, metrics))  # as emit does just below
+            checkpoint = save_checkpoint(_checkpoint_state(G, D, G_ema, step, carry, cfg), ckpt_dir, done_it,
+                                         keep=cfg.keep_checkpoints, best=is_best)
         if metrics or images or checkpoint:
             emit(done_it, metrics, images, checkpoint)
     bar.close()
 
+    # ---- 7. The result ------------------------------------------------------------------------
     final_it = done_it if cfg.iterations > start else start
-    result = RunResult(status, final_it, final_it * cfg.batch / 1000.0, dict(last), run_dir, reason, best)
+    result = RunResult(status, final_it, cfg.kimg_at(final_it), dict(carry.last), run_dir, reason, carry.best)
     if rank == 0:
         result.save()  # the best value is null when nothing was evaluated
         reporter.finish(result)

@@ -59,7 +59,6 @@ from rich.markup import escape
 from core.cache import atomic_write_bytes
 from core.config import ConfigError, TrainConfig, flatten
 from core.encode import MANIFEST
-from core.flops import remember_flops
 from core.metrics import resolve_metric
 from core.records import CONFIG_FILE, DIVERGED, FINISHED, ITER, RESULT_FILE, STATS_FILE, RunResult, is_fd_key
 from core.train import Report, train
@@ -208,10 +207,10 @@ def run_trial(config: dict[str, str], plan: SweepPlan, reporter_cls: type[TrialR
 def _train(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter]) -> RunResult:
     """Train one trial in this process; a failure is recorded before it propagates."""
     torch.set_num_threads(max(1, int(plan.resources.cpus)))
-    remember_flops(trial.config, plan.flops_per_iter[trial.name])
     reporter = reporter_cls(plan, trial)
     try:
-        return train(trial.config, plan.run_dir(trial.name), reporter, progress=False)
+        return train(trial.config, plan.run_dir(trial.name), reporter, progress=False,
+                     flops_per_iter=plan.flops_per_iter[trial.name])
     except Exception as err:
         _record_failure(plan.run_dir(trial.name), reporter, err)
         raise
@@ -238,11 +237,11 @@ def _ddp_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     plan, trial, reporter_cls = config["plan"], config["trial"], config["reporter_cls"]
-    remember_flops(trial.config, plan.flops_per_iter[trial.name])
     rank = ray.train.get_context().get_world_rank()
     reporter = reporter_cls(plan, trial, to_tune=False) if rank == 0 else None
     try:
-        train(trial.config, plan.run_dir(trial.name), reporter, progress=False)
+        train(trial.config, plan.run_dir(trial.name), reporter, progress=False,
+              flops_per_iter=plan.flops_per_iter[trial.name])
     except Exception as err:
         if reporter is not None:
             _record_failure(plan.run_dir(trial.name), reporter, err)

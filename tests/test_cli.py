@@ -181,6 +181,23 @@ def test_run_unwritable_output_dir_is_one_message_before_ray(tmp_path):
         "choose a directory this user can write"]
 
 
+def one_trial_sweep(tmp_path: Path, dataset: str, evaluation: str, train: str) -> Path:
+    """A one-trial sweep file of 2 iterations on ``dataset`` (8x8 latents, 10 classes) writing to
+    ``tmp_path / 'out'``; ``evaluation``: its eval mapping, ``train``: extra train fields."""
+    sweep = tmp_path / "one.yaml"
+    sweep.write_text(f"""
+name: one
+dataset: {dataset}
+model: {{widths: [32], depths: [4], head_dim: 16}}
+lr: {{base_lrs: [1e-3], rules: [constant]}}
+budget: {{iterations: 2}}
+eval: {evaluation}
+train: {{{train}, latent_size: 8, num_classes: 10}}
+output_dir: {tmp_path / 'out'}
+""")
+    return sweep
+
+
 @pytest.mark.parametrize("problem", ["missing", "truncated", "vae"])
 def test_run_checks_weights_files_before_anything_starts(tmp_path, problem):
     # Issue 11, finding 8: a missing Inception file started Ray and failed in every trial; a
@@ -193,18 +210,8 @@ def test_run_checks_weights_files_before_anything_starts(tmp_path, problem):
         (tmp_path / "latents").mkdir()
         (tmp_path / "latents" / "manifest.json").write_text(json.dumps({"vae": str(tmp_path / "no-vae")}))
         dataset = str(tmp_path / "latents")
-    sweep = tmp_path / "fid.yaml"
-    sweep.write_text(f"""
-name: fid
-dataset: {dataset}
-model: {{widths: [32], depths: [4], head_dim: 16}}
-lr: {{base_lrs: [1e-3], rules: [constant]}}
-budget: {{iterations: 2}}
-eval: {{every: 0, metric: fid, samples: 2048}}
-train: {{inception_weights: {weights}, latent_size: 8, num_classes: 10}}
-output_dir: {tmp_path / 'out'}
-""")
-    result = invoke("run", str(sweep))
+    result = invoke("run", str(one_trial_sweep(tmp_path, dataset, "{every: 0, metric: fid, samples: 2048}",
+                                               f"inception_weights: {weights}")))
     assert result.exit_code == 2, result.output
     message = {"missing": f"inception_weights={weights} does not exist",
                "truncated": f"inception_weights={weights} cannot be loaded as torch-fidelity's Inception-v3 weights",
@@ -222,18 +229,7 @@ def test_run_checks_the_alignment_inputs_before_anything_starts(tmp_path, proble
         (tmp_path / "latents").mkdir()
         (tmp_path / "latents" / "manifest.json").write_text(json.dumps({"vae": "unused"}))
         dataset = str(tmp_path / "latents")
-    sweep = tmp_path / "repa.yaml"
-    sweep.write_text(f"""
-name: repa
-dataset: {dataset}
-model: {{widths: [32], depths: [4], head_dim: 16}}
-lr: {{base_lrs: [1e-3], rules: [constant]}}
-budget: {{iterations: 2}}
-eval: {{every: -1}}
-train: {{repa: true, latent_size: 8, num_classes: 10, sample_every: -1}}
-output_dir: {tmp_path / 'out'}
-""")
-    result = invoke("run", str(sweep))
+    result = invoke("run", str(one_trial_sweep(tmp_path, dataset, "{every: -1}", "repa: true, sample_every: -1")))
     assert result.exit_code == 2, result.output
     message = {"no encoder": "repa=true needs repa_encoder, a local DINOv2 directory",
                "no images": f"repa=true aligns D with DINOv2 features of the raw images, and dataset "

@@ -255,17 +255,27 @@ def test_flops_cpu_count_equals_meta_count():
     assert train_flops_per_iter(cfg.replace(batch=16)) > 3.5 * measure_iteration_flops(cfg, "meta")
 
 
-def test_flop_count_is_shared_by_configs_of_one_architecture():
+def test_flop_count_is_shared_by_configs_of_one_architecture(monkeypatch):
+    from core import flops
     from core.config import LRMultipliers
-    from core.flops import remember_flops
 
     base = tiny(batch=12, d_proj_dim=24)  # an architecture no other test counts
-    remember_flops(base, 123)  # as a sweep driver hands its count to a trial
+    counted = []
+    real_count = flops.count_architecture
+    monkeypatch.setattr(flops, "count_architecture", lambda cfg: counted.append(cfg) or real_count(cfg))
     mup = base.replace(name="other", lr_g=3e-3, lr_d=1e-3, seed=9, lr_mult_g=LRMultipliers(1.0, 0.5, 0.25),
                        ema_decay=0.97, iterations=50, dataset="digits", grad_clip=2.0)
-    assert train_flops_per_iter(mup) == 123
-    assert train_flops_per_iter(base.replace(d_proj_dim=48)) == measure_iteration_flops(
-        base.replace(d_proj_dim=48), "cpu") != 123  # another architecture is measured
+    assert train_flops_per_iter(base) == train_flops_per_iter(mup) == measure_iteration_flops(base, "cpu")
+    assert len(counted) == 1  # LRs, seeds and cadence do not change the work: counted once
+    assert train_flops_per_iter(base.replace(d_proj_dim=48)) != train_flops_per_iter(base)  # another architecture
+
+
+def test_a_given_flop_count_is_logged(tmp_path):
+    """A sweep's driver counts each architecture once and hands the count to train()."""
+    rec = Recorder()
+    train(tiny(iterations=4, log_every=2, ckpt_every=4), tmp_path / "r", rec, progress=False, flops_per_iter=123)
+    assert rec.started[0][0]["compute.flops_per_iter"] == "123"
+    assert [r.metrics["compute/train_flops"] for r in rec.reports] == [246.0, 492.0]
 
 
 def test_seed_controls_initialisation(tmp_path):
