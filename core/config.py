@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 MNG_LEVELS = 4
@@ -39,6 +40,34 @@ LayerScale, CLS token, matrices with a width-independent fan-in)."""
 
 class ConfigError(ValueError):
     """A configuration value a user can fix; the message names the field."""
+
+
+def load_local(field_name: str, path: str, what: str, needed_by: str, how: str, load: Callable[[str], Any],
+               directory: bool = False, errors: tuple[type[BaseException], ...] = (Exception,)) -> Any:
+    """``load(path)`` for a file or directory the user supplies (weights that cannot be downloaded
+    at run time), with one clear ConfigError for each way it can be wrong.
+
+    Args:
+        field_name: the config field holding the path (named in every message).
+        path: its value ('' = not set).
+        what: what the path must hold ("torch-fidelity's Inception-v3 weights").
+        needed_by: the setting that needs it ("eval_metric 'fid'").
+        how: where to get it (ends every message).
+        load: reads it; its ``errors`` mean the content is wrong (truncated, another model's).
+        directory: the path is a directory, not a file.
+    Raises ConfigError: not set, missing, or ``load`` raised one of ``errors``.
+    """
+    if not path:
+        raise ConfigError(f"{needed_by} needs {field_name} ({what}): {how}")
+    exists = Path(path).is_dir() if directory else Path(path).is_file()
+    if not exists:
+        raise ConfigError(f"{field_name}={path} {'is not a directory' if directory else 'does not exist'}: {how}")
+    try:
+        return load(path)
+    except errors as err:
+        detail = " ".join(str(err).split())  # a state-dict mismatch lists hundreds of keys
+        raise ConfigError(f"{field_name}={path} cannot be loaded as {what} ({type(err).__name__}: "
+                          f"{detail[:200]}); it may be truncated or another model's: {how}") from err
 
 
 def check_field_types(config: Any, prefix: str = "") -> None:

@@ -42,7 +42,14 @@ from torch import Tensor
 from tqdm import tqdm
 
 from core.cache import atomic_directory, cache_root, content_hash
-from core.features import ClassifierSettings, accuracy, save_classifier, train_classifier
+from core.features import (
+    CLASSIFIER_FILE,
+    ClassifierEntry,
+    ClassifierSettings,
+    accuracy,
+    save_classifier,
+    train_classifier,
+)
 from core.vae import (
     VAESettings,
     build_vae,
@@ -78,15 +85,12 @@ PRESETS: dict[str, DigitsSettings] = {
 
 
 @dataclass(frozen=True)
-class DigitsCache:
-    """A prepared digits entry, loaded into memory (CPU tensors)."""
+class DigitsCache(ClassifierEntry):
+    """A prepared digits entry, loaded into memory (CPU tensors). Its ``root`` holds ``vae/``
+    (save_pretrained), the classifier, ``data.safetensors`` and ``meta.json``."""
 
-    root: Path
-    """Absolute entry directory: ``vae/`` (save_pretrained), ``classifier.safetensors``,
-    ``data.safetensors``, ``meta.json``."""
     name: str
     """'digits' for the full preset, 'digits-<preset>' otherwise."""
-    key: str
     images: Tensor
     """uint8 (1797, 3, 32, 32) in [0, 255]."""
     labels: Tensor
@@ -98,15 +102,10 @@ class DigitsCache:
     latent_std: Tensor
     """float32 (1797, 4, 8, 8) posterior standard deviations, unscaled."""
     scaling_factor: float
-    meta: dict
 
     @property
     def vae_dir(self) -> Path:
         return self.root / "vae"
-
-    @property
-    def classifier_path(self) -> Path:
-        return self.root / "classifier.safetensors"
 
 
 def digits_images(image_size: int = 32) -> tuple[Tensor, Tensor]:
@@ -228,7 +227,7 @@ def _build_entry(out: Path, preset: str, settings: DigitsSettings, progress: boo
         stages.update()
 
     vae.save_pretrained(out / "vae")
-    save_classifier(classifier, out / "classifier.safetensors")
+    save_classifier(classifier, out / CLASSIFIER_FILE)
     save_file(
         {"images": images, "labels": labels, "heldout": heldout, "latent_mean": mean, "latent_std": std},
         str(out / "data.safetensors"),

@@ -68,12 +68,14 @@ from torch_fidelity.utils import (
 from tqdm import tqdm
 
 from core.cache import atomic_directory, atomic_write_bytes, cache_root, content_hash
-from core.config import ConfigError, TrainConfig
+from core.config import ConfigError, TrainConfig, load_local
 from core.digits import deterministic_cpu, load_entry
 from core.encode import MANIFEST, image_folder
 from core.features import (
+    CLASSIFIER_FILE,
     EXTRACTOR_NAME,
     FOLDER_EXTRACTOR_NAME,
+    ClassifierEntry,
     ClassifierSettings,
     accuracy,
     resize_for_classifier,
@@ -132,19 +134,10 @@ FOLDER_CLASSIFIER = FolderClassifierSettings()
 
 
 @dataclass(frozen=True)
-class FolderClassifier:
-    """A prepared folder classifier: ``<cache>/domain/<key>/`` with ``classifier.safetensors`` and
-    ``meta.json`` (folder, resolution, fingerprint, settings, version, class and image counts,
-    held-out accuracy, seconds)."""
-
-    root: Path
-    key: str
-    meta: dict
-
-    @property
-    def path(self) -> Path:
-        """The weights file torch-fidelity's extractor loads."""
-        return self.root / "classifier.safetensors"
+class FolderClassifier(ClassifierEntry):
+    """A prepared folder classifier: ``<cache>/domain/<key>/`` with the classifier and ``meta.json``
+    (folder, resolution, fingerprint, settings, version, class and image counts, held-out
+    accuracy, seconds)."""
 
     @property
     def heldout_accuracy(self) -> float:
@@ -320,7 +313,7 @@ def _train_folder_classifier(out: Path, manifest: dict, images_dir: Path, settin
         model = train_classifier(images_u8[~heldout], labels_all[~heldout], len(manifest["classes"]),
                                  settings.classifier, progress)
         heldout_accuracy = accuracy(model, images_u8[heldout], labels_all[heldout])
-    save_classifier(model, out / "classifier.safetensors")
+    save_classifier(model, out / CLASSIFIER_FILE)
     meta = {
         "images_dir": str(images_dir),
         "resolution": resolution,
@@ -422,7 +415,7 @@ class Evaluator:
         else:  # an encoded folder's own classifier
             space = "domain"
             folder = prepare_folder_classifier(data.root)
-            self.extractor, self.layer, self.weights = FOLDER_EXTRACTOR_NAME, DOMAIN_LAYER, str(folder.path)
+            self.extractor, self.layer, self.weights = FOLDER_EXTRACTOR_NAME, DOMAIN_LAYER, str(folder.classifier_path)
             classifier_accuracy, classifier_key = folder.heldout_accuracy, folder.key
         self.keys = eval_keys(space, n)
         self.metric_key = self.keys["fd"]
@@ -528,18 +521,10 @@ def check_inception_weights(path: str) -> None:
     how = (f"download {INCEPTION_WEIGHTS_URL} on a machine with internet access, copy it here and set "
            "inception_weights to its absolute path (or use the digits dataset, whose eval_metric "
            "'fd_domain' needs no download)")
-    if not path:
-        raise ConfigError(f"eval_metric 'fid' needs inception_weights (torch-fidelity's Inception-v3 file): {how}")
-    if not Path(path).is_file():
-        raise ConfigError(f"inception_weights={path} does not exist: {how}")
-    try:
-        create_feature_extractor(INCEPTION, [INCEPTION_LAYER], cuda=False, verbose=False,
-                                 feature_extractor_weights_path=path)
-    except Exception as err:  # torch.load and load_state_dict raise many types for a bad file
-        detail = " ".join(str(err).split())  # a state-dict mismatch lists hundreds of keys
-        raise ConfigError(f"inception_weights={path} cannot be loaded as torch-fidelity's Inception-v3 "
-                          f"weights ({type(err).__name__}: {detail[:200]}); the file may be truncated or "
-                          f"another model's: {how}") from err
+    load_local("inception_weights", path, "torch-fidelity's Inception-v3 weights", "eval_metric 'fid'", how,
+               lambda p: create_feature_extractor(INCEPTION, [INCEPTION_LAYER], cuda=False, verbose=False,
+                                                  feature_extractor_weights_path=p))
+    # (torch.load and load_state_dict raise many exception types for a bad file: all of them count)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:

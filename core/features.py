@@ -136,6 +136,28 @@ def accuracy(model: DomainClassifier, images: Tensor, labels: Tensor, batch: int
     return torch.cat(hits).float().mean().item()
 
 
+CLASSIFIER_FILE = "classifier.safetensors"
+"""Name of a prepared entry's classifier weights (written by :func:`save_classifier`)."""
+
+
+@dataclass(frozen=True)
+class ClassifierEntry:
+    """A prepared cache entry that holds a domain classifier: the embedded digits
+    (:class:`core.digits.DigitsCache`) or an encoded folder's (``core.evaluate.FolderClassifier``)."""
+
+    root: Path
+    """Absolute entry directory, holding :data:`CLASSIFIER_FILE` and ``meta.json``."""
+    key: str
+    """The entry's cache key (its directory name)."""
+    meta: dict
+    """``meta.json``: what the entry was prepared from, with its classifier's held-out accuracy."""
+
+    @property
+    def classifier_path(self) -> Path:
+        """The weights file torch-fidelity's extractor loads."""
+        return self.root / CLASSIFIER_FILE
+
+
 def save_classifier(model: DomainClassifier, path: Path) -> None:
     """Write the classifier's state dict as safetensors (the file torch-fidelity is pointed at)."""
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.augment import AugmentParams, apply_to_pixels
-from core.config import ConfigError, TrainConfig
+from core.config import ConfigError, TrainConfig, load_local
 
 if TYPE_CHECKING:
     from core.latents import LatentData
@@ -58,17 +58,13 @@ def load_encoder(path: str, dim: int, device: torch.device) -> nn.Module:
     how = ("save one with transformers on a machine with internet access, e.g. "
            "Dinov2Model.from_pretrained('facebook/dinov2-base').save_pretrained(DIR) (ViT-B/14, the "
            "reference's encoder), copy DIR here and set repa_encoder to its absolute path; or set repa false")
-    if not path:
-        raise ConfigError(f"repa=true needs repa_encoder, a local DINOv2 directory: {how}")
-    if not Path(path).is_dir():
-        raise ConfigError(f"repa_encoder={path} is not a directory: {how}")
-    from transformers import Dinov2Model  # seconds of imports; only runs that align pay them
+    def load(directory: str) -> nn.Module:
+        from transformers import Dinov2Model  # seconds of imports; only runs that align pay them
 
-    try:
-        encoder = Dinov2Model.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, KeyError) as err:
-        raise ConfigError(f"repa_encoder={path} cannot be loaded as a DINOv2 model "
-                          f"({type(err).__name__}: {' '.join(str(err).split())[:200]}): {how}") from err
+        return Dinov2Model.from_pretrained(directory, local_files_only=True)
+
+    encoder = load_local("repa_encoder", path, "a DINOv2 model directory", "repa=true", how, load,
+                         directory=True, errors=(OSError, ValueError, KeyError))
     hidden = encoder.config.hidden_size
     if hidden != dim:
         raise ConfigError(f"repa_encoder={path} has hidden size {hidden} but repa_dim={dim}; set repa_dim: {hidden}")

@@ -231,7 +231,7 @@ def test_run_checks_the_alignment_inputs_before_anything_starts(tmp_path, proble
         dataset = str(tmp_path / "latents")
     result = invoke("run", str(one_trial_sweep(tmp_path, dataset, "{every: -1}", "repa: true, sample_every: -1")))
     assert result.exit_code == 2, result.output
-    message = {"no encoder": "repa=true needs repa_encoder, a local DINOv2 directory",
+    message = {"no encoder": "repa=true needs repa_encoder (a DINOv2 model directory)",
                "no images": f"repa=true aligns D with DINOv2 features of the raw images, and dataset "
                             f"'{dataset}' keeps none: re-encode the folder with `gat-sweep encode ... --keep-images`"}
     assert " ".join(result.output.split()).startswith(f"error: {message[problem]}")

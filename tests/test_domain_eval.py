@@ -82,7 +82,7 @@ def test_classifier_input_is_resized_to_32_px():
 def test_folder_classifier_accuracy_and_cache(encoded_digits_folder, monkeypatch):
     """500 digits PNGs: 400 train the classifier, 100 held out give 99% (measured 0.99)."""
     folder = prepare_folder_classifier(encoded_digits_folder, progress=False)
-    assert folder.root == cache_root() / "domain" / folder.key and folder.path.is_file()
+    assert folder.root == cache_root() / "domain" / folder.key and folder.classifier_path.is_file()
     assert (folder.meta["images"], folder.meta["heldout"], folder.meta["num_classes"]) == (500, 100, 10)
     assert folder.heldout_accuracy >= 0.95
     assert folder.meta["version"] == evaluate_mod.FOLDER_CLASSIFIER_VERSION
@@ -97,7 +97,7 @@ def test_folder_classifier_accuracy_and_cache(encoded_digits_folder, monkeypatch
 def test_extractor_accepts_any_image_size(encoded_digits_folder):
     folder = prepare_folder_classifier(encoded_digits_folder, progress=False)
     extractor = DomainFeatureExtractor(FOLDER_EXTRACTOR_NAME, ["features", "logits"],
-                                       feature_extractor_weights_path=str(folder.path))
+                                       feature_extractor_weights_path=str(folder.classifier_path))
     big = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     features, logits = extractor(big)
     assert features.shape == (4, 64) and logits.shape == (4, 10)
@@ -111,7 +111,7 @@ def test_folder_evaluator_keys_and_provenance(encoded_digits_folder):
     evaluator = make_evaluator(cfg, load_latents(cfg), CPU)
     folder = prepare_folder_classifier(encoded_digits_folder, progress=False)
     assert evaluator.metric_key == "eval/fd_domain_128"
-    assert evaluator.provenance["eval.extractor"] == f"{FOLDER_EXTRACTOR_NAME} ({folder.path})"
+    assert evaluator.provenance["eval.extractor"] == f"{FOLDER_EXTRACTOR_NAME} ({folder.classifier_path})"
     assert evaluator.provenance["eval.classifier_heldout_accuracy"] == f"{folder.heldout_accuracy:.4f}"
     assert evaluator.provenance["eval.reference"].endswith("at 32px, 500 images")
     assert evaluator.reference_name.endswith(f"-n500-{folder.key}")  # a new classifier: new features
