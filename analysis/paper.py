@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.fit import ScalingFit, fit_scaling
+from core.config import SIZES
 
 ITERATIONS = 50_000
 BATCH = 512
@@ -51,12 +52,13 @@ CONVENTION = ("estimated training FLOPs = 2 FLOPs/MAC x (4 x G-blocks forward MA
               "forward MACs) per image x 512 images x 50K iterations; D forward = G forward; "
               "R1/R2 by finite differences every step; VAE/DINOv2 excluded")
 
-# size -> (width, depth, G-blocks forward GMACs per image at /2, FID-50K at 50K iterations)
-PAPER_POINTS: dict[str, tuple[int, int, float, float]] = {
-    "S": (384, 12, 6.1, 15.2),
-    "B": (768, 12, 23.0, 9.5),
-    "L": (1024, 24, 80.0, 4.6),
-    "XL": (1152, 28, 118.0, 4.0),
+# size -> (G-blocks forward GMACs per image at /2, FID-50K at 50K iterations); widths and depths
+# are core.config.SIZES
+PAPER_POINTS: dict[str, tuple[float, float]] = {
+    "S": (6.1, 15.2),
+    "B": (23.0, 9.5),
+    "L": (80.0, 4.6),
+    "XL": (118.0, 4.0),
 }
 PAPER_LAW = {"A": 3.52e5, "alpha": 0.456, "c_unit": "GFLOPs"}
 """The paper's reported compute law FID = A * C^-alpha (ICML version)."""
@@ -70,10 +72,10 @@ def train_flops_per_image(g_forward_macs: float, d_forward_macs: float) -> float
 def paper_points() -> pd.DataFrame:
     """The published points: size, width, depth, g_forward_gmacs, fid50k, train_flops, train_gflops."""
     rows = []
-    for size, (width, depth, gmacs, fid) in PAPER_POINTS.items():
+    for size, (gmacs, fid) in PAPER_POINTS.items():
         macs = gmacs * 1e9
         flops = train_flops_per_image(macs, macs) * BATCH * ITERATIONS
-        rows.append({"size": size, "width": width, "depth": depth, "g_forward_gmacs": gmacs,
+        rows.append({"size": size, "width": SIZES[size].width, "depth": SIZES[size].depth, "g_forward_gmacs": gmacs,
                      "fid50k": fid, "train_flops": flops, "train_gflops": flops / 1e9})
     return pd.DataFrame(rows)
 

@@ -22,14 +22,6 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 MNG_LEVELS = 4
 """Number of MNG output heads / noise levels K (docs/METHOD.md §1, §3)."""
 
-# name -> (depth, width, heads); docs/METHOD.md §6, the paper's Table 1.
-SIZES: dict[str, tuple[int, int, int]] = {
-    "S": (12, 384, 6),
-    "B": (12, 768, 12),
-    "L": (24, 1024, 16),
-    "XL": (28, 1152, 16),
-}
-
 PARAM_KINDS = ("vector", "hidden", "output")
 """Parameter kinds for per-kind LR multipliers (muP-style rules), inferred from shapes by
 ``core.model.parameter_kinds``: ``hidden`` = matrices whose fan-in and fan-out grow with width;
@@ -137,8 +129,16 @@ class NetConfig:
         """The paper's named size ('S', 'B', 'L', 'XL'); raises ConfigError for an unknown name."""
         if size not in SIZES:
             raise ConfigError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
-        depth, width, heads = SIZES[size]
-        return cls(width=width, depth=depth, heads=heads)
+        return SIZES[size]
+
+
+SIZES: dict[str, NetConfig] = {
+    "S": NetConfig(width=384, depth=12, heads=6),
+    "B": NetConfig(width=768, depth=12, heads=12),
+    "L": NetConfig(width=1024, depth=24, heads=16),
+    "XL": NetConfig(width=1152, depth=28, heads=16),
+}
+"""The paper's named sizes (docs/METHOD.md §6, the paper's Table 1)."""
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,7 @@ class NetGrid(_Strict):
 
     def shapes(self) -> list[tuple[str, int, int, int]]:
         """(label, width, depth, heads) for every grid point: named sizes first, then widths x depths."""
-        out = [(name, SIZES[name][1], SIZES[name][0], SIZES[name][2]) for name in self.sizes]
+        out = [(name, SIZES[name].width, SIZES[name].depth, SIZES[name].heads) for name in self.sizes]
         for width in self.widths:
             heads = self.heads if self.heads is not None else width // self.head_dim
             out += [(f"w{width}-d{depth}", width, depth, heads) for depth in self.depths]
