@@ -2,8 +2,7 @@
 
 Output directory of a sweep (absolute; on a cluster a path every node sees)::
 
-    <out>/sweep.json         spec hash, tracking URI, MLflow experiment and parent run ids
-    <out>/sweep.yaml         the sweep file as given;  <out>/trials.csv  the expanded grid
+    <out>/sweep.json, <out>/sweep.yaml, <out>/trials.csv   the sweep's state (scaling/state.py)
     <out>/trials/<trial>/    one run directory per trial (docs/TRACKING.md), + attempts.jsonl
     <out>/tune/<started>/    Ray Tune's files for each invocation of the driver
     <out>/mlflow.db, <out>/mlartifacts/   the default (local) MLflow store
@@ -19,12 +18,9 @@ by Ray Tune (``FailureConfig(max_failures)``) the same way; every failure is app
 trial's ``failures.jsonl``. A trial that fails for a configuration reason (``ConfigError``) is not
 retried: it ends at once with status ``config_error``.
 
-A sweep grows: a sweep file that keeps every trial of the sweep in its output directory as it was
-(``sweep.json`` keeps each trial's flattened config and ``sweep.*`` coordinates) and adds others
-(widths, LRs, seeds) trains only the new ones, under the same MLflow parent run. A sweep file
-that changes or drops an existing trial is refused, naming the fields, instead of mixing two
-sweeps (adding the first width-aware rule to a constant-only sweep is such a change: it sets its
-trials' ``sweep.base_width``).
+A sweep grows: a sweep file that adds trials and keeps the existing ones as they were trains only
+the new ones, under the same MLflow parent run; one that changes or drops a trial is refused
+(:func:`scaling.state.existing_state`).
 
 Trials whose TrainConfig repeats an earlier trial's (``scaling.grid.shared_trainings``, e.g.
 ``gat`` and ``constant`` at the base width) are not trained again: once the earlier trial has
@@ -33,8 +29,6 @@ ended, its run directory files and MLflow run are copied under the repeating tri
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -56,8 +50,7 @@ from ray import tune
 from rich.console import Console
 from rich.markup import escape
 
-from core.cache import atomic_write_bytes
-from core.config import ConfigError, TrainConfig, flatten
+from core.config import ConfigError, TrainConfig
 from core.encode import MANIFEST
 from core.metrics import resolve_metric
 from core.records import CONFIG_FILE, DIVERGED, FINISHED, ITER, RESULT_FILE, STATS_FILE, RunResult, is_fd_key
@@ -71,29 +64,30 @@ from scaling.grid import (
     started_trials,
     sweep_hash,
     trial_records,
-    trial_rows,
 )
 from scaling.lock import sweep_lock
-from scaling.spec import Resources, SweepSpec, is_local_store
+from scaling.spec import Resources, SweepSpec
+from scaling.state import (
+    CONFIG_ERROR,
+    COPY_FILE,
+    FAILURES_FILE,
+    STATE_FILE,
+    append_attempt,
+    append_failure,
+    existing_state,
+    open_sweep,
+    read_jsonl,
+)
 from scaling.tracking import (
     MlflowReporter,
     TrialTracking,
     copy_run,
     end_open_runs,
-    log_sweep_files,
-    open_experiment,
     set_run_status,
-    start_parent_run,
     store_problems,
 )
 
-STATE_FILE, TUNE_DIR = "sweep.json", "tune"
-COPY_FILE = "same_as.json"
-"""In the run directory of a trial that repeats another's training: which trial it copies."""
-FAILURES_FILE = "failures.jsonl"
-"""In a run directory: one line per failed attempt (time, host, pid, kind, error)."""
-CONFIG_ERROR = "config_error"
-"""Status (and failure kind) of a trial stopped by a ConfigError: not retried."""
+TUNE_DIR = "tune"
 STATUS_EVERY_S = 30.0
 """Seconds between progress lines while trials run."""
 DDP_POLL_S = 5.0
@@ -117,15 +111,6 @@ class _DropRayAdvice(logging.Filter):
 
 
 DROP_RAY_ADVICE = _DropRayAdvice()
-
-
-class SweepChangedError(ConfigError):
-    """The output directory holds a sweep whose trials differ from the sweep file's."""
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file (empty if it does not exist)."""
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,11 +141,8 @@ class TrialReporter(MlflowReporter):
         self.to_tune = to_tune
 
     def start(self, cfg: TrainConfig, info: dict[str, str], state: dict[str, Any] | None) -> None:
-        record = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
-                  "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
-                  "resumed": state is not None}
-        with open(self.run_dir / ATTEMPTS_FILE, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_attempt(self.run_dir, resumed=state is not None,
+                       node_id=ray.get_runtime_context().get_node_id() if ray.is_initialized() else None)
         super().start(cfg, info, state)
 
     def report(self, report: Report) -> None:
@@ -219,16 +201,9 @@ def _train(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter]) -> 
 def _record_failure(run_dir: Path, reporter: TrialReporter, error: Exception) -> None:
     """Append the failure to the run directory's ``failures.jsonl`` (kind ``config_error`` for a
     ConfigError, else ``crash``), then mark the MLflow run FAILED with the error."""
-    _append_failure(run_dir, CONFIG_ERROR if isinstance(error, ConfigError) else "crash",
+    append_failure(run_dir, CONFIG_ERROR if isinstance(error, ConfigError) else "crash",
                     f"{type(error).__name__}: {error}")
     reporter.mark_failed(error)
-
-
-def _append_failure(run_dir: Path, kind: str, error: str) -> None:
-    """One line in ``failures.jsonl``: time, host, pid of the process writing it, kind, error."""
-    record = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), "kind": kind, "error": error}
-    with open(run_dir / FAILURES_FILE, "a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def _ddp_worker(config: dict[str, Any]) -> None:
@@ -436,104 +411,6 @@ def _check_directory(path: Path, what: str) -> None:
                           "choose a directory this user can write") from None
 
 
-def _existing_state(spec: SweepSpec, out: Path, digest: str, records: dict[str, dict[str, Any]],
-                    tracking_uri: str, sweep_file: Path) -> tuple[dict[str, Any] | None, list[str]]:
-    """The sweep state in ``out`` if this sweep was started before, and the trials the sweep file
-    adds to it (empty unless it extends the sweep: every existing trial unchanged, new ones added).
-
-    Raises SweepChangedError naming every changed field and dropped trial when the sweep file
-    changes existing trials, ConfigError when it logs to another tracking URI.
-    """
-    path = out / STATE_FILE
-    if not path.exists():
-        return None, []
-    state = json.loads(path.read_text())
-    if state["tracking_uri"] != tracking_uri:
-        raise ConfigError(
-            f"tracking_uri: this sweep logs to {state['tracking_uri']} (recorded in {path}); got "
-            f"{tracking_uri}. Use the same tracking URI to resume it")
-    if state["spec_hash"] == digest:
-        return state, []
-    changes = _changes(state, spec.name, records)
-    if changes:
-        raise SweepChangedError(
-            f"{out} holds sweep {state['name']!r} (spec hash {state['spec_hash']}), and {sweep_file} "
-            f"changes its trials: {'; '.join(changes)}. A sweep file may add trials to a sweep (more "
-            f"widths, LRs or seeds, the rest unchanged); a changed sweep is a new sweep: give it a new "
-            f"name or output_dir, or delete {out} to start over")
-    return state, [name for name in records if name not in state["trials"]]
-
-
-def _changes(state: dict[str, Any], name: str, records: dict[str, dict[str, Any]]) -> list[str]:
-    """What keeps ``records`` from extending the sweep ``state``: each changed field of an existing
-    trial (``field: old -> new``, with how many trials), the dropped trials, a new sweep name."""
-    if "trials" not in state:
-        return ["its state (sweep.json) has no per-trial record, so no trial can be checked"]
-    old = state["trials"]
-    defaults = flatten(TrainConfig().to_dict())  # a field added since the sweep began ran as its default
-    changed: dict[str, tuple[Any, Any, int]] = {}
-    for trial in (t for t in old if t in records):  # in grid order: the same message every run
-        for key in sorted(old[trial].keys() | records[trial].keys()):
-            before, after = old[trial].get(key, defaults.get(key)), records[trial].get(key)
-            if before != after:
-                first = changed.get(key, (before, after, 0))
-                changed[key] = (first[0], first[1], first[2] + 1)
-    problems = [f"{key}: {before} -> {after} ({n} trial(s))" for key, (before, after, n) in sorted(changed.items())]
-    dropped = [trial for trial in old if trial not in records]
-    if dropped:
-        more = f" and {len(dropped) - 3} more" if len(dropped) > 3 else ""
-        problems.append(f"trials dropped: {', '.join(dropped[:3])}{more}")
-    if state["name"] != name:
-        problems.append(f"name: {state['name']} -> {name}")
-    return problems
-
-
-def _sweep_files(spec: SweepSpec, sweep_file: Path, rows: list[dict[str, Any]]) -> dict[str, str]:
-    """The text of ``sweep.yaml`` (the file as run: with any --set) and ``trials.csv``."""
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return {"sweep.yaml": spec.file_text() or Path(sweep_file).read_text(), "trials.csv": table.getvalue()}
-
-
-def _write_sweep_files(out: Path, files: dict[str, str]) -> list[Path]:
-    """Write :func:`_sweep_files` into ``out``; return their paths."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (out / name).write_text(text)
-    return [out / name for name in files]
-
-
-def _save_state(out: Path, state: dict[str, Any]) -> None:
-    atomic_write_bytes(out / STATE_FILE, json.dumps(state, indent=2).encode())
-
-
-def _create_sweep(spec: SweepSpec, files: dict[str, str], digest: str, records: dict[str, dict[str, Any]],
-                  out: Path, tracking_uri: str) -> dict[str, Any]:
-    """Write the output directory's sweep files and create the MLflow experiment and parent run."""
-    paths = _write_sweep_files(out, files)
-    artifact_dir = out / "mlartifacts" if is_local_store(tracking_uri) else None
-    experiment_id = open_experiment(tracking_uri, spec.name, artifact_dir)
-    parent = start_parent_run(tracking_uri, experiment_id, spec.name, digest, paths, spec.description)
-    state = {"name": spec.name, "spec_hash": digest, "tracking_uri": tracking_uri,
-             "experiment_id": experiment_id, "parent_run_id": parent, "trials": records}
-    _save_state(out, state)
-    return state
-
-
-def _update_sweep(files: dict[str, str], digest: str, records: dict[str, dict[str, Any]], out: Path,
-                  state: dict[str, Any]) -> dict[str, Any]:
-    """Bring the sweep in ``out`` to the sweep file as run: its files, the parent run's copy of
-    them and spec hash, and last the state (a driver stopped before that does it again; a rerun of
-    the earlier file puts the earlier files back)."""
-    paths = _write_sweep_files(out, files)
-    log_sweep_files(state["tracking_uri"], state["parent_run_id"], digest, paths)
-    state = {**state, "spec_hash": digest, "trials": records}
-    _save_state(out, state)
-    return state
-
-
 def duration(seconds: float) -> str:
     """Seconds as a short clock reading: 45 -> '45s', 192 -> '3m12s', 3720 -> '1h02m'."""
     seconds = int(round(seconds))
@@ -687,7 +564,7 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
     """The body of :func:`run_sweep`, under the sweep lock: open the sweep, fit, copy, collect, check."""
     digest, records = sweep_hash(trials), trial_records(trials)
     out, tracking_uri = spec.output_path(), spec.tracking()
-    state, added = _existing_state(spec, out, digest, records, tracking_uri, sweep_file)
+    state, added = existing_state(spec, out, digest, records, tracking_uri, sweep_file)
     _prepare_data(trials[0].config)
     repeats = shared_trainings(trials, started_trials(out, trials))
     pending = [t for t in trials if t.name not in repeats and not is_done(t, out / TRIALS_DIR / t.name)]
@@ -697,7 +574,7 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
         # Ray's start-up is mostly waiting for its processes: count FLOPs and open the MLflow
         # store meanwhile (seconds off the time to the first training iteration).
         with ThreadPoolExecutor(max_workers=1) as pool:
-            opening = pool.submit(_open_sweep, spec, sweep_file, digest, records, trials, repeats, out,
+            opening = pool.submit(open_sweep, spec, sweep_file, digest, records, trials, repeats, out,
                                   tracking_uri, state)
             if started_ray:
                 ray.init(address=spec.ray_target(), include_dashboard=False, log_to_driver=False,
@@ -728,7 +605,7 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
             failed = _fit(plan, spec, todo, reporter_cls, progress)
             for name, (status, error) in failed.items():
                 if status == "error" and len(read_jsonl(plan.run_dir(name) / FAILURES_FILE)) == recorded[name]:
-                    _append_failure(plan.run_dir(name), "crash", error)  # its worker died unrecorded
+                    append_failure(plan.run_dir(name), "crash", error)  # its worker died unrecorded
     finally:
         if started_ray:
             ray.shutdown()
@@ -755,29 +632,6 @@ def _check_store(plan: SweepPlan, outcome: SweepOutcome) -> list[str]:
         return store_problems(plan.tracking, ended)
     except MlflowException as err:
         return [f"cannot read the MLflow store {plan.tracking.tracking_uri}: {err}"]
-
-
-def _open_sweep(spec: SweepSpec, sweep_file: Path, digest: str, records: dict[str, dict[str, Any]],
-                trials: list[Trial], repeats: dict[str, str], out: Path, tracking_uri: str,
-                state: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Count every trial's FLOPs (trials.csv and the order of trials), then create the output
-    directory, MLflow experiment and parent run, or bring an existing sweep to the sweep file
-    (grown, or its files written anew where they differ), and mark its parent run running.
-    Returns (trial rows, sweep state). Raises ConfigError naming ``tracking_uri`` if the store
-    refuses."""
-    rows = trial_rows(trials, repeats)
-    files = _sweep_files(spec, sweep_file, rows)
-    try:
-        if state is None:
-            return rows, _create_sweep(spec, files, digest, records, out, tracking_uri)
-        stale = any(not (out / name).is_file() or (out / name).read_text() != text for name, text in files.items())
-        if state["spec_hash"] != digest or stale:
-            state = _update_sweep(files, digest, records, out, state)
-        set_run_status(tracking_uri, state["parent_run_id"], running=True)
-    except MlflowException as err:
-        raise ConfigError(f"tracking_uri: the MLflow store {tracking_uri} refused the sweep's experiment or "
-                          f"parent run: {err}") from None
-    return rows, state
 
 
 def _copy_trial(plan: SweepPlan, trial: Trial, source: str) -> None:

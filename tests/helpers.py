@@ -6,7 +6,7 @@ import json
 import socket
 from pathlib import Path
 
-from scaling.tune import ATTEMPTS_FILE, TRIALS_DIR
+from scaling.grid import ATTEMPTS_FILE, TRIALS_DIR
 
 
 def free_ports(n: int) -> list[int]:

@@ -25,19 +25,12 @@ from rich.console import Console
 from core.checkpoint import load_checkpoint
 from core.config import TrainConfig
 from core.train import train
+from scaling.grid import ATTEMPTS_FILE
 from scaling.spec import Resources, SweepSpec
 from scaling.lock import HOLDER_FILE, SweepLockedError, sweep_lock
+from scaling.state import FAILURES_FILE, SweepChangedError, read_jsonl
 from scaling.tracking import MlflowReporter
-from scaling.tune import (
-    ATTEMPTS_FILE,
-    FAILURES_FILE,
-    SweepChangedError,
-    TrialReporter,
-    max_concurrent,
-    read_jsonl,
-    relay_stats,
-    run_sweep,
-)
+from scaling.tune import TrialReporter, max_concurrent, relay_stats, run_sweep
 from helpers import attempts, logged
 
 pytestmark = pytest.mark.slow
