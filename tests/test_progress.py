@@ -1,16 +1,17 @@
-"""The sweep driver's progress lines (scaling/tune.py ProgressLines): elapsed time and an ETA from
+"""The sweep driver's progress lines (scaling/progress.py ProgressLines): elapsed time and an ETA from
 the measured rate, and Ray Tune's misleading closing advice dropped (issue 13, finding 9). No Ray
 instance: the callback is fed stand-in trials."""
 
 import io
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from rich.console import Console
 
-from scaling import tune as tune_mod
-from scaling.tune import DROP_RAY_ADVICE, ProgressLines, duration, seconds_per_iteration
+from scaling import progress as progress_mod
+from scaling.progress import DROP_RAY_ADVICE, STATUS_EVERY_S, ProgressLines, duration, seconds_per_iteration
 
 
 class Clock:
@@ -29,10 +30,10 @@ def trial(name: str, status: str = "RUNNING") -> SimpleNamespace:
 
 def test_status_line_has_elapsed_time_and_eta_from_measured_iterations(monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(tune_mod.time, "monotonic", clock)
+    monkeypatch.setattr(progress_mod.time, "monotonic", clock)
     text = io.StringIO()
     # a: 100 iterations of 1 FLOP, b: 100 iterations of 3 FLOPs
-    progress = ProgressLines(Console(file=text, width=200), tune_mod.Path("/x"), 2, 0, {"a": (1, 100), "b": (3, 100)})
+    progress = ProgressLines(Console(file=text, width=200), Path("/x"), 2, 0, {"a": (1, 100), "b": (3, 100)})
     a, b = trial("a"), trial("b")
     assert progress.eta() is None  # nothing measured yet
     clock.now += 5  # start-up
@@ -50,10 +51,10 @@ def test_status_line_has_elapsed_time_and_eta_from_measured_iterations(monkeypat
     progress.work["d"] = (3, 200)  # two of them: sharing the 2 slots is the bound
     assert progress.eta() == pytest.approx((35 + 70 + 200 + 200) / 2)
     del progress.work["c"], progress.work["d"]
-    clock.now += tune_mod.STATUS_EVERY_S
+    clock.now += STATUS_EVERY_S
     progress.on_step_end(0, [a, b])
     assert text.getvalue().strip() == (f"0/2 done; running: a @ 30 it, b @ 30 it; elapsed "
-                                       f"{duration(25 + tune_mod.STATUS_EVERY_S)}, about {duration(progress.eta())} left")
+                                       f"{duration(25 + STATUS_EVERY_S)}, about {duration(progress.eta())} left")
     progress.on_trial_complete(0, [a, b], a)
     assert "finished  a  (1/2)" in text.getvalue()
     assert progress.eta() == pytest.approx(70 * 1.0)  # a's rest no longer counts; b alone uses one slot
