@@ -68,18 +68,24 @@ class LatentData:
         with eps ~ N(0, I) if ``sample_posterior`` (and std is known) else
         ``scaling_factor * mean``; y: (batch,) int64. Both on CPU.
         """
-        x, y, _ = self.sample_with_images(batch, generator)
-        return x, y
+        index, x = self._draw(batch, generator)
+        return x, self.labels[index]
 
-    def sample_with_images(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor | None]:
-        """:meth:`sample` (the same draws) plus the batch's raw images, uint8 (batch, 3, S, S),
-        or None when the dataset keeps none."""
+    def sample_with_images(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`sample` (the same draws) plus the batch's raw images, uint8 (batch, 3, S, S).
+        Raises ValueError if the dataset keeps no images."""
+        if self.images is None:
+            raise ValueError(f"dataset {self.name!r} keeps no raw images")
+        index, x = self._draw(batch, generator)
+        return x, self.labels[index], self.images[index]
+
+    def _draw(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """The batch's indices (batch,) and scaled latents (see :meth:`sample`)."""
         index = torch.randint(len(self.labels), (batch,), generator=generator)
         x = self.mean[index].float()
         if self.sample_posterior and self.std is not None:
             x = x + self.std[index].float() * torch.randn(x.shape, generator=generator)
-        images = None if self.images is None else self.images[index]
-        return x * self.scaling_factor, self.labels[index], images
+        return index, x * self.scaling_factor
 
 
 def load_latents(cfg: TrainConfig) -> LatentData:

@@ -363,6 +363,15 @@ def repa_projector(width: int, dim: int) -> nn.Sequential:
                          nn.SiLU(), nn.Linear(REPA_HIDDEN, dim))
 
 
+def _xavier_init(root: nn.Module) -> None:
+    """Xavier-uniform weights (a conv's as a flattened matrix) and zero biases for every Linear and
+    Conv2d in ``root`` (reference ``initialize_weights``)."""
+    for module in root.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
+            nn.init.zeros_(module.bias)
+
+
 class Discriminator(nn.Module):
     """GAT discriminator D(x_levels, y) -> logit (docs/METHOD.md §2).
 
@@ -385,19 +394,19 @@ class Discriminator(nn.Module):
         self.head = nn.Linear(net.width, proj)
         self.class_embed = nn.Embedding(cfg.num_classes, proj)
         self.class_map = nn.Sequential(EqualLinear(proj, proj), nn.SiLU(), EqualLinear(proj, proj))
-        self.repa = repa_projector(net.width, cfg.repa_dim) if cfg.repa else None
         cos, sin = rope_2d(net.head_dim, self.grid, prefix=1)  # CLS first, not rotated
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self._init_weights()
+        self.repa: nn.Sequential | None = None
+        if cfg.repa:  # built and drawn last: D's other weights are those of repa off at the same seed
+            self.repa = repa_projector(net.width, cfg.repa_dim)
+            _xavier_init(self.repa)
 
     def _init_weights(self) -> None:
         """Xavier-uniform for Linear and Conv (conv as a flattened matrix), zero biases; CLS token
         and class table N(0, 0.02^2)."""
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
-                nn.init.zeros_(module.bias)
+        _xavier_init(self)
         nn.init.normal_(self.cls_token, std=EMBED_INIT_STD)
         nn.init.normal_(self.class_embed.weight, std=EMBED_INIT_STD)
 

@@ -23,6 +23,7 @@ directory only.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,9 +52,12 @@ def load_encoder(path: str, dim: int, device: torch.device) -> nn.Module:
         path: directory written by ``Dinov2Model.save_pretrained`` (config.json + weights).
         dim: the projector's output size (``cfg.repa_dim``); must equal the encoder's hidden size.
         device: where to put it.
+    The position table is resampled once to the 224 px grid (:func:`resample_positions`).
+
     Raises:
-        ConfigError: ``path`` empty, missing, not loadable as a DINOv2 model, or its hidden size
-            differs from ``dim`` -- each message says what to set.
+        ConfigError: ``path`` empty, missing, not a DINOv2 (``model_type`` other than 'dinov2', or
+            weights with missing, unexpected or mis-shaped keys), or its hidden size differs from
+            ``dim`` -- each message says what to set.
     """
     how = ("save one with transformers on a machine with internet access, e.g. "
            "Dinov2Model.from_pretrained('facebook/dinov2-base').save_pretrained(DIR) (ViT-B/14, the "
@@ -61,14 +65,40 @@ def load_encoder(path: str, dim: int, device: torch.device) -> nn.Module:
     def load(directory: str) -> nn.Module:
         from transformers import Dinov2Model  # seconds of imports; only runs that align pay them
 
-        return Dinov2Model.from_pretrained(directory, local_files_only=True)
+        model_type = json.loads((Path(directory) / "config.json").read_text()).get("model_type")
+        if model_type != "dinov2":  # transformers would load e.g. a ViT's weights into a random DINOv2
+            raise ValueError(f"its config.json has model_type {model_type!r}, not 'dinov2' (a DINOv2 "
+                             "without registers, as the reference uses)")
+        model, info = Dinov2Model.from_pretrained(directory, local_files_only=True, output_loading_info=True)
+        bad = {kind: info[kind] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(kind)}
+        if bad:
+            raise ValueError(f"its weights do not fit the DINOv2 model ({bad})")
+        return model
 
     encoder = load_local("repa_encoder", path, "a DINOv2 model directory", "repa=true", how, load,
-                         directory=True, errors=(OSError, ValueError, KeyError))
+                         directory=True, errors=(OSError, ValueError, KeyError, RuntimeError))
     hidden = encoder.config.hidden_size
     if hidden != dim:
         raise ConfigError(f"repa_encoder={path} has hidden size {hidden} but repa_dim={dim}; set repa_dim: {hidden}")
+    resample_positions(encoder)
     return encoder.to(device).eval().requires_grad_(False)
+
+
+def resample_positions(encoder: nn.Module, size: int = ENCODER_RESOLUTION) -> None:
+    """Resample the encoder's position table once, in place, to the grid of ``size`` px inputs, as
+    the reference does (``utils.load_encoders``: timm's ``resample_abs_pos_embed``, bicubic with
+    antialiasing, the CLS position kept); transformers would otherwise interpolate it at every call,
+    bicubic without antialiasing, a table several percent different (docs/METHOD.md §9).
+    DINOv2's pretrained table is 37 x 37 (518 px); at 224 px the grid is 16 x 16."""
+    table = encoder.embeddings.position_embeddings  # (1, 1 + g * g, E)
+    grid, old = size // encoder.config.patch_size, math.isqrt(table.shape[1] - 1)
+    if old != grid:
+        patches = table.detach()[:, 1:].reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+        patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", antialias=True, align_corners=False)
+        patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(table.dtype)
+        encoder.embeddings.position_embeddings = nn.Parameter(torch.cat([table.detach()[:, :1], patches], dim=1),
+                                                              requires_grad=False)
+    encoder.config.image_size = size
 
 
 def require_images(kind: str, name: str, has_images: bool) -> None:
@@ -113,11 +143,10 @@ def encoder_targets(encoder: nn.Module, pixels: Tensor) -> tuple[Tensor, Tensor]
     """Frozen encoder tokens of :func:`encoder_input` pixels (N, 3, 224, 224).
 
     Returns (f_cls (N, E), f_patch (N, P, E)) float32: the final-LayerNorm CLS token and patch
-    tokens (register tokens, if the model has any, are skipped).
+    tokens (timm's ``x_norm_clstoken`` and ``x_norm_patchtokens``).
     """
-    hidden = encoder(pixel_values=pixels).last_hidden_state.float()  # (N, 1 + R + P, E)
-    registers = getattr(encoder.config, "num_register_tokens", 0)
-    return hidden[:, 0], hidden[:, 1 + registers:]
+    hidden = encoder(pixel_values=pixels).last_hidden_state.float()  # (N, 1 + P, E)
+    return hidden[:, 0], hidden[:, 1:]
 
 
 def resize_tokens(tokens: Tensor, grid: int) -> Tensor:

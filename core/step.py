@@ -200,6 +200,9 @@ class GATStep:
             # the same augmentation (its colour means from the clean input) and noise
             inputs.append(self._d_input(shifted, aug, noise, color_reference=clean))
             labels += [y, y]
+        # The frozen encoder's targets, outside the math-kernel block below (the encoder needs no
+        # second derivative, and the math kernel is slow).
+        targets = self._repa_targets(images, None if aug is None else aug.head(n), n) if cfg.repa else None
         # Double backprop needs the math attention kernel (fused kernels have no 2nd derivative).
         kernel = sdpa_kernel([SDPBackend.MATH]) if exact and regularise else contextlib.nullcontext()
         with kernel:
@@ -211,7 +214,7 @@ class GATStep:
             stats = {LOSS_D: loss.detach(), D_REAL: d_real.detach().mean(), D_FAKE: d_fake.detach().mean()}
             total = loss
             if projected is not None:  # the reals come first in the batched forward
-                align = alignment_loss(projected, *self._repa_targets(images, None if aug is None else aug.head(n), n)).mean()
+                align = alignment_loss(projected, *targets).mean()
                 total = total + cfg.repa_weight * align
                 stats[LOSS_REPA] = align.detach()
             for i, (key, gamma, data) in enumerate(((REG_R1, cfg.gamma_r1, real), (REG_R2, cfg.gamma_r2, fake))):

@@ -362,14 +362,18 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         seed = _iteration_seed(cfg.seed, it, rank)
         torch.manual_seed(seed)
         data_gen.manual_seed(seed)
-        x, y, images = data.sample_with_images(local_batch, data_gen)
+        if cfg.repa:  # the same draws; the raw images only when the alignment encodes them
+            x, y, images = data.sample_with_images(local_batch, data_gen)
+            images = images.to(device, non_blocking=True)
+        else:
+            (x, y), images = data.sample(local_batch, data_gen), None
         z = torch.randn(local_batch, cfg.z_dim, generator=data_gen)
         x, y, z = x.to(device, non_blocking=True), y.to(device), z.to(device)
 
         done_it = it + 1
         diag_now = rank == 0 and done_it % cfg.diag_every == 0
         before = diagnostics.g_output(G, z_fix, y_fix) if diag_now else None
-        stats = step.iteration(x, y, z, images if cfg.repa else None)
+        stats = step.iteration(x, y, z, images)
 
         # 6b. A non-finite or exploding loss on any rank ends the run on every rank.
         healthy = _losses_healthy(stats, cfg.diverge_loss)

@@ -139,9 +139,12 @@ def test_training_on_digits_logs_the_alignment_loss(encoder_dir, tiny_digits_cac
     rows = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
     logged = [row["loss/repa"] for row in rows if "loss/repa" in row]
     assert len(logged) == 2 and all(0.0 < v < 4.0 for v in logged)
-    # The same run without alignment trains differently from the first D step on.
-    plain = train(c.replace(repa=False), tmp_path / "plain", progress=False)
-    assert plain.metrics["loss/D"] != result.metrics["loss/D"]
+    # Weight 0 trains exactly as alignment off (the projector is drawn after D's other weights and
+    # gets zero gradient); weight 1 changes D from the first step on.
+    off = train(c.replace(repa=False), tmp_path / "off", progress=False)
+    zero = train(c.replace(repa_weight=0.0), tmp_path / "zero", progress=False)
+    assert zero.metrics["loss/D"] == off.metrics["loss/D"] and zero.metrics["loss/G"] == off.metrics["loss/G"]
+    assert result.metrics["loss/D"] != off.metrics["loss/D"]
 
 
 def test_projector_parameters_are_counted_in_d(encoder_dir):
@@ -181,3 +184,48 @@ def test_projector_reads_tokens_before_the_final_norm(encoder_dir):
     torch.testing.assert_close(projected, D.repa(tokens[:2]))
     torch.testing.assert_close(logits, D(x, y))
     assert not torch.allclose(projected, D.repa(D.norm(tokens[:2])), atol=1e-3)
+
+
+def test_d_is_initialised_alike_with_and_without_the_projector(encoder_dir):
+    torch.manual_seed(0)
+    _, off = build_models(cfg(encoder_dir).replace(repa=False))
+    torch.manual_seed(0)
+    _, on = build_models(cfg(encoder_dir))
+    shared = off.state_dict()
+    assert all(torch.equal(on.state_dict()[k], v) for k, v in shared.items())
+    assert set(on.state_dict()) - set(shared) == {f"repa.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")}
+
+
+def test_position_table_is_resampled_once_as_the_reference_does(tmp_path):
+    """A DINOv2 trained at another size (here 42 px: a 3 x 3 grid) gets its table resampled once to
+    16 x 16, bicubic with antialiasing (timm's resample_abs_pos_embed), which transformers then uses
+    as it is at 224 px."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(1)
+    Dinov2Model(Dinov2Config(hidden_size=DIM, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
+                             patch_size=14, image_size=42)).save_pretrained(tmp_path / "d")
+    original = Dinov2Model.from_pretrained(tmp_path / "d").embeddings.position_embeddings.detach()
+    encoder = load_encoder(str(tmp_path / "d"), DIM, torch.device("cpu"))
+    table = encoder.embeddings.position_embeddings
+    grid = original[:, 1:].reshape(1, 3, 3, DIM).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, size=(16, 16), mode="bicubic", antialias=True).permute(0, 2, 3, 1).reshape(1, 256, DIM)
+    assert table.shape == (1, 257, DIM) and not table.requires_grad
+    torch.testing.assert_close(table[:, :1], original[:, :1])
+    torch.testing.assert_close(table[:, 1:], expected)
+    f_cls, f_patch = encoder_targets(encoder, encoder_input(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), None, 8))
+    assert f_cls.shape == (2, DIM) and f_patch.shape == (2, 256, DIM)
+    # the table transformers uses at 224 px is this one, not an interpolation of it
+    used = encoder.embeddings.interpolate_pos_encoding(torch.zeros(1, 1 + 256, DIM), 224, 224)  # CLS + patches
+    assert used is encoder.embeddings.position_embeddings
+
+
+def test_a_folder_that_is_not_a_dinov2_is_refused(tmp_path):
+    """transformers would load a ViT's weights into a randomly initialised DINOv2 with a warning,
+    and a DINOv2 of another shape raises its own error: both are one ConfigError."""
+    from transformers import ViTConfig, ViTModel
+
+    ViTModel(ViTConfig(hidden_size=DIM, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
+                       patch_size=14, image_size=42)).save_pretrained(tmp_path / "vit")
+    with pytest.raises(ConfigError, match="model_type 'vit', not 'dinov2'"):
+        load_encoder(str(tmp_path / "vit"), DIM, torch.device("cpu"))

@@ -167,15 +167,15 @@ def test_old_checkpoints_pruned(tmp_path):
 
 
 def test_non_finite_loss_ends_as_diverged(tmp_path, monkeypatch):
-    real_sample = LatentData.sample_with_images
+    real_sample = LatentData.sample
     calls = {"n": 0}
 
     def poisoned(self, batch, generator):  # NaN latents from the 4th batch on
         calls["n"] += 1
-        x, y, images = real_sample(self, batch, generator)
-        return (x * float("nan") if calls["n"] >= 4 else x), y, images
+        x, y = real_sample(self, batch, generator)
+        return (x * float("nan") if calls["n"] >= 4 else x), y
 
-    monkeypatch.setattr(LatentData, "sample_with_images", poisoned)
+    monkeypatch.setattr(LatentData, "sample", poisoned)
     rec = Recorder()
     result = train(tiny(), tmp_path / "r", rec, progress=False)
     assert result.status == "diverged" and result.iterations == 4
