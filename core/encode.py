@@ -8,16 +8,18 @@ sorted by path; torchvision's ``ImageFolder`` scan). Each image is centre-croppe
 Output (``OUT_DIR``):
 
 * ``shard_00000.safetensors``, ... : tensors ``mean`` and ``std`` (posterior, unscaled, float32
-  for precision 'fp32' or bfloat16 for 'bf16'), shape (n, c, h, w), ``labels`` int64 (n,) and,
-  with ``keep_images``, ``images`` uint8 (n, 3, resolution, resolution) -- the ADM crops the
-  latents were encoded from, which the DINOv2 alignment (``cfg.repa``) reads;
+  for precision 'fp32' or bfloat16 for 'bf16'), shape (n, c, h, w), and ``labels`` int64 (n,);
+* with ``keep_images``, ``images_00000.safetensors``, ... beside them: tensor ``images`` uint8
+  (n, 3, resolution, resolution), the ADM crops the latents were encoded from, which the DINOv2
+  alignment (``cfg.repa``) reads batch by batch from disk (:class:`ShardImages`; 192 KiB per
+  image at 256 px, so not held in memory);
   shard k holds images ``[k * shard_size, (k + 1) * shard_size)`` of the sorted list. Each shard's
   safetensors metadata carries the run fingerprint.
 * ``manifest.json`` (written last): ``format``, ``vae`` (as given), ``scaling_factor`` (from the VAE
   config), ``resolution``, ``count``, ``classes``, ``latent_shape`` [c, h, w], ``precision``,
   ``keep_images``,
   ``images_dir`` (absolute), ``shard_size``, ``fingerprint`` and ``shards`` (file, start, count,
-  sha256 of the file).
+  sha256 of the file; with kept images also ``images_file`` and its size ``images_bytes``).
 
 Resumable: run the same command again after an interruption; shards already written (each is
 written atomically) are kept and skipped. A shard containing any non-finite value is refused
@@ -26,10 +28,12 @@ written atomically) are kept and skipped. A shard containing any non-finite valu
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import safetensors.torch
@@ -117,8 +121,8 @@ class EncodedLatents:
     """(N, c, h, w) posterior standard deviations, unscaled."""
     labels: Tensor
     """(N,) int64 class indices into ``manifest['classes']``."""
-    images: Tensor | None
-    """(N, 3, R, R) uint8 ADM crops when encoded with ``keep_images``, else None."""
+    images: ShardImages | None
+    """The ADM crops when encoded with ``keep_images`` (read from disk on indexing), else None."""
 
 
 def encode_folder(
@@ -150,8 +154,8 @@ def encode_folder(
         device: torch device for the VAE.
         num_workers: DataLoader workers decoding images (0: in this process).
         progress: show a tqdm bar (images) when stderr is a terminal (tqdm's disable=None).
-        keep_images: also store the uint8 crops in the shards (for ``cfg.repa``; 192 KiB per
-            image at 256 px, and training holds them in memory).
+        keep_images: also store the uint8 crops, in image shards beside the latent shards (for
+            ``cfg.repa``; 192 KiB per image at 256 px, read per batch when training).
 
     Raises:
         ValueError: bad precision / sizes, a VAE with a ``shift_factor`` (not supported: the
@@ -188,14 +192,16 @@ def encode_folder(
         for index, start in enumerate(starts):
             stop = min(start + shard_size, len(dataset))
             path = out_dir / f"shard_{index:05d}.safetensors"
-            if path.is_file():
+            crops = out_dir / f"images_{index:05d}.safetensors" if keep_images else None
+            if path.is_file():  # written after its image shard: both are there
                 _check_shard(path, fingerprint)
             else:
                 _encode_shard(model, Subset(dataset, range(start, stop)), path, fingerprint, batch, num_workers, bar,
-                              keep_images)
+                              crops)
             bar.n = stop
             bar.refresh()
-            shards.append({"file": path.name, "start": start, "count": stop - start, "sha256": file_sha256(path)})
+            shards.append({"file": path.name, "start": start, "count": stop - start, "sha256": file_sha256(path),
+                           **({"images_file": crops.name, "images_bytes": crops.stat().st_size} if crops else {})})
 
     with safe_open(str(out_dir / shards[0]["file"]), "pt") as first:  # the shape, without the data
         c, h, w = first.get_slice("mean").get_shape()[1:]
@@ -228,15 +234,17 @@ def _check_shard(path: Path, fingerprint: str) -> None:
 
 @torch.no_grad()
 def _encode_shard(model: AutoencoderKL, subset: Subset, path: Path, fingerprint: str, batch: int,
-                  num_workers: int, bar: tqdm, keep_images: bool) -> None:
-    """Encode one shard's images (uint8 crops) and write it atomically; refuse non-finite latents."""
+                  num_workers: int, bar: tqdm, crops_path: Path | None) -> None:
+    """Encode one shard's images (uint8 crops) and write it atomically, after its image shard
+    ``crops_path`` if the crops are kept; refuse non-finite latents."""
     means, stds, labels, crops = [], [], [], []
     for images, targets in DataLoader(subset, batch_size=batch, num_workers=num_workers):
         posterior = model.encode(from_uint8(images).to(model.device, model.dtype)).latent_dist
         means.append(posterior.mean.cpu())
         stds.append(posterior.std.cpu())
         labels.append(targets.to(torch.int64))
-        crops.append(images)
+        if crops_path is not None:
+            crops.append(images)
         bar.update(len(targets))
     mean, std = torch.cat(means), torch.cat(stds)
     if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
@@ -245,17 +253,20 @@ def _encode_shard(model: AutoencoderKL, subset: Subset, path: Path, fingerprint:
             f"non-finite latents in {path.name} (images {first}..{last}); not written. "
             "If the VAE runs in fp16, use precision 'fp32' or 'bf16'"
         )
+    metadata = {"fingerprint": fingerprint}
+    if crops_path is not None:
+        atomic_write(crops_path, lambda tmp: save_file({"images": torch.cat(crops)}, tmp, metadata=metadata))
     tensors = {"mean": mean.contiguous(), "std": std.contiguous(), "labels": torch.cat(labels)}
-    if keep_images:
-        tensors["images"] = torch.cat(crops)
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"fingerprint": fingerprint}))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_encoded(out_dir: Path, verify: bool = True) -> EncodedLatents:
     """Read an :func:`encode_folder` output back (all shards, in order).
 
-    ``verify`` checks every shard's SHA-256 against the manifest. Raises FileNotFoundError when
-    ``manifest.json`` or a shard is missing and ValueError on a checksum or format mismatch.
+    ``verify`` checks every latent shard's SHA-256 against the manifest; kept images are checked
+    by size only (hashing them would read the whole image set at every start) and read per batch
+    (:class:`ShardImages`). Raises FileNotFoundError when ``manifest.json`` or a shard is missing
+    and ValueError on a checksum, size or format mismatch.
     """
     out_dir = Path(out_dir)
     manifest_path = out_dir / MANIFEST
@@ -264,7 +275,7 @@ def read_encoded(out_dir: Path, verify: bool = True) -> EncodedLatents:
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{manifest_path}: format {manifest.get('format')!r} is not {FORMAT!r}")
-    means, stds, labels, images = [], [], [], []
+    means, stds, labels = [], [], []
     for shard in manifest["shards"]:
         path = out_dir / shard["file"]
         if not path.is_file():
@@ -276,6 +287,40 @@ def read_encoded(out_dir: Path, verify: bool = True) -> EncodedLatents:
         means.append(tensors["mean"])
         stds.append(tensors["std"])
         labels.append(tensors["labels"])
-        images.append(tensors.get("images"))
-    kept = torch.cat(images) if manifest.get("keep_images") else None
+    kept = ShardImages(out_dir, manifest["shards"]) if manifest.get("keep_images") else None
     return EncodedLatents(manifest, torch.cat(means), torch.cat(stds), torch.cat(labels), kept)
+
+
+class ShardImages:
+    """The kept crops of an encode output directory, read from its image shards on indexing
+    (safetensors memory-maps the files), so a training process holds only the batch it draws.
+
+    ``images[index]``: index (n,) int64 -> uint8 (n, 3, R, R) in that order. Raises
+    FileNotFoundError / ValueError naming an image shard that is missing or of the wrong size.
+    """
+
+    def __init__(self, out_dir: Path, shards: list[dict]) -> None:
+        self.paths, self.starts = [], []
+        for shard in shards:
+            path = Path(out_dir) / shard["images_file"]
+            if not path.is_file():
+                raise FileNotFoundError(f"image shard {path} listed in {out_dir / MANIFEST} is missing")
+            if path.stat().st_size != shard["images_bytes"]:
+                raise ValueError(f"image shard {path} is not the size {out_dir / MANIFEST} records (corrupt or replaced)")
+            self.paths.append(path)
+            self.starts.append(shard["start"])
+        self.count = shards[-1]["start"] + shards[-1]["count"]
+        self._slices: dict[int, Any] = {}  # opened on first use (handles do not pickle)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: Tensor) -> Tensor:
+        rows = []
+        for i in index.tolist():
+            k = bisect.bisect_right(self.starts, i) - 1
+            if k not in self._slices:
+                self._slices[k] = safe_open(str(self.paths[k]), "pt").get_slice("images")
+            row = i - self.starts[k]
+            rows.append(self._slices[k][row:row + 1])
+        return torch.cat(rows)

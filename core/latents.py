@@ -24,7 +24,7 @@ from torch import Tensor
 
 from core.config import ConfigError, TrainConfig
 from core.digits import prepare_digits
-from core.encode import read_encoded
+from core.encode import ShardImages, read_encoded
 
 RANDOM_POOL = 1024
 """Latents in the 'random' dataset's fixed pool."""
@@ -53,10 +53,10 @@ class LatentData:
     """Where to load the decoder from (local directory or hub id); None for 'random'."""
     root: Path | None
     """Digits cache entry or encode output directory; None for 'random'."""
-    images: Tensor | None = None
+    images: Tensor | ShardImages | None = None
     """(N, 3, S, S) uint8 raw images in [0, 255] (for the DINOv2 alignment, ``cfg.repa``): the
-    digits' 32 px images; an encoded folder's ADM crops if encoded with ``--keep-images``;
-    None otherwise."""
+    digits' 32 px images; an encoded folder's ADM crops if encoded with ``--keep-images`` (read
+    from disk per batch); None otherwise. Indexed with an (n,) index tensor."""
 
     def __len__(self) -> int:
         return len(self.labels)

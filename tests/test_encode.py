@@ -105,8 +105,11 @@ def test_encode_keeps_the_crops_for_the_alignment(folder):
     assert manifest["keep_images"] is True
     encoded = read_encoded(folder / "kept")
     crop = np.asarray(center_crop_arr(Image.open(folder / "images" / "emu" / "2.png"), RES))
-    assert encoded.images.dtype == torch.uint8 and encoded.images.shape == (15, 3, RES, RES)
-    assert np.array_equal(encoded.images[2 * PER_CLASS + 2].permute(1, 2, 0).numpy(), crop)
+    every = encoded.images[torch.arange(15)]  # read from the image shards, 4 images each
+    assert every.dtype == torch.uint8 and every.shape == (15, 3, RES, RES) and len(encoded.images) == 15
+    assert np.array_equal(every[2 * PER_CLASS + 2].permute(1, 2, 0).numpy(), crop)
+    assert torch.equal(encoded.images[torch.tensor([13, 2, 13])], every[[13, 2, 13]])  # order and repeats kept
+    assert sorted(p.name for p in (folder / "kept").glob("images_*")) == [f"images_0000{i}.safetensors" for i in range(4)]
     # The latents are those of the run without images; that run keeps none.
     encode(folder)
     plain = read_encoded(folder / "out")
@@ -114,7 +117,11 @@ def test_encode_keeps_the_crops_for_the_alignment(folder):
     data = load_latents(TrainConfig(dataset=str(folder / "kept"), num_classes=3, sample_posterior=False))
     x, y, images = data.sample_with_images(6, torch.Generator().manual_seed(1))
     index = torch.randint(15, (6,), generator=torch.Generator().manual_seed(1))
-    assert torch.equal(images, encoded.images[index]) and torch.equal(y, encoded.labels[index])
+    assert torch.equal(images, every[index]) and torch.equal(y, encoded.labels[index])
+    # a damaged image shard is named when the directory is read
+    (folder / "kept" / "images_00001.safetensors").write_bytes(b"cut")
+    with pytest.raises(ValueError, match="images_00001.safetensors is not the size"):
+        read_encoded(folder / "kept")
 
 
 def test_encode_resumes_keeping_finished_shards(folder, monkeypatch):
