@@ -1,0 +1,215 @@
+"""What the ``gat-sweep`` commands print: the dry-run tables of a sweep and of one config, the
+summary of a sweep's outcome with the commands to run next, and one run's result; number formats
+and how to spell a console script of this environment. Nothing here starts work; the commands
+(:mod:`scaling.cli`) decide what to print and where.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from core.config import TrainConfig, flatten
+from core.records import LOSS_D, LOSS_G, TAG_SAME_AS, RunResult, is_fd_key, is_progress_key
+from scaling.spec import RAY_ADDRESS_ENV, SweepSpec
+
+if TYPE_CHECKING:  # the driver imports ray and torch: the commands import it only to run a sweep
+    from scaling.tune import SweepOutcome
+
+
+def installed_command(name: str) -> str:
+    """How to call this environment's console script ``name`` in a line the user can paste: its
+    bare name when that is what the shell finds, else its path (relative to the current directory
+    when under it, as the README writes ``.venv/bin/mlflow``); ``python -m NAME`` if the
+    environment has no such script."""
+    script = Path(sys.executable).parent / name  # not resolved: a venv's python is a symlink
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m {name}"
+    found = shutil.which(name)
+    if found and Path(found).resolve() == script.resolve():
+        return name
+    try:
+        return shlex.quote(str(script.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(script))
+
+
+def si(value: float, unit: str = "") -> str:
+    """Engineering notation: 4.64e11 -> '464G' (3 significant digits)."""
+    for factor, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{prefix}{unit}"
+    return f"{value:.3g}{unit}"
+
+
+def plot_command(sweep_file: Path, as_filed: SweepSpec, spec: SweepSpec) -> str:
+    """The ``gat-sweep plot`` line for this sweep: the file as given when the file alone leads to
+    the same sweep (the README's form), else the sweep's name with its tracking URI and report
+    directory (overrides moved its name, output or store)."""
+    where = (spec.name, spec.output_path(), spec.tracking())
+    if where == (as_filed.name, as_filed.output_path(), as_filed.tracking()):
+        args = [str(sweep_file)]
+    else:
+        args = [spec.name, "--tracking-uri", spec.tracking(), "--out", str(spec.output_path() / "report")]
+    return " ".join([installed_command("gat-sweep"), "plot", *map(shlex.quote, args)])
+
+
+def print_trials(spec: SweepSpec, console: Console, as_json: bool = False) -> None:
+    """The dry run: a table of the trials (or, ``as_json``, the same rows and the plan as JSON on
+    stdout), the budget, resources, LR rules, and last what would run where."""
+    from core.flops import FLOPS_CONVENTION
+    from scaling.grid import expand, shared_trainings, started_trials, trial_rows
+
+    trials = expand(spec)  # copies as the run would make them, also for a sweep that grows
+    rows = trial_rows(trials, shared_trainings(trials, started_trials(spec.output_path(), trials)))
+    trained = [r for r in rows if not r["same_as"]]
+    total_flops = sum(r["total_flops"] for r in trained)
+    if as_json:
+        print(json.dumps({
+            "name": spec.name, "trials": rows, "trainings": len(trained), "total_train_flops": total_flops,
+            "flops_convention": FLOPS_CONVENTION, "resources": spec.resources.model_dump(),
+            "max_concurrent": spec.max_concurrent, "max_failures": spec.max_failures,
+            "output_dir": str(spec.output_path()), "tracking_uri": spec.tracking(), "ray_address": spec.ray_target(),
+        }, indent=2))
+        return
+    tied = all((r["g_width"], r["g_depth"], r["g_heads"]) == (r["d_width"], r["d_depth"], r["d_heads"]) for r in rows)
+    repeats = any(r["same_as"] for r in rows)
+    table = Table(title=f"sweep {spec.name}: {len(rows)} trials", title_justify="left", box=box.SIMPLE_HEAD)
+    columns = ["trial", "width", "depth", "heads"] + ([] if tied else ["D width", "D depth", "D heads"])
+    columns += ["G params", "D params", "FLOPs/iter", "lr_G", "lr_D", "train FLOPs"] + (["same training as"] if repeats else [])
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("trial", "same training as") else "right",
+                         no_wrap=name == "trial")
+    for r in rows:
+        cells = [r["name"], str(r["g_width"]), str(r["g_depth"]), str(r["g_heads"])]
+        cells += [] if tied else [str(r["d_width"]), str(r["d_depth"]), str(r["d_heads"])]
+        cells += [si(r["g_params"]), si(r["d_params"]), si(r["flops_per_iter"]), f"{r['lr_g']:.4g}",
+                  f"{r['lr_d']:.4g}", si(r["total_flops"])] + ([r["same_as"]] if repeats else [])
+        table.add_row(*cells)
+    console.print(table)
+    res, first = spec.resources, rows[0]
+    console.print(
+        f"budget {first['iterations']} iterations x batch {first['batch']} = {first['kimg']:g} kimg per trial; "
+        f"{len(trained)} trainings ({len(rows) - len(trained)} trials repeat an identical trial's training and "
+        f"get a copy of its results); total training compute {si(total_flops, 'FLOPs')} "
+        f"({FLOPS_CONVENTION.split(',')[0]})\n"
+        f"per trial: {res.workers} worker(s) x ({res.cpus:g} CPU, {res.gpus:g} GPU); "
+        f"at most {spec.max_concurrent or 'as many as fit'} at once; retries {spec.max_failures}\n"
+        f"{spec.lr.describe()}\n"
+        f"Dry run, nothing started. The sweep would train {len(trained)} runs on {_where(spec)}, "
+        f"write to {spec.output_path()} and log to MLflow at {spec.tracking()}.",
+        highlight=False, markup=False, soft_wrap=True)
+
+
+def _where(spec: SweepSpec) -> str:
+    """Where a sweep's trials would run, in words (and where the Ray address came from)."""
+    address = spec.ray_target()
+    if address == "local":
+        return f"a new Ray instance on this machine ({socket.gethostname()}, {os.cpu_count()} CPUs)"
+    source = f" (from ${RAY_ADDRESS_ENV})" if spec.ray_address is None else ""
+    return f"the Ray cluster at {address}{source}"
+
+
+def print_outcome(outcome: SweepOutcome, console: Console, report_command: str) -> None:
+    """The summary of a sweep: a table of every trial, then the trials that were retried, failed,
+    hit a configuration error or diverged (each with its reason), disagreements of the MLflow
+    store, counts, what to do next (commands that work as printed) and where the results are;
+    ``report_command`` is the ``gat-sweep plot`` line (:func:`plot_command`)."""
+    keys = sorted({k for t in outcome.trials for k in t.metrics if is_fd_key(k)})
+    table = Table(title=f"sweep {outcome.name}", title_justify="left", box=box.SIMPLE_HEAD)
+    for name in ["trial", "status", "iterations", "kimg", *keys, LOSS_G, LOSS_D]:
+        table.add_column(name, justify="left" if name in ("trial", "status") else "right", no_wrap=name == "trial")
+    styles = {"finished": "green", "diverged": "yellow", "error": "red", "config_error": "red", "incomplete": "dim"}
+    for t in outcome.trials:
+        values = [f"{t.metrics[k]:.4g}" if k in t.metrics else "-" for k in [*keys, LOSS_G, LOSS_D]]
+        table.add_row(t.name, f"[{styles[t.status]}]{t.status}[/]", str(t.iterations), f"{t.kimg:g}", *values)
+    console.print(table)
+    for t in outcome.trials:
+        if t.failures or t.starts > 1:
+            reasons = list(dict.fromkeys(t.failures)) or ["resumed after the driver stopped"]
+            console.print(f"[yellow]retried[/]      {t.name} ({t.starts} starts, {len(t.failures)} failed): "
+                          f"{escape('; '.join(reasons))}", highlight=False, soft_wrap=True)
+    labels = {"error": "[red]failed[/]      ", "config_error": "[red]config error[/]",
+              "diverged": "[yellow]diverged[/]    "}
+    for t in outcome.trials:
+        if t.status in labels:
+            reason = t.reason if t.status == "diverged" else t.error
+            console.print(f"{labels[t.status]} {t.name}: {escape(reason or 'no reason recorded')}",
+                          highlight=False, soft_wrap=True)
+    if outcome.store_problems:
+        console.print(f"[red]MLflow store check failed[/]: {escape(outcome.tracking_uri)} does not hold one "
+                      "FINISHED child run per ended trial (their results are in the run directories):\n  "
+                      + escape("\n  ".join(outcome.store_problems)), highlight=False, soft_wrap=True)
+    counts = {s: sum(t.status == s for t in outcome.trials) for s in styles}
+    copies = sum(t.same_as is not None for t in outcome.trials)
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n)
+                  + (f" ({copies} repeat an identical trial's training: copied runs, tag {TAG_SAME_AS})"
+                     if copies else ""), highlight=False)
+    if counts["incomplete"] or counts["error"]:
+        console.print("Run the same command again to resume: ended trials are kept, the others continue "
+                      "from their checkpoints.", highlight=False)
+    if counts["config_error"]:
+        console.print("A configuration error is not retried: fix what it names, then run the same command "
+                      "again (ended trials are kept).", highlight=False)
+    # MLflow 3's UI opens an experiment on its GenAI pages unless told the workflow type.
+    page = f"#/experiments/{outcome.experiment_id}/runs?workflowType=machine_learning"
+    if outcome.tracking_uri.startswith(("http://", "https://")):
+        console.print(f"MLflow:     {outcome.tracking_uri.rstrip('/')}/{page}",
+                      highlight=False, soft_wrap=True, markup=False)
+    else:
+        console.print(f"MLflow UI:  {installed_command('mlflow')} ui --backend-store-uri "
+                      f"{shlex.quote(outcome.tracking_uri)}", highlight=False, soft_wrap=True, markup=False)
+        console.print(f"            then open http://127.0.0.1:5000/{page}", highlight=False, soft_wrap=True,
+                      markup=False)
+    console.print(f"Report:     {report_command}", highlight=False, soft_wrap=True, markup=False)
+
+
+def print_config(cfg: TrainConfig, run_dir: Path, console: Console) -> None:
+    """The dry run of `gat-sweep train`: every field of ``cfg``, parameter counts, FLOPs per
+    iteration and in all, the run directory, and with repa the projector's size and the encoder."""
+    from core.flops import FLOPS_CONVENTION
+    from scaling.grid import trial_cost
+
+    table = Table(title=f"config {cfg.name}", title_justify="left", show_header=False, box=box.SIMPLE)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in flatten(cfg.to_dict()).items():
+        table.add_row(key, repr(value) if isinstance(value, str) else str(value))
+    console.print(table)
+    cost = trial_cost(cfg)
+    console.print(
+        f"G parameters {cost.g_params:,} ({si(cost.g_params)}), D parameters {cost.d_params:,} "
+        f"({si(cost.d_params)})\nFLOPs per iteration {cost.flops_per_iter:.4g}; {cfg.iterations} iterations "
+        f"({cfg.kimg:g} kimg) -> {si(cost.total_flops, 'FLOPs')}\nconvention: {FLOPS_CONVENTION}\n"
+        f"run directory {run_dir}", highlight=False, markup=False)
+    if cfg.repa:
+        from core.model import count_parameters, repa_projector
+
+        projector = count_parameters(repa_projector(cfg.d.width, cfg.repa_dim).to("meta"))
+        encoder = cfg.repa_encoder or "not set (set repa_encoder to a local DINOv2 directory before training)"
+        console.print(f"DINOv2 alignment (repa) on, weight {cfg.repa_weight:g}: D's projector has {projector:,} "
+                      f"({si(projector)}) parameters, included in D's count; encoder {encoder}",
+                      highlight=False, markup=False)
+
+
+def print_train_result(result: RunResult, console: Console) -> None:
+    """How one ``gat-sweep train`` run ended: its status (and why it diverged), iterations, kimg,
+    its last progress metrics and the run directory."""
+    style = "green" if result.status == "finished" else "yellow"
+    if result.reason:
+        console.print(f"[yellow]diverged:[/] {escape(result.reason)}", highlight=False)
+    metrics = "  ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())
+                        if is_progress_key(k))
+    console.print(f"[{style}]{result.status}[/] after {result.iterations} iterations "
+                  f"({result.kimg:g} kimg): {metrics}\nrun directory {escape(str(result.run_dir))}", highlight=False)
