@@ -1,10 +1,11 @@
-"""Evaluation of the EMA generator through torch-fidelity: FD/FID, KID, precision and recall.
+"""Evaluation of the EMA generator: FD/FID, KID, precision and recall, and its sample grids.
 
 ``make_evaluator(cfg, data, device)`` validates everything evaluation needs before training starts
 and warms the reference-feature cache; ``Evaluator.evaluate(G_ema)`` then draws a fixed set of
 ``cfg.eval_samples`` latents (z and labels fixed per run by ``cfg.seed``; labels cycle through the
 classes), decodes them with the dataset's VAE (dividing by the scaling factor once), converts
-them to uint8 [0, 255] (clamped, never wrapped) and hands them to ``torch_fidelity.calculate_metrics``.
+them to uint8 [0, 255] (clamped, never wrapped) and hands them to torch-fidelity
+(:mod:`core.fidelity`).
 
 Two feature extractors (``cfg.eval_metric``; 'auto' = fd_domain for the embedded digits, and for
 an encoded folder fid when ``cfg.inception_weights`` is set, fd_domain otherwise; see
@@ -15,7 +16,7 @@ an encoded folder fid when ``cfg.inception_weights`` is set, fd_domain otherwise
   feature space, not Inception FID). The embedded digits use the classifier of their cache entry
   -> ``eval/fd_digits_<n>``, ``eval/kid_digits_<n>``, ``eval/precision_digits_<n>``,
   ``eval/recall_digits_<n>``. An encoded folder uses its own classifier, trained on first use on
-  the reference images (:func:`prepare_folder_classifier`, cached under ``<cache>/domain/``)
+  the reference images (:func:`core.domain.prepare_folder_classifier`, cached under ``<cache>/domain/``)
   -> ``eval/fd_domain_<n>``, ``eval/kid_domain_<n>``, ``eval/precision_domain_<n>``,
   ``eval/recall_domain_<n>``. Distances of different folders are in different feature spaces
   and are not comparable with each other. Provenance names the classifier file and its held-out
@@ -28,7 +29,7 @@ an encoded folder fid when ``cfg.inception_weights`` is set, fd_domain otherwise
 ``<n>`` is the sample count, '1k' for 1000 ('5k', '50k'; other counts written out in full).
 
 References: the reference statistics are the real images of the dataset (digits: all 1,797
-images; an encoded folder: up to :data:`REFERENCE_MAX` images of ``images_dir``, a seeded subset,
+images; an encoded folder: up to :data:`core.domain.REFERENCE_MAX` images of ``images_dir``, a seeded subset,
 ADM-cropped at the encode resolution), their features cached by torch-fidelity under
 ``<cache>/fidelity/`` with a name holding (dataset, resolution, sample count, and a folder
 classifier's key) and the extractor, so a second run does not recompute them. Or
@@ -45,309 +46,54 @@ Invalid results: non-finite generated latents or images, or a non-finite metric,
 from __future__ import annotations
 
 import io
-import json
 import math
-import time
-from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch_fidelity
 import torchvision
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
-from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch.utils.data import Dataset
+from torch_fidelity.metric_fid import fid_features_to_statistics
 from torch_fidelity.utils import (
     create_feature_extractor,
     extract_featuresdict_from_input_id_cached,
     get_featuresdict_from_dataset,
 )
-from tqdm import tqdm
 
-from core.cache import atomic_directory, atomic_write_bytes, cache_root, content_hash
-from core.config import ConfigError, TrainConfig, load_local
-from core.digits import deterministic_cpu, load_entry
-from core.encode import MANIFEST, image_folder
-from core.features import (
-    CLASSIFIER_FILE,
-    EXTRACTOR_NAME,
-    FOLDER_EXTRACTOR_NAME,
-    ClassifierEntry,
-    ClassifierSettings,
-    accuracy,
-    resize_for_classifier,
-    save_classifier,
-    train_classifier,
+from core.cache import atomic_write_bytes, content_hash
+from core.config import ConfigError, TrainConfig
+from core.digits import load_entry
+from core.domain import folder_images_dir, prepare_folder_classifier, reference_indices
+from core.features import EXTRACTOR_NAME, FOLDER_EXTRACTOR_NAME
+from core.fidelity import (
+    DOMAIN_LAYER,
+    EVAL_BATCH,
+    INCEPTION,
+    INCEPTION_LAYER,
+    FolderImages,
+    GeneratedImages,
+    UInt8Images,
+    check_inception_weights,
+    fidelity_metrics,
+    fidelity_settings,
+    frechet_distance,
+    read_npz,
 )
 from core.latents import LatentData
-from core.metrics import INCEPTION_DIM, feature_dim, resolve_metric
+from core.metrics import feature_dim, resolve_metric
 from core.model import Generator
-from core.records import METRIC_KEY_PARAM, eval_keys
+from core.records import METRIC_KEY_PARAM, count_label, eval_keys
 from core.vae import decode_latents, load_vae, to_uint8
 
-INCEPTION = "inception-v3-compat"
-INCEPTION_LAYER = "2048"
-DOMAIN_LAYER = "features"
-INCEPTION_WEIGHTS_URL = (
-    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
-)
-EVAL_BATCH = 64
-"""Generated images per generator/VAE/extractor batch."""
-KID_SUBSET_SIZE = 1000
-"""KID subset size (Binkowski et al. 2018 use 1000), capped at the sample counts."""
-KID_SUBSETS = 10
-"""KID subsets averaged (torch-fidelity's default is 100). Each costs three 1000 x 1000 kernel
-matrices; with 100 subsets KID took 3/4 of a 1000-sample digits evaluation on one CPU core, and
-with <= 1000 generated samples every subset holds all of them, so only the real side varies."""
-REFERENCE_MAX = 50_000
-"""At most this many real images of an encoded folder form its reference statistics."""
 GRID_COLUMNS, GRID_MAX_ROWS = 8, 10
 """Sample grid: one row per class (at most 10 classes, evenly spaced), 8 samples per row."""
 GRID_SEED_OFFSET = 1
 """The grid's z come from seed ``cfg.seed + 1`` (evaluation uses ``cfg.seed``)."""
 
 
-FOLDER_CLASSIFIER_VERSION = 1
-"""Bump when :func:`prepare_folder_classifier` changes what it produces (invalidates cached entries)."""
-
-
-@dataclass(frozen=True)
-class FolderClassifierSettings:
-    """Everything but the folder that determines a folder's domain classifier (hashed into its
-    cache key with the folder's path, the manifest's fingerprint and :data:`FOLDER_CLASSIFIER_VERSION`)."""
-
-    max_images: int = REFERENCE_MAX
-    """At most this many images, the seeded subset that also forms the reference (:func:`reference_indices`)."""
-    heldout_fraction: float = 0.2
-    """Share of those images held out from training to measure the accuracy (digits: 360 of 1,797)."""
-    split_seed: int = 0
-    """Seed of the held-out split."""
-    classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
-    """Training schedule (the digits classifier's)."""
-
-
-FOLDER_CLASSIFIER = FolderClassifierSettings()
-"""The settings every folder's classifier is trained with."""
-
-
-@dataclass(frozen=True)
-class FolderClassifier(ClassifierEntry):
-    """A prepared folder classifier: ``<cache>/domain/<key>/`` with the classifier and ``meta.json``
-    (folder, resolution, fingerprint, settings, version, class and image counts, held-out
-    accuracy, seconds)."""
-
-    @property
-    def heldout_accuracy(self) -> float:
-        """Top-1 accuracy in [0, 1] on the held-out images."""
-        return float(self.meta["heldout_accuracy"])
-
-
 class InvalidMetricError(RuntimeError):
     """Evaluation produced no valid number (non-finite samples or result): the run has diverged."""
-
-
-def count_label(n: int) -> str:
-    """Sample count as written in metric keys: 1000 -> '1k', 50000 -> '50k', 1500 -> '1500'."""
-    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
-
-
-def frechet_distance(stats_1: dict[str, np.ndarray], stats_2: dict[str, np.ndarray]) -> float:
-    """Frechet distance between Gaussians N(mu_1, sigma_1) and N(mu_2, sigma_2) (Heusel et al. 2017, eq. 6):
-
-    ``|mu_1 - mu_2|^2 + tr(sigma_1 + sigma_2 - 2 (sigma_1 sigma_2)^(1/2))``, computed by torch-fidelity
-    (trace of the square root from the eigenvalues of sigma_1 sigma_2) in float64.
-    stats_*: {'mu': (d,), 'sigma': (d, d)} numpy arrays.
-    """
-    as64 = [{key: np.asarray(stats[key], dtype=np.float64) for key in ("mu", "sigma")} for stats in (stats_1, stats_2)]
-    return float(fid_statistics_to_metric(as64[0], as64[1], verbose=False)[torch_fidelity.KEY_METRIC_FID])
-
-
-def _fidelity_settings(reference: Dataset | None, reference_cache_name: str | None, extractor: str,
-                       weights_path: str, device: torch.device) -> dict:
-    """torch-fidelity arguments shared by every call here: the same values must reach the metric
-    computation and the cache warm-up, or the warm-up's cache entry would not be hit."""
-    return dict(
-        input2=reference, input2_cache_name=reference_cache_name, feature_extractor=extractor,
-        feature_extractor_weights_path=weights_path, cuda=device.type == "cuda", save_cpu_ram=True,
-        verbose=False, batch_size=EVAL_BATCH, cache_root=str(cache_root() / "fidelity"),
-    )
-
-
-def fidelity_metrics(
-    generated: Dataset, reference: Dataset, extractor: str, weights_path: str, device: torch.device,
-    reference_cache_name: str | None = None, seed: int = 0,
-) -> dict[str, float]:
-    """FD, KID (mean), precision and recall of ``generated`` against ``reference`` via
-    ``torch_fidelity.calculate_metrics`` (both datasets yield uint8 (3, H, W) tensors).
-
-    ``reference_cache_name``: cache the reference's features and statistics under
-    ``<cache>/fidelity/`` with this name (None: no caching). KID (Binkowski et al. 2018):
-    :data:`KID_SUBSETS` subsets of min(1000, both counts), cubic polynomial kernel;
-    precision/recall (Kynkaanniemi et al. 2019) with k = 3 neighbours.
-    Returns {'fd', 'kid', 'precision', 'recall'} as floats.
-    """
-    with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
-        metrics = torch_fidelity.calculate_metrics(
-            input1=generated, fid=True, kid=True, prc=True, kid_subsets=KID_SUBSETS,
-            kid_subset_size=min(KID_SUBSET_SIZE, len(generated), len(reference)), rng_seed=seed,
-            **_fidelity_settings(reference, reference_cache_name, extractor, weights_path, device),
-        )
-    return {
-        "fd": metrics[torch_fidelity.KEY_METRIC_FID],
-        "kid": metrics[torch_fidelity.KEY_METRIC_KID_MEAN],
-        "precision": metrics[torch_fidelity.KEY_METRIC_PRECISION],
-        "recall": metrics[torch_fidelity.KEY_METRIC_RECALL],
-    }
-
-
-class UInt8Images(Dataset):
-    """A uint8 image tensor (N, 3, H, W) as a torch-fidelity input (bare tensors, no labels)."""
-
-    def __init__(self, images: Tensor) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> Tensor:
-        return self.images[index]
-
-
-class FolderImages(Dataset):
-    """Selected images of an ImageFolder, ADM-cropped, as uint8 (3, R, R) tensors."""
-
-    def __init__(self, images_dir: Path, resolution: int, indices: list[int]) -> None:
-        self.folder = image_folder(images_dir, resolution)
-        self.indices = indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> Tensor:
-        return self.folder[self.indices[index]][0]
-
-
-def reference_indices(count: int, max_images: int = REFERENCE_MAX) -> list[int]:
-    """Sorted indices of the images of an encoded folder (``count`` images, in ``image_folder``
-    order) that its reference and its classifier use: all of them, or a subset of ``max_images``
-    drawn by a permutation seeded with 0."""
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(0))
-    return sorted(order[: min(count, max_images)].tolist())
-
-
-def folder_images_dir(root: Path) -> tuple[dict, Path]:
-    """(manifest, images directory) of the encode output directory ``root``.
-
-    Raises ConfigError when the images the manifest names are gone (the reference and the
-    folder's classifier are made from them).
-    """
-    manifest = json.loads((root / MANIFEST).read_text())
-    images_dir = Path(manifest["images_dir"])
-    if not images_dir.is_dir():
-        raise ConfigError(
-            f"the reference images {images_dir} of {root} are gone; restore them, or set fid_ref_npz "
-            "(eval_metric 'fid'), or turn evaluation off (eval_every=-1)"
-        )
-    return manifest, images_dir
-
-
-def prepare_folder_classifier(root: Path, settings: FolderClassifierSettings = FOLDER_CLASSIFIER,
-                              progress: bool = True) -> FolderClassifier:
-    """Train (first call) or load (later calls) the domain classifier of an encoded image folder.
-
-    ``root``: a ``gat-sweep encode`` output directory. The classifier is trained on the folder's
-    own labels, on the ADM-cropped images at the encode resolution (``images_dir`` of the
-    manifest) resized to 32 px (:func:`core.features.resize_for_classifier`): the
-    :func:`reference_indices` subset, less a held-out share (seeded split) whose accuracy is
-    recorded. Training is seeded and runs on one CPU thread in deterministic mode
-    (:func:`core.digits.deterministic_cpu`), so the weights do not depend on the machine's thread
-    count. Cached under ``<cache>/domain/<key>`` (atomic; concurrent preparations are safe), the
-    key hashing the folder's path, the manifest's fingerprint, ``settings`` and
-    :data:`FOLDER_CLASSIFIER_VERSION`. With ``progress``, tqdm bars when stderr is a terminal.
-    Cost: 1 s for 500 images of 32 px on one CPU thread (about 14 ms per training step of 64
-    images, 10 epochs), plus reading and cropping the images once.
-
-    Raises ConfigError when the images are gone or fewer than 2 (one to train on, one held out);
-    ValueError naming a corrupt image file (:func:`core.encode.read_rgb`).
-    """
-    manifest, images_dir = folder_images_dir(root)
-    key = content_hash(str(images_dir), manifest["fingerprint"],
-                       {"settings": asdict(settings), "version": FOLDER_CLASSIFIER_VERSION})
-    entry = cache_root() / "domain" / key
-    if not (entry / "meta.json").is_file():
-        with atomic_directory(entry) as tmp:
-            _train_folder_classifier(tmp, manifest, images_dir, settings, progress)
-    return FolderClassifier(entry, key, json.loads((entry / "meta.json").read_text()))
-
-
-def _train_folder_classifier(out: Path, manifest: dict, images_dir: Path, settings: FolderClassifierSettings,
-                             progress: bool) -> None:
-    """Read the folder's images, train and evaluate its classifier, write it and meta.json into ``out``."""
-    start = time.perf_counter()
-    resolution = int(manifest["resolution"])
-    indices = reference_indices(int(manifest["count"]), settings.max_images)
-    if len(indices) < 2:
-        raise ConfigError(f"{images_dir} holds {len(indices)} image(s); its domain classifier needs at least 2 "
-                          "(one to train on, one held out)")
-    images, labels = [], []
-    loader = DataLoader(Subset(image_folder(images_dir, resolution), indices), batch_size=EVAL_BATCH)
-    with tqdm(total=len(indices), desc="folder classifier: reading images", unit="img",
-              disable=None if progress else True) as bar:
-        for batch_images, batch_labels in loader:
-            images.append(resize_for_classifier(batch_images))
-            labels.append(batch_labels.to(torch.int64))
-            bar.update(len(batch_labels))
-    images_u8, labels_all = torch.cat(images), torch.cat(labels)
-    read_seconds = time.perf_counter() - start
-
-    n = len(indices)
-    heldout_count = min(max(round(settings.heldout_fraction * n), 1), n - 1)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(settings.split_seed))
-    heldout = torch.zeros(n, dtype=torch.bool)
-    heldout[order[:heldout_count]] = True
-    start = time.perf_counter()
-    with deterministic_cpu():
-        model = train_classifier(images_u8[~heldout], labels_all[~heldout], len(manifest["classes"]),
-                                 settings.classifier, progress)
-        heldout_accuracy = accuracy(model, images_u8[heldout], labels_all[heldout])
-    save_classifier(model, out / CLASSIFIER_FILE)
-    meta = {
-        "images_dir": str(images_dir),
-        "resolution": resolution,
-        "fingerprint": manifest["fingerprint"],
-        "settings": asdict(settings),
-        "version": FOLDER_CLASSIFIER_VERSION,
-        "num_classes": len(manifest["classes"]),
-        "images": n,
-        "heldout": heldout_count,
-        "heldout_accuracy": heldout_accuracy,
-        "seconds": {"read": read_seconds, "train": time.perf_counter() - start},
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
-
-
-class GeneratedImages(Dataset):
-    """Generator samples rendered lazily, one chunk of ``chunk`` images at a time, in index order.
-
-    torch-fidelity reads a dataset sequentially (``save_cpu_ram=True``: no worker processes), so
-    each chunk is rendered once and only one chunk of images is held in memory at a time.
-    """
-
-    def __init__(self, render: Callable[[int, int], Tensor], count: int, chunk: int) -> None:
-        self.render, self.count, self.chunk = render, count, chunk
-        self._start, self._images = -1, torch.empty(0)
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int) -> Tensor:
-        start = index - index % self.chunk
-        if start != self._start:
-            self._images, self._start = self.render(start, min(start + self.chunk, self.count)), start
-        return self._images[index - start]
 
 
 class Sampler:
@@ -419,7 +165,7 @@ class Evaluator:
             classifier_accuracy, classifier_key = folder.heldout_accuracy, folder.key
         self.keys = eval_keys(space, n)
         self.metric_key = self.keys["fd"]
-        self.npz = _read_npz(Path(cfg.fid_ref_npz)) if cfg.fid_ref_npz else None
+        self.npz = read_npz(Path(cfg.fid_ref_npz)) if cfg.fid_ref_npz else None
         self.reference, self.reference_name, reference_desc = _reference(cfg, data, classifier_key)
         self.provenance = {
             METRIC_KEY_PARAM: self.metric_key,
@@ -445,7 +191,7 @@ class Evaluator:
 
     def _feature_extractor(self) -> tuple[object, dict]:
         """torch-fidelity's extractor object and the settings it was made with."""
-        kwargs = _fidelity_settings(self.reference, self.reference_name, self.extractor, self.weights, self.device)
+        kwargs = fidelity_settings(self.reference, self.reference_name, self.extractor, self.weights, self.device)
         return create_feature_extractor(self.extractor, [self.layer], **kwargs), kwargs
 
     # -- metrics -------------------------------------------------------------------------------
@@ -509,38 +255,6 @@ def make_evaluator(cfg: TrainConfig, data: LatentData, device: torch.device,
     evaluator = Evaluator(cfg, data, device, metric, sampler or Sampler(cfg, data, device))
     evaluator.warm_reference()
     return evaluator
-
-
-def check_inception_weights(path: str) -> None:
-    """Check that ``path`` holds torch-fidelity's Inception-v3 weights by building the extractor
-    from it (what an evaluation does first; about a second on CPU).
-
-    Raises ConfigError naming the file when it is not set, missing, or cannot be loaded (truncated,
-    not a torch file, or another model's weights), with where to get the right one.
-    """
-    how = (f"download {INCEPTION_WEIGHTS_URL} on a machine with internet access, copy it here and set "
-           "inception_weights to its absolute path (or use the digits dataset, whose eval_metric "
-           "'fd_domain' needs no download)")
-    load_local("inception_weights", path, "torch-fidelity's Inception-v3 weights", "eval_metric 'fid'", how,
-               lambda p: create_feature_extractor(INCEPTION, [INCEPTION_LAYER], cuda=False, verbose=False,
-                                                  feature_extractor_weights_path=p))
-    # (torch.load and load_state_dict raise many exception types for a bad file: all of them count)
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """ADM reference batch statistics: ``mu`` (2048,) and ``sigma`` (2048, 2048)."""
-    if not path.is_file():
-        raise ConfigError(f"fid_ref_npz={path} does not exist")
-    with np.load(path) as npz:
-        if "mu" not in npz or "sigma" not in npz:
-            raise ConfigError(f"fid_ref_npz={path} lacks 'mu' and 'sigma' (ADM reference statistics)")
-        stats = {"mu": npz["mu"], "sigma": npz["sigma"]}
-    if stats["mu"].shape != (INCEPTION_DIM,) or stats["sigma"].shape != (INCEPTION_DIM, INCEPTION_DIM):
-        raise ConfigError(
-            f"fid_ref_npz={path}: mu {stats['mu'].shape} / sigma {stats['sigma'].shape} are not "
-            f"({INCEPTION_DIM},) / ({INCEPTION_DIM}, {INCEPTION_DIM}) Inception pool statistics"
-        )
-    return stats
 
 
 def _reference(cfg: TrainConfig, data: LatentData, classifier_key: str) -> tuple[Dataset | None, str | None, str]:

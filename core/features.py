@@ -7,7 +7,7 @@ space: a small CNN (:class:`DomainClassifier`) trained once to classify the data
 the same idea as FID (Heusel et al. 2017) with a different network. The embedded digits dataset
 trains one during its preparation (:mod:`core.digits`); an image folder encoded with
 ``gat-sweep encode`` gets one trained on its images when it is first evaluated
-(:func:`core.evaluate.prepare_folder_classifier`). Metrics computed with it are named
+(:func:`core.domain.prepare_folder_classifier`). Metrics computed with it are named
 ``fd_digits`` / ``fd_domain`` (Frechet distance), never "FID".
 
 The extractor follows torch-fidelity's plug-in contract (``FeatureExtractorBase``): it takes a
@@ -143,7 +143,7 @@ CLASSIFIER_FILE = "classifier.safetensors"
 @dataclass(frozen=True)
 class ClassifierEntry:
     """A prepared cache entry that holds a domain classifier: the embedded digits
-    (:class:`core.digits.DigitsCache`) or an encoded folder's (``core.evaluate.FolderClassifier``)."""
+    (:class:`core.digits.DigitsCache`) or an encoded folder's (:class:`core.domain.FolderClassifier`)."""
 
     root: Path
     """Absolute entry directory, holding :data:`CLASSIFIER_FILE` and ``meta.json``."""

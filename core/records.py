@@ -74,6 +74,11 @@ EXCLUDED_STATUSES = (DIVERGED, FAILED)
 CONFIG_FILE, STATS_FILE, RESULT_FILE = "config.json", "stats.jsonl", "result.json"
 
 
+def count_label(n: int) -> str:
+    """Sample count as written in metric keys: 1000 -> '1k', 50000 -> '50k', 1500 -> '1500'."""
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
 def eval_keys(extractor: str | None, count: str) -> dict[str, str]:
     """The evaluation metric keys of one extractor and sample-count label: {'fd', 'kid',
     'precision', 'recall'} -> key. ``extractor`` None means Inception (``eval/fid5k``,

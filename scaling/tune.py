@@ -319,7 +319,7 @@ def _check_inputs(cfg: TrainConfig) -> None:
     Raises FileNotFoundError for a missing dataset directory or manifest, ConfigError naming a
     weights file that is missing or cannot be loaded or a dataset without the images repa needs.
     """
-    from core.evaluate import check_inception_weights
+    from core.fidelity import check_inception_weights
 
     if cfg.dataset == "random":
         return
@@ -366,7 +366,7 @@ def _prepare_data(cfg: TrainConfig) -> None:
         if cfg.eval_every >= 0:
             make_evaluator(cfg, data, torch.device("cpu"))  # caches the reference statistics
     elif cfg.eval_every >= 0 and resolve_metric(cfg.eval_metric, "encoded", cfg.inception_weights) == "fd_domain":
-        from core.evaluate import prepare_folder_classifier
+        from core.domain import prepare_folder_classifier
 
         prepare_folder_classifier(Path(cfg.dataset))  # not load_latents: the driver needs no latents
 

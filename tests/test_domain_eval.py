@@ -12,15 +12,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from core import evaluate as evaluate_mod
+from core import domain
 from core.cache import cache_root
 from core.config import ConfigError, NetConfig, TrainConfig
-from core.evaluate import (
-    FolderClassifierSettings,
-    make_evaluator,
-    prepare_folder_classifier,
-    reference_indices,
-)
+from core.domain import FolderClassifierSettings, prepare_folder_classifier, reference_indices
+from core.evaluate import make_evaluator
 from core.features import FOLDER_EXTRACTOR_NAME, DomainFeatureExtractor, resize_for_classifier
 from core.latents import load_latents
 from core.metrics import feature_dim, resolve_metric
@@ -85,11 +81,11 @@ def test_folder_classifier_accuracy_and_cache(encoded_digits_folder, monkeypatch
     assert folder.root == cache_root() / "domain" / folder.key and folder.classifier_path.is_file()
     assert (folder.meta["images"], folder.meta["heldout"], folder.meta["num_classes"]) == (500, 100, 10)
     assert folder.heldout_accuracy >= 0.95
-    assert folder.meta["version"] == evaluate_mod.FOLDER_CLASSIFIER_VERSION
+    assert folder.meta["version"] == domain.FOLDER_CLASSIFIER_VERSION
     assert reference_indices(500) == list(range(500)) and len(reference_indices(500, 50)) == 50
     other = prepare_folder_classifier(encoded_digits_folder, FolderClassifierSettings(split_seed=1), progress=False)
     assert other.key != folder.key and other.meta["settings"]["split_seed"] == 1  # other settings: another entry
-    monkeypatch.setattr(evaluate_mod, "train_classifier", lambda *a, **k: pytest.fail("retrained on a cache hit"))
+    monkeypatch.setattr(domain, "train_classifier", lambda *a, **k: pytest.fail("retrained on a cache hit"))
     again = prepare_folder_classifier(encoded_digits_folder, progress=False)
     assert again.key == folder.key and again.meta == folder.meta
 
@@ -171,7 +167,7 @@ def test_sweep_driver_trains_the_folder_classifier_once_before_trials(encoded_di
     from scaling import tune
 
     calls = []
-    monkeypatch.setattr(evaluate_mod, "prepare_folder_classifier", lambda root, *a, **k: calls.append(root))
+    monkeypatch.setattr(domain, "prepare_folder_classifier", lambda root, *a, **k: calls.append(root))
     base = TrainConfig(dataset=str(encoded_digits_folder), eval_every=0)
     tune._prepare_data(base)
     tune._prepare_data(base.replace(eval_every=-1))  # no evaluation: nothing to prepare

@@ -13,21 +13,16 @@ import torch
 from PIL import Image
 
 from core import evaluate as evaluate_mod
+from core import fidelity as fidelity_mod
 from core import metrics as metrics_mod
 from core.cache import cache_root
 from core.config import ConfigError, NetConfig, TrainConfig
-from core.evaluate import (
-    EXTRACTOR_NAME,
-    InvalidMetricError,
-    UInt8Images,
-    count_label,
-    fidelity_metrics,
-    frechet_distance,
-    make_evaluator,
-)
-from core.features import load_classifier
+from core.evaluate import InvalidMetricError, make_evaluator
+from core.features import EXTRACTOR_NAME, load_classifier
+from core.fidelity import UInt8Images, fidelity_metrics, frechet_distance
 from core.latents import load_latents
 from core.model import Generator
+from core.records import count_label
 from core.train import train
 from core.vae import from_uint8
 
@@ -127,9 +122,10 @@ def test_npz_reference_gives_the_same_distance(tiny_digits_cache, monkeypatch, t
     cfg = eval_cfg()
     G = generator(cfg)
     expected = make_evaluator(cfg, load_latents(cfg), CPU).evaluate(G)["eval/fd_digits_128"]
-    monkeypatch.setattr(evaluate_mod, "INCEPTION", EXTRACTOR_NAME)
-    monkeypatch.setattr(evaluate_mod, "INCEPTION_LAYER", "features")
-    monkeypatch.setattr(evaluate_mod, "INCEPTION_DIM", 64)  # the npz check
+    for module in (evaluate_mod, fidelity_mod):  # the evaluator's extractor and the weights check
+        monkeypatch.setattr(module, "INCEPTION", EXTRACTOR_NAME)
+        monkeypatch.setattr(module, "INCEPTION_LAYER", "features")
+    monkeypatch.setattr(fidelity_mod, "INCEPTION_DIM", 64)  # the npz check
     monkeypatch.setattr(metrics_mod, "INCEPTION_DIM", 64)  # the eval_samples check
     cfg = eval_cfg(eval_metric="fid", inception_weights=str(d.classifier_path), fid_ref_npz=str(tmp_path / "ref.npz"))
     evaluator = make_evaluator(cfg, load_latents(cfg), CPU)
