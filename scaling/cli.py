@@ -33,9 +33,10 @@ from core.presets import PRESETS, get_preset
 from scaling.display import plot_command, print_config, print_outcome, print_trials, print_train_result
 from scaling.lock import refuse_if_running
 from scaling.spec import (
-    EMBEDDED_DATASETS,
     SweepSpec,
     apply_set,
+    dataset_path,
+    default_output_dir,
     default_tracking_uri,
     load_spec,
     load_yaml,
@@ -168,23 +169,28 @@ def resolve_config(source: str, sets: list[str]) -> TrainConfig:
     """A preset name or a YAML/JSON file of TrainConfig fields, then ``key=value`` overrides.
 
     Nested fields use dots (``g.width=128``); values are read like YAML scalars (``1e-4``).
-    A relative dataset path becomes absolute. Raises FileNotFoundError or ConfigError.
+    A relative dataset path becomes absolute (:func:`scaling.spec.dataset_path`). A file is
+    validated before the overrides, so that its own mistakes are named as its. Raises
+    FileNotFoundError or ConfigError.
     """
-    if source in PRESETS:
-        data = get_preset(source).to_dict()
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
-        loaded = load_yaml(path)
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of TrainConfig fields")
-        data = TrainConfig.from_dict(loaded).to_dict()
+    start = get_preset(source) if source in PRESETS else _config_file(source)
+    data = start.to_dict()  # every field, so that an override of an unknown one is refused
     for item in sets:
         apply_set(data, item, "g.width=128", known_only=True)
-    if data["dataset"] not in EMBEDDED_DATASETS:
-        data["dataset"] = str(Path(data["dataset"]).expanduser().absolute())
+    data["dataset"] = dataset_path(data["dataset"])
     return TrainConfig.from_dict(data)
+
+
+def _config_file(source: str) -> TrainConfig:
+    """The TrainConfig a YAML/JSON file of its fields describes; FileNotFoundError for a source
+    that is neither a preset nor a file, ConfigError for what the file gets wrong."""
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+    loaded = load_yaml(path)
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of TrainConfig fields")
+    return TrainConfig.from_dict(loaded)
 
 
 @app.command()
@@ -291,16 +297,14 @@ def encode(
                           f"{images_dir.absolute()} -> {out_dir.absolute()} at {resolution} px, {precision}, "
                           f"VAE {vae}", highlight=False, markup=False)
             return
-        import torch
+        from core.train import resolve_device
 
         if vae == "digits":  # the embedded VAE, wherever this machine's cache keeps it
             from core.digits import prepare_digits
 
             vae = str(prepare_digits().vae_dir)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         manifest = encode_folder(images_dir, out_dir, vae, resolution=resolution, batch=batch, precision=precision,
-                                 shard_size=shard_size or DEFAULT_SHARD_SIZE, device=device,
+                                 shard_size=shard_size or DEFAULT_SHARD_SIZE, device=resolve_device(device),
                                  allow_download=allow_download, num_workers=workers, keep_images=keep_images)
     info = json.loads(manifest.read_text())
     console.print(f"{info['count']} images, {len(info['classes'])} classes, latents {info['latent_shape']} "
@@ -349,7 +353,7 @@ def plot(
             spec = load_spec(Path(sweep))
             name, uri, default_out = spec.name, tracking_uri or spec.tracking(), spec.output_path() / "report"
         else:
-            default_dir = (Path("outputs") / sweep).absolute()
+            default_dir = default_output_dir(sweep)
             name, uri = sweep, tracking_uri or default_tracking_uri(default_dir)
             default_out = default_dir / "report"
     from analysis.runs import SweepNotFound

@@ -379,19 +379,13 @@ class SweepSpec(_Strict):
         overrides = self.train.model_dump(exclude_unset=True)
         base = base.replace(**overrides)
         return base.replace(
-            dataset=self.dataset_value(), iterations=self.budget.iterations_for(base.batch),
+            dataset=dataset_path(self.dataset), iterations=self.budget.iterations_for(base.batch),
             eval_every=self.eval.every, eval_samples=self.eval.samples, eval_metric=self.eval.metric,
         )
 
-    def dataset_value(self) -> str:
-        """``dataset`` as TrainConfig wants it: an embedded name or an absolute path."""
-        if self.dataset in EMBEDDED_DATASETS:
-            return self.dataset
-        return str(Path(self.dataset).expanduser().absolute())
-
     def output_path(self) -> Path:
-        """Absolute output directory (default ``outputs/<name>`` under the current directory)."""
-        return Path(self.output_dir or f"outputs/{self.name}").expanduser().absolute()
+        """Absolute output directory: ``output_dir``, else :func:`default_output_dir` of the name."""
+        return Path(self.output_dir).expanduser().absolute() if self.output_dir else default_output_dir(self.name)
 
     def tracking(self) -> str:
         """MLflow tracking URI: ``tracking_uri`` (the sweep file's, or ``--tracking-uri``), else
@@ -440,6 +434,21 @@ class SweepSpec(_Strict):
             raise ConfigError(
                 f"output_dir: {out} is node-local storage, which trials on other nodes of the Ray "
                 f"cluster at {address} cannot reach. {shared}")
+
+
+def dataset_path(dataset: str) -> str:
+    """A dataset setting as TrainConfig wants it: an embedded name (:data:`EMBEDDED_DATASETS`)
+    as it is, anything else as an absolute path (``~`` expanded, relative to the current
+    directory). The one rule for sweep files and ``gat-sweep train`` configs alike."""
+    if dataset in EMBEDDED_DATASETS:
+        return dataset
+    return str(Path(dataset).expanduser().absolute())
+
+
+def default_output_dir(name: str) -> Path:
+    """Where sweep ``name`` writes when it names no output_dir: ``outputs/<name>`` under the
+    current directory, absolute (also where ``gat-sweep plot NAME`` looks for its store)."""
+    return Path("outputs", name).absolute()
 
 
 def default_tracking_uri(output_dir: Path) -> str:

@@ -11,6 +11,8 @@ from core.config import ConfigError
 from scaling.spec import (
     SweepFileError,
     SweepSpec,
+    dataset_path,
+    default_output_dir,
     is_local_store,
     load_spec,
     parse_scalar,
@@ -157,8 +159,9 @@ def test_base_config_applies_preset_train_budget_and_eval(tmp_path):
 def test_paths_and_defaults_are_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = load_spec(write(tmp_path, VALID.replace("dataset: random", "dataset: data/latents\neval: {every: -1}")))
-    assert spec.dataset_value() == str(tmp_path / "data" / "latents")
-    assert spec.output_path() == tmp_path / "outputs" / "t"
+    assert spec.base_config().dataset == str(tmp_path / "data" / "latents")
+    assert spec.output_path() == tmp_path / "outputs" / "t" == default_output_dir("t")
+    assert [dataset_path(d) for d in ("digits", "random", "~/x")] == ["digits", "random", str(Path.home() / "x")]
     assert spec.tracking() == f"sqlite:///{tmp_path}/outputs/t/mlflow.db"
 
 
