@@ -81,7 +81,7 @@ from core.fidelity import (
     read_npz,
 )
 from core.latents import LatentData
-from core.metrics import feature_dim, resolve_metric
+from core.metrics import resolve_metric, too_few_samples
 from core.model import Generator
 from core.records import METRIC_KEY_PARAM, count_label, eval_keys
 from core.vae import decode_latents, load_vae, to_uint8
@@ -246,12 +246,9 @@ def make_evaluator(cfg: TrainConfig, data: LatentData, device: torch.device,
                           "(and inception_weights, without which eval_metric 'auto' means 'fd_domain')")
     if metric == "fid":
         check_inception_weights(cfg.inception_weights)
-    dim = feature_dim(metric)
-    if cfg.eval_samples < dim:
-        raise ConfigError(
-            f"eval_samples={cfg.eval_samples} is below the {dim}-d feature size of the {metric} extractor; "
-            f"the covariance estimate would be singular. Use eval_samples >= {dim}"
-        )
+    problem = too_few_samples(metric, cfg.eval_samples, "eval_samples")
+    if problem:
+        raise ConfigError(problem)
     evaluator = Evaluator(cfg, data, device, metric, sampler or Sampler(cfg, data, device))
     evaluator.warm_reference()
     return evaluator

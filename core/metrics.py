@@ -32,3 +32,15 @@ def feature_dim(metric: str) -> int:
     """Feature size of a resolved metric's extractor: the fewest samples a Frechet distance needs
     (fewer give a singular sample covariance)."""
     return DOMAIN_FEATURE_DIM if metric == "fd_domain" else INCEPTION_DIM
+
+
+def too_few_samples(metric: str, samples: int, field: str) -> str | None:
+    """Why ``samples`` generated images are too few for a Frechet distance with ``metric``'s
+    extractor (fewer than its feature size: the sample covariance is singular), or None when they
+    suffice. ``field`` names the setting in the message ('eval.samples' in a sweep file,
+    'eval_samples' in a TrainConfig). The one rule behind the sweep check and the evaluator's."""
+    need = feature_dim(metric)
+    if samples >= need:
+        return None
+    return (f"{field}={samples} is below the {need}-d features of the {metric} extractor (the sample "
+            f"covariance would be singular); use {field} >= {need}")

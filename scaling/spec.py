@@ -50,7 +50,7 @@ from pydantic import (
 )
 
 from core.config import MNG_LEVELS, SIZES, SWEEP_FIELDS, ConfigError, TrainConfig
-from core.metrics import feature_dim, resolve_metric
+from core.metrics import resolve_metric, too_few_samples
 from core.presets import PRESETS, get_preset
 from scaling.lr_rules import WIDTH_AWARE_RULES
 
@@ -359,16 +359,15 @@ class SweepSpec(_Strict):
 
     def _check_eval(self) -> None:
         """Frechet distances need at least as many samples as feature dimensions (else the sample
-        covariance is singular). The same rule as ``core.evaluate.make_evaluator`` (shared
-        helpers), checked here so a sweep fails before anything starts."""
+        covariance is singular): :func:`core.metrics.too_few_samples`, the evaluator's rule, checked here
+        so a sweep fails before anything starts."""
         if self.eval.every < 0 or self.dataset == "random":
             return
         metric = resolve_metric(self.eval.metric, "digits" if self.dataset == "digits" else "encoded",
                                 self.base_config().inception_weights)
-        need = feature_dim(metric)
-        if self.eval.samples < need:
-            raise ValueError(f"eval.samples={self.eval.samples} is below the {need}-d features of the "
-                             f"{metric} extractor (singular covariance); use eval.samples >= {need}")
+        problem = too_few_samples(metric, self.eval.samples, "eval.samples")
+        if problem:
+            raise ValueError(problem)
 
     def base_config(self) -> TrainConfig:
         """The TrainConfig every trial starts from: preset, then ``train``, dataset, budget and eval.

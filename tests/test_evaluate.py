@@ -158,7 +158,7 @@ def test_explicit_metric_on_random_latents_is_refused():
 
 def test_config_errors_before_training(tiny_digits_cache):
     data = load_latents(eval_cfg())
-    with pytest.raises(ConfigError, match="eval_samples=32 is below the 64-d feature size"):
+    with pytest.raises(ConfigError, match="eval_samples=32 is below the 64-d features of the fd_domain extractor"):
         make_evaluator(eval_cfg(eval_samples=32), data, CPU)
     with pytest.raises(ConfigError, match="fid_ref_npz holds Inception statistics"):
         make_evaluator(eval_cfg(fid_ref_npz="/x.npz"), data, CPU)
