@@ -4,7 +4,6 @@ optimiser moments, EMA, w_avg, every line of stats.jsonl and result.json (wall-c
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
