@@ -32,15 +32,8 @@ from core.config import ConfigError, TrainConfig
 from core.presets import PRESETS, get_preset
 from scaling.display import plot_command, print_config, print_outcome, print_trials, print_train_result
 from scaling.lock import refuse_if_running
-from scaling.spec import (
-    SweepSpec,
-    apply_set,
-    dataset_path,
-    default_output_dir,
-    default_tracking_uri,
-    load_spec,
-    load_yaml,
-)
+from scaling.spec import SweepSpec, dataset_path, default_output_dir, default_tracking_uri, load_spec
+from scaling.yamlio import apply_set, load_yaml
 
 app = typer.Typer(
     name="gat-sweep",

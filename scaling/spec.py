@@ -27,7 +27,6 @@ import dataclasses
 import difflib
 import math
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 from urllib.parse import urlparse
@@ -53,6 +52,7 @@ from core.config import MNG_LEVELS, SIZES, SWEEP_FIELDS, ConfigError, TrainConfi
 from core.metrics import resolve_metric, too_few_samples
 from core.presets import PRESETS, get_preset
 from scaling.lr_rules import WIDTH_AWARE_RULES
+from scaling.yamlio import apply_set, load_yaml
 
 NODE_LOCAL_ROOTS = ("/tmp", "/var/tmp", "/dev/shm")
 """Directories private to each machine of a cluster (refused for output_dir with a Ray address)."""
@@ -66,66 +66,6 @@ EMBEDDED_DATASETS = ("digits", "random")
 
 LR_RULE_NAMES = ("constant", "gat", "mup")
 """Names of the rules in ``scaling.lr_rules.RULES`` (kept literal here for the JSON schema)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# YAML loading
-# ----------------------------------------------------------------------------------------------
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-4`` / ``1E18`` (no dot) as floats, as YAML 1.2 does."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def load_yaml(path: Path) -> Any:
-    """Parse a YAML file with :class:`_Loader`.
-
-    Raises FileNotFoundError naming the path, or ConfigError with the line of a syntax error.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sweep file not found: {path}")
-    try:
-        return yaml.load(path.read_text(), Loader=_Loader)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-
-
-def parse_scalar(text: str) -> Any:
-    """A command-line value read like a YAML scalar: ``64`` -> int, ``1e-4`` -> float, ``x`` -> str
-    (and a flow list, ``[0, 1]``, as a list)."""
-    return yaml.load(text, Loader=_Loader)
-
-
-def apply_set(data: dict[str, Any], item: str, example: str, known_only: bool) -> None:
-    """Apply one ``--set key=value`` to the nested mapping ``data`` in place.
-
-    Dots walk into nested mappings (``g.width=128``, ``train.batch=64``); the value is read by
-    :func:`parse_scalar`, and typed validation of the result is left to the caller (the same
-    validation as a file's). With ``known_only`` (a complete TrainConfig dict) the key must exist;
-    otherwise missing levels are created, so that a sweep file's validation names an unknown key
-    with its suggestion. Raises ConfigError naming the override (``example`` shows the form).
-    """
-    key, sep, text = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set {item!r}: write key=value, e.g. --set {example}")
-    *parents, leaf = key.split(".")
-    target = data
-    for part in parents:
-        if known_only or part in target:
-            if not isinstance(target.get(part), dict):
-                raise ConfigError(f"--set {key}: {part!r} is not a nested field")
-            target = target[part]
-        else:
-            target = target.setdefault(part, {})
-    if known_only and leaf not in target:
-        raise ConfigError(f"--set {key}: unknown field; choose one of: {', '.join(target)}")
-    target[leaf] = parse_scalar(text)
 
 
 # ----------------------------------------------------------------------------------------------

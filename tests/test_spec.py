@@ -15,8 +15,8 @@ from scaling.spec import (
     default_output_dir,
     is_local_store,
     load_spec,
-    parse_scalar,
 )
+from scaling.yamlio import parse_scalar
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
