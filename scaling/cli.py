@@ -257,7 +257,7 @@ def encode(
     allow_download: Annotated[bool, typer.Option(help="Allow fetching a hub VAE id (offline by default).")] = False,
     keep_images: Annotated[bool, typer.Option(
         "--keep-images", help="Also store the cropped images beside the latents (needed by repa: true, the "
-        "DINOv2 alignment; 192 KiB per image at 256 px, held in memory when training).")] = False,
+        "DINOv2 alignment; 192 KiB per image at 256 px on disk, read per batch when training).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count images and classes; encode nothing.")] = False,
 ) -> None:
     """Encode an image folder into VAE latents that sweeps and `gat-sweep train` can use as dataset.
