@@ -117,7 +117,7 @@ def _random_data(cfg: TrainConfig) -> LatentData:
     return LatentData(
         name="random", kind="random", num_classes=cfg.num_classes, channels=cfg.latent_channels,
         size=cfg.latent_size, scaling_factor=1.0, mean=torch.randn(shape, generator=generator), std=None,
-        labels=torch.randint(cfg.num_classes, (RANDOM_POOL,), generator=generator), images=None,
+        labels=torch.randint(cfg.num_classes, (RANDOM_POOL,), generator=generator),
         sample_posterior=cfg.sample_posterior, vae=None, root=None,
     )
 
@@ -128,7 +128,8 @@ def _digits_data(cfg: TrainConfig) -> LatentData:
     return LatentData(
         name=digits.name, kind="digits", num_classes=int(digits.labels.max()) + 1, channels=channels,
         size=size, scaling_factor=digits.scaling_factor, mean=digits.latent_mean, std=digits.latent_std,
-        labels=digits.labels, images=digits.images, sample_posterior=cfg.sample_posterior, vae=str(digits.vae_dir), root=digits.root,
+        labels=digits.labels, images=digits.images, sample_posterior=cfg.sample_posterior, vae=str(digits.vae_dir),
+        root=digits.root,
     )
 
 
@@ -139,7 +140,8 @@ def _encoded_data(cfg: TrainConfig, root: Path) -> LatentData:
     return LatentData(
         name=str(root), kind="encoded", num_classes=len(manifest["classes"]), channels=channels, size=size,
         scaling_factor=float(manifest["scaling_factor"]), mean=encoded.mean, std=encoded.std,
-        labels=encoded.labels, images=encoded.images, sample_posterior=cfg.sample_posterior, vae=manifest["vae"], root=root,
+        labels=encoded.labels, images=encoded.images, sample_posterior=cfg.sample_posterior, vae=manifest["vae"],
+        root=root,
     )
 
 

@@ -90,14 +90,11 @@ def resample_positions(encoder: nn.Module, size: int = ENCODER_RESOLUTION) -> No
     antialiasing, the CLS position kept); transformers would otherwise interpolate it at every call,
     bicubic without antialiasing, a table several percent different (docs/METHOD.md §9).
     DINOv2's pretrained table is 37 x 37 (518 px); at 224 px the grid is 16 x 16."""
-    table = encoder.embeddings.position_embeddings  # (1, 1 + g * g, E)
-    grid, old = size // encoder.config.patch_size, math.isqrt(table.shape[1] - 1)
-    if old != grid:
-        patches = table.detach()[:, 1:].reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
-        patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", antialias=True, align_corners=False)
-        patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(table.dtype)
-        encoder.embeddings.position_embeddings = nn.Parameter(torch.cat([table.detach()[:, :1], patches], dim=1),
-                                                              requires_grad=False)
+    table = encoder.embeddings.position_embeddings.detach()  # (1, 1 + g * g, E)
+    grid = size // encoder.config.patch_size
+    patches = resize_tokens(table[:, 1:].float(), grid, antialias=True).to(table.dtype)  # as is if it fits
+    encoder.embeddings.position_embeddings = nn.Parameter(torch.cat([table[:, :1], patches], dim=1),
+                                                          requires_grad=False)
     encoder.config.image_size = size
 
 
@@ -149,10 +146,10 @@ def encoder_targets(encoder: nn.Module, pixels: Tensor) -> tuple[Tensor, Tensor]
     return hidden[:, 0], hidden[:, 1:]
 
 
-def resize_tokens(tokens: Tensor, grid: int) -> Tensor:
+def resize_tokens(tokens: Tensor, grid: int, antialias: bool = False) -> Tensor:
     """(N, P, E) tokens of a square g x g grid -> (N, grid^2, E) by bicubic interpolation
-    (reference ``resize_spatial``); returned unchanged when P == grid^2.
-    Raises ValueError if P is not a square number."""
+    (reference ``resize_spatial``; with ``antialias``, timm's ``resample_abs_pos_embed``);
+    returned unchanged when P == grid^2. Raises ValueError if P is not a square number."""
     n, p, e = tokens.shape
     side = math.isqrt(p)
     if side * side != p:
@@ -160,7 +157,7 @@ def resize_tokens(tokens: Tensor, grid: int) -> Tensor:
     if side == grid:
         return tokens
     x = tokens.transpose(1, 2).reshape(n, e, side, side)
-    x = F.interpolate(x, size=(grid, grid), mode="bicubic", align_corners=False)
+    x = F.interpolate(x, size=(grid, grid), mode="bicubic", antialias=antialias, align_corners=False)
     return x.reshape(n, e, grid * grid).transpose(1, 2)
 
 
