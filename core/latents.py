@@ -93,7 +93,7 @@ def load_latents(cfg: TrainConfig) -> LatentData:
 
     Raises ConfigError when ``cfg.dataset`` is not 'digits', 'random' or an absolute path, or when
     ``cfg.latent_size`` / ``cfg.latent_channels`` / ``cfg.num_classes`` disagree with the data;
-    FileNotFoundError / ValueError from :func:`core.encode.read_encoded` for a missing or corrupt
+    FileNotFoundError from :func:`core.encode.read_encoded` for a missing file, ConfigError for a corrupt
     encode directory.
     """
     if cfg.dataset == "random":
@@ -134,7 +134,11 @@ def _digits_data(cfg: TrainConfig) -> LatentData:
 
 
 def _encoded_data(cfg: TrainConfig, root: Path) -> LatentData:
-    encoded = read_encoded(root)
+    try:
+        encoded = read_encoded(root)
+    except ValueError as err:  # a corrupt, replaced or foreign file: the user's data, not a crash to retry
+        raise ConfigError(f"dataset {root}: {err}; restore the file, or encode the folder again into an "
+                          "empty directory with `gat-sweep encode`") from err
     manifest = encoded.manifest
     channels, size, _ = manifest["latent_shape"]
     return LatentData(

@@ -156,6 +156,16 @@ def test_encode_writes_latents_from_an_image_folder(tmp_path, tiny_digits_cache)
     assert manifest["count"] == 6 and [s["count"] for s in manifest["shards"]] == [4, 2]
     missing = invoke("encode", str(tmp_path / "none"), str(tmp_path / "l2"), "--vae", "x", "--dry-run")
     assert missing.exit_code == 2 and f"image folder {tmp_path / 'none'} does not exist" in missing.output
+    # A damaged shard is the user's data to restore: one line naming it, not a traceback (a
+    # ValueError before; in a sweep it would have been retried as a crash).
+    (tmp_path / "latents" / "shard_00001.safetensors").write_bytes(b"cut")
+    train = invoke("train", "tiny", "--set", f"dataset={tmp_path / 'latents'}", "--set", "num_classes=2",
+                   "--set", "iterations=1", "--set", "eval_every=-1", "--set", "sample_every=-1",
+                   "--out", str(tmp_path / "run"))
+    assert train.exit_code == 2, train.output
+    assert " ".join(train.output.split()).startswith(
+        f"error: dataset {tmp_path / 'latents'}: shard {tmp_path / 'latents' / 'shard_00001.safetensors'} does not "
+        "match its SHA-256")
 
 
 def test_plot_of_an_unknown_sweep_is_a_user_error(tmp_path):
