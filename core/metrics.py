@@ -13,6 +13,16 @@ DOMAIN_FEATURE_DIM = 64
 """Size of the domain classifier's ``"features"`` layer (penultimate activations, core/features.py)."""
 
 
+EMBEDDED_DATASETS = ("digits", "random")
+"""Dataset names that are not paths: the embedded default and Gaussian test latents."""
+
+
+def dataset_kind(dataset: str) -> str:
+    """The kind of a ``TrainConfig.dataset`` value: 'digits' and 'random' are themselves, anything
+    else (a path) is 'encoded' (a ``gat-sweep encode`` directory)."""
+    return dataset if dataset in EMBEDDED_DATASETS else "encoded"
+
+
 def resolve_metric(metric: str, data_kind: str, inception_weights: str) -> str:
     """The extractor an ``eval_metric`` means for a dataset kind ('digits', 'random', 'encoded')
     and the ``inception_weights`` setting (a path, or '' when unset).

@@ -49,7 +49,7 @@ from pydantic import (
 )
 
 from core.config import MNG_LEVELS, SIZES, SWEEP_FIELDS, ConfigError, TrainConfig
-from core.metrics import resolve_metric, too_few_samples
+from core.metrics import EMBEDDED_DATASETS, dataset_kind, resolve_metric, too_few_samples
 from core.presets import PRESETS, get_preset
 from scaling.lr_rules import WIDTH_AWARE_RULES
 from scaling.yamlio import apply_set, load_yaml
@@ -60,9 +60,6 @@ NODE_LOCAL_ROOTS = ("/tmp", "/var/tmp", "/dev/shm")
 RAY_ADDRESS_ENV, TRACKING_URI_ENV = "RAY_ADDRESS", "MLFLOW_TRACKING_URI"
 """The environment variables Ray and MLflow read themselves; a sweep honours them below its own
 settings: command-line flag > sweep file > environment > default (docs/CLUSTER.md)."""
-
-EMBEDDED_DATASETS = ("digits", "random")
-"""Dataset names that are not paths: the embedded default and Gaussian test latents."""
 
 LR_RULE_NAMES = ("constant", "gat", "mup")
 """Names of the rules in ``scaling.lr_rules.RULES`` (kept literal here for the JSON schema)."""
@@ -303,7 +300,7 @@ class SweepSpec(_Strict):
         so a sweep fails before anything starts."""
         if self.eval.every < 0 or self.dataset == "random":
             return
-        metric = resolve_metric(self.eval.metric, "digits" if self.dataset == "digits" else "encoded",
+        metric = resolve_metric(self.eval.metric, dataset_kind(self.dataset),
                                 self.base_config().inception_weights)
         problem = too_few_samples(metric, self.eval.samples, "eval.samples")
         if problem:

@@ -54,7 +54,7 @@ from rich.markup import escape
 
 from core.config import ConfigError, TrainConfig
 from core.encode import MANIFEST
-from core.metrics import resolve_metric
+from core.metrics import dataset_kind, resolve_metric
 from core.records import CONFIG_FILE, DIVERGED, FINISHED, RESULT_FILE, STATS_FILE, RunResult
 from core.train import Report, train
 from scaling.grid import (
@@ -321,20 +321,24 @@ def _check_inputs(cfg: TrainConfig) -> None:
     """
     from core.fidelity import check_inception_weights
 
-    if cfg.dataset == "random":
+    kind = dataset_kind(cfg.dataset)
+    if kind == "random":
         return
     evaluates = cfg.eval_every >= 0
-    if cfg.dataset != "digits":
+    kept_images = kind == "digits"  # the digits keep theirs; a folder when encoded with --keep-images
+    if kind == "encoded":
         root = Path(cfg.dataset)
         if not root.is_dir():
             raise FileNotFoundError(f"dataset directory not found: {root} (write one with `gat-sweep encode`)")
         manifest = root / MANIFEST
         if not manifest.is_file():
             raise FileNotFoundError(f"dataset {root} has no {MANIFEST} (write it with `gat-sweep encode`)")
+        written = json.loads(manifest.read_text())
+        kept_images = bool(written.get("keep_images"))
         if evaluates or cfg.sample_every >= 0:
             from core.vae import load_vae
 
-            vae = json.loads(manifest.read_text())["vae"]
+            vae = written["vae"]
             try:
                 load_vae(vae)
             except Exception as err:  # diffusers and safetensors raise many types for a missing or bad file
@@ -346,10 +350,8 @@ def _check_inputs(cfg: TrainConfig) -> None:
 
         from core.repa import load_encoder, require_images
 
-        kept = cfg.dataset == "digits" or json.loads((Path(cfg.dataset) / MANIFEST).read_text()).get("keep_images")
-        require_images("digits" if cfg.dataset == "digits" else "encoded", cfg.dataset, bool(kept))
+        require_images(kind, cfg.dataset, kept_images)
         load_encoder(cfg.repa_encoder, cfg.repa_dim, torch.device("cpu"))
-    kind = "digits" if cfg.dataset == "digits" else "encoded"
     if evaluates and resolve_metric(cfg.eval_metric, kind, cfg.inception_weights) == "fid":
         check_inception_weights(cfg.inception_weights)
 
