@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from analysis.fit import Estimate
-from analysis.simulation import B_BOUNDARY, simulate, synthetic_scores
+from analysis.simulation import B_BOUNDARY, Design, simulate, synthetic_scores, truth
 from analysis.transfer import (TOLERANCE, analyse_transfer, decide, fit_rule, rule_trainings, trial_score,
                                trial_scores)
 
@@ -255,3 +255,19 @@ def test_synthetic_sweep_has_the_deciding_design_shape():
     both = s.pivot_table(index=["width", "lr", "seed"], columns="lr_rule", values="score").dropna()
     assert len(both) == (4 + 5 + 4) * 3        # actual LRs both rules train at widths 16, 32, 64
     np.testing.assert_array_equal(both["constant"], both["gat"])
+
+
+def test_a_wider_design_moves_the_boundary_and_anchors_the_optimum():
+    """Widths 16-128: a factor 2 over 8x width is b = -1/3; the optimum follows the anchor (a
+    measured best LR at width 16) along the true slope; gat's grid at 128 is base LR / 4."""
+    wide = Design(widths=(16, 128), base_lrs=(1e-3, 2e-3, 4e-3, 8e-3), base_width=32, anchor=(1.12e-2, 16))
+    assert wide.boundary() == pytest.approx(-1 / 3) and wide.w_ref == pytest.approx(math.sqrt(16 * 128))
+    assert truth(-0.5, wide) is False and truth(-0.3, wide) is True and truth(-0.5) is None
+    assert math.exp(wide.log_centre(-0.5)) == pytest.approx(1.12e-2 * (wide.w_ref / 16) ** -0.5)
+    s = synthetic_scores(-0.5, 0.0, 2, np.random.default_rng(0), curvature=0.5, design=wide, jitter=0.0)
+    at_128 = s[(s["width"] == 128) & (s["lr_rule"] == "gat")]
+    assert sorted(at_128["lr"].unique()) == pytest.approx([2.5e-4, 5e-4, 1e-3, 2e-3])
+    best = s.loc[s[s["width"] == 16]["score"].idxmin()]   # noise 0: the grid point nearest 1.12e-2
+    assert best["lr"] == pytest.approx(8e-3)
+    with pytest.raises(ValueError, match="2 or more widths"):
+        Design(widths=(32,), base_lrs=(1e-3, 2e-3, 4e-3))

@@ -128,6 +128,22 @@ def test_transfer_simulation_prints_its_table():
                + r["inconclusive"] == pytest.approx(1.0) for r in table["rows"])
 
 
+
+def test_transfer_simulation_reads_a_sweep_files_design():
+    """--sweep takes widths, base LRs and base width from the file; the default slopes then include
+    that design's tolerance boundary (-1/3 over 16-128), and the JSON names the design."""
+    out = run_script("benchmarks/transfer_simulation.py", "--sweep", "sweeps/width_lr_wide.yaml", "--optimum",
+                     "1.07e-2@16", "--reps", "4", "--boot", "20", "--seeds", "2", "--curvature", "0.5",
+                     "--growth", "1")
+    lines = out.splitlines()
+    assert "widths 16/32/64/128" in lines[0] and "optimum 0.0107 at width 16" in lines[0]
+    assert [row.split()[:3] for row in lines[2:7]] == [
+        ["0.00", "x1.00", "transfers"], ["-0.25", "x1.68", "transfers"], ["-0.33", "x2.00", "boundary"],
+        ["-0.75", "x4.76", "no"], ["-1.00", "x8.00", "no"]]
+    design = json.loads(lines[-1])["design"]
+    assert design == {"widths": [16, 32, 64, 128], "base_lrs": [2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2],
+                      "base_width": 32, "anchor": [1.07e-2, 16]}
+
 def test_dry_run_benchmark_times_cold_and_warm_runs():
     out = run_script("benchmarks/dry_run.py", "--reps", "2", "sweeps/smoke.yaml")
     figures = json.loads(out.splitlines()[-1])
