@@ -376,6 +376,20 @@ def _seeds_needed(shift: float, lo: float, hi: float, n_seeds: int, tol: float) 
     return max(need, n_seeds + 1)
 
 
+def _range_needed(slope: float, shift: Estimate, widths: list[int], tol: float) -> float | None:
+    """Width ratio ``w_max / w_min`` at which the fitted slope moves the best LR by the tolerance
+    plus the interval's present half width: ``exp((tol + half) / |b|)``, if that is wider than the
+    sweep's range; None for a zero slope or no interval.
+
+    The shift's interval keeps about its width when the range grows with the seeds unchanged
+    (its standard error is ~ sqrt(2) x a width's optimum's for two widths, whatever their ratio);
+    measured: 16-64 and 16-128 on the same 8 seeds, docs/PILOTS.md section 9."""
+    if slope == 0 or shift.lo is None or shift.hi is None:
+        return None
+    ratio = math.exp((tol + (shift.hi - shift.lo) / 2) / abs(slope))
+    return ratio if ratio > max(widths) / min(widths) else None
+
+
 def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed: int = 0,
              tolerance: float = TOLERANCE) -> RuleTransfer:
     """Fit the valley model to one rule's trial scores and decide (module docstring).
@@ -553,6 +567,11 @@ def decide(shift: Estimate, slope: Estimate, widths: list[int], n_seeds: int, no
                     else f"about {needed} seeds would decide against the tolerance"
                     if needed <= MAX_SEEDS_REPORTED
                     else f"more than {MAX_SEEDS_REPORTED} seeds would be needed")
+            ratio = _range_needed(slope.value, shift, widths, tolerance)
+            if ratio is not None and (needed is None or needed > MAX_SEEDS_REPORTED):
+                need += (f"; a wider width range would: at slope {slope.value:.2f}, widths spanning "
+                         f"{ratio:.2g}x or more ({min(widths)}-{round(min(widths) * ratio)}) move the best LR "
+                         "beyond the tolerance by this interval's half width")
             if shift.lo > 0 or shift.hi < 0:
                 outcome = "moves"
                 text = (f"moves (best LR {direction} with width; whether by more than "

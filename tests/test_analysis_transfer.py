@@ -13,7 +13,7 @@ import pytest
 
 from analysis.fit import Estimate
 from analysis.simulation import B_BOUNDARY, Design, simulate, synthetic_scores, truth
-from analysis.transfer import (TOLERANCE, analyse_transfer, decide, fit_rule, rule_trainings, trial_score,
+from analysis.transfer import (MAX_SEEDS_REPORTED, TOLERANCE, analyse_transfer, decide, fit_rule, rule_trainings, trial_score,
                                trial_scores)
 
 LRS = np.array([1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3])
@@ -125,6 +125,19 @@ def test_equivalence_and_difference_verdicts(shift, lo, hi, outcome, transfers, 
                   [16, 32, 64], 4, "noise", [64])
     assert edge.outcome == "inconclusive" and edge.transfers is None
     assert edge.text.startswith("inconclusive: shift") and "at width 64: not trusted" in edge.text
+
+
+def test_a_shift_on_the_tolerance_points_to_a_wider_width_range():
+    """The measured case (seeds 0-7 over 16-64): x0.502 [x0.367, x0.687], slope -0.50. No seed count
+    decides it; widths spanning exp((log 2 + 0.314) / 0.497) = 7.6x would (16-121)."""
+    shift = Estimate(-0.6892, -1.0034, -0.3750)
+    got = decide(shift, Estimate(-0.4972, -0.7238, -0.2705), [16, 32, 64], 8, "noise", [])
+    assert got.outcome == "moves" and got.seeds_needed > MAX_SEEDS_REPORTED
+    assert "more than 100 seeds would be needed; a wider width range would: at slope -0.50, widths " \
+           "spanning 7.6x or more (16-121) move the best LR" in got.text
+    # a shift that seeds can decide gets no range advice
+    clear = decide(Estimate(-1.2, -1.8, -0.6), Estimate(-0.87, -1.3, -0.43), [16, 32, 64], 3, "noise", [])
+    assert "wider width range" not in clear.text
 
 
 def test_a_nearly_flat_valley_gives_a_huge_but_printable_interval():
