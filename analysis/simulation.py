@@ -49,17 +49,20 @@ class Design:
     Raises ValueError for fewer than 2 distinct widths or 3 base LRs (no slope, no valley)."""
 
     widths: tuple[int, ...] = (16, 32, 64)
+    """Model widths (d_model) of the sweep."""
     base_lrs: tuple[float, ...] = (2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)
+    """Base LRs, evenly spaced in log (the jitter is half of one step)."""
     base_width: int = 32
     """Width at which ``gat`` trains the base LR unchanged."""
     anchor: tuple[float, int] | None = None
     """``(lr, width)``: the true best actual LR at one width (e.g. a measured optimum), from which
-    the optimum at every other width follows by the true slope; None: the optimum at ``w_ref`` is
-    the geometric middle of the base-LR grid."""
+    the optimum at every other width follows by the true slope (and, like the mid-grid one, is
+    jittered by up to half an LR step per replicate); None: the optimum at ``w_ref`` is the
+    geometric middle of the base-LR grid."""
 
     def __post_init__(self) -> None:
-        if len(set(self.widths)) < 2 or len(set(self.base_lrs)) < 3:
-            raise ValueError(f"a design needs 2 or more widths and 3 or more base LRs, got widths "
+        if len(set(self.widths)) < 2 or len(set(self.base_lrs)) != len(self.base_lrs) or len(self.base_lrs) < 3:
+            raise ValueError(f"a design needs 2 or more widths and 3 or more distinct base LRs, got widths "
                              f"{list(self.widths)} and base LRs {list(self.base_lrs)}")
 
     @property

@@ -99,6 +99,8 @@ SCORE_EVALS = 3
 """Evaluations averaged (in log FD) into a trial's score."""
 N_BOOT = 1000
 MAX_SEEDS_REPORTED = 100
+MAX_RANGE_REPORTED = 1e4
+"""Widest width ratio the report suggests (a nearly flat slope would ask for absurd ranges)."""
 """Seed estimates above this are reported as "more than 100"."""
 _MAX_UNBOUNDED = (1 - LEVEL) / 2
 """Largest fraction of valley-less bootstrap resamples that still allows a bounded interval."""
@@ -379,15 +381,18 @@ def _seeds_needed(shift: float, lo: float, hi: float, n_seeds: int, tol: float) 
 def _range_needed(slope: float, shift: Estimate, widths: list[int], tol: float) -> float | None:
     """Width ratio ``w_max / w_min`` at which the fitted slope moves the best LR by the tolerance
     plus the interval's present half width: ``exp((tol + half) / |b|)``, if that is wider than the
-    sweep's range; None for a zero slope or no interval.
+    sweep's range and at most ``MAX_RANGE_REPORTED``; None otherwise (also for a zero slope or no
+    interval).
 
     The shift's interval keeps about its width when the range grows with the seeds unchanged
     (its standard error is ~ sqrt(2) x a width's optimum's for two widths, whatever their ratio);
     measured: 16-64 and 16-128 on the same 8 seeds, docs/PILOTS.md section 9."""
     if slope == 0 or shift.lo is None or shift.hi is None:
         return None
-    ratio = math.exp((tol + (shift.hi - shift.lo) / 2) / abs(slope))
-    return ratio if ratio > max(widths) / min(widths) else None
+    log_ratio = (tol + (shift.hi - shift.lo) / 2) / abs(slope)
+    if log_ratio <= math.log(max(widths) / min(widths)) or log_ratio > math.log(MAX_RANGE_REPORTED):
+        return None     # the sweep's range already suffices, or no practical range would
+    return math.exp(log_ratio)
 
 
 def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed: int = 0,

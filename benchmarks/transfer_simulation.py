@@ -7,13 +7,13 @@ below the optimum : above it, e.g. "0.1:0.4"), the optimum mid-grid or at a meas
 (--optimum LR@WIDTH). Run it before paying for a sweep: it says how many seeds decide.
 
 For each setting it prints the rates of the four verdicts, the false-verdict rate (a
-conclusive verdict that contradicts the truth: on the tolerance boundary b = -0.5 "transfers";
-"moves" in the wrong direction or when the truth is 0) and the power (rate of the correct
-tolerance verdict). The last line is the whole table as JSON.
+conclusive verdict that contradicts the truth: on the tolerance boundary, b = -0.5 over 16-64,
+"transfers"; "moves" in the wrong direction or when the truth is 0) and the power (rate of the
+correct tolerance verdict). The last line is the whole table as JSON.
 
     python benchmarks/transfer_simulation.py                     # the table in docs/ANALYSIS.md
     python benchmarks/transfer_simulation.py --reps 20 --boot 50 --seeds 3 --noise 0.2   # smoke
-    python benchmarks/transfer_simulation.py --sweep sweeps/width_lr_wide.yaml --optimum 1.12e-2@16 \
+    python benchmarks/transfer_simulation.py --sweep sweeps/width_lr_wide.yaml --optimum 1.07e-2@16 \
         --slopes -0.5 --curvature 0.15 --growth 1,1.4 --noise 0.21 --seeds 8,16   # plan a design
 """
 
@@ -23,7 +23,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from analysis.simulation import DEFAULT_DESIGN, Design, simulate, truth
 from scaling.spec import load_spec
@@ -48,10 +48,18 @@ def main() -> None:
     design = DEFAULT_DESIGN
     if args.sweep:
         spec = load_spec(args.sweep)
-        design = Design(tuple(spec.model.widths), tuple(spec.lr.base_lrs), spec.lr.base_width or min(spec.model.widths))
+        if set(spec.lr.rules) != {"constant", "gat"} or not spec.model.widths:
+            parser.error(f"--sweep simulates sweeps of rules constant and gat over model.widths; "
+                         f"{args.sweep} has rules {spec.lr.rules} and widths {spec.model.widths}")
+        design = Design(tuple(spec.model.widths), tuple(spec.lr.base_lrs), spec.lr.base_width)
     if args.optimum:
-        lr, _, width = args.optimum.partition("@")
-        design = Design(design.widths, design.base_lrs, design.base_width, (float(lr), int(width)))
+        lr, at, width = args.optimum.partition("@")
+        try:
+            design = replace(design, anchor=(float(lr), int(width)))
+        except ValueError:
+            parser.error(f"--optimum takes LR@WIDTH, e.g. 1.07e-2@16, not {args.optimum!r}")
+        if not at:
+            parser.error(f"--optimum takes LR@WIDTH, e.g. 1.07e-2@16, not {args.optimum!r}")
     slopes = floats(args.slopes) if args.slopes else [0.0, -0.25, design.boundary(), -0.75, -1.0]
     rows = []
     start = time.perf_counter()

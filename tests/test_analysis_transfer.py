@@ -138,6 +138,9 @@ def test_a_shift_on_the_tolerance_points_to_a_wider_width_range():
     # a shift that seeds can decide gets no range advice
     clear = decide(Estimate(-1.2, -1.8, -0.6), Estimate(-0.87, -1.3, -0.43), [16, 32, 64], 3, "noise", [])
     assert "wider width range" not in clear.text
+    # a slope near 0 would need an absurd range (exp overflowed here once): no advice, no error
+    flat = decide(Estimate(1e-9, -0.9, 0.9), Estimate(7e-10, -0.65, 0.65), [16, 32, 64], 2, "noise", [])
+    assert flat.outcome == "inconclusive" and "wider width range" not in flat.text
 
 
 def test_a_nearly_flat_valley_gives_a_huge_but_printable_interval():
@@ -272,15 +275,18 @@ def test_synthetic_sweep_has_the_deciding_design_shape():
 
 def test_a_wider_design_moves_the_boundary_and_anchors_the_optimum():
     """Widths 16-128: a factor 2 over 8x width is b = -1/3; the optimum follows the anchor (a
-    measured best LR at width 16) along the true slope; gat's grid at 128 is base LR / 4."""
-    wide = Design(widths=(16, 128), base_lrs=(1e-3, 2e-3, 4e-3, 8e-3), base_width=32, anchor=(1.12e-2, 16))
+    measured best LR at width 16) along the true slope; at base width 64 gat's grid at 128 is base
+    LR / 2."""
+    wide = Design(widths=(16, 128), base_lrs=(1e-3, 2e-3, 4e-3, 8e-3), base_width=64, anchor=(1.07e-2, 16))
     assert wide.boundary() == pytest.approx(-1 / 3) and wide.w_ref == pytest.approx(math.sqrt(16 * 128))
     assert truth(-0.5, wide) is False and truth(-0.3, wide) is True and truth(-0.5) is None
-    assert math.exp(wide.log_centre(-0.5)) == pytest.approx(1.12e-2 * (wide.w_ref / 16) ** -0.5)
+    assert math.exp(wide.log_centre(-0.5)) == pytest.approx(1.07e-2 * (wide.w_ref / 16) ** -0.5)
     s = synthetic_scores(-0.5, 0.0, 2, np.random.default_rng(0), curvature=0.5, design=wide, jitter=0.0)
     at_128 = s[(s["width"] == 128) & (s["lr_rule"] == "gat")]
-    assert sorted(at_128["lr"].unique()) == pytest.approx([2.5e-4, 5e-4, 1e-3, 2e-3])
-    best = s.loc[s[s["width"] == 16]["score"].idxmin()]   # noise 0: the grid point nearest 1.12e-2
+    assert sorted(at_128["lr"].unique()) == pytest.approx([5e-4, 1e-3, 2e-3, 4e-3])
+    best = s.loc[s[s["width"] == 16]["score"].idxmin()]   # noise 0: the grid point nearest 1.07e-2
     assert best["lr"] == pytest.approx(8e-3)
     with pytest.raises(ValueError, match="2 or more widths"):
         Design(widths=(32,), base_lrs=(1e-3, 2e-3, 4e-3))
+    with pytest.raises(ValueError, match="3 or more distinct base LRs"):
+        Design(base_lrs=(1e-3, 1e-3, 2e-3))

@@ -128,8 +128,7 @@ def test_transfer_simulation_prints_its_table():
                + r["inconclusive"] == pytest.approx(1.0) for r in table["rows"])
 
 
-
-def test_transfer_simulation_reads_a_sweep_files_design():
+def test_transfer_simulation_reads_a_sweep_files_design(tmp_path):
     """--sweep takes widths, base LRs and base width from the file; the default slopes then include
     that design's tolerance boundary (-1/3 over 16-128), and the JSON names the design."""
     out = run_script("benchmarks/transfer_simulation.py", "--sweep", "sweeps/width_lr_wide.yaml", "--optimum",
@@ -143,6 +142,13 @@ def test_transfer_simulation_reads_a_sweep_files_design():
     design = json.loads(lines[-1])["design"]
     assert design == {"widths": [16, 32, 64, 128], "base_lrs": [2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2],
                       "base_width": 32, "anchor": [1.07e-2, 16]}
+    # a design the simulation cannot represent is refused by name
+    constant_only = tmp_path / "constant.yaml"
+    constant_only.write_text((ROOT / "sweeps/smoke.yaml").read_text().replace("rules: [gat, constant]",
+                                                                                "rules: [constant]"))
+    bad = subprocess.run([sys.executable, "benchmarks/transfer_simulation.py", "--sweep", str(constant_only)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "simulates sweeps of rules constant and gat" in bad.stderr
 
 def test_dry_run_benchmark_times_cold_and_warm_runs():
     out = run_script("benchmarks/dry_run.py", "--reps", "2", "sweeps/smoke.yaml")
