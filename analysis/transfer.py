@@ -99,9 +99,9 @@ SCORE_EVALS = 3
 """Evaluations averaged (in log FD) into a trial's score."""
 N_BOOT = 1000
 MAX_SEEDS_REPORTED = 100
+"""Seed estimates above this are reported as "more than 100"."""
 MAX_RANGE_REPORTED = 1e4
 """Widest width ratio the report suggests (a nearly flat slope would ask for absurd ranges)."""
-"""Seed estimates above this are reported as "more than 100"."""
 _MAX_UNBOUNDED = (1 - LEVEL) / 2
 """Largest fraction of valley-less bootstrap resamples that still allows a bounded interval."""
 

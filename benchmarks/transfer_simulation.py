@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, replace
 
 from analysis.simulation import DEFAULT_DESIGN, Design, simulate, truth
+from core.config import ConfigError
 from scaling.spec import load_spec
 
 TRUTH_WORD = {True: "transfers", False: "no", None: "boundary"}
@@ -47,18 +48,19 @@ def main() -> None:
     floats = lambda s: [float(v) for v in s.split(",")]  # noqa: E731
     design = DEFAULT_DESIGN
     if args.sweep:
-        spec = load_spec(args.sweep)
+        try:
+            spec = load_spec(args.sweep)
+        except (ConfigError, FileNotFoundError) as err:
+            parser.error(str(err))
         if set(spec.lr.rules) != {"constant", "gat"} or not spec.model.widths:
             parser.error(f"--sweep simulates sweeps of rules constant and gat over model.widths; "
                          f"{args.sweep} has rules {spec.lr.rules} and widths {spec.model.widths}")
         design = Design(tuple(spec.model.widths), tuple(spec.lr.base_lrs), spec.lr.base_width)
     if args.optimum:
-        lr, at, width = args.optimum.partition("@")
+        lr, _, width = args.optimum.partition("@")
         try:
             design = replace(design, anchor=(float(lr), int(width)))
-        except ValueError:
-            parser.error(f"--optimum takes LR@WIDTH, e.g. 1.07e-2@16, not {args.optimum!r}")
-        if not at:
+        except ValueError:   # no "@", or not a number on either side
             parser.error(f"--optimum takes LR@WIDTH, e.g. 1.07e-2@16, not {args.optimum!r}")
     slopes = floats(args.slopes) if args.slopes else [0.0, -0.25, design.boundary(), -0.75, -1.0]
     rows = []
