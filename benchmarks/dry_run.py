@@ -45,7 +45,7 @@ def time_dry_run(sweep: Path, cache: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweeps", nargs="*", type=Path,
                         default=[ROOT / "sweeps" / "width_lr.yaml", ROOT / "sweeps" / "imagenet256_gat.yaml"])
     parser.add_argument("--reps", type=int, default=5, help="Dry runs per file: 1 cold, the rest warm (>= 2).")

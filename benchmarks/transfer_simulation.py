@@ -33,7 +33,7 @@ TRUTH_WORD = {True: "transfers", False: "no", None: "boundary"}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=400, help="synthetic sweeps per setting")
     parser.add_argument("--boot", type=int, default=300, help="bootstrap resamples per sweep")
     parser.add_argument("--sweep", help="simulate this sweep file's design (widths, base LRs, base width)")
