@@ -188,7 +188,7 @@ def fd_vs_compute(points: pd.DataFrame, frontier: pd.DataFrame, fits: dict[str, 
     bootstrap band and the other fit dashed grey, each drawn over the compute span it was fitted
     to only; ``next_size`` = (compute, predicted FD, backtest text) adds the next size's
     prediction, which the report passes only with a successful backtest."""
-    fig = Figure(figsize=(7.5, 5.2))
+    fig = Figure(figsize=(11, 5.2))
     ax = fig.subplots()
     if points.empty:
         _empty(ax, "no usable evaluations yet")
@@ -216,7 +216,7 @@ def fd_vs_compute(points: pd.DataFrame, frontier: pd.DataFrame, fits: dict[str, 
         c_next, est, backtest = next_size
         yerr = None if est.lo is None else [[est.value - est.lo], [est.hi - est.value]]
         ax.errorbar([c_next], [est.value], yerr=yerr, fmt="D", color="tab:purple", capsize=4,
-                    label=f"next size (predicted, not drawn as a line) {est}")
+                    label=f"next size ({_FIT_LABEL[primary.model]}): {est}")
         fig.text(0.01, 0.995, backtest, fontsize=7, va="top", ha="left", wrap=True)
     if not any(f.ok for f in fits.values()):
         reason = next(iter(fits.values())).reason if fits else "no fit"
@@ -228,8 +228,8 @@ def fd_vs_compute(points: pd.DataFrame, frontier: pd.DataFrame, fits: dict[str, 
     ax.set_title("FD vs training compute (fits drawn over their fitted span)")
     ax.grid(True, which="major", alpha=0.3)
     readable_log_axes(ax)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout(rect=(0, 0, 1, 0.96) if next_size is not None else (0, 0, 1, 1))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes: inside, it covered points
+    fig.tight_layout(rect=(0, 0, 0.97, 0.96 if next_size is not None else 1))
     return _save(fig, path, notes)
 
 

@@ -22,7 +22,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 import pandas as pd
@@ -82,10 +82,12 @@ def make_report(sweep: str, tracking_uri: str, out_dir: Path, *, target_fd: floa
     bootstrap over seeds. ``tolerance``: natural log of the largest shift of the best LR over the
     widths that counts as transferring (default log 2, ``analysis.transfer.TOLERANCE``).
     Raises ``analysis.runs.SweepNotFound`` (a ValueError naming the sweeps that exist) when the
-    sweep or the sqlite database does not exist.
+    sweep or the sqlite database does not exist, NotADirectoryError when ``out_dir`` is a file.
     """
-    runs = load_sweep(sweep, tracking_uri)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # before the slow loading and fitting
+        raise NotADirectoryError(f"report directory {out_dir} is a file: give --out a directory")
+    runs = load_sweep(sweep, tracking_uri)
     out_dir.mkdir(parents=True, exist_ok=True)
     notes = list(runs.notes)
     trials = runs.trials
@@ -322,6 +324,17 @@ def _summary_rows(trials: pd.DataFrame, best: pd.DataFrame, under: dict[str, str
     return [{k: r[k] for k in SUMMARY_COLUMNS} for r in rows]
 
 
+def _weights_key(extractor: str) -> str:
+    """``eval.extractor`` without the cache directory: ``'digits-cnn (/any/cache/digits/KEY/file)'``
+    -> ``'digits-cnn (KEY/file)'``, so trials that read the same weights from two caches (two
+    machines, or $GAT_SWEEP_CACHE set for some runs) name one extractor."""
+    name, sep, path = extractor.partition(" (")
+    if not sep or not path.endswith(")"):
+        return extractor
+    parts = PurePath(path[:-1]).parts
+    return f"{name} ({'/'.join(parts[-2:])})" if len(parts) > 2 else extractor
+
+
 def _fitted_values(runs: SweepRuns, metric_key: str, front: pd.DataFrame, fits: dict[str, ScalingFit],
                    backtests: dict[str, Backtest], target: float | None, c_next: float | None,
                    transfer: dict[str, RuleTransfer], best: pd.DataFrame, under: dict[str, str],
@@ -344,7 +357,7 @@ def _fitted_values(runs: SweepRuns, metric_key: str, front: pd.DataFrame, fits: 
         "sweep": runs.sweep, "tracking_uri": runs.tracking_uri, "parent_run_id": runs.parent_run_id,
         "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "metric_key": metric_key,
-        "eval_extractor": sorted(trials["eval_extractor"].dropna().unique().tolist()),
+        "eval_extractor": sorted({_weights_key(e) for e in trials["eval_extractor"].dropna()}),
         "eval_num_samples": sorted(int(v) for v in trials["eval_num_samples"].dropna().unique()),
         "flops_convention": sorted(trials["flops_convention"].dropna().unique().tolist()),
         "status_counts": {s: int((trials["status"] == s).sum()) for s in STATUSES},
@@ -397,8 +410,8 @@ def _fit_lines(values: dict) -> list[str]:
         text += f", A {_est(fit['A'])}; R^2(log) {fit['r2_log']:.3f}, RMSE(log) {fit['rmse_log']:.3f}"
         if fit.get("target_fd") is not None:
             reach = fit["compute_for_target"]
-            text += (f"; FD {fit['target_fd']:.3g} needs " +
-                     ("unreachable (below E)" if reach is None else f"{_est(reach, '.3g')} FLOPs"))
+            text += f"; to reach FD {fit['target_fd']:.3g}: " + (
+                "unreachable under this law (below its floor E)" if reach is None else f"{_est(reach, '.3g')} FLOPs")
         lines.append(text)
         bt = fit["backtest"]
         if not bt["ok"]:
@@ -435,8 +448,9 @@ def _transfer_lines(values: dict) -> list[str]:
         if failed:
             out.append(f"  diverged (excluded from the fit): {'; '.join(failed)}")
         if t["n_trainings_pooled"]:
-            out.append(f"  fitted with {t['n_trainings_pooled']} training(s) run for another rule at the "
-                       "same actual LR (the rule maps them to its base LRs)")
+            out.append(f"  also fitted to {t['n_trainings_pooled']} training(s) of the other rule at actual LRs "
+                       "this rule did not run, each placed at the base LR this rule would give it (hence base "
+                       "LRs beyond the sweep's grid)")
     constant = values["lr_transfer"].get("constant")
     if constant and constant["slope"] is not None and constant["slope"]["lo"] is not None and \
             not any(o["at_edge"] for o in constant["optima"]):
@@ -450,7 +464,7 @@ def _summary_text(runs: SweepRuns, rows: list[dict[str, str]], values: dict, not
     table = ["  ".join(c.ljust(widths[c]) for c in SUMMARY_COLUMNS).rstrip()]
     table += ["  ".join(r[c].ljust(widths[c]) for c in SUMMARY_COLUMNS).rstrip() for r in rows]
     out = [f"sweep {runs.sweep} - metric {values['metric_key']}", *table, "",
-           "fits (95% bootstrap intervals):"]
+           "fits (95% bootstrap intervals; 'to reach FD X': compute for a target FD, by default half the best):"]
     out += [f"  {line}" for line in _fit_lines(values)]
     tol = _tolerance_text(values)
     out += ["", f"LR transfer (shift of the best base LR over the widths, 95% interval from a bootstrap "
@@ -487,13 +501,19 @@ def _html(runs: SweepRuns, rows: list[dict[str, str]], values: dict, figs: dict[
                   f"samples: {esc(', '.join(map(str, values['eval_num_samples'])) or 'not logged')}); "
                   f"compute convention: {esc('; '.join(values['flops_convention']) or 'not logged')}")
     transfer_rows = [[rule, t["verdict"], t["expected"]] for rule, t in values["lr_transfer"].items()]
-    verdict_lines = tuple(f"{rule}: " for rule in values["lr_transfer"])
-    transfer_detail = "<br>".join(esc(line) for line in _transfer_lines(values)
-                                  if not line.startswith(verdict_lines))
-    alphas = [f"{m}: alpha {f['alpha']['value']:.3f}" for m, f in values["fits"].items() if f["ok"]]
+    detail, rule = [], ""
+    for line in _transfer_lines(values):  # the table holds the verdicts; each detail line names its rule
+        if line.split(":")[0] in values["lr_transfer"] and not line.startswith(" "):
+            rule = line.split(":")[0]
+        else:
+            detail.append(f"{rule}, {line.strip()}" if line.startswith(" ") else line)
+    transfer_detail = "<br>".join(esc(line) for line in detail)
+    alphas = [f"{m}: alpha {f['alpha']['value']:.3f}" + (" (failed its backtest)" if f["backtest"]["covered"] is False
+                                                         else "")
+              for m, f in values["fits"].items() if f["ok"]]
     paper = (f"The GAT paper reports FID ~ {PAPER_LAW['A']:.3g} C^-{PAPER_LAW['alpha']} (C in GFLOPs, "
-             f"ImageNet-256, FID-50K); this sweep: {'; '.join(alphas) or 'no fit yet'}. "
-             "Only the exponents are comparable across datasets and metrics.")
+             f"ImageNet-256, FID-50K); this sweep: {'; '.join(alphas) or 'no fit yet'}. Only an exponent "
+             "could be compared across datasets, metrics and training lengths, and loosely at that.")
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>gat-sweep report: {esc(runs.sweep)}</title><style>{_CSS}</style></head><body>",
@@ -503,7 +523,8 @@ def _html(runs: SweepRuns, rows: list[dict[str, str]], values: dict, figs: dict[
         "<h2>Sizes</h2>", _table(list(SUMMARY_COLUMNS), [[r[c] for c in SUMMARY_COLUMNS] for r in rows]),
         "<h2>FD against training compute</h2>", _img(figs["fd_vs_compute"], "FD vs compute"),
         "<p>Fits on the compute-efficient frontier, Huber loss in log space, 95% intervals from a "
-        "seeded bootstrap of the frontier points (docs/ANALYSIS.md).</p>",
+        "seeded bootstrap of the frontier points (docs/ANALYSIS.md); 'to reach FD X': the compute the law "
+        "needs for a target FD X, by default half the best FD observed.</p>",
         "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in _fit_lines(values)) + "</ul>",
         f"<p>{esc(paper)}</p>",
         "<h2>Learning-rate transfer</h2>", _img(figs["lr_transfer"], "LR transfer"),

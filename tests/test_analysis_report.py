@@ -92,7 +92,7 @@ def write_synthetic_sweep(uri: str, artifacts: Path, scratch: Path) -> str:
                               "sweep.base_lr": lr, "sweep.base_width": 32,
                               "compute.flops_per_iter": flops_per_iter(width),
                               "compute.flops_convention": "synthetic: 2 x MACs x (fwd + bwd)",
-                              "eval.metric_key": KEY, "eval.extractor": "digits-cnn",
+                              "eval.metric_key": KEY, "eval.extractor": f"digits-cnn (/cache{width % 3}/digits/full-0a1b/cnn.safetensors)",
                               "eval.num_samples": 1000, "eval.reference": "train", "eval.ema": True,
                               "eval.truncation_psi": 0.0}
                     last = 0 if status == "failed" else 600 if status == "running" else ITERS
@@ -250,6 +250,26 @@ def test_report_fits_and_verdicts(report):
     exponent = re.search(r"best actual LR ~ width\^(-?[\d.]+) \[", report.summary)
     assert exponent and float(exponent.group(1)) == pytest.approx(-1.0, abs=0.05)
     assert exponent.group(0) in report.html.read_text()
+
+
+def test_report_names_the_rule_of_each_transfer_line_and_one_extractor(report):
+    """The HTML shows the verdicts in a table and the per-rule detail lines below it: each detail
+    line names its rule (they once followed each other unlabelled). Trials that read the same
+    classifier from two cache directories name one extractor."""
+    html = report.html.read_text()
+    assert "constant, best base LR per width: 32: " in html and "gat, best base LR per width: 32: " in html
+    assert "constant, diverged (excluded from the fit): 128: 0.002" in html
+    assert html.count(", also fitted to ") == 2  # each rule borrows the other's trainings at its own base LRs
+    values = json.loads(report.json.read_text())
+    assert values["eval_extractor"] == ["digits-cnn (full-0a1b/cnn.safetensors)"]
+    assert "to reach FD " in report.summary and " needs " not in report.summary
+
+
+def test_report_refuses_a_file_as_its_directory_before_loading(tmp_path):
+    out = tmp_path / "report.out"
+    out.write_text("")
+    with pytest.raises(NotADirectoryError, match="give --out a directory"):
+        make_report(SWEEP, f"sqlite:///{tmp_path / 'never-opened.db'}", out)
 
 
 def test_sample_grid_captions_give_the_iteration_and_fd_of_the_grid(report):
