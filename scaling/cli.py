@@ -101,13 +101,15 @@ def run(
     interrupted (Ctrl-C), 2 for a mistake in the sweep file or the options.
 
     **Overrides:** `--set KEY=VALUE` sets a key of the sweep file (dots for nested keys) as if
-    the file said it; the sweep's output directory records the merged file as sweep.yaml. A
-    changed grid is a new sweep: give it a new name too (`--set name=width_lr_b64`).
+    the file said it; the sweep's output directory records the merged file as sweep.yaml.
 
-    **Resuming:** run the same command again. Trials that ended (finished or diverged) are
-    not rerun; the others continue from their checkpoints; MLflow runs are reattached. If the
-    sweep file's trials changed since the output directory was created, the command stops with
-    an error (a changed sweep is a new sweep: give it a new name or output_dir).
+    **Resuming and growing:** run the same command again. Trials that ended (finished or
+    diverged) are not rerun; the others continue from their checkpoints; MLflow runs are
+    reattached. A sweep grows: add widths, LRs or seeds to the file (or with --set) and
+    only the new trials train, the others are kept. Any other change to existing trials (batch,
+    iterations, ...) makes a new sweep, and the command stops with an error naming the change:
+    give it a new name (`--set name=width_lr_b64`) or output_dir. `--dry-run` says which of
+    these the output directory holds and how many trainings are left.
 
     **Examples:**
 
