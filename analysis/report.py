@@ -328,7 +328,7 @@ def _weights_key(extractor: str) -> str:
     """``eval.extractor`` without the cache directory: ``'digits-cnn (/any/cache/digits/KEY/file)'``
     -> ``'digits-cnn (KEY/file)'``, so trials that read the same weights from two caches (two
     machines, or $GAT_SWEEP_CACHE set for some runs) name one extractor."""
-    name, sep, path = extractor.partition(" (")
+    name, sep, path = extractor.rpartition(" (")
     if not sep or not path.endswith(")"):
         return extractor
     parts = PurePath(path[:-1]).parts
@@ -448,9 +448,9 @@ def _transfer_lines(values: dict) -> list[str]:
         if failed:
             out.append(f"  diverged (excluded from the fit): {'; '.join(failed)}")
         if t["n_trainings_pooled"]:
-            out.append(f"  also fitted to {t['n_trainings_pooled']} training(s) of the other rule at actual LRs "
-                       "this rule did not run, each placed at the base LR this rule would give it (hence base "
-                       "LRs beyond the sweep's grid)")
+            out.append(f"  also fitted to {t['n_trainings_pooled']} training(s) of other rules at actual LRs "
+                       "this rule did not run, each placed at the base LR this rule would give it (base LRs "
+                       "its own grid does not hold)")
     constant = values["lr_transfer"].get("constant")
     if constant and constant["slope"] is not None and constant["slope"]["lo"] is not None and \
             not any(o["at_edge"] for o in constant["optima"]):

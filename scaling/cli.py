@@ -32,7 +32,7 @@ from core.config import ConfigError, TrainConfig
 from core.presets import PRESETS, get_preset
 from scaling.display import plot_command, print_config, print_outcome, print_trials, print_train_result
 from scaling.lock import refuse_if_running
-from scaling.spec import SweepSpec, dataset_path, default_output_dir, default_tracking_uri, load_spec
+from scaling.spec import SweepSpec, check_tracking_uri, dataset_path, default_output_dir, default_tracking_uri, load_spec
 from scaling.yamlio import apply_set, load_yaml
 
 app = typer.Typer(
@@ -129,9 +129,10 @@ def run(
                      "output_dir": str(output_dir) if output_dir else None}
         spec = spec.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         if dry_run:
-            print_trials(spec, console, as_json=json_)
+            print_trials(spec, sweep_file, console, as_json=json_)
             return
         spec.check_cluster_settings()  # before the slow imports: a quick answer
+        check_tracking_uri(spec.tracking())  # likewise (run_sweep checks it again, for callers of the API)
         refuse_if_running(spec.output_path())  # likewise, for a second driver on this sweep
         sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
         # Offline by default, and quiet: our own progress lines replace Ray's and MLflow's banners.
@@ -351,6 +352,7 @@ def plot(
             default_dir = default_output_dir(sweep)
             name, uri = sweep, tracking_uri or default_tracking_uri(default_dir)
             default_out = default_dir / "report"
+        check_tracking_uri(uri)
     from analysis.runs import SweepNotFound
 
     with user_errors(SweepNotFound):

@@ -25,6 +25,7 @@ from core.records import LOSS_D, LOSS_G, TAG_SAME_AS, RunResult, is_fd_key, is_p
 from scaling.spec import RAY_ADDRESS_ENV, SweepSpec
 
 if TYPE_CHECKING:  # the driver imports ray and torch: the commands import it only to run a sweep
+    from scaling.grid import Trial
     from scaling.tune import SweepOutcome
 
 
@@ -65,19 +66,28 @@ def plot_command(sweep_file: Path, as_filed: SweepSpec, spec: SweepSpec) -> str:
     return " ".join([installed_command("gat-sweep"), "plot", *map(shlex.quote, args)])
 
 
-def print_trials(spec: SweepSpec, console: Console, as_json: bool = False) -> None:
+def print_trials(spec: SweepSpec, sweep_file: Path, console: Console, as_json: bool = False) -> None:
     """The dry run: a table of the trials (or, ``as_json``, the same rows and the plan as JSON on
-    stdout), the budget, resources, LR rules, and last what would run where."""
-    from core.flops import FLOPS_CONVENTION
-    from scaling.grid import expand, shared_trainings, started_trials, trial_rows
+    stdout), the budget, resources, LR rules, what the output directory already holds of the sweep
+    (:func:`store_plan`), and last what would run where.
 
+    Raises SweepChangedError / ConfigError as the run would, for a sweep file that changes the
+    trials of the sweep in the output directory or logs it elsewhere."""
+    from core.flops import FLOPS_CONVENTION
+    from scaling.grid import expand, pending_trainings, shared_trainings, started_trials, trial_rows
+
+    out = spec.output_path()
     trials = expand(spec)  # copies as the run would make them, also for a sweep that grows
-    rows = trial_rows(trials, shared_trainings(trials, started_trials(spec.output_path(), trials)))
+    repeats = shared_trainings(trials, started_trials(out, trials))
+    rows = trial_rows(trials, repeats)
     trained = [r for r in rows if not r["same_as"]]
     total_flops = sum(r["total_flops"] for r in trained)
+    to_train = pending_trainings(out, trials, repeats)
+    held = store_plan(spec, sweep_file, trials)
     if as_json:
         print(json.dumps({
-            "name": spec.name, "trials": rows, "trainings": len(trained), "total_train_flops": total_flops,
+            "name": spec.name, "trials": rows, "trainings": len(trained), "to_train": len(to_train),
+            "output_dir_holds": held, "total_train_flops": total_flops,
             "flops_convention": FLOPS_CONVENTION, "resources": spec.resources.model_dump(),
             "max_concurrent": spec.max_concurrent, "max_failures": spec.max_failures,
             "output_dir": str(spec.output_path()), "tracking_uri": spec.tracking(), "ray_address": spec.ray_target(),
@@ -107,9 +117,29 @@ def print_trials(spec: SweepSpec, console: Console, as_json: bool = False) -> No
         f"per trial: {res.workers} worker(s) x ({res.cpus:g} CPU, {res.gpus:g} GPU); "
         f"at most {spec.max_concurrent or 'as many as fit'} at once; retries {spec.max_failures}\n"
         f"{spec.lr.describe()}\n"
-        f"Dry run, nothing started. The sweep would train {len(trained)} runs on {_where(spec)}, "
+        + (f"{held}: {len(trained) - len(to_train)} of its {len(trained)} trainings ended\n" if held else "") +
+        f"Dry run, nothing started. The sweep would train {len(to_train)} runs on {_where(spec)}, "
         f"write to {spec.output_path()} and log to MLflow at {spec.tracking()}.",
         highlight=False, markup=False, soft_wrap=True)
+
+
+def store_plan(spec: SweepSpec, sweep_file: Path, trials: list[Trial]) -> str:
+    """What the output directory holds of this sweep, in words ('' for a new sweep): the sweep
+    itself, or the sweep that this file grows (:func:`scaling.state.existing_state`, which raises
+    SweepChangedError for a file that changes existing trials and ConfigError for another
+    tracking URI, as the run does). Imports MLflow only when the directory holds a sweep."""
+    from scaling.grid import STATE_FILE, sweep_hash, trial_records
+
+    out = spec.output_path()
+    if not (out / STATE_FILE).exists():
+        return ""
+    from scaling.state import existing_state
+
+    _, added = existing_state(spec, out, sweep_hash(trials), trial_records(trials), spec.tracking(), sweep_file)
+    if added:
+        return (f"{out} holds this sweep with {len(trials) - len(added)} trials; this file grows it by "
+                f"{len(added)} trials and keeps the others")
+    return f"{out} holds this sweep"
 
 
 def _where(spec: SweepSpec) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 from core.config import ConfigError, NetConfig, TrainConfig, flatten
 from core.flops import parameter_counts, train_flops_per_iter
+from core.records import RunResult
 from scaling.lr_rules import apply_rule
 from scaling.spec import SweepSpec
 
@@ -85,12 +86,27 @@ def training_key(config: TrainConfig) -> str:
 
 TRIALS_DIR, ATTEMPTS_FILE = "trials", "attempts.jsonl"
 """A sweep's run directories (``<out>/trials/<trial>``) and, in each, one line per start of training."""
+STATE_FILE = "sweep.json"
+"""In the output directory: the sweep's state (written last when a sweep is created or grows;
+scaling/state.py)."""
 
 
 def started_trials(out: Path, trials: list[Trial]) -> set[str]:
     """The trials of the sweep in ``out`` that started training (an ``attempts.jsonl`` in their run
     directory; a copied trial has none): what :func:`shared_trainings` keeps as sources."""
     return {t.name for t in trials if (out / TRIALS_DIR / t.name / ATTEMPTS_FILE).exists()}
+
+
+def is_done(trial: Trial, run_dir: Path) -> bool:
+    """True if the trial ended: diverged, or finished its full budget (``result.json`` in ``run_dir``)."""
+    result = RunResult.load(run_dir)
+    return result is not None and result.is_done(trial.config.iterations)
+
+
+def pending_trainings(out: Path, trials: list[Trial], repeats: dict[str, str]) -> list[Trial]:
+    """The trials of the sweep in ``out`` still to train: neither a copy of another's training
+    (``repeats``, :func:`shared_trainings`) nor ended (:func:`is_done`)."""
+    return [t for t in trials if t.name not in repeats and not is_done(t, out / TRIALS_DIR / t.name)]
 
 
 def shared_trainings(trials: list[Trial], trained: set[str] | frozenset[str] = frozenset()) -> dict[str, str]:

@@ -148,7 +148,7 @@ class LRSpec(_Strict):
 
     base_lrs: FloatList = Field(min_length=1)
     """Learning rates at the base width (e.g. [1e-4, 2e-4, 4e-4])."""
-    rules: Annotated[list[Literal[LR_RULE_NAMES]], BeforeValidator(_as_list)] = ["gat"]  # type: ignore[valid-type]
+    rules: Annotated[list[Literal[LR_RULE_NAMES]], BeforeValidator(_as_list), Field(min_length=1)] = ["gat"]  # type: ignore[valid-type]
     """LR rules to cross with the base LRs: constant, gat (the paper's), mup."""
     base_width: PositiveInt | None = Field(None, validate_default=True)
     """Width at which a rule returns the base LR unchanged (the paper: 768, GAT-B); required with
@@ -253,7 +253,7 @@ class SweepSpec(_Strict):
     """Optional starting TrainConfig from core.presets (e.g. 'digits'); TrainConfig defaults otherwise."""
     model: ModelGrid
     lr: LRSpec
-    seeds: Annotated[list[NonNegativeInt], BeforeValidator(_as_list)] = [0]
+    seeds: Annotated[list[NonNegativeInt], BeforeValidator(_as_list), Field(min_length=1)] = [0]
     budget: Budget
     eval: EvalSpec = EvalSpec()
     train: TrainOverrides = TrainOverrides()  # type: ignore[valid-type]
@@ -391,6 +391,47 @@ def default_tracking_uri(output_dir: Path) -> str:
     """The tracking URI of a sweep that names none: $MLFLOW_TRACKING_URI if set, else the absolute
     sqlite file ``<output_dir>/mlflow.db``."""
     return os.environ.get(TRACKING_URI_ENV) or f"sqlite:///{Path(output_dir).absolute() / 'mlflow.db'}"
+
+
+def check_tracking_uri(tracking_uri: str, timeout_s: float = 10.0) -> None:
+    """Refuse at once a tracking URI that MLflow would refuse late or only after minutes of retries.
+
+    Raises ConfigError for a plain path or file: URI (MLflow's file store, which MLflow refuses
+    unless $MLFLOW_ALLOW_FILE_STORE is true), naming the sqlite URI a database file needs; and for
+    an http(s) URI where nothing answers within ``timeout_s`` seconds (connection refused, unknown
+    host, timeout; MLflow itself retries for about four minutes). Any HTTP answer passes, whatever
+    its status (a proxy may want credentials MLflow sends and this probe does not); so do URIs with
+    credentials in them, and every other scheme (sqlite, databricks, postgresql, ...).
+    """
+    parsed = urlparse(tracking_uri)
+    # a Windows path 'C:\\...' parses as scheme 'c'; 'databricks' as a bare path
+    if len(parsed.scheme) == 1 or (parsed.scheme in ("", "file") and is_local_store(tracking_uri)):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1"):
+            return
+        path = Path(parsed.path if parsed.scheme == "file" else tracking_uri).absolute()
+        if path.suffix in (".db", ".sqlite") or path.is_file():
+            fix = f"write sqlite:///{path}"
+        else:
+            fix = (f"write sqlite:///{path / 'mlflow.db'} for a new store; for runs already in this directory "
+                   "set MLFLOW_ALLOW_FILE_STORE=true, or move them with `mlflow migrate-filestore`")
+        raise ConfigError(f"tracking URI {tracking_uri}: a path is MLflow's file store, which MLflow refuses "
+                          f"by default; {fix}")
+    if parsed.scheme in ("http", "https") and not parsed.username:
+        import http.client
+        import urllib.error
+        import urllib.request
+
+        health = parsed._replace(path=parsed.path.rstrip("/") + "/health", params="", query="", fragment="")
+        try:
+            with urllib.request.urlopen(health.geturl(), timeout=timeout_s):
+                pass
+        except urllib.error.HTTPError:
+            pass  # a server answers
+        except (OSError, http.client.HTTPException) as err:  # refused, unknown host, timeout, not HTTP
+            reason = getattr(err, "reason", None) or err
+            raise ConfigError(f"tracking URI {tracking_uri}: no MLflow server answers there ({reason}); start "
+                              "one (mlflow server --host 0.0.0.0 --port 5000 --backend-store-uri sqlite:///...) "
+                              "or fix the address") from None
 
 
 def is_local_store(tracking_uri: str) -> bool:

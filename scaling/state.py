@@ -34,12 +34,10 @@ from mlflow.exceptions import MlflowException
 
 from core.cache import atomic_write_bytes
 from core.config import ConfigError, TrainConfig, flatten
-from scaling.grid import ATTEMPTS_FILE, Trial, trial_rows
+from scaling.grid import ATTEMPTS_FILE, STATE_FILE, Trial, trial_rows
 from scaling.spec import SweepSpec, is_local_store
 from scaling.tracking import log_sweep_files, open_experiment, set_run_status, start_parent_run
 
-STATE_FILE = "sweep.json"
-"""In the output directory: the sweep's state (written last when a sweep is created or grows)."""
 COPY_FILE = "same_as.json"
 """In the run directory of a trial that repeats another's training: which trial it copies."""
 FAILURES_FILE = "failures.jsonl"

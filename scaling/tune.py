@@ -59,9 +59,12 @@ from core.records import CONFIG_FILE, DIVERGED, FINISHED, RESULT_FILE, STATS_FIL
 from core.train import Report, train
 from scaling.grid import (
     ATTEMPTS_FILE,
+    STATE_FILE,
     TRIALS_DIR,
     Trial,
     expand,
+    is_done,
+    pending_trainings,
     shared_trainings,
     started_trials,
     sweep_hash,
@@ -69,12 +72,11 @@ from scaling.grid import (
 )
 from scaling.lock import sweep_lock
 from scaling.progress import DROP_RAY_ADVICE, ProgressLines, trial_name
-from scaling.spec import Resources, SweepSpec
+from scaling.spec import Resources, SweepSpec, check_tracking_uri
 from scaling.state import (
     CONFIG_ERROR,
     COPY_FILE,
     FAILURES_FILE,
-    STATE_FILE,
     append_attempt,
     append_failure,
     existing_state,
@@ -134,12 +136,6 @@ class TrialReporter(MlflowReporter):
         super().report(report)
         if self.to_tune:
             tune.report(dict(report.metrics))
-
-
-def is_done(trial: Trial, run_dir: Path) -> bool:
-    """True if the trial ended: diverged, or finished its full budget (``result.json``)."""
-    result = RunResult.load(run_dir)
-    return result is not None and result.is_done(trial.config.iterations)
 
 
 def run_trial(config: dict[str, str], plan: SweepPlan, reporter_cls: type[TrialReporter]) -> None:
@@ -410,13 +406,15 @@ def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporte
 
     ``reporter_cls`` is the hook for a different reporter (a subclass of TrialReporter).
     Raises ConfigError / SweepChangedError / SweepLockedError / FileNotFoundError for settings the
-    user must fix (or another running driver); no trial is started then.
+    user must fix (a tracking URI that is a path or a server that does not answer:
+    :func:`scaling.spec.check_tracking_uri`), or another running driver; no trial is started then.
     """
     console = console or Console()
     trials = expand(spec)
     out, tracking_uri = spec.output_path(), spec.tracking()
     spec.check_cluster_settings()
     _check_inputs(trials[0].config)  # every trial shares the dataset and the evaluation settings
+    check_tracking_uri(tracking_uri)
     _check_writable(out, tracking_uri)
     with sweep_lock(out):
         return _drive(spec, Path(sweep_file), trials, reporter_cls, console)
@@ -430,7 +428,7 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
     state, added = existing_state(spec, out, digest, records, tracking_uri, sweep_file)
     _prepare_data(trials[0].config)
     repeats = shared_trainings(trials, started_trials(out, trials))
-    pending = [t for t in trials if t.name not in repeats and not is_done(t, out / TRIALS_DIR / t.name)]
+    pending = pending_trainings(out, trials, repeats)
     started_ray = bool(pending) and not ray.is_initialized()
     failed: dict[str, tuple[str, str]] = {}
     try:
@@ -452,7 +450,8 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
         todo = sorted((t.name for t in pending), key=lambda n: -cost[n])
         if added:
             console.print(f"sweep [bold]{spec.name}[/] grows by {len(added)} trials; its "
-                          f"{len(trials) - len(added)} trials so far are kept as they are")
+                          f"{len(trials) - len(added)} trials so far are kept as they are (a report and "
+                          "verdicts logged before cover those only: make the report again)")
         console.print(f"sweep [bold]{spec.name}[/]: {len(trials)} trials ({len(repeats)} repeat another's "
                       f"training and are copied), {len(todo)} to train; output {escape(str(out))}")
         for name in todo:

@@ -262,7 +262,8 @@ def test_report_names_the_rule_of_each_transfer_line_and_one_extractor(report):
     assert html.count(", also fitted to ") == 2  # each rule borrows the other's trainings at its own base LRs
     values = json.loads(report.json.read_text())
     assert values["eval_extractor"] == ["digits-cnn (full-0a1b/cnn.safetensors)"]
-    assert "to reach FD " in report.summary and " needs " not in report.summary
+    fit_line = next(line for line in report.summary.splitlines() if line.strip().startswith("FD = E + A"))
+    assert "; to reach FD " in fit_line and " needs " not in fit_line
 
 
 def test_report_refuses_a_file_as_its_directory_before_loading(tmp_path):

@@ -3,6 +3,11 @@ nothing, user errors as one message with exit status 2, a real in-process traini
 summary and exit status of `run`."""
 
 import json
+import http.server
+import socket
+import subprocess
+import sys
+import threading
 from importlib.metadata import version as package_version
 from pathlib import Path
 
@@ -13,6 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from scaling import cli
+from scaling.spec import check_tracking_uri
 from scaling.tune import SweepOutcome, TrialOutcome
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
@@ -51,6 +57,81 @@ def test_run_dry_run_prints_trials_and_starts_nothing(tmp_path):
     assert rows["w64-d4-p2_constant_lr0.001_s0"][7:9] == ["0.001", "0.001"]
     assert "budget 6 iterations x batch 8" in result.output and str(out) in result.output
     assert not out.exists()
+
+
+def test_dry_run_refuses_what_the_run_would_refuse_in_its_output_directory(tmp_path):
+    # A review: the dry run did not read the output directory, so it could not say that a sweep
+    # grows, resumes, or would be refused there.
+    out = tmp_path / "o"
+    out.mkdir()
+    args = ["run", str(SWEEPS / "smoke.yaml"), "--dry-run", "--output-dir", str(out)]
+    state = {"name": "smoke", "spec_hash": "x", "tracking_uri": "sqlite:////elsewhere/mlflow.db", "trials": {}}
+    (out / "sweep.json").write_text(json.dumps(state))
+    result = invoke(*args)
+    assert result.exit_code == 2 and "Use the same tracking URI to resume it" in result.output
+    state.update(tracking_uri=f"sqlite:///{out.absolute() / 'mlflow.db'}", trials={"w8-d1-p2_gat_lr0.1_s0": {}})
+    (out / "sweep.json").write_text(json.dumps(state))
+    result = invoke(*args)
+    assert result.exit_code == 2 and "trials dropped: w8-d1-p2_gat_lr0.1_s0" in result.output
+
+
+def test_dry_run_of_a_new_sweep_does_not_import_mlflow(tmp_path):
+    """The dry run answers in about a second; importing MLflow alone takes several."""
+    code = ("import sys; from typer.testing import CliRunner; from scaling import cli; "
+            f"r = CliRunner().invoke(cli.app, ['run', {str(SWEEPS / 'smoke.yaml')!r}, '--dry-run', "
+            f"'--output-dir', {str(tmp_path / 'never')!r}]); assert r.exit_code == 0, r.output; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'ray')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_an_empty_seed_or_rule_list_is_a_sweep_file_error(tmp_path):
+    # A review: `seeds: []` passed validation and the dry run ended in an IndexError.
+    for key in ("seeds=[]", "lr.rules=[]"):
+        result = invoke("run", str(SWEEPS / "smoke.yaml"), "--set", key, "--dry-run", "--output-dir", str(tmp_path))
+        assert result.exit_code == 2 and "should have at least 1 item" in result.output
+
+
+@pytest.mark.parametrize("command", ["run", "plot"])
+def test_a_tracking_uri_mlflow_would_refuse_late_is_refused_before_anything_starts(command, tmp_path):
+    """A review: a database path without sqlite:/// ended in MLflow's file-store traceback, and a
+    server that is not there in a traceback after about four minutes of retries."""
+    target = [str(SWEEPS / "smoke.yaml"), "--output-dir", str(tmp_path / "o")] if command == "run" else ["smoke"]
+    db = tmp_path / "mlflow.db"
+    result = invoke(command, *target, "--tracking-uri", str(db))
+    assert result.exit_code == 2
+    assert f"tracking URI {db}: a path is MLflow's file store" in result.output and f"write sqlite:///{db}" in result.output
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    result = invoke(command, *target, "--tracking-uri", url)
+    assert result.exit_code == 2 and f"tracking URI {url}: no MLflow server answers there" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_any_http_answer_or_a_non_path_scheme_passes_the_tracking_uri_check(monkeypatch):
+    """A proxy that wants credentials (401) or a path prefix (404 on /health) still answers: MLflow
+    may well reach its server there; databricks and database URIs are not paths."""
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        check_tracking_uri(f"http://127.0.0.1:{server.server_port}/prefix?x=1")
+    finally:
+        server.shutdown()
+    for uri in ("databricks", "databricks://profile", "postgresql://u:p@db/mlflow", "sqlite:///x.db"):
+        check_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow's own opt-in to its file store
+    check_tracking_uri("mlruns")
 
 
 def test_bad_sweep_file_is_one_message_and_exit_2(tmp_path):

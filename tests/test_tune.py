@@ -25,6 +25,7 @@ from rich.console import Console
 from core.checkpoint import load_checkpoint
 from core.config import TrainConfig
 from core.train import train
+from scaling.display import print_trials
 from scaling.grid import ATTEMPTS_FILE
 from scaling.spec import Resources, SweepSpec
 from scaling.lock import HOLDER_FILE, SweepLockedError, sweep_lock
@@ -190,6 +191,13 @@ def test_a_grown_sweep_trains_only_its_new_trials_under_the_same_parent(ray_loca
     first = run_sweep(make_spec(tmp_path, [2e-3]), sweep_file(tmp_path))
     old = ["w32-d4-p2_gat_lr0.002_s0", "w32-d4-p2_constant_lr0.002_s0"]
     assert [t.status for t in first.trials] == ["finished", "finished"]
+    # The dry run says what the output directory holds and what is left: the grown file's 3
+    # trainings, 2 of them ended.
+    planned = io.StringIO()
+    print_trials(make_spec(tmp_path, [1e-3, 2e-3]), sweep_file(tmp_path), Console(file=planned, width=300))
+    assert (f"{first.out} holds this sweep with 2 trials; this file grows it by 2 trials and keeps the others: "
+            "2 of its 3 trainings ended\n") in planned.getvalue()
+    assert "The sweep would train 1 runs" in planned.getvalue()
     # Adding base LR 1e-3: gat at 1e-3 trains at 2e-3 exactly like the finished constant trial at
     # 2e-3, which comes later in grid order; it gets a copy, and constant at 1e-3 is trained.
     lines = io.StringIO()
@@ -229,7 +237,15 @@ def test_a_grown_sweep_trains_only_its_new_trials_under_the_same_parent(ray_loca
     assert not upgraded.failed and [t.status for t in upgraded.trials] == ["finished"] * 6
     assert len(attempts(upgraded.out, "w32-d4-p2_constant_lr0.001_s0")) == 1
 
-    # Anything else that changes existing trials is refused, naming the fields.
+    planned = io.StringIO()
+    print_trials(make_spec(tmp_path, [1e-3, 2e-3, 4e-3]), sweep_file(tmp_path), Console(file=planned, width=300))
+    assert f"{first.out} holds this sweep: 4 of its 4 trainings ended" in planned.getvalue()
+    assert "The sweep would train 0 runs" in planned.getvalue()
+
+    # Anything else that changes existing trials is refused, naming the fields; the dry run too.
+    with pytest.raises(SweepChangedError, match=r"iterations: 6 -> 8 \(6 trial\(s\)\)"):
+        print_trials(make_spec(tmp_path, [1e-3, 2e-3, 4e-3], budget={"iterations": 8}), sweep_file(tmp_path),
+                     Console(file=io.StringIO()))
     with pytest.raises(SweepChangedError, match=r"iterations: 6 -> 8 \(6 trial\(s\)\)"):
         run_sweep(make_spec(tmp_path, [1e-3, 2e-3, 4e-3], budget={"iterations": 8}), sweep_file(tmp_path))
     with pytest.raises(SweepChangedError, match=r"trials dropped: w32-d4-p2_gat_lr0.001_s0, .* and 3 more"):
