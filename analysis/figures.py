@@ -238,9 +238,11 @@ _FIT_LABEL = {"saturating": "E + A C^-alpha", "power": "A C^-alpha"}
 
 def fd_vs_kimg(points: pd.DataFrame, trials: pd.DataFrame, colours: dict[str, tuple],
                metric_key: str, path: Path) -> Path:
-    """FD against kimg, one line per trial through every one of its evaluations (a dot each;
-    colour per size), one panel per LR rule; the last evaluation of a diverged trial is an x, of a
-    running trial an open circle."""
+    """FD against kimg, one panel per LR rule, colour per size: every trial as a thin line through
+    its evaluations (faint when a panel holds many), and per size one bold line, the geometric
+    mean over seeds of its best base LR (the lowest mean log FD at the last iteration all its
+    seeds reached; :func:`best_seed_mean_curves`). The last evaluation of a diverged trial is an
+    x, of a running trial an open circle (in the legend only when there is one)."""
     rules = sorted(trials["lr_rule"].dropna().unique()) if len(trials) else []
     fig = Figure(figsize=(5 * max(len(rules), 1), 4.2))
     axes = fig.subplots(1, max(len(rules), 1), squeeze=False, sharey=True)
@@ -248,29 +250,69 @@ def fd_vs_kimg(points: pd.DataFrame, trials: pd.DataFrame, colours: dict[str, tu
     if finite.empty:
         _empty(axes[0, 0], "no evaluations yet")
         return _save(fig, path)
+    markers_used = set()
     for ax, rule in zip(axes[0], rules):
-        for trial in trials[trials["lr_rule"] == rule].itertuples():
+        in_rule = trials[trials["lr_rule"] == rule]
+        faint = len(in_rule) > 24
+        for trial in in_rule.itertuples():
             pts = finite[finite["run_id"] == trial.run_id]
             if pts.empty:
                 continue
             colour = colours.get(trial.size, "grey")
-            ax.plot(pts["kimg"], pts["fd"], ".-", color=colour, lw=1, ms=3, alpha=0.8)
+            ax.plot(pts["kimg"], pts["fd"], "-" if faint else ".-", color=colour, lw=0.6 if faint else 1,
+                    ms=3, alpha=0.25 if faint else 0.8)
             marker = {"diverged": "x", "running": "o"}.get(trial.status)
             if marker:
+                markers_used.add(marker)
                 ax.plot(pts["kimg"].iloc[-1], pts["fd"].iloc[-1], marker, color=colour,
                         mfc="none" if marker == "o" else colour, ms=8)
-        ax.set_title(f"LR rule: {rule}")
+        curves = best_seed_mean_curves(finite[finite["lr_rule"] == rule])
+        for (size, base_lr, n), curve in sorted(curves.items(), key=lambda kv: list(colours).index(kv[0][0])
+                                                if kv[0][0] in colours else len(colours)):
+            ax.plot(curve["kimg"], curve["fd"], "o-", color=colours.get(size, "grey"), lw=2.2, ms=4,
+                    label=f"{size}: base LR {base_lr:.3g}, {n} seed(s)")
+        ax.set_title(f"LR rule: {rule} (bold: best base LR per size, geo. mean over seeds)", fontsize=9)
         ax.set_xlabel("kimg")
         ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
         readable_log_axes(ax, x=False)
+        ax.legend(fontsize=6, loc="upper right")
     axes[0, 0].set_ylabel(metric_key)
     handles = [Line2D([], [], color=c, label=f"size {s}") for s, c in colours.items()]
-    handles += [Line2D([], [], color="k", marker="x", ls="", label="diverged"),
-                Line2D([], [], color="k", marker="o", mfc="none", ls="", label="running")]
-    axes[0, -1].legend(handles=handles, fontsize=7)
-    fig.tight_layout()
+    handles += [Line2D([], [], color="k", marker="x", ls="", label="diverged")] if "x" in markers_used else []
+    handles += ([Line2D([], [], color="k", marker="o", mfc="none", ls="", label="running")]
+                if "o" in markers_used else [])
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=len(handles), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(fig, path)
+
+
+def best_seed_mean_curves(points: pd.DataFrame) -> dict[tuple[str, float, int], pd.DataFrame]:
+    """Per size, the training curve of its best base LR averaged over seeds.
+
+    ``points``: rows of one LR rule (columns ``size``, ``base_lr``, ``seed``, ``iter``, ``kimg``,
+    ``fd``; finite, positive ``fd``). For each (size, base LR) the geometric mean of ``fd`` over
+    seeds at every iteration that all of its seeds reached; the best base LR of a size has the
+    lowest mean at its last such iteration. Returns ``{(size, base LR, seeds): frame with columns
+    iter, kimg, fd}``, sizes in their order of appearance.
+    """
+    out = {}
+    for size, of_size in points.groupby("size", sort=False):
+        best = None
+        for base_lr, group in of_size.groupby("base_lr"):
+            n = group["seed"].nunique()
+            per_iter = group.groupby("iter").agg(kimg=("kimg", "first"), log_fd=("fd", lambda v: np.log(v).mean()),
+                                                 seeds=("seed", "nunique"))
+            common = per_iter[per_iter["seeds"] == n]
+            if common.empty:
+                continue
+            if best is None or common["log_fd"].iloc[-1] < best[2]["log_fd"].iloc[-1]:
+                best = (float(base_lr), n, common)
+        if best is not None:
+            curve = best[2].reset_index()
+            out[(str(size), best[0], best[1])] = pd.DataFrame(
+                {"iter": curve["iter"], "kimg": curve["kimg"], "fd": np.exp(curve["log_fd"])})
+    return out
 
 
 def lr_transfer_figure(transfer: dict[str, RuleTransfer]) -> Figure:

@@ -19,6 +19,7 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from analysis import figures
 from analysis.report import SUMMARY_COLUMNS, log_report, make_report
 from analysis.runs import POINT_COLUMNS, SweepNotFound, load_sweep
 
@@ -264,6 +265,21 @@ def test_report_names_the_rule_of_each_transfer_line_and_one_extractor(report):
     assert values["eval_extractor"] == ["digits-cnn (full-0a1b/cnn.safetensors)"]
     fit_line = next(line for line in report.summary.splitlines() if line.strip().startswith("FD = E + A"))
     assert "; to reach FD " in fit_line and " needs " not in fit_line
+
+
+def test_training_curves_average_the_best_base_lr_over_seeds():
+    """The bold curve per size of fd_vs_kimg.png: the geometric mean over seeds, at iterations
+    every seed reached, of the base LR with the lowest mean at the last of them."""
+    rows = []
+    for base_lr, fds in ((1e-3, {0: [400, 100], 1: [100, 400]}), (2e-3, {0: [300, 150], 1: [300, 150, 10]})):
+        for seed, series in fds.items():
+            rows += [{"size": "w32", "base_lr": base_lr, "seed": seed, "iter": 100 * (k + 1),
+                      "kimg": 3.2 * (k + 1), "fd": fd} for k, fd in enumerate(series)]
+    curves = figures.best_seed_mean_curves(pd.DataFrame(rows))
+    # 1e-3 ends at sqrt(100 * 400) = 200, 2e-3 at 150 (its seed 1's third evaluation is not common)
+    assert list(curves) == [("w32", 2e-3, 2)]
+    curve = curves[("w32", 2e-3, 2)]
+    assert curve["iter"].tolist() == [100, 200] and curve["fd"].tolist() == pytest.approx([300, 150])
 
 
 def test_report_refuses_a_file_as_its_directory_before_loading(tmp_path):
