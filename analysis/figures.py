@@ -398,8 +398,9 @@ def lr_transfer(transfer: dict[str, RuleTransfer], path: Path) -> Path:
 
 def diagnostics(trials: pd.DataFrame, path: Path) -> Path:
     """The paper's two failure-mode diagnostics (docs/METHOD.md §7) against width, latest value
-    per trial, colour per LR rule: early-block use (``diag/early_skip_rel``) and the relative
-    output change per optimiser step (``diag/g_update_rel``)."""
+    per trial (the iterations it was logged at in each panel's title; column ``last_iter``),
+    colour per LR rule: early-block use (``diag/early_skip_rel``) and the relative output change
+    per optimiser step (``diag/g_update_rel``)."""
     fig = Figure(figsize=(10, 4.2))
     axes = fig.subplots(1, 2, squeeze=False)
     panels = (("early_skip_rel", f"{EARLY_SKIP_REL}\n(small = early blocks under-used)"),
@@ -419,6 +420,10 @@ def diagnostics(trials: pd.DataFrame, path: Path) -> Path:
         readable_log_axes(ax, x=False)
         width_axis(ax, sorted(data["g_width"].astype(int).unique()))
         ax.legend(fontsize=7, title="LR rule")
+        last = data["last_iter"].dropna().astype(int)
+        if len(last):
+            at = f"{last.min()}" if last.min() == last.max() else f"{last.min()}-{last.max()}"
+            ax.set_title(f"each trial's latest value (iteration {at})", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 

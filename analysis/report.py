@@ -236,10 +236,11 @@ def _shown_next(fits: dict[str, ScalingFit], backtests: dict[str, Backtest], c_n
 
 def _best_per_size(trials: pd.DataFrame, source: pd.Series) -> pd.DataFrame:
     """One row per size: the trained run behind its lowest best FD (never a copy), with the LR
-    rules that training stands for. Columns: size, g_width, g_depth, best_fd, best_iter, trial,
-    run_id, rules, batch, flops_per_iter, precision, recall (of the best FD's evaluation)."""
+    rules that training stands for and the actual LR of G it trained with (a trial's name gives
+    its rule's base LR). Columns: size, g_width, g_depth, best_fd, best_iter, trial, run_id, rules,
+    lr_g, batch, flops_per_iter, precision, recall (of the best FD's evaluation)."""
     columns = ["size", "g_width", "g_depth", "best_fd", "best_iter", "trial", "run_id", "rules",
-               "batch", "flops_per_iter", "precision", "recall"]
+               "lr_g", "batch", "flops_per_iter", "precision", "recall"]
     ok = trials[~trials["status"].isin(EXCLUDED_STATUSES)
                 & np.isfinite(trials["best_fd"].astype(float))].copy()
     ok["trained"] = source.loc[ok.index]
@@ -252,7 +253,7 @@ def _best_per_size(trials: pd.DataFrame, source: pd.Series) -> pd.DataFrame:
         rows.append({"size": size, "g_width": trained["g_width"], "g_depth": trained["g_depth"],
                      "best_fd": float(pick["best_fd"]), "best_iter": trained["best_iter"],
                      "trial": str(trained["trial"]), "run_id": trained["run_id"],
-                     "rules": ", ".join(rules), "batch": trained["batch"],
+                     "rules": ", ".join(rules), "lr_g": float(trained["lr_g"]), "batch": trained["batch"],
                      "flops_per_iter": trained["flops_per_iter"], "precision": trained["precision"],
                      "recall": trained["recall"]})
     return pd.DataFrame(rows, columns=columns)
@@ -263,14 +264,24 @@ COLLAPSE_RECALL = 0.05
 mode collapse): every measured digits run below ~1,000 iterations (docs/PILOTS.md section 2b)."""
 
 
+def _trained_as(lr_g: float, rules: str, once: str = "") -> str:
+    """'actual LR 0.004; <once>rules constant, gat' (the rules only when the training stands for
+    several): what a trial's name does not say about the run shown."""
+    return f"actual LR {lr_g:.3g}" + (f"; {once}rules {rules}" if "," in rules else "")
+
+
 def _grid_caption(size: str, trial: str, rules: str, path: Path, points: pd.DataFrame,
-                  run_id: str, best_fd: float, recall: float = math.nan) -> str:
-    """Caption of a sample grid: the trial, the rules it stands for, the iteration of the grid
-    (from its file name ``iter_<n>.png``), the FD at that iteration (the latest evaluation at or
-    before it) and, when the best evaluation's ``recall`` is below ``COLLAPSE_RECALL``, that rows
-    of near-identical images are expected."""
+                  run_id: str, best_fd: float, recall: float = math.nan, lr_g: float | None = None) -> str:
+    """Caption of a sample grid: the trial, the actual LR ``lr_g`` it trained with and the rules
+    it stands for, the iteration of the grid (from its file name ``iter_<n>.png``), the FD at that
+    iteration (the latest evaluation at or before it) and, when the best evaluation's ``recall``
+    is below ``COLLAPSE_RECALL``, that rows of near-identical images are expected."""
     match = re.search(r"(\d+)$", path.stem)
-    head = f"{size}: {trial}" + (f"\n(trained once for rules {rules})" if "," in rules else "")
+    head = f"{size}: {trial}"
+    if lr_g is not None:
+        head += f"\n({_trained_as(lr_g, rules, 'trained once for ')})"
+    elif "," in rules:
+        head += f"\n(trained once for rules {rules})"
     collapse = (f"\nrecall {recall:.2f} at its best FD: expect rows of one image\n(G uses z weakly this early; "
                 "PILOTS.md 2b)" if recall < COLLAPSE_RECALL else "")
     if match is None:
@@ -291,7 +302,7 @@ def _best_grids(runs: SweepRuns, best: pd.DataFrame, points: pd.DataFrame, dst: 
         path = last_sample_grid(runs.tracking_uri, r.run_id, dst / str(r.trial).replace("/", "_"))
         if path is not None:
             grids.append((_grid_caption(r.size, r.trial, r.rules, path, points, r.run_id, r.best_fd,
-                                        float(r.recall)), path))
+                                        float(r.recall), r.lr_g), path))
     return grids
 
 
@@ -310,7 +321,7 @@ def _summary_rows(trials: pd.DataFrame, best: pd.DataFrame, under: dict[str, str
         b = by_size.loc[size] if size in by_size.index else None
         at = None if b is None else (b["best_iter"] * b["batch"] / 1000.0)
         flops = None if b is None else b["best_iter"] * b["flops_per_iter"]
-        trial = "-" if b is None else str(b["trial"]) + (f" (rules {b['rules']})" if "," in b["rules"] else "")
+        trial = "-" if b is None else f"{b['trial']} ({_trained_as(float(b['lr_g']), b['rules'])})"
         rows.append({
             "size": str(size), "width": _fmt(group["g_width"].iloc[0], "g"),
             "depth": _fmt(group["g_depth"].iloc[0], "g"), "trials": str(len(group)),
@@ -365,7 +376,7 @@ def _fitted_values(runs: SweepRuns, metric_key: str, front: pd.DataFrame, fits: 
                       "train_flops": float(r.train_flops), "fd": float(r.fd)}
                      for r in front.itertuples()],
         "frontier_sizes": frontier_sizes(front),
-        "best_per_size": [{"size": r.size, "trial": r.trial, "rules": r.rules.split(", "),
+        "best_per_size": [{"size": r.size, "trial": r.trial, "rules": r.rules.split(", "), "lr_g": r.lr_g,
                            "best_fd": r.best_fd, "precision": r.precision, "recall": r.recall,
                            "under_trained_vs": under.get(r.size)}
                           for r in best.itertuples()],

@@ -296,7 +296,8 @@ def test_sample_grid_captions_give_the_iteration_and_fd_of_the_grid(report):
     for caption, size in zip(captions, ("w32", "w64", "w128")):
         trial = caption.split("\n")[0].split(": ")[1]
         fd_1000 = runs.points[(runs.points["trial"] == trial) & (runs.points["iter"] == 1000)]["fd"].iloc[0]
-        assert caption.startswith(f"{size}: gat-") and "(trained once for rules constant, gat)" in caption
+        lr = runs.trials.set_index("trial").loc[trial, "lr_g"]
+        assert caption.startswith(f"{size}: gat-") and f"\n(actual LR {lr:.3g}; trained once for rules constant, gat)\n" in caption
         assert f"grid at iter 1000: FD {fd_1000:.3g}; best FD" in caption
         assert "rows of one image" not in caption       # recall 0.1-0.4 here: no collapse expected
 
@@ -317,7 +318,9 @@ def test_report_never_names_a_copy_as_best(report):
     values = json.loads(report.json.read_text())
     for row, best in zip(report.summary_rows, values["best_per_size"]):
         assert best["trial"].startswith("gat-") and best["rules"] == ["constant", "gat"]
-        assert row["best trial"] == f"{best['trial']} (rules constant, gat)"
+        assert row["best trial"] == f"{best['trial']} (actual LR {best['lr_g']:.3g}; rules constant, gat)"
+        base_lr = float(re.search(r"-lr([^-]+)-", best["trial"]).group(1))
+        assert best["lr_g"] == pytest.approx(base_lr * 32 / int(best["size"][1:]))  # gat: base x 32 / width
     assert any("copied trial(s)" in n for n in report.notes)
     assert all(not p["trial"].startswith("constant-w32") for p in values["frontier"])
 
