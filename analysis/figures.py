@@ -267,8 +267,8 @@ def fd_vs_kimg(points: pd.DataFrame, trials: pd.DataFrame, colours: dict[str, tu
                 ax.plot(pts["kimg"].iloc[-1], pts["fd"].iloc[-1], marker, color=colour,
                         mfc="none" if marker == "o" else colour, ms=8)
         curves = best_seed_mean_curves(finite[finite["lr_rule"] == rule])
-        for (size, base_lr, n), curve in sorted(curves.items(), key=lambda kv: list(colours).index(kv[0][0])
-                                                if kv[0][0] in colours else len(colours)):
+        order = {size: i for i, size in enumerate(colours)}  # the legend lists sizes as the colours do
+        for (size, base_lr, n), curve in sorted(curves.items(), key=lambda kv: order.get(kv[0][0], len(order))):
             ax.plot(curve["kimg"], curve["fd"], "o-", color=colours.get(size, "grey"), lw=2.2, ms=4,
                     label=f"{size}: base LR {base_lr:.3g}, {n} seed(s)")
         ax.set_title(f"LR rule: {rule} (bold: best base LR per size, geo. mean over seeds)", fontsize=9)

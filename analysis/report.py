@@ -264,10 +264,12 @@ COLLAPSE_RECALL = 0.05
 mode collapse): every measured digits run below ~1,000 iterations (docs/PILOTS.md section 2b)."""
 
 
-def _trained_as(lr_g: float, rules: str, once: str = "") -> str:
-    """'actual LR 0.004; <once>rules constant, gat' (the rules only when the training stands for
-    several): what a trial's name does not say about the run shown."""
-    return f"actual LR {lr_g:.3g}" + (f"; {once}rules {rules}" if "," in rules else "")
+def _trained_as(lr_g: float | None, rules: str, once: str = "") -> str:
+    """'actual LR 0.004; <once>rules constant, gat' (the LR when known, the rules only when the
+    training stands for several; '' when neither): what a trial's name does not say about the run
+    shown."""
+    parts = ([] if lr_g is None else [f"actual LR {lr_g:.3g}"]) + ([f"{once}rules {rules}"] if "," in rules else [])
+    return "; ".join(parts)
 
 
 def _grid_caption(size: str, trial: str, rules: str, path: Path, points: pd.DataFrame,
@@ -277,11 +279,8 @@ def _grid_caption(size: str, trial: str, rules: str, path: Path, points: pd.Data
     iteration (the latest evaluation at or before it) and, when the best evaluation's ``recall``
     is below ``COLLAPSE_RECALL``, that rows of near-identical images are expected."""
     match = re.search(r"(\d+)$", path.stem)
-    head = f"{size}: {trial}"
-    if lr_g is not None:
-        head += f"\n({_trained_as(lr_g, rules, 'trained once for ')})"
-    elif "," in rules:
-        head += f"\n(trained once for rules {rules})"
+    trained_as = _trained_as(lr_g, rules, "trained once for ")
+    head = f"{size}: {trial}" + (f"\n({trained_as})" if trained_as else "")
     collapse = (f"\nrecall {recall:.2f} at its best FD: expect rows of one image\n(G uses z weakly this early; "
                 "PILOTS.md 2b)" if recall < COLLAPSE_RECALL else "")
     if match is None:
@@ -446,28 +445,41 @@ def _tolerance_text(values: dict) -> str:
     return f"x{math.exp(values.get('lr_transfer_tolerance_log', TOLERANCE)):.3g}"
 
 
+def _rule_details(t: dict) -> list[str]:
+    """The lines under one rule's LR-transfer verdict: its best base LR per width, the LRs that
+    diverged, and the other rules' trainings it was also fitted to."""
+    out = []
+    opt = [f"{o['width']}: {_est(o['best_lr'], '.3g')}" + (" (outside the LRs tried)" if o["at_edge"] else "")
+           for o in t["optima"] if o["best_lr"] is not None]
+    if opt:
+        out.append(f"best base LR per width: {'; '.join(opt)}")
+    failed = [f"{o['width']}: {', '.join(format(v, 'g') for v in o['diverged_lrs'])}"
+              for o in t["optima"] if o["diverged_lrs"]]
+    if failed:
+        out.append(f"diverged (excluded from the fit): {'; '.join(failed)}")
+    if t["n_trainings_pooled"]:
+        out.append(f"also fitted to {t['n_trainings_pooled']} training(s) of other rules at actual LRs "
+                   "this rule did not run, each placed at the base LR this rule would give it (base LRs "
+                   "its own grid does not hold)")
+    return out
+
+
+def _slope_lines(values: dict) -> list[str]:
+    """The exponent of the best actual LR against width (the constant rule's slope), when known."""
+    constant = values["lr_transfer"].get("constant")
+    if constant and constant["slope"] is not None and constant["slope"]["lo"] is not None and \
+            not any(o["at_edge"] for o in constant["optima"]):
+        return [f"best actual LR ~ width^{_est(constant['slope'], '.2f')} (the constant rule's slope; "
+                "the gat rule assumes width^-1, constant width^0)"]
+    return []
+
+
 def _transfer_lines(values: dict) -> list[str]:
     out = []
     for rule, t in values["lr_transfer"].items():
         out.append(f"{rule}: {t['verdict']} - {t['expected']}")
-        opt = [f"{o['width']}: {_est(o['best_lr'], '.3g')}" + (" (outside the LRs tried)" if o["at_edge"] else "")
-               for o in t["optima"] if o["best_lr"] is not None]
-        if opt:
-            out.append(f"  best base LR per width: {'; '.join(opt)}")
-        failed = [f"{o['width']}: {', '.join(format(v, 'g') for v in o['diverged_lrs'])}"
-                  for o in t["optima"] if o["diverged_lrs"]]
-        if failed:
-            out.append(f"  diverged (excluded from the fit): {'; '.join(failed)}")
-        if t["n_trainings_pooled"]:
-            out.append(f"  also fitted to {t['n_trainings_pooled']} training(s) of other rules at actual LRs "
-                       "this rule did not run, each placed at the base LR this rule would give it (base LRs "
-                       "its own grid does not hold)")
-    constant = values["lr_transfer"].get("constant")
-    if constant and constant["slope"] is not None and constant["slope"]["lo"] is not None and \
-            not any(o["at_edge"] for o in constant["optima"]):
-        out.append(f"best actual LR ~ width^{_est(constant['slope'], '.2f')} (the constant rule's slope; "
-                   "the gat rule assumes width^-1, constant width^0)")
-    return out
+        out += [f"  {line}" for line in _rule_details(t)]
+    return out + _slope_lines(values)
 
 
 def _summary_text(runs: SweepRuns, rows: list[dict[str, str]], values: dict, notes: list[str]) -> str:
@@ -512,13 +524,9 @@ def _html(runs: SweepRuns, rows: list[dict[str, str]], values: dict, figs: dict[
                   f"samples: {esc(', '.join(map(str, values['eval_num_samples'])) or 'not logged')}); "
                   f"compute convention: {esc('; '.join(values['flops_convention']) or 'not logged')}")
     transfer_rows = [[rule, t["verdict"], t["expected"]] for rule, t in values["lr_transfer"].items()]
-    detail, rule = [], ""
-    for line in _transfer_lines(values):  # the table holds the verdicts; each detail line names its rule
-        if line.split(":")[0] in values["lr_transfer"] and not line.startswith(" "):
-            rule = line.split(":")[0]
-        else:
-            detail.append(f"{rule}, {line.strip()}" if line.startswith(" ") else line)
-    transfer_detail = "<br>".join(esc(line) for line in detail)
+    # the table holds the verdicts; each detail line below it names its rule
+    detail = [f"{rule}, {line}" for rule, t in values["lr_transfer"].items() for line in _rule_details(t)]
+    transfer_detail = "<br>".join(esc(line) for line in detail + _slope_lines(values))
     alphas = [f"{m}: alpha {f['alpha']['value']:.3f}" + (" (failed its backtest)" if f["backtest"]["covered"] is False
                                                          else "")
               for m, f in values["fits"].items() if f["ok"]]
