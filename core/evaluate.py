@@ -30,9 +30,10 @@ an encoded folder fid when ``cfg.inception_weights`` is set, fd_domain otherwise
 
 References: the reference statistics are the real images of the dataset (digits: all 1,797
 images; an encoded folder: up to :data:`core.domain.REFERENCE_MAX` images of ``images_dir``, a seeded subset,
-ADM-cropped at the encode resolution), their features cached by torch-fidelity under
+ADM-cropped at the encode resolution), their features cached (safetensors, never a pickle) under
 ``<cache>/fidelity/`` with a name holding (dataset, resolution, sample count, and a folder
-classifier's key) and the extractor, so a second run does not recompute them. Or
+classifier's key) and the extractor, so a second run does not recompute them
+(:func:`core.fidelity.reference_features`). Or
 ``cfg.fid_ref_npz``: ADM-style ``mu``/``sigma`` (Dhariwal & Nichol 2021, evaluations/), FID only
 (KID and precision/recall need features).
 
@@ -47,7 +48,6 @@ from __future__ import annotations
 
 import io
 import math
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -55,11 +55,6 @@ import torchvision
 from torch import Tensor
 from torch.utils.data import Dataset
 from torch_fidelity.metric_fid import fid_features_to_statistics
-from torch_fidelity.utils import (
-    create_feature_extractor,
-    extract_featuresdict_from_input_id_cached,
-    get_featuresdict_from_dataset,
-)
 
 from core.cache import atomic_write_bytes, content_hash
 from core.config import ConfigError, TrainConfig
@@ -75,10 +70,12 @@ from core.fidelity import (
     GeneratedImages,
     UInt8Images,
     check_inception_weights,
+    dataset_features,
     fidelity_metrics,
-    fidelity_settings,
     frechet_distance,
+    make_extractor,
     read_npz,
+    reference_features,
 )
 from core.latents import LatentData
 from core.metrics import resolve_metric, too_few_samples
@@ -183,16 +180,9 @@ class Evaluator:
 
     def warm_reference(self) -> None:
         """Compute and cache the reference features now (no-op for an npz reference or a cache hit)."""
-        if self.npz is not None:
-            return
-        extractor, kwargs = self._feature_extractor()
-        with torch.cuda.device(self.device) if kwargs["cuda"] else nullcontext():
-            extract_featuresdict_from_input_id_cached(2, extractor, **kwargs)
-
-    def _feature_extractor(self) -> tuple[object, dict]:
-        """torch-fidelity's extractor object and the settings it was made with."""
-        kwargs = fidelity_settings(self.reference, self.reference_name, self.extractor, self.weights, self.device)
-        return create_feature_extractor(self.extractor, [self.layer], **kwargs), kwargs
+        if self.npz is None:
+            reference_features(self.reference, self.reference_name, self.extractor, self.layer, self.weights,
+                               self.device)
 
     # -- metrics -------------------------------------------------------------------------------
     def evaluate(self, generator: Generator) -> dict[str, float]:
@@ -206,13 +196,11 @@ class Evaluator:
             self.num_samples, EVAL_BATCH,
         )
         if self.npz is None:
-            values = fidelity_metrics(generated, self.reference, self.extractor, self.weights, self.device,
-                                      self.reference_name, seed=self.seed)
+            values = fidelity_metrics(generated, self.reference, self.extractor, self.layer, self.weights,
+                                      self.device, self.reference_name, seed=self.seed)
         else:
-            extractor, kwargs = self._feature_extractor()
-            with torch.cuda.device(self.device) if kwargs["cuda"] else nullcontext():
-                features = get_featuresdict_from_dataset(
-                    generated, extractor, EVAL_BATCH, kwargs["cuda"], True, False)[self.layer]
+            extractor = make_extractor(self.extractor, self.layer, self.weights, self.device)
+            features = dataset_features(generated, extractor, self.device)
             values = {"fd": frechet_distance(fid_features_to_statistics(features), self.npz)}
         bad = {name: value for name, value in values.items() if not math.isfinite(value)}
         if bad:
@@ -255,7 +243,7 @@ def make_evaluator(cfg: TrainConfig, data: LatentData, device: torch.device,
 
 
 def _reference(cfg: TrainConfig, data: LatentData, classifier_key: str) -> tuple[Dataset | None, str | None, str]:
-    """(reference dataset, its torch-fidelity cache name, provenance text); no dataset for an npz.
+    """(reference dataset, its feature-cache name, provenance text); no dataset for an npz.
     ``classifier_key``: the folder classifier's cache key, part of the cache name so that a
     retrained classifier never meets features of another ('' for Inception and the digits)."""
     if cfg.fid_ref_npz:

@@ -69,7 +69,8 @@ def load_encoder(path: str, dim: int, device: torch.device) -> nn.Module:
         if model_type != "dinov2":  # transformers would load e.g. a ViT's weights into a random DINOv2
             raise ValueError(f"its config.json has model_type {model_type!r}, not 'dinov2' (a DINOv2 "
                              "without registers, as the reference uses)")
-        model, info = Dinov2Model.from_pretrained(directory, local_files_only=True, output_loading_info=True)
+        model, info = Dinov2Model.from_pretrained(directory, local_files_only=True, output_loading_info=True,
+                                                   use_safetensors=True)  # never unpickle a .bin
         bad = {kind: info[kind] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(kind)}
         if bad:
             raise ValueError(f"its weights do not fit the DINOv2 model ({bad})")

@@ -172,7 +172,8 @@ def load_vae(
     ``name_or_path`` is a local directory written by ``save_pretrained`` (``config.json`` plus
     weights; a ``vae`` sub-folder of a pipeline directory also works) or, only with
     ``allow_download=True`` or when already in the Hugging Face cache, a hub id such as
-    ``stabilityai/sd-vae-ft-ema``. Raises FileNotFoundError naming the path or id and how to fix it.
+    ``stabilityai/sd-vae-ft-ema``. Only safetensors weights are read (a pickled ``.bin`` could run
+    code when loaded). Raises FileNotFoundError naming the path or id and how to fix it.
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir() and not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
@@ -186,11 +187,12 @@ def load_vae(
             local_files_only=local or not allow_download,
             torch_dtype=dtype,
             low_cpu_mem_usage=False,  # the default needs the optional `accelerate` package
+            use_safetensors=True,  # a pickled .bin could run code when loaded: never read one
         )
     except OSError as err:
-        hint = "" if local or allow_download else (
-            " (downloads are off: pass a local directory written by save_pretrained, "
-            "or allow downloading the hub model explicitly)"
-        )
+        hint = " (only safetensors weights are read: re-save a .bin checkpoint with save_pretrained)" if local \
+            else "" if allow_download else (
+                " (downloads are off: pass a local directory written by save_pretrained, "
+                "or allow downloading the hub model explicitly)")
         raise FileNotFoundError(f"cannot load AutoencoderKL from {name_or_path!r}{hint}: {err}") from err
     return vae.eval().requires_grad_(False)

@@ -64,8 +64,8 @@ def test_domain_distance_real_vs_real_small_noise_vs_real_large(tiny_digits_cach
     noise = UInt8Images(torch.randint(0, 256, (360, 3, 32, 32), dtype=torch.uint8,
                                       generator=torch.Generator().manual_seed(0)))
     weights = str(d.classifier_path)
-    real = fidelity_metrics(heldout, train, EXTRACTOR_NAME, weights, CPU)
-    fake = fidelity_metrics(noise, train, EXTRACTOR_NAME, weights, CPU)
+    real = fidelity_metrics(heldout, train, EXTRACTOR_NAME, "features", weights, CPU)
+    fake = fidelity_metrics(noise, train, EXTRACTOR_NAME, "features", weights, CPU)
     assert real["fd"] < 0.05 * fake["fd"]
     assert real["kid"] < 0.05 * fake["kid"]
     assert real["precision"] > 0.8 and real["recall"] > 0.8
@@ -104,7 +104,7 @@ def test_reference_statistics_are_cached(tiny_digits_cache, monkeypatch):
     make_evaluator(cfg, data, CPU)
     assert len(reads) == 1797 + 1  # every real image once (+ torch-fidelity's type check)
     assert sorted(p.name.split("-digits-cnn-")[1] for p in (cache_root() / "fidelity").iterdir()) == [
-        "features-features.pt"]
+        "features.safetensors"]  # tensors only: nothing in a shared cache is unpickled
     reads.clear()
     second = make_evaluator(cfg, data, CPU)
     second.evaluate(generator(cfg))
