@@ -79,20 +79,21 @@ def law_refusal(frontier: pd.DataFrame, min_sizes: int = MIN_LAW_SIZES) -> str |
 
 
 def under_trained_sizes(best: pd.DataFrame) -> dict[str, str]:
-    """Sizes whose best FD is worse than that of a smaller size: {size: the smaller size}.
+    """Sizes whose best final FD is worse than that of a smaller size: {size: the smaller size}.
 
-    ``best``: one row per size with columns ``size, g_width, g_depth, best_fd``. Size s' is
+    ``best``: one row per size with columns ``size, g_width, g_depth, final_fd`` (its best trial's
+    final FD, ``core.records.final_fd``). Size s' is
     smaller than s when its width and depth are both <= and one is <. A larger model that does
     worse than a smaller one has not been trained to its potential (too few iterations, or a
     badly tuned LR), so its point measures training, not scale. The smaller size named is the
-    one with the lowest best FD among those that beat it.
+    one with the lowest final FD among those that beat it.
     """
     out = {}
-    rows = best[np.isfinite(best["best_fd"].astype(float))]
+    rows = best[np.isfinite(best["final_fd"].astype(float))]
     for r in rows.itertuples():
         smaller = rows[(rows["g_width"] <= r.g_width) & (rows["g_depth"] <= r.g_depth)
                        & ((rows["g_width"] < r.g_width) | (rows["g_depth"] < r.g_depth))
-                       & (rows["best_fd"] < r.best_fd)]
+                       & (rows["final_fd"] < r.final_fd)]
         if len(smaller):
-            out[str(r.size)] = str(smaller.sort_values("best_fd")["size"].iloc[0])
+            out[str(r.size)] = str(smaller.sort_values("final_fd")["size"].iloc[0])
     return out

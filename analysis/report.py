@@ -21,6 +21,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -29,18 +30,26 @@ import pandas as pd
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE as MLFLOW_DESCRIPTION
+
 from analysis import figures
+from analysis.answer import NextSweep, estimate_text
+from analysis.answer import answer as make_answer
 from analysis.fit import Backtest, Estimate, ScalingFit, backtest_largest, fit_law
 from analysis.frontier import compute_frontier, frontier_sizes, under_trained_sizes, usable_points
 from analysis.paper import PAPER_LAW
 from analysis.runs import SweepRuns, last_sample_grid, load_sweep, trained_as
-from analysis.transfer import SCORE_EVALS, TOLERANCE, RuleTransfer, analyse_transfer
+from analysis.transfer import PAPER_WIDTHS, SCORE_EVALS, TOLERANCE, RuleTransfer, analyse_transfer
+from analysis.units import fd_text, lr_text
 from core.records import EXCLUDED_STATUSES, STATUSES, TAG_SAME_AS, fit_tag, lr_transfer_tag
 
 MODELS = ("saturating", "power")
-SUMMARY_COLUMNS = ("size", "width", "depth", "trials", "finished", "running", "diverged", "failed",
-                   "best FD", "best trial", "at kimg", "at FLOPs", "precision", "recall", "flag")
-"""Keys of every ``ReportResult.summary_rows`` entry (all values are strings)."""
+SUMMARY_COLUMNS = ("size", "trials", "finished", "running", "diverged", "failed", "best final FD", "best trial",
+                   "actual LR", "rules", "at kimg", "precision", "recall", "flag")
+"""Keys of every ``ReportResult.summary_rows`` entry (all values are strings). ``best final FD``:
+the lowest final FD of the size's trials (the geometric mean of a trial's last 3 evaluations);
+``best trial`` is that trial, ``actual LR`` G's LR it trained with, ``rules`` the rules that
+training stands for, ``at kimg``, ``precision`` and ``recall`` those of its last evaluation."""
 REPORT_ARTIFACTS = "report"
 """Artifact folder of the parent run that :func:`log_report` fills."""
 
@@ -73,7 +82,9 @@ class ReportResult:
 
 
 def make_report(sweep: str, tracking_uri: str, out_dir: Path, *, target_fd: float | None = None,
-                n_boot: int = 1000, seed: int = 0, tolerance: float = TOLERANCE) -> ReportResult:
+                n_boot: int = 1000, seed: int = 0, tolerance: float = TOLERANCE,
+                target_widths: tuple[int, ...] = PAPER_WIDTHS,
+                next_sweep_writer: Callable[[NextSweep], str] | None = None) -> ReportResult:
     """Load sweep ``sweep`` (experiment name or parent run id) from ``tracking_uri``, fit, plot
     and write the report files into ``out_dir`` (created if needed).
 
@@ -81,6 +92,9 @@ def make_report(sweep: str, tracking_uri: str, out_dir: Path, *, target_fd: floa
     ``n_boot``/``seed``: bootstrap resamples and seed of the fit intervals and of the LR-transfer
     bootstrap over seeds. ``tolerance``: natural log of the largest shift of the best LR over the
     widths that counts as transferring (default log 2, ``analysis.transfer.TOLERANCE``).
+    ``target_widths``: widths at which the answer predicts the best LR (default the paper's sizes).
+    ``next_sweep_writer``: writes the suggested next sweep (:class:`analysis.answer.NextSweep`) and
+    returns the command that runs it, which the answer then names (None: the answer describes it).
     Raises ``analysis.runs.SweepNotFound`` (a ValueError naming the sweeps that exist) when the
     sweep or the sqlite database does not exist, NotADirectoryError when ``out_dir`` is a file.
     """
@@ -99,13 +113,14 @@ def make_report(sweep: str, tracking_uri: str, out_dir: Path, *, target_fd: floa
     if usable["run_id"].isin(copies).any():
         usable = usable[~usable["run_id"].isin(copies)]
         dropped.append(f"{len(copies)} copied trial(s) (tag {TAG_SAME_AS}) repeat another trial's "
-                       "training: their evaluations enter the compute fits once, as the trained run's")
+                       "training, so their evaluations enter the compute fits once, as those of the run that "
+                       "trained.")
     notes += dropped
     front = compute_frontier(usable)
     fits = {m: fit_law(front, m, c_unit="FLOPs", n_boot=n_boot, seed=seed) for m in MODELS}
     notes += [f"{m} fit: {n}" for m, f in fits.items() for n in f.notes]
-    best_fd = float(usable["fd"].min()) if len(usable) else None
-    target = target_fd if target_fd is not None else (best_fd / 2 if best_fd else None)
+    lowest_fd = float(usable["fd"].min()) if len(usable) else None
+    target = target_fd if target_fd is not None else (lowest_fd / 2 if lowest_fd else None)
     budgets = _size_budgets(trials)
     order = [s for s in _size_order(trials) if s in set(usable["size"])]
     backtests = {m: backtest_largest(usable, order, budgets, m, n_boot=n_boot, seed=seed)
@@ -116,12 +131,20 @@ def make_report(sweep: str, tracking_uri: str, out_dir: Path, *, target_fd: floa
     best = _best_per_size(trials, source)
     under = under_trained_sizes(best)
     for size, smaller in under.items():
-        fd_big = float(best.loc[best["size"] == size, "best_fd"].iloc[0])
-        fd_small = float(best.loc[best["size"] == smaller, "best_fd"].iloc[0])
-        notes.append(f"{size} is under-trained: its best FD {fd_big:.4g} is worse than the smaller "
-                     f"{smaller}'s {fd_small:.4g} (train it longer or tune its LR; its points measure "
+        fd_big = float(best.loc[best["size"] == size, "final_fd"].iloc[0])
+        fd_small = float(best.loc[best["size"] == smaller, "final_fd"].iloc[0])
+        notes.append(f"{size} is under-trained: its best final FD {fd_text(fd_big)} is worse than the smaller "
+                     f"{smaller}'s {fd_text(fd_small)} (train it longer or tune its LR; its points measure "
                      "training, not scale)")
     transfer = analyse_transfer(points, trials, n_boot=n_boot, seed=seed, tolerance=tolerance)
+    seeds = tuple(sorted(int(v) for v in trials["seed"].dropna().unique())) if len(trials) else ()
+    base_widths = trials["base_width"].dropna().astype(int).unique() if len(trials) else []
+    answer = make_answer(transfer, target_widths=target_widths, seeds=seeds,
+                         base_width=int(base_widths[0]) if len(base_widths) == 1 else None)
+    if answer.next_sweep is not None:
+        command = next_sweep_writer(answer.next_sweep) if next_sweep_writer else None
+        answer.lines.append(f"Next: {command} ({answer.next_sweep.why})." if command else
+                            f"Next: a sweep of {answer.next_sweep.why}.")
 
     colours = figures.size_colours(trials)
     shown_next = _shown_next(fits, backtests, c_next)
@@ -140,6 +163,7 @@ def make_report(sweep: str, tracking_uri: str, out_dir: Path, *, target_fd: floa
                             best, under, notes)
     values["sample_grids"] = [caption for caption, _ in grids]
     values["lr_transfer_tolerance_log"] = tolerance
+    values = {"answer": answer.to_dict(), **values}
     values = _no_nan(values)
     json_path = out_dir / "fits.json"
     json_path.write_text(json.dumps(values, indent=2, allow_nan=False))
@@ -160,7 +184,9 @@ def log_report(result: ReportResult) -> str | None:
       log best LR against log width), each with ``..._lo`` / ``..._hi`` where its interval is
       bounded;
     * tags ``gat_sweep.fit.<model>`` (``ok``, or why no law was fitted) and
-      ``gat_sweep.lr_transfer.<rule>`` (the verdict).
+      ``gat_sweep.lr_transfer.<rule>`` (the verdict in a few words, e.g. ``does not transfer:
+      x0.28 [x0.2, x0.39]``);
+    * the run's description (MLflow's ``mlflow.note.content``): the report's answer block.
 
     A later report replaces the artifacts and tags and logs the metrics again; MLflow cannot delete
     a metric, so one the later report has no value for (a fit no longer possible, an interval no
@@ -180,9 +206,10 @@ def log_report(result: ReportResult) -> str | None:
         if fit["ok"]:
             metrics.update(_estimate_metrics(f"fit/{model}/alpha", fit["alpha"]))
     for rule, transfer in result.values["lr_transfer"].items():
-        tags[lr_transfer_tag(rule)] = transfer["verdict"]
+        tags[lr_transfer_tag(rule)] = result.values["answer"]["short"].get(rule, transfer["outcome"])
         if transfer["slope"] is not None:
             metrics.update(_estimate_metrics(f"lr_transfer/{rule}/slope", transfer["slope"]))
+    tags[MLFLOW_DESCRIPTION] = "\n\n".join(result.values["answer"]["lines"])
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()],
                      tags=[RunTag(key, value) for key, value in tags.items()])
@@ -235,23 +262,24 @@ def _shown_next(fits: dict[str, ScalingFit], backtests: dict[str, Backtest], c_n
 
 
 def _best_per_size(trials: pd.DataFrame, source: pd.Series) -> pd.DataFrame:
-    """One row per size: the trained run behind its lowest best FD (never a copy), with the LR
-    rules that training stands for and the actual LR of G it trained with (a trial's name gives
-    its rule's base LR). Columns: size, g_width, g_depth, best_fd, best_iter, trial, run_id, rules,
-    lr_g, batch, flops_per_iter, precision, recall (of the best FD's evaluation)."""
-    columns = ["size", "g_width", "g_depth", "best_fd", "best_iter", "trial", "run_id", "rules",
+    """One row per size: the trained run (never a copy) with the lowest final FD
+    (``core.records.final_fd``: what every "best" of the report means), with the LR rules that
+    training stands for and the actual LR of G it trained with (a trial's name gives its rule's base
+    LR). Columns: size, g_width, g_depth, final_fd, last_iter, trial, run_id, rules, lr_g, batch,
+    flops_per_iter, precision, recall (of its last evaluation)."""
+    columns = ["size", "g_width", "g_depth", "final_fd", "last_iter", "trial", "run_id", "rules",
                "lr_g", "batch", "flops_per_iter", "precision", "recall"]
     ok = trials[~trials["status"].isin(EXCLUDED_STATUSES)
-                & np.isfinite(trials["best_fd"].astype(float))].copy()
+                & np.isfinite(trials["final_fd"].astype(float))].copy()
     ok["trained"] = source.loc[ok.index]
     ok["is_copy"] = ok["trained"] != ok["trial"]
     rows = []
     for size in _size_order(ok):
-        pick = ok[ok["size"] == size].sort_values(["best_fd", "is_copy"]).iloc[0]
+        pick = ok[ok["size"] == size].sort_values(["final_fd", "is_copy"]).iloc[0]
         trained = trials[trials["trial"] == pick["trained"]].iloc[0]
         rules = sorted(trials.loc[source == pick["trained"], "lr_rule"].dropna().unique().tolist())
         rows.append({"size": size, "g_width": trained["g_width"], "g_depth": trained["g_depth"],
-                     "best_fd": float(pick["best_fd"]), "best_iter": trained["best_iter"],
+                     "final_fd": float(pick["final_fd"]), "last_iter": trained["last_iter"],
                      "trial": str(trained["trial"]), "run_id": trained["run_id"],
                      "rules": ", ".join(rules), "lr_g": float(trained["lr_g"]), "batch": trained["batch"],
                      "flops_per_iter": trained["flops_per_iter"], "precision": trained["precision"],
@@ -265,32 +293,34 @@ mode collapse): every measured digits run below ~1,000 iterations (docs/PILOTS.m
 
 
 def _trained_as(lr_g: float | None, rules: str, once: str = "") -> str:
-    """'actual LR 0.004; <once>rules constant, gat' (the LR when known, the rules only when the
+    """'actual LR 4e-3; <once>rules constant, gat' (the LR when known, the rules only when the
     training stands for several; '' when neither): what a trial's name does not say about the run
     shown."""
-    parts = ([] if lr_g is None else [f"actual LR {lr_g:.3g}"]) + ([f"{once}rules {rules}"] if "," in rules else [])
+    parts = ([] if lr_g is None else [f"actual LR {lr_text(lr_g)}"]) + ([f"{once}rules {rules}"] if "," in rules else [])
     return "; ".join(parts)
 
 
 def _grid_caption(size: str, trial: str, rules: str, path: Path, points: pd.DataFrame,
-                  run_id: str, best_fd: float, recall: float = math.nan, lr_g: float | None = None) -> str:
+                  run_id: str, final: float, recall: float = math.nan, lr_g: float | None = None) -> str:
     """Caption of a sample grid: the trial, the actual LR ``lr_g`` it trained with and the rules
     it stands for, the iteration of the grid (from its file name ``iter_<n>.png``), the FD at that
-    iteration (the latest evaluation at or before it) and, when the best evaluation's ``recall``
-    is below ``COLLAPSE_RECALL``, that rows of near-identical images are expected."""
+    iteration (the latest evaluation at or before it), the run's final FD and, when its last
+    evaluation's ``recall`` is below ``COLLAPSE_RECALL``, that rows of near-identical images are
+    expected."""
     match = re.search(r"(\d+)$", path.stem)
     trained_as = _trained_as(lr_g, rules, "trained once for ")
     head = f"{size}: {trial}" + (f"\n({trained_as})" if trained_as else "")
-    collapse = (f"\nrecall {recall:.2f} at its best FD: expect rows of one image\n(G uses z weakly this early; "
-                "PILOTS.md 2b)" if recall < COLLAPSE_RECALL else "")
+    collapse = (f"\nrecall {recall:.2f}: expect rows of one image\n(G uses z weakly this early)"
+                if recall < COLLAPSE_RECALL else "")
+    final_text = f"final FD {fd_text(final)}"
     if match is None:
-        return f"{head}\ngrid {path.stem}; best FD {best_fd:.3g}{collapse}"
+        return f"{head}\ngrid {path.stem}; {final_text}{collapse}"
     it = int(match.group(1))
     evals = points[(points["run_id"] == run_id) & (points["iter"] <= it)].sort_values("iter")
-    fd = f"FD {evals['fd'].iloc[-1]:.3g}" if len(evals) else "no FD logged yet"
+    fd = f"FD {fd_text(evals['fd'].iloc[-1])}" if len(evals) else "no FD logged yet"
     if len(evals) and int(evals["iter"].iloc[-1]) != it:
         fd += f" (at iter {int(evals['iter'].iloc[-1])})"
-    return f"{head}\ngrid at iter {it}: {fd}; best FD {best_fd:.3g}{collapse}"
+    return f"{head}\ngrid at iter {it}: {fd}; {final_text}{collapse}"
 
 
 def _best_grids(runs: SweepRuns, best: pd.DataFrame, points: pd.DataFrame, dst: Path
@@ -300,7 +330,7 @@ def _best_grids(runs: SweepRuns, best: pd.DataFrame, points: pd.DataFrame, dst: 
     for r in best.itertuples():
         path = last_sample_grid(runs.tracking_uri, r.run_id, dst / str(r.trial).replace("/", "_"))
         if path is not None:
-            grids.append((_grid_caption(r.size, r.trial, r.rules, path, points, r.run_id, r.best_fd,
+            grids.append((_grid_caption(r.size, r.trial, r.rules, path, points, r.run_id, r.final_fd,
                                         float(r.recall), r.lr_g), path))
     return grids
 
@@ -318,15 +348,15 @@ def _summary_rows(trials: pd.DataFrame, best: pd.DataFrame, under: dict[str, str
         group = trials[trials["size"] == size]
         counts = group["status"].value_counts()
         b = by_size.loc[size] if size in by_size.index else None
-        at = None if b is None else (b["best_iter"] * b["batch"] / 1000.0)
-        flops = None if b is None else b["best_iter"] * b["flops_per_iter"]
-        trial = "-" if b is None else f"{b['trial']} ({_trained_as(float(b['lr_g']), b['rules'])})"
+        at = None if b is None else (b["last_iter"] * b["batch"] / 1000.0)
         rows.append({
-            "size": str(size), "width": _fmt(group["g_width"].iloc[0], "g"),
-            "depth": _fmt(group["g_depth"].iloc[0], "g"), "trials": str(len(group)),
+            "size": str(size), "trials": str(len(group)),
             **{s: str(int(counts.get(s, 0))) for s in STATUSES},
-            "best FD": _fmt(None if b is None else float(b["best_fd"])),
-            "best trial": trial, "at kimg": _fmt(at, "g"), "at FLOPs": _fmt(flops, ".3g"),
+            "best final FD": fd_text(None if b is None else float(b["final_fd"])),
+            "best trial": "-" if b is None else str(b["trial"]),
+            "actual LR": "-" if b is None else lr_text(float(b["lr_g"])),
+            "rules": "-" if b is None else str(b["rules"]),
+            "at kimg": _fmt(at, "g"),
             "precision": _fmt(None if b is None else float(b["precision"]), ".2f"),
             "recall": _fmt(None if b is None else float(b["recall"]), ".2f"),
             "flag": f"under-trained (worse than {under[size]})" if size in under else "",
@@ -376,7 +406,7 @@ def _fitted_values(runs: SweepRuns, metric_key: str, front: pd.DataFrame, fits: 
                      for r in front.itertuples()],
         "frontier_sizes": frontier_sizes(front),
         "best_per_size": [{"size": r.size, "trial": r.trial, "rules": r.rules.split(", "), "lr_g": r.lr_g,
-                           "best_fd": r.best_fd, "precision": r.precision, "recall": r.recall,
+                           "final_fd": r.final_fd, "precision": r.precision, "recall": r.recall,
                            "under_trained_vs": under.get(r.size)}
                           for r in best.itertuples()],
         "fits": fit_values,
@@ -420,7 +450,7 @@ def _fit_lines(values: dict) -> list[str]:
         text += f", A {_est(fit['A'])}; R^2(log) {fit['r2_log']:.3f}, RMSE(log) {fit['rmse_log']:.3f}"
         if fit.get("target_fd") is not None:
             reach = fit["compute_for_target"]
-            text += f"; to reach FD {fit['target_fd']:.3g}: " + (
+            text += f"; to reach FD {fd_text(fit['target_fd'])}: " + (
                 "unreachable under this law (below its floor E)" if reach is None else f"{_est(reach, '.3g')} FLOPs")
         lines.append(text)
         bt = fit["backtest"]
@@ -430,13 +460,15 @@ def _fit_lines(values: dict) -> list[str]:
                 lines.append(line)
             continue
         inside = {True: "inside", False: "outside", None: "no"}[bt["covered"]]
-        lines.append(f"  backtest: fitted without {bt['held_out']}, predicted its best FD "
-                     f"{_est(bt['predicted'], '.3g')} at {bt['compute']:.3g} FLOPs; observed "
-                     f"{bt['observed']:.3g}: error {100 * bt['error']:+.0f}% ({inside} the interval)")
+        predicted = bt["predicted"]
+        lines.append(f"  backtest: fitted without {bt['held_out']}, the law predicted its best FD at "
+                     f"{fd_text(predicted['value'])} [{fd_text(predicted['lo'])}, {fd_text(predicted['hi'])}] "
+                     f"at {bt['compute']:.3g} FLOPs; observed {fd_text(bt['observed'])}: error "
+                     f"{100 * bt['error']:+.0f}% ({inside} the interval)")
         if fit.get("next_size"):
-            nxt = fit["next_size"]
-            lines.append(f"  next size ({nxt['compute']:.3g} FLOPs): FD {_est(nxt['fd'], '.3g')} "
-                         "(judge it by the backtest error above)")
+            nxt = fit["next_size"]["fd"]
+            lines.append(f"  next size ({fit['next_size']['compute']:.3g} FLOPs): FD {fd_text(nxt['value'])} "
+                         f"[{fd_text(nxt['lo'])}, {fd_text(nxt['hi'])}] (judge it by the backtest error above)")
     return lines
 
 
@@ -449,14 +481,20 @@ def _rule_details(t: dict) -> list[str]:
     """The lines under one rule's LR-transfer verdict: its best base LR per width, the LRs that
     diverged, and the other rules' trainings it was also fitted to."""
     out = []
-    opt = [f"{o['width']}: {_est(o['best_lr'], '.3g')}" + (" (outside the LRs tried)" if o["at_edge"] else "")
+    opt = [f"{o['width']}: {estimate_text(Estimate(**o['best_lr']))}"
+           + (" (outside its valley's LRs)" if o["at_edge"] else "")
            for o in t["optima"] if o["best_lr"] is not None]
     if opt:
         out.append(f"best base LR per width: {'; '.join(opt)}")
-    failed = [f"{o['width']}: {', '.join(format(v, 'g') for v in o['diverged_lrs'])}"
+    failed = [f"{o['width']}: {', '.join(lr_text(v) for v in o['diverged_lrs'])}"
               for o in t["optima"] if o["diverged_lrs"]]
     if failed:
         out.append(f"diverged (excluded from the fit): {'; '.join(failed)}")
+    cliff = [f"{o['width']}: {', '.join(lr_text(v) for v in o['left_out_lrs'])}"
+             for o in t["optima"] if o.get("left_out_lrs")]
+    if cliff:
+        out.append(f"left out of the valley as beyond its cliff (FD far above the valley's continuation): "
+                   f"{'; '.join(cliff)}")
     if t["n_trainings_pooled"]:
         out.append(f"also fitted to {t['n_trainings_pooled']} training(s) of other rules at actual LRs "
                    "this rule did not run, each placed at the base LR this rule would give it (base LRs "
@@ -464,35 +502,31 @@ def _rule_details(t: dict) -> list[str]:
     return out
 
 
-def _slope_lines(values: dict) -> list[str]:
-    """The exponent of the best actual LR against width (the constant rule's slope), when known."""
-    constant = values["lr_transfer"].get("constant")
-    if constant and constant["slope"] is not None and constant["slope"]["lo"] is not None and \
-            not any(o["at_edge"] for o in constant["optima"]):
-        return [f"best actual LR ~ width^{_est(constant['slope'], '.2f')} (the constant rule's slope; "
-                "the gat rule assumes width^-1, constant width^0)"]
-    return []
-
-
 def _transfer_lines(values: dict) -> list[str]:
     out = []
     for rule, t in values["lr_transfer"].items():
         out.append(f"{rule}: {t['verdict']} - {t['expected']}")
         out += [f"  {line}" for line in _rule_details(t)]
-    return out + _slope_lines(values)
+    return out
+
+
+def _table_text(rows: list[dict[str, str]]) -> list[str]:
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) if rows else len(c) for c in SUMMARY_COLUMNS}
+    table = ["  ".join(c.ljust(widths[c]) for c in SUMMARY_COLUMNS).rstrip()]
+    return table + ["  ".join(r[c].ljust(widths[c]) for c in SUMMARY_COLUMNS).rstrip() for r in rows]
 
 
 def _summary_text(runs: SweepRuns, rows: list[dict[str, str]], values: dict, notes: list[str]) -> str:
-    widths = {c: max(len(c), *(len(r[c]) for r in rows)) if rows else len(c) for c in SUMMARY_COLUMNS}
-    table = ["  ".join(c.ljust(widths[c]) for c in SUMMARY_COLUMNS).rstrip()]
-    table += ["  ".join(r[c].ljust(widths[c]) for c in SUMMARY_COLUMNS).rstrip() for r in rows]
-    out = [f"sweep {runs.sweep} - metric {values['metric_key']}", *table, "",
+    out = [f"sweep {runs.sweep} - metric {values['metric_key']}", "",
+           "ANSWER (LR transfer; 95% intervals from a bootstrap over seeds):",
+           *(f"  {line}" for line in values["answer"]["lines"]), "",
+           f"sizes (final FD: the geometric mean of a trial's last {SCORE_EVALS} evaluations; best = lowest):",
+           *(f"  {line}" for line in _table_text(rows)), "",
            "fits (95% bootstrap intervals; 'to reach FD X': compute for a target FD, by default half the best):"]
     out += [f"  {line}" for line in _fit_lines(values)]
     tol = _tolerance_text(values)
-    out += ["", f"LR transfer (shift of the best base LR over the widths, 95% interval from a bootstrap "
-                f"over seeds; transfers if within {tol}, does not transfer if beyond, moves if it excludes "
-                f"x1 only; score: mean log FD of the last {SCORE_EVALS} evaluations):"]
+    out += ["", f"LR transfer in detail (shift of the best base LR over the widths; transfers if within {tol}, "
+                f"does not transfer if beyond, moves if it excludes x1 only; score: final FD):"]
     out += [f"  {line}" for line in _transfer_lines(values)]
     if notes:
         out += ["", "notes:", *(f"  - {n}" for n in notes)]
@@ -512,7 +546,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px}
-th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}.note{color:#8a4b00}code{background:#f5f5f5}"""
+th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}.note{color:#8a4b00}code{background:#f5f5f5}
+.answer{background:#f4f8ff;border:1px solid #b8cbe8;padding:0.2em 1em;margin:1em 0}.answer li{margin:0.4em 0}
+.provenance{color:#666;font-size:0.85em}"""
 
 
 def _html(runs: SweepRuns, rows: list[dict[str, str]], values: dict, figs: dict[str, Path],
@@ -526,7 +562,8 @@ def _html(runs: SweepRuns, rows: list[dict[str, str]], values: dict, figs: dict[
     transfer_rows = [[rule, t["verdict"], t["expected"]] for rule, t in values["lr_transfer"].items()]
     # the table holds the verdicts; each detail line below it names its rule
     detail = [f"{rule}, {line}" for rule, t in values["lr_transfer"].items() for line in _rule_details(t)]
-    transfer_detail = "<br>".join(esc(line) for line in detail + _slope_lines(values))
+    transfer_detail = "<br>".join(esc(line) for line in detail)
+    answer = "".join(f"<li>{esc(line)}</li>" for line in values["answer"]["lines"])
     alphas = [f"{m}: alpha {f['alpha']['value']:.3f}" + (" (failed its backtest)" if f["backtest"]["covered"] is False
                                                          else "")
               for m, f in values["fits"].items() if f["ok"]]
@@ -537,9 +574,11 @@ def _html(runs: SweepRuns, rows: list[dict[str, str]], values: dict, figs: dict[
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>gat-sweep report: {esc(runs.sweep)}</title><style>{_CSS}</style></head><body>",
         f"<h1>Scaling report: {esc(runs.sweep)}</h1>",
-        f"<p>Generated {esc(values['generated'])} from <code>{esc(runs.tracking_uri)}</code>. "
-        f"Trials: {esc(counts)}. {provenance}.</p>",
-        "<h2>Sizes</h2>", _table(list(SUMMARY_COLUMNS), [[r[c] for c in SUMMARY_COLUMNS] for r in rows]),
+        f"<div class='answer'><h2>The answer</h2><ul>{answer}</ul></div>",
+        "<h2>Sizes</h2>",
+        f"<p>Final FD: the geometric mean of a trial's last {SCORE_EVALS} evaluations (the LR-transfer score); a "
+        "size's best trial has the lowest.</p>",
+        _table(list(SUMMARY_COLUMNS), [[r[c] for c in SUMMARY_COLUMNS] for r in rows]),
         "<h2>FD against training compute</h2>", _img(figs["fd_vs_compute"], "FD vs compute"),
         "<p>Fits on the compute-efficient frontier, Huber loss in log space, 95% intervals from a "
         "seeded bootstrap of the frontier points (docs/ANALYSIS.md); 'to reach FD X': the compute the law "
@@ -549,10 +588,10 @@ def _html(runs: SweepRuns, rows: list[dict[str, str]], values: dict, figs: dict[
         "<h2>Learning-rate transfer</h2>", _img(figs["lr_transfer"], "LR transfer"),
         _table(["rule", "verdict", "expectation"], transfer_rows),
         f"<p>{transfer_detail}</p>" if transfer_detail else "",
-        f"<p>Model per rule: log FD = a_w + c_w (log lr - m_w)^2 per width, b = slope of m_w against "
-        f"log width, fitted to every "
-        f"training; score = mean log FD of a trial's last {SCORE_EVALS} evaluations (diverged: "
-        "excluded, LR marked failed); interval: bootstrap over seeds with a small-sample t factor; "
+        f"<p>Model per rule: log FD = a_w + c_w (log lr - m_w)^2 per width below its cliff (the highest "
+        "LRs whose FD lies far above the valley's continuation, or that diverged, are left out and bound "
+        "the optimum from above), b = slope of m_w against log width, fitted to every training; score = "
+        f"the log of a trial's final FD; interval: bootstrap over seeds with a small-sample t factor; "
         f"equivalence test with tolerance {_tolerance_text(values)} (docs/ANALYSIS.md).</p>",
         "<h2>Training curves</h2>", _img(figs["fd_vs_kimg"], "FD vs kimg"),
         "<h2>Failure-mode diagnostics</h2>", _img(figs["diagnostics"], "diagnostics"),
@@ -560,6 +599,8 @@ def _html(runs: SweepRuns, rows: list[dict[str, str]], values: dict, figs: dict[
         "<ul>" + "".join(f"<li>{esc(c)}</li>" for c in values.get("sample_grids", [])) + "</ul>",
         "<h2>Notes</h2><ul>" + ("".join(f"<li class='note'>{esc(n)}</li>" for n in notes)
                                 or "<li>none</li>") + "</ul>",
+        f"<p class='provenance'>Generated {esc(values['generated'])} from <code>{esc(runs.tracking_uri)}</code>. "
+        f"Trials: {esc(counts)}. {provenance}.</p>",
         "</body></html>",
     ]
     return "\n".join(parts)

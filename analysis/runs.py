@@ -8,9 +8,10 @@ returns two tables:
   cumulative training FLOPs at that iteration (``progress/kimg`` and ``compute/train_flops``
   histories, matched by step);
 * ``trials``: one row per trial (child run) with its parameters (``lr_mults``: the per-kind LR
-  multipliers, ``"d.hidden=1,...,g.vector=1"``), status, latest progress, best
-  and final FD, the precision and recall of the best FD's evaluation (:func:`quality_keys`; NaN
-  where not logged), the latest failure-mode diagnostics (``diag/early_skip_rel``,
+  multipliers, ``"d.hidden=1,...,g.vector=1"``), status, latest progress, its final FD
+  (``core.records.final_fd``: the geometric mean of its last 3 evaluations, what every "best"
+  means), its last and its lowest single FD (``last_fd``, ``best_fd`` at ``best_iter``), the
+  precision and recall of its last evaluation (:func:`quality_keys`; NaN where not logged), the latest failure-mode diagnostics (``diag/early_skip_rel``,
   ``diag/g_update_rel``) and ``same_as``: for a copied trial (tag ``gat_sweep.same_as``) the
   name of the trial whose training it repeats, else None. ``trained_as(trials)`` maps every
   trial to the trial that actually trained.
@@ -45,6 +46,7 @@ from core.records import (
     TAG_STATUS,
     TAG_TRIAL,
     TRAIN_FLOPS,
+    final_fd,
     quality_keys,
 )
 
@@ -73,7 +75,7 @@ _PARAMS: dict[str, tuple[str, type]] = {
     "eval_num_samples": ("eval.num_samples", int),
 }
 TRIAL_COLUMNS = ["trial", "run_id", "status", "same_as", *_PARAMS, "lr_mults", "n_evals", "last_iter",
-                 "last_kimg", "last_train_flops", "final_fd", "best_fd", "best_iter", "precision", "recall",
+                 "last_kimg", "last_train_flops", "final_fd", "last_fd", "best_fd", "best_iter", "precision", "recall",
                  *DIAG_KEYS]
 POINT_COLUMNS = ["sweep", "trial", "run_id", "status", "size", "g_width", "g_depth", "d_width",
                  "d_depth", "lr_rule", "base_lr", "base_width", "lr_g", "lr_d", "batch", "seed",
@@ -298,15 +300,16 @@ def _load_trial(client: MlflowClient, run: Run) -> tuple[dict, pd.DataFrame]:
     finite = np.isfinite(fd)
     best = int(np.argmin(np.where(finite, fd, np.inf))) if finite.any() else None
     quality = dict.fromkeys(("precision", "recall"), np.nan)
-    if best is not None:
-        quality = {col: _value_at(client, run_id, key, steps[best])
+    if len(steps):  # of the last evaluation, where the final FD is
+        quality = {col: _value_at(client, run_id, key, steps[-1])
                    for col, key in zip(quality, quality_keys(info["metric_key"]))}
     trial.update({
         "n_evals": len(steps),
         "last_iter": metrics.get(ITER, steps[-1] if len(steps) else np.nan),
         "last_kimg": metrics.get(KIMG, np.nan),
         "last_train_flops": metrics.get(TRAIN_FLOPS, np.nan),
-        "final_fd": fd[-1] if len(fd) else np.nan,
+        "final_fd": final_fd(fd) if len(fd) else np.nan,
+        "last_fd": fd[-1] if len(fd) else np.nan,
         "best_fd": fd[best] if best is not None else np.nan,
         "best_iter": steps[best] if best is not None else np.nan,
         **quality,

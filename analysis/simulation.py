@@ -1,33 +1,35 @@
-"""Simulated sweeps with a known truth, to measure how often the LR-transfer verdict is wrong and
-how many seeds a design needs before it is paid for.
+"""Simulated sweeps with a known truth: how often the LR-transfer verdict is wrong, how often it
+decides, and how biased its estimated shift is, on the valley shapes GAN sweeps have.
 
-A synthetic sweep has the shape of a :class:`Design`: widths, base LRs and a base width, crossed with
-the rules ``constant`` and ``gat`` (actual LR = base LR x base width / width), a few seeds, and one
-score per training (width, actual LR, seed), drawn from a valley in the actual LR:
+A synthetic sweep has the shape of a :class:`Design` (widths, base LRs, base width), crossed with the
+rules ``constant`` and ``gat`` (actual LR = base LR x base width / width), a few seeds, and one score
+per training (width, actual LR, seed), drawn around a valley in the actual LR
+(``d = log lr - m_w``, ``m_w = v0 + b log(w / w_ref)``):
 
-    score = log FD = a_w + c(d) d^2 + noise,   d = log lr - m_w,   m_w = v0 + b log(w / w_ref)
+    score = log FD = a_w + c d^2 + noise       below the optimum (d < 0), and above it by ``shape``:
 
-``w_ref`` is the geometric mean of the widths. ``c(d)`` is ``curvature`` below the optimum and
-``curvature_hi`` above it (default: the same; an asymmetric valley, gentle below and steep above as
-the measured sweeps show, tests the symmetric valleys ``analysis.transfer`` fits under
-misspecification), both times ``growth`` per width doubling (the measured valleys are more curved at
-larger widths), with independent Gaussian noise of SD ``noise_sd`` per training (the seed-to-seed SD
-of the score measured on real sweeps is ~0.2, docs/PILOTS.md). ``v0`` is the design's optimum at
-``w_ref`` (by default the middle of its base-LR grid), jittered by up to half an LR step per
-replicate so the optimum does not always sit on a grid point. The rule under test is ``constant``,
-fitted as the tool fits it: to its own trainings plus those the ``gat`` rule ran at other actual LRs
-of the same width (``transfer.rule_trainings``), so ``b`` is its slope. (``gat`` sees the mirror
-image, slope ``b + 1``.)
+* ``symmetric``: the same quadratic;
+* ``steep K``: a quadratic K times more curved (a wall);
+* ``cliff R``: the same quadratic up to R x the optimum, then the untrained score
+  :data:`UNTRAINED` (plus noise): the measured GAN valleys (FD back near its value at
+  initialisation one LR step above the best, docs/PILOTS.md);
+* ``diverge R``: the same quadratic up to R x the optimum, then the training diverges (+inf).
 
-Truth and verdicts: the true shift is ``b log(w_max / w_min)``. It "transfers" when |shift| < log 2
-and "does not transfer" when |shift| >= log 2: as in any equivalence test the boundary belongs to
-the hypothesis of non-equivalence, so on it "transfers" is the false verdict (the worst case of the
-test's error rate). A *false verdict* is a conclusive verdict that contradicts the truth: the wrong
-side of the tolerance, or "moves" in the wrong direction or when the true shift is 0 (the test
-promises at most 5%); *power* is the rate of the correct tolerance verdict (transfers / does not
-transfer), and ``moves`` the rate of "moves". ``benchmarks/transfer_simulation.py`` prints the
-table in docs/ANALYSIS.md (and, with ``--sweep``, the same for any sweep file's design);
-``tests/test_analysis_transfer.py`` checks the bound with fewer replicates.
+``c`` grows by ``growth`` per width doubling (the measured valleys are more curved at larger
+widths); noise is Gaussian with SD ``noise_sd`` per training (the measured seed-to-seed SD is
+0.20-0.24). ``v0`` is the design's optimum at ``w_ref`` (by default the middle of its grid, or an
+anchor), jittered uniformly by up to half an LR step so the optimum takes every position on the
+grid. The fit is the tool's (``transfer.rule_trainings`` + ``transfer.fit_rule`` of ``constant``);
+``gat``'s fit of the same trainings is ``constant``'s shifted by exactly ``log(w_max / w_min)`` (its
+slope is ``b + 1``, its interval the same), so both verdicts come from one fit.
+
+Truth and verdicts, per rule with true shift ``t``: it "transfers" when ``|t| < log 2`` and "does not
+transfer" when ``|t| >= log 2`` (the boundary belongs to non-equivalence, as in any equivalence test).
+A *false verdict* is a conclusive verdict that contradicts the truth: the wrong side of the
+tolerance, or "moves" in the wrong direction or when ``t = 0`` (the test promises at most 5%);
+*power* is the rate of the correct tolerance verdict; *bias* the median of (estimated - true shift),
+in log, over the sweeps that reached a verdict. ``benchmarks/transfer_simulation.py`` prints the
+table in docs/ANALYSIS.md; ``tests/test_analysis_transfer.py`` checks a reduced grid.
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.transfer import TOLERANCE, fit_rule, rule_trainings
+from analysis.fit import Estimate
+from analysis.transfer import TOLERANCE, decide, fit_rule, rule_trainings
+
+UNTRAINED = math.log(4800.0)
+"""Score (log FD) of a training that learned nothing: the digits generator's FD at initialisation."""
 
 
 @dataclass(frozen=True)
@@ -97,25 +103,67 @@ class Design:
 
 
 DEFAULT_DESIGN = Design()
+WIDE_DESIGN = Design(widths=(16, 32, 64, 128))
+"""``sweeps/width_lr_wide.yaml``'s design: widths 16-128, otherwise the default's."""
 B_BOUNDARY = DEFAULT_DESIGN.boundary()
 """Slope whose shift over 16-64 is exactly the tolerance (a factor 2): -0.5."""
 
 
+@dataclass(frozen=True)
+class Shape:
+    """The valley above the optimum (module docstring): ``kind`` one of symmetric, steep, cliff,
+    diverge; ``factor``: the wall's curvature factor (steep) or the LR ratio to the optimum where the
+    cliff or divergence starts."""
+
+    kind: str = "symmetric"
+    factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("symmetric", "steep", "cliff", "diverge") or self.factor < 1:
+            raise ValueError(f"unknown valley shape {self.kind} {self.factor}")
+
+    @property
+    def name(self) -> str:
+        return "symmetric" if self.kind == "symmetric" else f"{self.kind} {self.factor:g}x"
+
+    @classmethod
+    def parse(cls, text: str) -> Shape:
+        """'symmetric', 'steep4', 'cliff1.5', 'diverge1.5' -> Shape; ValueError otherwise."""
+        for kind in ("symmetric", "steep", "cliff", "diverge"):
+            if text.startswith(kind):
+                rest = text[len(kind):].rstrip("x")
+                return cls(kind, float(rest) if rest else 1.0)
+        raise ValueError(f"unknown valley shape {text!r}: use symmetric, steepK, cliffR or divergeR")
+
+    def score(self, d: float, low: float) -> float:
+        """Score (without noise) at ``d`` = log(lr / optimum), given the low side's ``low`` = c d^2."""
+        if d < 0 or self.kind == "symmetric":
+            return low
+        if self.kind == "steep":
+            return self.factor * low
+        if d < math.log(self.factor):
+            return low
+        return math.inf if self.kind == "diverge" else math.nan   # nan: untrained (drawn by the caller)
+
+
+SHAPES = tuple(Shape.parse(s) for s in ("symmetric", "steep4", "steep8", "cliff1.2", "cliff1.5", "cliff2",
+                                        "diverge1.5"))
+"""The valley shapes of the study in docs/ANALYSIS.md."""
+
+
 def synthetic_scores(b: float, noise_sd: float, n_seeds: int, rng: np.random.Generator, *,
-                     curvature: float = 0.5, curvature_hi: float | None = None, growth: float = 1.0,
+                     curvature: float = 0.15, shape: Shape = Shape(), growth: float = 1.0,
                      design: Design = DEFAULT_DESIGN, jitter: float = 0.5) -> pd.DataFrame:
     """One synthetic sweep's trial scores (rows of ``transfer.trial_scores``), rules ``constant``
     (actual LR = base LR) and ``gat`` (actual LR = base LR x base width / width); one draw per
     training, shared by the two rules where their actual LRs coincide.
 
-    ``b``: true slope of log best (actual = constant's base) LR on log width; ``noise_sd``: SD of
-    log FD per training; ``curvature``/``curvature_hi``: ``c`` in log FD per (natural log LR)^2
-    below/above the optimum (0.5: one factor-2 step costs 0.24 in log FD, ~27% in FD);
-    ``growth``: both curvatures grow by this factor per width doubling (about 1.4 measured, 2 as a
-    stress case; they are the values at ``w_ref``); ``jitter``: the optimum at w_ref moves
-    uniformly by up to this fraction of an LR step. Offsets a_w fall with width (wider is better).
+    ``b``: true slope of log best actual LR on log width; ``noise_sd``: SD of log FD per training;
+    ``curvature``: ``c`` below the optimum in log FD per (natural log LR)^2 at ``w_ref`` (0.15: a
+    factor-2 step costs 0.07, about as measured), times ``growth`` per width doubling; ``shape``:
+    the valley above the optimum; ``jitter``: the optimum at w_ref moves uniformly by up to this
+    fraction of an LR step. Offsets a_w fall with width (wider is better): log FD 7.7 at width 16.
     """
-    c_hi = curvature if curvature_hi is None else curvature_hi
     widths, lrs = design.widths, sorted(design.base_lrs)
     step = math.log(lrs[1] / lrs[0])
     v0 = design.log_centre(b) + rng.uniform(-jitter, jitter) * step
@@ -124,16 +172,17 @@ def synthetic_scores(b: float, noise_sd: float, n_seeds: int, rng: np.random.Gen
     for rule in ("constant", "gat"):
         for width in widths:
             m = v0 + b * math.log(width / design.w_ref)
-            a = 7.0 - 0.3 * math.log(width / min(widths))
-            scale = growth ** math.log2(width / design.w_ref)
+            a = 7.7 - 0.4 * math.log(width / min(widths))
+            c = curvature * growth ** math.log2(width / design.w_ref)
             for base in lrs:
                 lr = base * (design.base_width / width if rule == "gat" else 1.0)
                 d = math.log(lr) - m
                 for seed in range(n_seeds):
                     key = (width, round(math.log(lr), 9), seed)
                     if key not in drawn:
-                        c = scale * (curvature if d < 0 else c_hi)
-                        drawn[key] = a + c * d * d + rng.normal(0.0, noise_sd)
+                        mean = shape.score(d, c * d * d)
+                        noise = rng.normal(0.0, noise_sd)
+                        drawn[key] = (UNTRAINED if math.isnan(mean) else a + mean) + noise
                     rows.append({"lr_rule": rule, "width": width, "size": f"w{width}", "base_lr": base,
                                  "lr": lr, "lr_d_ratio": 1.0, "lr_mults": "", "seed": seed,
                                  "trial": f"{rule}-w{width}-lr{base:g}-s{seed}", "score": drawn[key],
@@ -141,25 +190,29 @@ def synthetic_scores(b: float, noise_sd: float, n_seeds: int, rng: np.random.Gen
     return pd.DataFrame(rows)
 
 
-def truth(b: float, design: Design = DEFAULT_DESIGN, tol: float = TOLERANCE) -> bool | None:
-    """True verdict for slope ``b``: True (transfers), False (does not), None (on the boundary,
-    where "transfers" is false and "does not transfer" is not counted as false)."""
-    shift = abs(b) * design.log_range
-    if math.isclose(shift, tol, rel_tol=1e-9):
+def truth(shift: float, tol: float = TOLERANCE) -> bool | None:
+    """True verdict for a true shift (natural log): True (transfers), False (does not), None (on
+    the boundary, where "transfers" is false and "does not transfer" is not counted as false)."""
+    if math.isclose(abs(shift), tol, rel_tol=1e-9):
         return None
-    return shift < tol
+    return abs(shift) < tol
 
 
 @dataclass(frozen=True)
 class SimResult:
-    """Verdict rates over ``n_rep`` synthetic sweeps of one setting."""
+    """Verdict rates of one rule over ``n_rep`` synthetic sweeps of one setting."""
 
+    rule: str
     b: float
+    """True slope of the best *actual* LR (the ``constant`` rule's)."""
+    true_shift: float
+    """The rule's true shift over the design's widths (natural log)."""
+    shape: str
     noise_sd: float
     n_seeds: int
     curvature: float
-    curvature_hi: float
     growth: float
+    design: str
     n_rep: int
     transfers: float
     """Fraction of "transfers" verdicts."""
@@ -172,32 +225,54 @@ class SimResult:
     """Fraction of conclusive verdicts that contradict the truth (module docstring)."""
     power: float | None
     """Fraction of correct tolerance verdicts; None on the boundary."""
+    bias: float | None
+    """Median of (estimated - true shift) over sweeps with a conclusive verdict; None without one."""
 
 
-def simulate(b: float, noise_sd: float, n_seeds: int, *, n_rep: int = 200, n_boot: int = 200,
-             curvature: float = 0.5, curvature_hi: float | None = None, growth: float = 1.0,
-             design: Design = DEFAULT_DESIGN, seed: int = 0) -> SimResult:
-    """Run the transfer test (rule ``constant``, pooled as the tool pools it) on ``n_rep``
-    synthetic sweeps of ``design`` (seeded) and count its verdicts."""
+def _shifted(e: Estimate, by: float) -> Estimate:
+    return Estimate(e.value + by, None if e.lo is None else e.lo + by, None if e.hi is None else e.hi + by)
+
+
+def simulate(b: float, noise_sd: float, n_seeds: int, *, n_rep: int = 200, n_boot: int = 300,
+             curvature: float = 0.15, shape: Shape = Shape(), growth: float = 1.0,
+             design: Design = DEFAULT_DESIGN, seed: int = 0) -> dict[str, SimResult]:
+    """Run the transfer test on ``n_rep`` synthetic sweeps of ``design`` (seeded) and count the
+    verdicts of ``constant`` and ``gat``. Returns {rule: SimResult}."""
     rng = np.random.default_rng(seed)
-    c_hi = curvature if curvature_hi is None else curvature_hi
-    counts = {"transfers": 0, "does not transfer": 0, "moves": 0, "inconclusive": 0}
-    wrong_moves = 0
+    span = design.log_range
+    outcomes: dict[str, list[str]] = {"constant": [], "gat": []}
+    errors: dict[str, list[float]] = {"constant": [], "gat": []}
+    wrong_moves = {"constant": 0, "gat": 0}
+    true = {"constant": b * span, "gat": (b + 1) * span}
     for rep in range(n_rep):
-        scores = synthetic_scores(b, noise_sd, n_seeds, rng, curvature=curvature, curvature_hi=c_hi,
-                                  growth=growth, design=design)
+        scores = synthetic_scores(b, noise_sd, n_seeds, rng, curvature=curvature, shape=shape, growth=growth,
+                                  design=design)
         res = fit_rule(rule_trainings(scores, "constant"), "constant", n_boot=n_boot, seed=rep)
-        counts[res.outcome] += 1
-        if res.outcome == "moves" and (b == 0 or np.sign(res.shift.value) != np.sign(b)):
-            wrong_moves += 1
-    frac = {k: v / n_rep for k, v in counts.items()}
-    true = truth(b, design)
-    if true is None:
-        false_rate, power = frac["transfers"], None
-    else:
-        side = "does not transfer" if true else "transfers"
-        false_rate = frac[side]
-        power = frac["transfers" if true else "does not transfer"]
-    false_rate += wrong_moves / n_rep
-    return SimResult(b, noise_sd, n_seeds, curvature, c_hi, growth, n_rep, frac["transfers"],
-                     frac["does not transfer"], frac["moves"], frac["inconclusive"], false_rate, power)
+        for rule, offset in (("constant", 0.0), ("gat", span)):
+            if res.shift is None:
+                outcome, estimate = "inconclusive", None
+            else:
+                shift, slope = _shifted(res.shift, offset), _shifted(res.slope, offset / span)
+                edges = [o.width for o in res.optima if o.at_edge]
+                outcome = decide(shift, slope, list(res.valley.widths), res.n_seeds, "", edges).outcome
+                estimate = shift.value
+            outcomes[rule].append(outcome)
+            if outcome != "inconclusive":
+                errors[rule].append(estimate - true[rule])
+            if outcome == "moves" and (true[rule] == 0 or np.sign(estimate) != np.sign(true[rule])):
+                wrong_moves[rule] += 1
+    results = {}
+    for rule, got in outcomes.items():
+        frac = {k: got.count(k) / n_rep for k in ("transfers", "does not transfer", "moves", "inconclusive")}
+        verdict = truth(true[rule])
+        if verdict is None:
+            false_rate, power = frac["transfers"], None
+        else:
+            false_rate = frac["does not transfer" if verdict else "transfers"]
+            power = frac["transfers" if verdict else "does not transfer"]
+        results[rule] = SimResult(
+            rule, b, true[rule], shape.name, noise_sd, n_seeds, curvature, growth,
+            f"{min(design.widths)}-{max(design.widths)}", n_rep, frac["transfers"], frac["does not transfer"],
+            frac["moves"], frac["inconclusive"], false_rate + wrong_moves[rule] / n_rep, power,
+            float(np.median(errors[rule])) if errors[rule] else None)
+    return results

@@ -77,14 +77,14 @@ which is what the test asks. ``failed`` trials (crashed, no verdict on the LR) a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from analysis.fit import Estimate
-from core.records import DIVERGED, EXCLUDED_STATUSES
+from core.records import DIVERGED, EXCLUDED_STATUSES, FINAL_EVALS, final_fd
 
 PAPER_EXPECTATION = {
     "constant": "paper: best LR falls with width (negative slope)",
@@ -95,33 +95,29 @@ LEVEL = 0.95
 TOLERANCE = math.log(2.0)
 """Largest |shift| of the optimum (natural log of the LR factor) over the sweep's width range
 that still counts as "transfers": a factor 2."""
-SCORE_EVALS = 3
-"""Evaluations averaged (in log FD) into a trial's score."""
+SCORE_EVALS = FINAL_EVALS
+"""Evaluations averaged (in log FD) into a trial's score (its final FD's)."""
 N_BOOT = 1000
+PAPER_WIDTHS = (384, 768, 1024, 1152)
+"""Widths of the paper's GAT-S, -B, -L and -XL (docs/METHOD.md §6): the default target widths of
+the LR predictions."""
 MAX_SEEDS_REPORTED = 100
 """Seed estimates above this are reported as "more than 100"."""
 MAX_RANGE_REPORTED = 1e4
 """Widest width ratio the report suggests (a nearly flat slope would ask for absurd ranges)."""
-_MAX_UNBOUNDED = (1 - LEVEL) / 2
-"""Largest fraction of valley-less bootstrap resamples that still allows a bounded interval."""
 
 
 def trial_score(fd: np.ndarray, status: str) -> float:
-    """Score of one trial from its FD history ``fd`` (ascending iteration), in log FD units.
-
-    Returns the mean of ``log fd`` over the last ``SCORE_EVALS`` evaluations (fewer if there are
-    fewer), +inf when ``status == 'diverged'`` or one of those values is non-finite or not
-    positive. Raises ValueError for an empty history of a trial that did not diverge.
+    """Score of one trial from its FD history ``fd`` (ascending iteration), in log FD units: the
+    log of its final FD (``core.records.final_fd``, the geometric mean of the last
+    ``SCORE_EVALS`` evaluations), +inf when ``status == 'diverged'`` or one of those values is
+    non-finite or not positive. Raises ValueError for an empty history of a trial that did not diverge.
     """
     if status == DIVERGED:
         return math.inf
-    fd = np.asarray(fd, dtype=float)
-    if fd.size == 0:
+    if len(fd) == 0:
         raise ValueError("no evaluation to score")
-    last = fd[-SCORE_EVALS:]
-    if not (np.isfinite(last).all() and (last > 0).all()):
-        return math.inf
-    return float(np.log(last).mean())
+    return math.log(final_fd(fd))
 
 
 def trial_scores(points: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
@@ -212,10 +208,18 @@ def rule_trainings(scores: pd.DataFrame, rule: str) -> pd.DataFrame:
 
 # ---- the model ---------------------------------------------------------------------------------
 
+CLIFF_PENALTY = 3.0
+"""BIC factor of leaving a usable LR out of a valley: a highest LR leaves it when that lowers the
+valley's chi-square (residuals over the seed-to-seed variance) by more than ``CLIFF_PENALTY x
+log(trainings at the width)`` (about 11 for 40 trainings: strong evidence, Kass & Raftery 1995)."""
+FAILED_SHARE = 0.5
+"""An LR at which at least this share of the seeds diverged is failed: it bounds the valley."""
+
+
 @dataclass(frozen=True)
 class Valley:
-    """Full-data fit of ``log FD = a_w + c_w (log lr - m_w)^2`` per width, and the line
-    ``m = v0 + b log(w / w_ref)`` fitted to the optima ``m_w`` by least squares."""
+    """Full-data fit per width of ``log FD = a_w + c_w (log lr - m_w)^2`` below its cliff, and the
+    line ``m = v0 + b log(w / w_ref)`` fitted to the optima ``m_w`` by least squares."""
 
     widths: tuple[int, ...]
     offsets: tuple[float, ...]
@@ -228,6 +232,9 @@ class Valley:
     """The line's log best base LR at ``w_ref``."""
     b: float
     w_ref: float
+    cliffs: tuple[float, ...] = ()
+    """Per width, the lowest base LR left out of the valley above its optimum (the cliff: failed,
+    or far above the valley's continuation); inf where none was."""
 
     def log_fd(self, width: int, lr: np.ndarray) -> np.ndarray:
         """Fitted log FD at ``width`` and base LRs ``lr`` (same shape as ``lr``)."""
@@ -235,48 +242,243 @@ class Valley:
         return self.offsets[j] + self.curvatures[j] * (np.log(np.asarray(lr, float)) - self.log_optima[j]) ** 2
 
 
-def _design(x: np.ndarray, width_idx: np.ndarray, n_widths: int) -> np.ndarray:
-    """Design matrix (n, 3 n_widths): per width, its indicator times 1, x^2 and x (x = centred
-    log LR), i.e. one quadratic per width."""
-    onehot = np.eye(n_widths)[width_idx]
-    return np.column_stack([onehot, onehot * (x**2)[:, None], onehot * x[:, None]])
+@dataclass(frozen=True)
+class _WidthFit:
+    """One width's valley for every bootstrap row (row 0: the full data)."""
+
+    log_optimum: np.ndarray
+    """(B+1,) ``m_w``; NaN where the row has no valley."""
+    curvature: float
+    offset: float
+    lowest: float
+    """Log of the lowest LR in the full-data valley."""
+    upper: float
+    """Log of the highest LR an optimum may have: the full-data cliff, else the highest LR kept."""
+    cliff: float
+    """Log of the full data's cliff (lowest LR left out above the best), inf without one."""
+    left_out: tuple[float, ...]
+    """Base LRs the full-data fit left out above the optimum (not failed ones)."""
 
 
-def _solve(X: np.ndarray, y: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted least squares for a batch of weight vectors ``weights`` (B, n).
+def _quadratic(x: np.ndarray, weights: np.ndarray, y: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted least squares of ``y ~ p0 + p1 (x - x.mean()) + p2 (x - x.mean())^2`` for every
+    row of ``weights`` (B, L) and ``y`` (B, L) (cell means; weight 0 = not used).
 
-    Returns (coefficients (B, p), identifiable (B,) bool); rank-deficient rows (e.g. a resample
-    without any training of some width) are not identifiable.
+    Returns (coefficients (B, 3), chi-square numerator sum w (y - fit)^2 (B,), identifiable (B,)).
     """
-    xtwx = np.einsum("bn,ni,nj->bij", weights, X, X)
-    xtwy = np.einsum("bn,ni,n->bi", weights, X, y)
+    xc = x - x.mean()
+    X = np.stack([np.ones_like(x), xc, xc**2], axis=1)
+    y = np.where(weights > 0, y, 0.0)
+    xtwx = np.einsum("bl,li,lj->bij", weights, X, X)
+    xtwy = np.einsum("bl,li,bl->bi", weights, X, y)
     eig = np.linalg.eigvalsh(xtwx)
     ok = eig[:, 0] > 1e-9 * np.maximum(eig[:, -1], 1e-300)
-    safe = np.where(ok[:, None, None], xtwx, np.eye(X.shape[1]))
-    return np.linalg.solve(safe, xtwy[..., None])[..., 0], ok
+    beta = np.linalg.solve(np.where(ok[:, None, None], xtwx, np.eye(3)), xtwy[..., None])[..., 0]
+    sse = np.einsum("bl,bl->b", weights, (y - beta @ X.T) ** 2)
+    return beta, sse, ok
 
 
-def _vertex(beta: np.ndarray, n_widths: int, x_mean: float, z_w: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(c (B, W), b (B,), m (B, W)) from coefficients (B, 3W): the optimum of each width's
-    quadratic, ``m_w = x_mean - e_w / (2 c_w)`` (NaN where ``c_w <= 0``: no valley there), and the
-    least-squares slope ``b`` of ``m_w`` on ``z_w`` (NaN unless every width has a valley)."""
-    c, e = beta[:, n_widths:2 * n_widths], beta[:, 2 * n_widths:]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        m = np.where(c > 0, x_mean - e / (2 * c), np.nan)
+def _width_valley(x: np.ndarray, scores: np.ndarray, counts: np.ndarray, variance: float) -> _WidthFit:
+    """Fit one width's valley below its cliff, for every bootstrap row of ``counts``.
+
+    ``x``: log base LRs (L,), ascending; ``scores``: (S, L) per seed and LR (log FD; +inf =
+    diverged, NaN = not trained); ``counts``: (B+1, S) how often each seed is drawn (row 0: all
+    ones); ``variance``: the seed-to-seed variance of a score.
+
+    Per row: an LR is *failed* when at least :data:`FAILED_SHARE` of its drawn seeds diverged. The
+    valley is a quadratic in log LR fitted to the cell means (weights: the seeds drawn) of the usable
+    LRs below a split above the row's best LR; at most up to the first failed LR above the best,
+    and further down when leaving the highest usable LRs out lowers the chi-square by more than
+    :data:`CLIFF_PENALTY` x log(trainings) each (the cliff: FD back near its untrained value one
+    LR step above the best, docs/ANALYSIS.md). A row whose fit has no positive curvature, or fewer
+    than 3 LRs, has no valley (NaN).
+    """
+    finite, diverged = np.isfinite(scores), np.isinf(scores)
+    present = (finite | diverged).astype(float)
+    weight = counts @ finite.astype(float)                       # (B+1, L) seeds drawn with a score
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (counts @ np.where(finite, scores, 0.0)) / weight
+        failed_share = (counts @ diverged.astype(float)) / (counts @ present)
+    usable = (weight > 0) & ~(failed_share >= FAILED_SHARE)
+    rows, n_lr = weight.shape
+    index = np.arange(n_lr)[None, :]
+    best = np.argmin(np.where(usable, mean, np.inf), axis=1)
+    failed_above = (index > best[:, None]) & ~usable & (counts @ present > 0)
+    first_failed = np.where(failed_above, index, n_lr).min(axis=1)
+    penalty = CLIFF_PENALTY * math.log(max(float(present.sum()), 2.0))
+    criterion = np.full((rows, n_lr + 1), np.inf)
+    optimum = np.full((rows, n_lr + 1), np.nan)
+    fits = {}
+    for split in range(1, n_lr + 1):                            # LRs at and above `split` are out
+        below = usable & (index < split)
+        beta, sse, ok = _quadratic(x, np.where(below, weight, 0.0), mean)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            optimum[:, split] = np.where(beta[:, 2] > 0, x.mean() - beta[:, 1] / (2 * beta[:, 2]), np.nan)
+        left_out = (usable & (index >= split) & (index < first_failed[:, None])).sum(axis=1)
+        valid = ok & (split > best) & (split <= first_failed) & (below.sum(axis=1) >= 3)
+        criterion[:, split] = np.where(valid, sse / variance + penalty * left_out, np.inf)
+        fits[split] = beta[0]
+    pick = np.argmin(criterion, axis=1)
+    chosen = np.where(np.isfinite(criterion[np.arange(rows), pick]), optimum[np.arange(rows), pick], np.nan)
+    split = int(pick[0])
+    kept = usable[0] & (np.arange(n_lr) < split)
+    if not np.isfinite(criterion[0, split]) or not kept.any():
+        return _WidthFit(chosen, math.nan, math.nan, math.nan, math.nan, math.inf, ())
+    beta = fits[split]
+    curvature = float(beta[2])
+    offset = float(beta[0] - beta[1] ** 2 / (4 * beta[2])) if curvature > 0 else math.nan
+    cliff = float(x[split]) if split < n_lr else math.inf
+    left = tuple(float(np.exp(v)) for v in x[(np.arange(n_lr) >= split) & usable[0]])
+    return _WidthFit(chosen, curvature, offset, float(x[kept].min()),
+                     cliff if split < n_lr else float(x[kept].max()), cliff, left)
+
+
+def _slopes(log_optima: np.ndarray, z_w: np.ndarray) -> np.ndarray:
+    """Least-squares slopes (B,) of the optima (B, W) against centred log widths ``z_w`` (W,);
+    NaN where some width has no valley."""
     zc = z_w - z_w.mean()
-    b = (m - m.mean(axis=1, keepdims=True)) @ zc / (zc @ zc)
-    return c, b, m
+    return (log_optima - log_optima.mean(axis=1, keepdims=True)) @ zc / (zc @ zc)
 
 
 def _t_interval(point: float, boot: np.ndarray, n_seeds: int) -> tuple[float | None, float | None]:
-    """``point +- t(n_seeds - 1) sqrt(n/(n-1)) SD(boot)``; (None, None) when more than 2.5% of
-    ``boot`` are NaN (valley-less resamples: unbounded) or there is a single seed."""
-    if n_seeds < 2 or len(boot) == 0 or np.isnan(boot).mean() > _MAX_UNBOUNDED:
+    """``point +- t(n_seeds - 1) sqrt(n/(n-1)) SD`` with a robust bootstrap SD: half the distance
+    between the 15.9% and 84.1% quantiles of ``boot`` (the SD of a normal distribution), where a
+    NaN (a resample with no valley at some width) counts as the most extreme value, half of them on
+    each side. (None, None) with one seed, or when those quantiles are infinite (about a third of the
+    resamples have no valley: the optimum is not located)."""
+    if n_seeds < 2 or len(boot) == 0:
         return None, None
-    sd = float(np.nanstd(boot, ddof=1)) if np.isfinite(boot).sum() > 1 else 0.0
-    half = stats.t.ppf(0.5 + LEVEL / 2, n_seeds - 1) * math.sqrt(n_seeds / (n_seeds - 1)) * sd
-    return point - half, point + half
+    missing = int(np.isnan(boot).sum())
+    ranked = np.concatenate([np.full(missing // 2, -np.inf), np.sort(boot[~np.isnan(boot)]),
+                             np.full(missing - missing // 2, np.inf)])
+    lo, hi = np.quantile(ranked, [stats.norm.cdf(-1), stats.norm.cdf(1)], method="inverted_cdf")
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return None, None
+    half = stats.t.ppf(0.5 + LEVEL / 2, n_seeds - 1) * math.sqrt(n_seeds / (n_seeds - 1)) * (hi - lo) / 2
+    return float(point - half), float(point + half)
+
+
+# ---- predictions ---------------------------------------------------------------------------------
+
+def _shifted(e: Estimate, by: float) -> Estimate:
+    """``e`` moved by ``by`` (value and both interval ends)."""
+    return Estimate(e.value + by, None if e.lo is None else e.lo + by, None if e.hi is None else e.hi + by)
+
+
+def _exp(e: Estimate) -> Estimate:
+    """exp of a log-scale estimate (overflow: inf)."""
+    with np.errstate(over="ignore"):
+        return Estimate(float(np.exp(e.value)), None if e.lo is None else float(np.exp(e.lo)),
+                        None if e.hi is None else float(np.exp(e.hi)))
+
+
+@dataclass(frozen=True)
+class RuleFactor:
+    """A rule's LR factor ``k(w) = lr_g / base_lr`` as a power of width, ``log k = log_k0 + exponent
+    log w``, least squares over the rule's own trials (exact for every rule of
+    scaling/lr_rules.py: constant 0, gat -1, ``power<a>`` -a; muP-style rules keep lr_g = base_lr
+    and scale per-kind multipliers instead, exponent 0)."""
+
+    log_k0: float
+    exponent: float
+
+    def log_at(self, width: float) -> float:
+        """log k at ``width``."""
+        return self.log_k0 + self.exponent * math.log(width)
+
+
+def _rule_factor(scores: pd.DataFrame) -> RuleFactor | None:
+    """The factor of the rule's own rows (``pooled`` False) of :func:`rule_trainings`; None with
+    fewer than 2 widths."""
+    own = scores[~scores["pooled"]] if "pooled" in scores else scores
+    own = own[np.isfinite(own["lr"].astype(float)) & (own["lr"] > 0) & (own["base_lr"] > 0)]
+    if own["width"].nunique() < 2:
+        return None
+    z = np.log(own["width"].to_numpy(float))
+    k = np.log(own["lr"].to_numpy(float) / own["base_lr"].to_numpy(float))
+    exponent, log_k0 = np.polyfit(z, k, 1)
+    return RuleFactor(float(log_k0), float(exponent))
+
+
+@dataclass(frozen=True)
+class LRPrediction:
+    """The best LR a rule's fitted line predicts at one width."""
+
+    width: float
+    base_lr: Estimate
+    """The rule's best base LR there, with its 95% interval (bootstrap over seeds)."""
+    actual_lr: Estimate | None
+    """G's actual LR there (base LR x the rule's factor at that width); None without a factor."""
+    extrapolation: float
+    """``width / largest fitted width``: above 1 the prediction extrapolates the line."""
+
+    def to_dict(self) -> dict:
+        return {"width": self.width, "base_lr": self.base_lr.to_dict(),
+                "actual_lr": None if self.actual_lr is None else self.actual_lr.to_dict(),
+                "extrapolation": self.extrapolation}
+
+
+def predict_lr(res: RuleTransfer, width: float) -> LRPrediction | None:
+    """Best base and actual LR of ``res``'s rule at ``width`` from its line of optima
+    ``m = v0 + b log(w / w_ref)``: the point from the full-data fit, the interval from the line
+    refitted in every bootstrap resample (robust SD x t, as the slope's). None without a line."""
+    valley = res.valley
+    if valley is None or not math.isfinite(valley.b) or res.boot_log_optima is None:
+        return None
+    z_w = np.log(np.array(valley.widths, float) / valley.w_ref)
+    z = math.log(width / valley.w_ref)
+    point = valley.v0 + valley.b * z
+    boot = res.boot_log_optima
+    slopes = _slopes(boot, z_w)
+    predicted = boot.mean(axis=1) - slopes * z_w.mean() + slopes * z
+    base = Estimate(point, *_t_interval(point, predicted, res.n_seeds))
+    actual = None if res.factor is None else _exp(_shifted(base, res.factor.log_at(width)))
+    return LRPrediction(float(width), _exp(base), actual, float(width) / max(valley.widths))
+
+
+@dataclass(frozen=True)
+class LRBacktest:
+    """The largest fitted width's best base LR predicted by the fit without it, against the full fit."""
+
+    held_out: int
+    fitted_widths: tuple[int, ...]
+    predicted: Estimate
+    measured: Estimate
+    grid_step: float
+    """The LR ratio between neighbouring LRs tried at the held-out width (2 for a factor-2 grid)."""
+
+    @property
+    def error(self) -> float:
+        """predicted / measured best LR."""
+        return self.predicted.value / self.measured.value
+
+    @property
+    def grid_steps(self) -> float:
+        """The error in LR-grid steps (log error / log grid step)."""
+        return math.log(self.error) / math.log(self.grid_step)
+
+    @property
+    def covered(self) -> bool | None:
+        """Whether the measured optimum lies inside the prediction's interval (None without one)."""
+        if self.predicted.lo is None or self.predicted.hi is None:
+            return None
+        return self.predicted.lo <= self.measured.value <= self.predicted.hi
+
+    def to_dict(self) -> dict:
+        return {"held_out": self.held_out, "fitted_widths": list(self.fitted_widths),
+                "predicted": self.predicted.to_dict(), "measured": self.measured.to_dict(),
+                "error": self.error, "grid_steps": self.grid_steps, "covered": self.covered}
+
+
+def _local_slopes(log_optima: np.ndarray, widths: list[int], n_seeds: int) -> tuple[tuple[int, int, Estimate], ...]:
+    """Slope of log best LR between each pair of consecutive widths, with its interval."""
+    out = []
+    for i in range(len(widths) - 1):
+        span = math.log(widths[i + 1] / widths[i])
+        local = (log_optima[:, i + 1] - log_optima[:, i]) / span
+        out.append((widths[i], widths[i + 1], Estimate(float(local[0]), *_t_interval(float(local[0]), local[1:], n_seeds))))
+    return tuple(out)
 
 
 # ---- results -------------------------------------------------------------------------------------
@@ -298,8 +500,11 @@ class WidthOptimum:
     best_score: float
     """Lowest per-LR FD observed (``min(scores)``)."""
     at_edge: bool
-    """True when the fitted optimum lies outside the LRs (with a finite score) tried at this width."""
+    """True when the fitted optimum lies outside the LRs of its valley (below the lowest, or at or
+    above the cliff; without a cliff, above the highest)."""
     common_iter: int
+    left_out_lrs: tuple[float, ...] = ()
+    """LRs above the optimum left out of the valley (the cliff and above, failed ones excluded)."""
 
 
 @dataclass(frozen=True)
@@ -330,6 +535,23 @@ class RuleTransfer:
     """One of ``OUTCOMES`` (:func:`decide`); ``verdict`` starts with it."""
     n_pooled: int = 0
     """Trainings fitted that were run for another rule at the same actual LR (:func:`rule_trainings`)."""
+    boot_log_optima: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """(n_boot, widths of ``valley``) log best base LR per bootstrap resample (NaN: no valley)."""
+    factor: RuleFactor | None = None
+    """The rule's LR factor ``lr_g / base_lr`` against width, read from its own trials."""
+    local_slopes: tuple[tuple[int, int, Estimate], ...] = ()
+    """(width, next width, slope of log best LR between them with its interval) for consecutive
+    fitted widths: a bend shows as local slopes that differ."""
+    backtest: LRBacktest | str | None = None
+    """The largest width's optimum predicted from the others (:class:`LRBacktest`), or why not."""
+
+    @property
+    def actual_slope(self) -> Estimate | None:
+        """Exponent of the best *actual* LR (G's) against width: the slope plus the rule factor's
+        exponent (the same for every rule fitted to the same trainings)."""
+        if self.slope is None or self.factor is None:
+            return None
+        return _shifted(self.slope, self.factor.exponent)
 
     @property
     def slope_ci(self) -> tuple[float, float] | None:
@@ -342,9 +564,10 @@ class RuleTransfer:
         """JSON-ready summary (non-finite values become None in report._no_nan)."""
         est = (lambda e: None if e is None else e.to_dict())
         return {
-            "rule": self.rule, "model": "log FD = a_w + c_w (log lr - m_w)^2 per width; m_w ~ v0 + b log(w/w_ref)",
+            "rule": self.rule, "model": ("log FD = a_w + c_w (log lr - m_w)^2 per width below its cliff; "
+                                         "m_w ~ v0 + b log(w/w_ref)"),
             "slope": est(self.slope), "shift": est(self.shift), "tolerance_log": self.tolerance,
-            "level": LEVEL, "interval": "bootstrap over seeds, SE x t(n_seeds-1) x sqrt(n/(n-1))",
+            "level": LEVEL, "interval": "bootstrap over seeds, robust SE x t(n_seeds-1) x sqrt(n/(n-1))",
             "n_boot": self.n_boot, "n_seeds": self.n_seeds, "noise_sd_log": self.noise_sd,
             "residual_sd_log": self.residual_sd, "seeds_needed": self.seeds_needed,
             "curvatures": None if self.valley is None else list(self.valley.curvatures),
@@ -355,7 +578,7 @@ class RuleTransfer:
             "optima": [{"width": o.width, "best_lr": est(o.best_lr), "best_fd": o.best_score,
                         "at_edge": o.at_edge, "common_iter": o.common_iter, "lrs": list(o.lrs),
                         "fd": [s if np.isfinite(s) else None for s in o.scores],
-                        "diverged_lrs": list(o.diverged_lrs)}
+                        "diverged_lrs": list(o.diverged_lrs), "left_out_lrs": list(o.left_out_lrs)}
                        for o in self.optima],
         }
 
@@ -396,7 +619,7 @@ def _range_needed(slope: float, shift: Estimate, widths: list[int], tol: float) 
 
 
 def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed: int = 0,
-             tolerance: float = TOLERANCE) -> RuleTransfer:
+             tolerance: float = TOLERANCE, backtest: bool = True) -> RuleTransfer:
     """Fit the valley model to one rule's trial scores and decide (module docstring).
 
     Args:
@@ -406,103 +629,137 @@ def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed
         n_boot: bootstrap resamples over seeds (the test suite uses fewer).
         seed: seed of the resampling (same seed, same intervals).
         tolerance: largest |shift| (natural log) that counts as transferring; default log 2.
+        backtest: with 3 or more fitted widths, also refit without the largest and predict its
+            optimum (:class:`LRBacktest`).
 
     Never raises on thin data: it returns a RuleTransfer whose verdict says what is missing.
     """
     expected = PAPER_EXPECTATION.get(rule, "no paper prediction")
-    optima_raw = []
-    finite_all = np.isfinite(scores["score"].to_numpy(float))
-    for width, group in scores.groupby("width"):
-        ok = finite_all[scores["width"].to_numpy() == width]
-        fin = group[ok]
-        means = fin.groupby("base_lr")["score"].mean()
-        lrs = tuple(sorted(group["base_lr"].unique()))
-        per_lr = tuple(float(np.exp(means[lr])) if lr in means.index else math.inf for lr in lrs)
-        diverged = tuple(sorted(group.loc[~ok, "base_lr"].unique()))
-        tried = (float(means.index.min()), float(means.index.max())) if len(means) else None
-        common = int(group["common_iter"].iloc[0]) if "common_iter" in group else -1
-        optima_raw.append((int(width), lrs, per_lr, diverged, tried, common))
-    fitted = scores[np.isfinite(scores["score"])]
     n_pooled = int(scores["pooled"].sum()) if "pooled" in scores else 0
-    curved = fitted.groupby("width")["base_lr"].nunique()
-    fitted = fitted[fitted["width"].isin(curved.index[curved >= 3])]  # a quadratic needs 3 LRs
-    widths = sorted(fitted["width"].unique().tolist())
-    seeds = sorted(fitted["seed"].unique().tolist())
-    n_seeds = len(seeds)
-
-    def plain(verdict_text: str) -> RuleTransfer:
-        optima = tuple(WidthOptimum(w, lrs, sc, dv, None, float(min(sc)), False, ci)
-                       for w, lrs, sc, dv, _, ci in optima_raw)
-        return RuleTransfer(rule, optima, None, None, None, verdict_text, expected, n_seeds,
-                            _pooled_cell_sd(fitted), None, None, None, 0, tolerance, "inconclusive", n_pooled)
-
-    if len(widths) < 2:
-        return plain(f"insufficient data: finite scores at 3 or more distinct LRs at {len(widths)} "
-                     "width(s); need at least 2 such widths")
-
-    log_lr = np.log(fitted["base_lr"].to_numpy(float))
-    x_mean = float(log_lr.mean())
-    x = log_lr - x_mean
-    w_ref = float(np.exp(np.mean(np.log(widths))))
-    z_w = np.log(np.array(widths, float) / w_ref)
-    widx = np.searchsorted(widths, fitted["width"].to_numpy())
-    X = _design(x, widx, len(widths))
-    y = fitted["score"].to_numpy(float)
-    beta, ok = _solve(X, y, np.ones((1, len(y))))
-    if not ok[0]:
-        return plain("insufficient data: the model is not identifiable from these trainings")
-    c, b, m = _vertex(beta, len(widths), x_mean, z_w)
-    resid = y - X @ beta[0]
-    dof = len(y) - X.shape[1]
-    residual_sd = math.sqrt(float(resid @ resid) / dof) if dof > 0 else None
-    noise_sd = _pooled_cell_sd(fitted)
-    span = math.log(max(widths) / min(widths))
-    # the per-width intercepts are a_w + c_w (m_w - x_mean)^2 (the square expanded in centred x)
-    offsets = beta[0, :len(widths)] - np.where(c[0] > 0, c[0] * (m[0] - x_mean) ** 2, 0.0)
-    valley = Valley(tuple(widths), tuple(offsets.tolist()), tuple(c[0].tolist()), tuple(m[0].tolist()),
-                    float(np.mean(m[0]) - b[0] * np.mean(z_w)) if np.isfinite(b[0]) else math.nan,
-                    float(b[0]), w_ref)
-    if not (c[0] > 0).all():
-        flat = ", ".join(f"{w} ({cw:.3g})" for w, cw in zip(widths, c[0]) if not cw > 0)
-        out = plain(f"inconclusive: no valley at width {flat} (fitted curvature <= 0): FD does not rise "
-                    "on both sides of any LR tried there; widen the LR grid or train longer")
-        return replace(out, residual_sd=residual_sd, valley=valley)
-
-    # bootstrap over seeds: weight of a training = how often its seed was drawn
-    seed_idx = np.searchsorted(seeds, fitted["seed"].to_numpy())
-    boot_b = np.empty(0)
-    boot_m = np.empty((0, len(widths)))
+    finite = scores[np.isfinite(scores["score"])]
+    seeds = sorted(scores["seed"].unique().tolist())
+    n_seeds = len(finite["seed"].unique())
+    noise_sd = _pooled_cell_sd(finite)
+    counts = np.ones((1, len(seeds)))
     if n_seeds >= 2 and n_boot > 0:
-        rng = np.random.default_rng(seed)
-        draws = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-        counts = np.stack([(draws == s).sum(axis=1) for s in range(n_seeds)], axis=1)
-        bbeta, bok = _solve(X, y, counts[:, seed_idx].astype(float))
-        _, boot_b, boot_m = _vertex(bbeta, len(widths), x_mean, z_w)
-        boot_b = np.where(bok, boot_b, np.nan)
-        boot_m = np.where(np.isfinite(boot_b)[:, None], boot_m, np.nan)  # a resample needs every valley
+        draws = np.random.default_rng(seed).integers(0, len(seeds), size=(n_boot, len(seeds)))
+        counts = np.vstack([counts, np.stack([(draws == s).sum(axis=1) for s in range(len(seeds))], axis=1)])
+    tables = {}
+    for width, group in scores.groupby("width"):
+        table = group.pivot_table(index="seed", columns="base_lr", values="score", aggfunc="mean")
+        tables[int(width)] = table.reindex(index=seeds)
+    variance = noise_sd**2 if noise_sd else _residual_variance(tables)
+    fits = {w: _width_valley(np.log(t.columns.to_numpy(float)), t.to_numpy(float), counts, variance)
+            for w, t in tables.items()}
 
-    slope = Estimate(float(b[0]), *_t_interval(float(b[0]), boot_b, n_seeds))
+    optima, widths = [], []
+    for w, table in tables.items():
+        lrs = tuple(float(v) for v in table.columns)
+        cells = table.to_numpy(float)
+        with np.errstate(invalid="ignore"):
+            means = [np.mean(c[np.isfinite(c)]) if np.isfinite(c).any() else math.inf for c in cells.T]
+        per_lr = tuple(float(np.exp(v)) for v in means)
+        diverged = tuple(lr for lr, c in zip(lrs, cells.T) if np.isinf(c).any())
+        common = int(scores.loc[scores["width"] == w, "common_iter"].iloc[0]) if "common_iter" in scores else -1
+        fit = fits[w]
+        m = float(fit.log_optimum[0])
+        best = None
+        if np.isfinite(m):
+            widths.append(w)
+            lo, hi = _t_interval(m, fit.log_optimum[1:], n_seeds)
+            with np.errstate(over="ignore"):  # an optimum far outside the grid: inf, and at_edge
+                best = Estimate(float(np.exp(m)), None if lo is None else float(np.exp(lo)),
+                                None if hi is None else float(np.exp(hi)))
+        edge = best is not None and not (fit.lowest - 1e-9 <= m <= fit.upper + 1e-9)
+        optima.append(WidthOptimum(w, lrs, per_lr, diverged, best, float(min(per_lr)), edge, common,
+                                   fit.left_out))
+    optima = tuple(optima)
+
+    factor = _rule_factor(scores)
+
+    def plain(verdict_text: str, valley: Valley | None = None) -> RuleTransfer:
+        return RuleTransfer(rule, optima, None, None, None, verdict_text, expected, n_seeds, noise_sd,
+                            None, None, valley, 0, tolerance, "inconclusive", n_pooled, factor=factor)
+
+    fitted_widths = [w for w, f in fits.items() if np.isfinite(f.curvature)]
+    if len(fitted_widths) < 2:
+        return plain(f"insufficient data: a valley (finite scores at 3 or more distinct LRs) at "
+                     f"{len(fitted_widths)} width(s); need at least 2 such widths")
+    w_ref = float(np.exp(np.mean(np.log(fitted_widths))))
+    z_w = np.log(np.array(fitted_widths, float) / w_ref)
+    log_optima = np.stack([fits[w].log_optimum for w in fitted_widths], axis=1)     # (B+1, W)
+    b = _slopes(log_optima, z_w)
+    valley = Valley(tuple(fitted_widths), tuple(fits[w].offset for w in fitted_widths),
+                    tuple(fits[w].curvature for w in fitted_widths), tuple(log_optima[0].tolist()),
+                    float(np.mean(log_optima[0]) - b[0] * np.mean(z_w)) if np.isfinite(b[0]) else math.nan,
+                    float(b[0]), w_ref, tuple(float(np.exp(fits[w].cliff)) for w in fitted_widths))
+    if not np.isfinite(b[0]):
+        flat = ", ".join(f"{w} ({fits[w].curvature:.3g})" for w in fitted_widths
+                         if not fits[w].curvature > 0)
+        return plain(f"inconclusive: no valley at width {flat} (fitted curvature <= 0): FD does not rise "
+                     "on both sides of any LR tried there; widen the LR grid or train longer", valley)
+
+    span = math.log(max(fitted_widths) / min(fitted_widths))
+    slope = Estimate(float(b[0]), *_t_interval(float(b[0]), b[1:], n_seeds))
     shift = Estimate(float(b[0]) * span, *(None if v is None else v * span for v in (slope.lo, slope.hi)))
-    optima = []
-    for k, (w, lrs, sc, dv, tried, ci) in enumerate(optima_raw):
-        if w not in widths:
-            optima.append(WidthOptimum(w, lrs, sc, dv, None, float(min(sc)), False, ci))
-            continue
-        j = widths.index(w)
-        lo, hi = _t_interval(float(m[0, j]), boot_m[:, j], n_seeds)
-        with np.errstate(over="ignore"):  # an optimum far outside the grid: inf, and at_edge
-            best = Estimate(float(np.exp(m[0, j])), None if lo is None else float(np.exp(lo)),
-                            None if hi is None else float(np.exp(hi)))
-        edge = tried is None or not (tried[0] <= best.value <= tried[1])
-        optima.append(WidthOptimum(w, lrs, sc, dv, best, float(min(sc)), edge, ci))
-
-    noise = (f"seed-to-seed SD of log FD {noise_sd:.2f}" if noise_sd is not None
-             else f"residual SD of log FD {residual_sd:.2f}" if residual_sd is not None else "noise unknown")
+    noise = f"seed-to-seed SD of log FD {noise_sd:.2f}" if noise_sd is not None else "noise unknown (one seed)"
     edges = [o.width for o in optima if o.at_edge]
-    d = decide(shift, slope, widths, n_seeds, noise, edges, tolerance)
-    return RuleTransfer(rule, tuple(optima), slope, shift, d.transfers, d.text, expected, n_seeds,
-                        noise_sd, residual_sd, d.seeds_needed, valley, n_boot if n_seeds >= 2 else 0,
-                        tolerance, d.outcome, n_pooled)
+    d = decide(shift, slope, fitted_widths, n_seeds, noise, edges, tolerance)
+    result = RuleTransfer(rule, optima, slope, shift, d.transfers, d.text, expected, n_seeds, noise_sd,
+                          _residual_sd(tables, fits), d.seeds_needed, valley, len(counts) - 1, tolerance,
+                          d.outcome, n_pooled, log_optima[1:], factor,
+                          _local_slopes(log_optima, fitted_widths, n_seeds))
+    if backtest and len(fitted_widths) >= 3:
+        result = replace(result, backtest=_backtest(scores, result, n_boot=n_boot, seed=seed))
+    return result
+
+
+def _backtest(scores: pd.DataFrame, full: RuleTransfer, *, n_boot: int, seed: int) -> LRBacktest | str:
+    """Refit ``full``'s rule without its largest fitted width and predict that width's optimum
+    (:class:`LRBacktest`); a sentence saying why not when the smaller fit has no line."""
+    largest = max(full.valley.widths)
+    smaller = fit_rule(scores[scores["width"] != largest], full.rule, n_boot=n_boot, seed=seed, backtest=False)
+    predicted = predict_lr(smaller, largest)
+    measured = next(o for o in full.optima if o.width == largest)
+    if predicted is None or measured.best_lr is None:
+        return f"no backtest: without width {largest}, {smaller.verdict}"
+    step = float(np.exp(np.median(np.diff(np.log(measured.lrs))))) if len(measured.lrs) > 1 else 2.0
+    return LRBacktest(largest, smaller.valley.widths, predicted.base_lr, measured.best_lr, step)
+
+
+def _residual_variance(tables: dict[int, pd.DataFrame]) -> float:
+    """Variance of the scores around a quadratic per width with no LR left out (with one seed the
+    seed-to-seed variance is unknown; this one includes misfit, so it leaves out fewer LRs);
+    inf when there is no residual degree of freedom."""
+    sse, dof = 0.0, 0
+    for table in tables.values():
+        x = np.log(table.columns.to_numpy(float))
+        cells = table.to_numpy(float)
+        weight = np.isfinite(cells).sum(axis=0)[None, :].astype(float)
+        with np.errstate(invalid="ignore"):
+            mean = np.nanmean(np.where(np.isfinite(cells), cells, np.nan), axis=0)[None, :]
+        _, chi, ok = _quadratic(x, np.where(weight > 0, weight, 0.0), np.nan_to_num(mean))
+        if ok[0]:
+            sse += float(chi[0]) + float(np.nansum((np.where(np.isfinite(cells), cells, np.nan) - mean) ** 2))
+            dof += int(weight.sum()) - 3
+    return sse / dof if dof > 0 else math.inf
+
+
+def _residual_sd(tables: dict[int, pd.DataFrame], fits: dict[int, _WidthFit]) -> float | None:
+    """SD of the scores in the fitted valleys around them (noise plus misfit), None without dof."""
+    sse, n, params = 0.0, 0, 0
+    for w, table in tables.items():
+        fit = fits[w]
+        if not fit.curvature > 0:
+            continue
+        x = np.log(table.columns.to_numpy(float))
+        inside = (x >= fit.lowest - 1e-9) & (x < fit.cliff - 1e-9)
+        cells = table.to_numpy(float)[:, inside]
+        model = fit.offset + fit.curvature * (x[inside] - fit.log_optimum[0]) ** 2
+        ok = np.isfinite(cells)
+        sse += float(((cells - model[None, :])[ok] ** 2).sum())
+        n, params = n + int(ok.sum()), params + 3
+    return math.sqrt(sse / (n - params)) if n > params else None
 
 
 def factor_text(log_factor: float) -> str:

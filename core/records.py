@@ -9,6 +9,8 @@ a tag name as a string literal.
 
 from __future__ import annotations
 
+import math
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +38,31 @@ FD_PREFIXES = ("eval/fd", "eval/fid")
 """Prefixes of a Frechet-distance key: ``eval/fd_<extractor>_<n>`` (a domain classifier's feature
 space) or ``eval/fid<n>`` (Inception)."""
 BEST_PREFIX, BEST_STEP = "best/", "best/step"
-"""``best/<metric>``: the best (lowest) FD/FID so far, ``<metric>`` being the FD key without
-``eval/``; ``best/step``: the iteration of that evaluation (MLflow only)."""
+"""``best/<metric>``: the lowest single FD/FID evaluation so far (the one ``best.pt`` holds),
+``<metric>`` being the FD key without ``eval/``; ``best/step``: its iteration (MLflow only)."""
+FINAL_PREFIX = "final/"
+"""``final/<metric>``: the run's final FD/FID so far (:func:`final_fd` of its evaluations)."""
+FINAL_EVALS = 3
+"""Evaluations whose geometric mean is a run's final FD: one evaluation swings by ~30% between
+neighbouring checkpoints, the mean of three is steadier and still describes the end of training."""
+
+
+def final_fd(values) -> float:
+    """A run's final FD: the geometric mean of its last :data:`FINAL_EVALS` evaluations (fewer if
+    it has fewer), the quantity every "best" of gat-sweep means (the LR-transfer score, the best
+    trial of a size, ``final/<metric>``). inf when one of them is non-finite or not positive (a
+    blow-up), nan when there is none. ``values``: FD/FID per evaluation, oldest first."""
+    last = [float(v) for v in values][-FINAL_EVALS:]
+    if not last:
+        return math.nan
+    if not all(math.isfinite(v) and v > 0 for v in last):
+        return math.inf
+    return math.exp(sum(math.log(v) for v in last) / len(last))
+
+
+def final_key(fd_key: str) -> str:
+    """The MLflow key of the final FD of an FD/FID key (``final/fd_digits_500``)."""
+    return FINAL_PREFIX + fd_key.removeprefix(EVAL_PREFIX)
 
 # ---- params that name other records (docs/TRACKING.md "Child run") ---------------------------
 METRIC_KEY_PARAM = "eval.metric_key"

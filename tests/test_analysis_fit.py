@@ -203,14 +203,14 @@ def test_backtest_error_on_a_constructed_example():
     # with 3 sizes the law without the largest rests on 2: no backtest, hence no prediction
     three = {k: budgets[k] for k in ("w16", "w32", "w64")}
     no = backtest_largest(learning_curves(three, law), list(three), three, "power", n_boot=0)
-    assert not no.ok and "law without w64" in no.reason and "2 size(s) (w16, w32)" in no.reason
+    assert not no.ok and "without the largest size (w64)" in no.reason and "2 size(s) (w16, w32)" in no.reason
 
 
 def test_a_larger_size_worse_than_a_smaller_one_is_under_trained():
     best = pd.DataFrame({"size": ["w16", "w32", "w64", "w32-d8"], "g_width": [16, 32, 64, 32],
-                         "g_depth": [4, 4, 4, 8], "best_fd": [900.0, 700.0, 800.0, 650.0]})
+                         "g_depth": [4, 4, 4, 8], "final_fd": [900.0, 700.0, 800.0, 650.0]})
     assert under_trained_sizes(best) == {"w64": "w32"}
-    best.loc[3, "best_fd"] = 950.0  # deeper w32 worse than both w16 and w32: named after the best
+    best.loc[3, "final_fd"] = 950.0  # deeper w32 worse than both w16 and w32: named after the best
     assert under_trained_sizes(best) == {"w64": "w32", "w32-d8": "w32"}
 
 

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from analysis import figures
 from analysis.report import SUMMARY_COLUMNS, log_report, make_report
 from analysis.runs import POINT_COLUMNS, SweepNotFound, load_sweep
+from analysis.units import fd_text, lr_text
 
 SWEEP = "synth"
 KEY = "eval/fd_digits_1k"
@@ -227,7 +228,7 @@ def test_report_fits_and_verdicts(report):
     # 3 sizes: a law, but no next-size prediction, since its backtest (a law without w128) would
     # rest on 2 sizes
     assert sat["next_size"] is None and not sat["backtest"]["ok"]
-    assert "law without w128" in sat["backtest"]["reason"] and "2 size(s) (w32, w64)" in sat["backtest"]["reason"]
+    assert "without the largest size (w128)" in sat["backtest"]["reason"] and "2 size(s) (w32, w64)" in sat["backtest"]["reason"]
     assert "no next-size prediction" in report.summary and "next size (" not in report.summary
     verdicts = values["lr_transfer"]
     assert verdicts["gat"]["transfers"] is True and verdicts["constant"]["transfers"] is False
@@ -242,15 +243,22 @@ def test_report_fits_and_verdicts(report):
     assert all(set(r) == set(SUMMARY_COLUMNS) for r in report.summary_rows)
     assert report.summary_rows[2]["diverged"] == "1" and report.summary_rows[2]["running"] == "2"
     assert all(r["flag"] == "" for r in report.summary_rows)  # wider is better: none under-trained
-    # precision and recall of each size's best evaluation (iteration 1000; recall = it/1e4 * width/32)
+    # precision and recall of each size's best trial's last evaluation (iteration 1000; recall = it/1e4 * width/32)
     assert [(r["precision"], r["recall"]) for r in report.summary_rows] == [("0.50", "0.10"), ("0.50", "0.20"),
                                                                              ("0.50", "0.40")]
     assert "precision  recall" in report.summary
     assert "does not transfer" in report.summary and "gat: transfers: shift" in report.summary
-    # the constant rule's slope is the exponent of the best actual LR (1/width in this sweep)
-    exponent = re.search(r"best actual LR ~ width\^(-?[\d.]+) \[", report.summary)
+    # the exponent of the best actual LR (1/width in this sweep) opens the report, with the rule it implies
+    exponent = re.search(r"the best actual LR scales as width\^(-?[\d.]+) \[", report.summary)
     assert exponent and float(exponent.group(1)) == pytest.approx(-1.0, abs=0.05)
     assert exponent.group(0) in report.html.read_text()
+    assert report.summary.index("ANSWER") < report.summary.index("sizes (final FD")
+    implied = values["answer"]["implied_rule"]
+    assert implied["rule"] == f"power{-implied['exponent']['value']:.2f}".rstrip("0")
+    assert implied["exponent"]["value"] == pytest.approx(-1.0, abs=0.05) and implied["base_width"] == 32
+    assert sorted(values["answer"]["short"]) == ["constant", "gat"]
+    assert values["answer"]["short"]["constant"].startswith("does not transfer: x0.2")
+    assert values["answer"]["short"]["gat"].startswith("transfers: x1")
 
 
 def test_report_names_the_rule_of_each_transfer_line_and_one_extractor(report):
@@ -259,7 +267,7 @@ def test_report_names_the_rule_of_each_transfer_line_and_one_extractor(report):
     classifier from two cache directories name one extractor."""
     html = report.html.read_text()
     assert "constant, best base LR per width: 32: " in html and "gat, best base LR per width: 32: " in html
-    assert "constant, diverged (excluded from the fit): 128: 0.002" in html
+    assert "constant, diverged (excluded from the fit): 128: 2e-3" in html
     assert html.count(", also fitted to ") == 2  # each rule borrows the other's trainings at its own base LRs
     values = json.loads(report.json.read_text())
     assert values["eval_extractor"] == ["digits-cnn (full-0a1b/cnn.safetensors)"]
@@ -297,8 +305,8 @@ def test_sample_grid_captions_give_the_iteration_and_fd_of_the_grid(report):
         trial = caption.split("\n")[0].split(": ")[1]
         fd_1000 = runs.points[(runs.points["trial"] == trial) & (runs.points["iter"] == 1000)]["fd"].iloc[0]
         lr = runs.trials.set_index("trial").loc[trial, "lr_g"]
-        assert caption.startswith(f"{size}: gat-") and f"\n(actual LR {lr:.3g}; trained once for rules constant, gat)\n" in caption
-        assert f"grid at iter 1000: FD {fd_1000:.3g}; best FD" in caption
+        assert caption.startswith(f"{size}: gat-") and f"\n(actual LR {lr_text(lr)}; trained once for rules constant, gat)\n" in caption
+        assert f"grid at iter 1000: FD {fd_text(fd_1000)}; final FD" in caption
         assert "rows of one image" not in caption       # recall 0.1-0.4 here: no collapse expected
 
 
@@ -307,8 +315,8 @@ def test_a_grid_of_a_collapsed_generator_says_so(tmp_path):
 
     points = pd.DataFrame({"run_id": ["r"] * 2, "iter": [400, 800], "fd": [2000.0, 1285.0]})
     low = _grid_caption("w16", "t", "gat", tmp_path / "iter_0000800.png", points, "r", 1285.0, 0.002)
-    assert low == ("w16: t\ngrid at iter 800: FD 1.28e+03; best FD 1.28e+03\nrecall 0.00 at its best FD: "
-                   "expect rows of one image\n(G uses z weakly this early; PILOTS.md 2b)")
+    assert low == ("w16: t\ngrid at iter 800: FD 1,285; final FD 1,285\nrecall 0.00: "
+                   "expect rows of one image\n(G uses z weakly this early)")
     assert "one image" not in _grid_caption("w16", "t", "gat", tmp_path / "iter_0000800.png", points, "r", 1285.0, 0.3)
     assert "one image" not in _grid_caption("w16", "t", "gat", tmp_path / "iter_0000800.png", points, "r", 1285.0)
 
@@ -318,7 +326,8 @@ def test_report_never_names_a_copy_as_best(report):
     values = json.loads(report.json.read_text())
     for row, best in zip(report.summary_rows, values["best_per_size"]):
         assert best["trial"].startswith("gat-") and best["rules"] == ["constant", "gat"]
-        assert row["best trial"] == f"{best['trial']} (actual LR {best['lr_g']:.3g}; rules constant, gat)"
+        assert row["best trial"] == best["trial"] and row["rules"] == "constant, gat"
+        assert row["actual LR"] == lr_text(best["lr_g"])
         base_lr = float(re.search(r"-lr([^-]+)-", best["trial"]).group(1))
         assert best["lr_g"] == pytest.approx(base_lr * 32 / int(best["size"][1:]))  # gat: base x 32 / width
     assert any("copied trial(s)" in n for n in report.notes)
@@ -346,7 +355,9 @@ def test_log_report_fills_the_parent_run(report, store):
         (alpha["lo"], alpha["hi"]))
     assert run.metrics["lr_transfer/constant/slope"] == pytest.approx(-1.0, abs=0.05)
     assert run.tags["gat_sweep.fit.saturating"] == "ok"
-    assert run.tags["gat_sweep.lr_transfer.gat"] == values["lr_transfer"]["gat"]["verdict"]
+    # short verdicts in the tags (the rule in the key), the whole answer in the run's description
+    assert run.tags["gat_sweep.lr_transfer.gat"] == values["answer"]["short"]["gat"] == "transfers: x1.01 [x0.94, x1.08]"
+    assert run.tags["mlflow.note.content"] == "\n\n".join(values["answer"]["lines"])
     # a second report replaces the files and logs the metrics again
     assert log_report(report) == store[1]
     assert sorted(a.path for a in client.list_artifacts(store[1], "report")) == logged
