@@ -3,7 +3,8 @@
 One iteration = one G forward, one D step (MNG, augmentation, RpGAN loss, R1 + R2) and one
 G step (+ EMA): exactly the trainer's ``core.step.GATStep.iteration``, on random latents
 (32x32x4, 1000 classes: the paper's ImageNet-256 presets from ``core.presets``), at a per-GPU
-batch size. For each preset and batch size it prints ms/iter, images/s, measured FLOPs per
+batch size, without the presets' DINOv2 alignment of D (``repa``): its frozen encoder needs local
+weights, and it is not training compute (D's projector is; it is left out with it). For each preset and batch size it prints ms/iter, images/s, measured FLOPs per
 iteration (``core.flops``; the convention is printed: model FLOPs, so recomputation under
 --grad-checkpointing is not counted), achieved TFLOP/s, model FLOPs utilisation (MFU) against the
 GPU's bf16 matmul rate measured in the same process with a large ``torch.mm``, peak memory (``torch.cuda.max_memory_allocated``: weights,
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for size in sizes:
         for batch in batches:
-            cfg = PRESETS[size].replace(batch=batch, precision=precision, compile=args.compile,
+            cfg = PRESETS[size].replace(batch=batch, precision=precision, compile=args.compile, repa=False,
                                         grad_checkpointing=args.grad_checkpointing, device=str(device),
                                         reg_fd_precision=args.reg_fd_precision)
             try:
