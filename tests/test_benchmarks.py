@@ -44,6 +44,7 @@ def test_gpu_benchmark_runs_on_cpu_at_tiny_size():
         assert math.isfinite(row["loss_D"]) and math.isfinite(row["loss_G"])
         assert row["images_per_s"] * row["ms_per_iter"] / 1e3 == pytest.approx(batch)
         assert row["achieved_tflops"] / figures["matmul_fp32_tflops"] == pytest.approx(row["mfu"])
+        assert row["warmup_s"] > 0  # one warm-up iteration after the first (--smoke: 2 warm-ups)
         assert row["attention_kernels"] == ["_scaled_dot_product_flash_attention_for_cpu[float32]",
                                             "_scaled_dot_product_flash_attention_for_cpu_backward[float32]"]
     G, D = build_models(PRESETS["tiny"], "meta")
