@@ -1,7 +1,6 @@
 """The benchmark scripts still run (CI guard against rot): each is run at a tiny setting on CPU in
 a subprocess, as a user would, and its output is checked for the figures it promises."""
 
-import importlib.util
 import json
 import math
 import re
@@ -13,6 +12,7 @@ import pytest
 
 from core.model import build_models, count_parameters
 from core.presets import PRESETS
+from helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,10 +165,7 @@ def test_dry_run_benchmark_times_cold_and_warm_runs():
 def test_benchmark_help_shows_the_whole_docstring(script, monkeypatch, capsys):
     """`--help` is where a user meets a benchmark: it prints the module docstring with its example
     command lines, not a first line cut mid-sentence (three scripts did that)."""
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when run as a script: gpu.py imports train_step
-    spec = importlib.util.spec_from_file_location(f"bench_{script[:-3]}", ROOT / "benchmarks" / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark(script[:-3])
     monkeypatch.setattr(sys, "argv", [script, "--help"])
     with pytest.raises(SystemExit) as stop:
         module.main()
