@@ -40,6 +40,7 @@ def load_benchmark(name: str) -> ModuleType:
     try:
         spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # where dataclasses look a class's module up
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(BENCHMARKS))
