@@ -8,11 +8,14 @@ import socket
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 
 from core.checkpoint import load_checkpoint
-from core.train import Reporter
+from core.config import TrainConfig
+from core.records import RunResult
+from core.train import Report, Reporter
 from scaling.grid import ATTEMPTS_FILE, TRIALS_DIR
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -68,21 +71,24 @@ class Recorder(Reporter):
     once at the first report of that step or later (a crash after the last checkpoint)."""
 
     def __init__(self, fail_at: int | None = None, tag: str = "run-1") -> None:
-        self.reports, self.started, self.finished, self.fail_at, self.tag = [], [], [], fail_at, tag
+        self.reports: list[Report] = []
+        self.started: list[tuple[dict[str, str], dict[str, Any] | None]] = []
+        self.finished: list[RunResult] = []
+        self.fail_at, self.tag = fail_at, tag
 
-    def start(self, cfg, info, state):
+    def start(self, cfg: TrainConfig, info: dict[str, str], state: dict[str, Any] | None) -> None:
         self.started.append((info, state))
 
-    def report(self, report):
+    def report(self, report: Report) -> None:
         self.reports.append(report)
         if self.fail_at is not None and report.step >= self.fail_at:
             self.fail_at = None
             raise RuntimeError("injected crash")
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.tag}
 
-    def finish(self, result):
+    def finish(self, result: RunResult) -> None:
         self.finished.append(result)
 
 
