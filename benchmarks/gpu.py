@@ -3,14 +3,17 @@
 One iteration = one G forward, one D step (MNG, augmentation, RpGAN loss, R1 + R2) and one
 G step (+ EMA): exactly the trainer's ``core.step.GATStep.iteration``, on random latents
 (32x32x4, 1000 classes: the paper's ImageNet-256 presets from ``core.presets``), at a per-GPU
-batch size. For each preset and batch size it prints ms/iter, images/s, measured FLOPs per
-iteration (``core.flops``; the convention is printed: model FLOPs, so recomputation under
---grad-checkpointing is not counted), achieved TFLOP/s, model FLOPs utilisation (MFU) against the
-GPU's bf16 matmul rate measured in the same process with a large ``torch.mm``, peak memory (``torch.cuda.max_memory_allocated``: weights,
-gradients, AdamW states, EMA and activations) and the scaled-dot-product-attention kernel the
-step actually ran (flash / cuDNN / memory-efficient / math). The losses of every iteration must
-be finite. The last line of output is one JSON object with every figure; the exit status is 1 if
-any row failed (non-finite loss, out of memory).
+batch size, without the presets' DINOv2 alignment of D (``repa``): its frozen encoder needs local
+weights, and it is not training compute (D's projector is; it is left out with it). For each
+preset and batch size it prints ms/iter, images/s, measured FLOPs per iteration (``core.flops``;
+the convention is printed: model FLOPs, so recomputation under --grad-checkpointing is not
+counted), achieved TFLOP/s, model FLOPs utilisation (MFU) against the GPU's bf16 matmul rate
+measured in the same process with a large ``torch.mm``, peak memory
+(``torch.cuda.max_memory_allocated``: weights, gradients, AdamW states, EMA and activations), the
+scaled-dot-product-attention kernel the step actually ran (flash / cuDNN / memory-efficient /
+math), and the wall time of the warm-up iterations after the first (with --compile, mostly
+compilation). The losses of every iteration must be finite. The last line of output is one JSON
+object with every figure; the exit status is 1 if any row failed (non-finite loss, out of memory).
 
 Examples:
   python benchmarks/gpu.py --smoke                      # B/2 and XL/2 at batch 32, a few iterations (< 1 min)
@@ -18,6 +21,7 @@ Examples:
   python benchmarks/gpu.py --sizes GAT-XL/2 --compile   # torch.compile G and D (first iterations compile)
   python benchmarks/gpu.py --sizes GAT-XL/2 --batch 64 --grad-checkpointing
   python benchmarks/gpu.py --device cpu --sizes tiny --batch 4 --smoke   # CI: does the script still run?
+  python benchmarks/gpu.py --sizes GAT-B/2,GAT-XL/2 --batch 16,32 --compile --dry-run   # the rows; nothing runs
 
 Sizes are preset names of ``core.presets.PRESETS`` (GAT-S/2 .. GAT-XL/8, tiny, digits). On CPU
 the default size is 'tiny' and the precision fp32; peak memory is then not measured.
@@ -30,6 +34,7 @@ import argparse
 import gc
 import json
 import sys
+import time
 from typing import Any
 
 import torch
@@ -105,11 +110,14 @@ def benchmark(cfg: TrainConfig, device: torch.device, warmup: int, iters: int, p
     kernels = AttentionKernels()
     with kernels:  # the first warm-up iteration, eager, reports the attention kernels
         iteration()
+    start = time.perf_counter()
     if cfg.compile:
         G.compile()
         step.D.compile()
     for _ in range(warmup - 1):
         iteration()
+    sync(device)
+    warmup_s = time.perf_counter() - start
     sec = timed(iteration, device, iters)  # one more warm-up, then the median of iters
     sync(device)
     flops = train_flops_per_iter(cfg)
@@ -122,7 +130,7 @@ def benchmark(cfg: TrainConfig, device: torch.device, warmup: int, iters: int, p
         "ms_per_iter": sec * 1e3, "images_per_s": cfg.batch / sec,
         "tflop_per_iter": flops / 1e12, "achieved_tflops": flops / sec / 1e12, "mfu": flops / sec / peak,
         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None,
-        "attention_kernels": sorted(kernels.seen),
+        "attention_kernels": sorted(kernels.seen), "warmup_s": warmup_s,
         "loss_D": last[0], "loss_G": last[1], "finite": bool(torch.stack(losses).isfinite().all()),
     }
 
@@ -144,6 +152,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=None, help="timed iterations per row (default 20; smoke 3)")
     parser.add_argument("--smoke", action="store_true", help="a few iterations per row: a quick does-it-run check")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the rows (size, batch) with their settings as JSON; build and run nothing")
     args = parser.parse_args(argv)
     args.warmup = args.warmup if args.warmup is not None else (2 if args.smoke else 5)
     args.iters = args.iters if args.iters is not None else (3 if args.smoke else 20)
@@ -166,12 +176,22 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         sys.exit(f"--sizes: unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
     batches = [int(b) for b in args.batch.split(",")]
+    configs = [PRESETS[size].replace(batch=batch, precision=precision, compile=args.compile, repa=False,
+                                     grad_checkpointing=args.grad_checkpointing, device=str(device),
+                                     reg_fd_precision=args.reg_fd_precision)
+               for size in sizes for batch in batches]
+    settings = {"precision": precision, "compile": args.compile, "grad_checkpointing": args.grad_checkpointing,
+                "reg_fd_precision": args.reg_fd_precision, "warmup": args.warmup, "iters": args.iters}
+    if args.dry_run:
+        print(json.dumps({"device": str(device), **settings, "dry_run": True,
+                          "rows": [{"size": cfg.name, "batch": cfg.batch} for cfg in configs]}))
+        return 0
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     peak = matmul_flops_per_s(device, dtype)
     header: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "torch": torch.__version__, "cuda": torch.version.cuda, "precision": precision,
+        "torch": torch.__version__, "cuda": torch.version.cuda,
         f"matmul_{precision}_tflops": peak / 1e12, "sdpa_enabled": sdpa_backends_enabled(device),
         "flops_convention": FLOPS_CONVENTION,
     }
@@ -182,31 +202,26 @@ def main(argv: list[str] | None = None) -> int:
           f"{'peak GiB':>8}  {'loss D':>7} {'loss G':>7}  attention kernels")
 
     rows = []
-    for size in sizes:
-        for batch in batches:
-            cfg = PRESETS[size].replace(batch=batch, precision=precision, compile=args.compile,
-                                        grad_checkpointing=args.grad_checkpointing, device=str(device),
-                                        reg_fd_precision=args.reg_fd_precision)
-            try:
-                row = benchmark(cfg, device, args.warmup, args.iters, peak)
-            except torch.OutOfMemoryError:
-                row = {"size": size, "batch": batch, "error": "out of memory"}
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            if args.compile:
-                torch._dynamo.reset()
-            rows.append(row)
-            if "error" in row:
-                print(f"{size:>9} {batch:>5}  {row['error']}")
-                continue
-            mem = f"{row['peak_mem_gib']:8.2f}" if row["peak_mem_gib"] is not None else f"{'n/a':>8}"
-            print(f"{size:>9} {batch:>5} {row['ms_per_iter']:9.2f} {row['images_per_s']:8.1f} "
-                  f"{row['tflop_per_iter']:9.4f} {row['achieved_tflops']:8.3f} {row['mfu']:6.1%} {mem}  "
-                  f"{row['loss_D']:7.3f} {row['loss_G']:7.3f}  {', '.join(row['attention_kernels'])}"
-                  + ("" if row["finite"] else "  NON-FINITE LOSS"))
-    print(json.dumps({**header, "compile": args.compile, "grad_checkpointing": args.grad_checkpointing,
-                      "warmup": args.warmup, "iters": args.iters, "rows": rows}))
+    for cfg in configs:
+        try:
+            row = benchmark(cfg, device, args.warmup, args.iters, peak)
+        except torch.OutOfMemoryError:
+            row = {"size": cfg.name, "batch": cfg.batch, "error": "out of memory"}
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if args.compile:
+            torch._dynamo.reset()
+        rows.append(row)
+        if "error" in row:
+            print(f"{cfg.name:>9} {cfg.batch:>5}  {row['error']}")
+            continue
+        mem = f"{row['peak_mem_gib']:8.2f}" if row["peak_mem_gib"] is not None else f"{'n/a':>8}"
+        print(f"{cfg.name:>9} {cfg.batch:>5} {row['ms_per_iter']:9.2f} {row['images_per_s']:8.1f} "
+              f"{row['tflop_per_iter']:9.4f} {row['achieved_tflops']:8.3f} {row['mfu']:6.1%} {mem}  "
+              f"{row['loss_D']:7.3f} {row['loss_G']:7.3f}  {', '.join(row['attention_kernels'])}"
+              + ("" if row["finite"] else "  NON-FINITE LOSS"))
+    print(json.dumps({**header, **settings, "rows": rows}))
     failed = [r for r in rows if "error" in r or not r["finite"]]
     return 1 if failed else 0
 

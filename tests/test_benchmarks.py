@@ -1,18 +1,19 @@
 """The benchmark scripts still run (CI guard against rot): each is run at a tiny setting on CPU in
 a subprocess, as a user would, and its output is checked for the figures it promises."""
 
-import importlib.util
 import json
 import math
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from core.model import build_models, count_parameters
 from core.presets import PRESETS
+from helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,6 +45,7 @@ def test_gpu_benchmark_runs_on_cpu_at_tiny_size():
         assert math.isfinite(row["loss_D"]) and math.isfinite(row["loss_G"])
         assert row["images_per_s"] * row["ms_per_iter"] / 1e3 == pytest.approx(batch)
         assert row["achieved_tflops"] / figures["matmul_fp32_tflops"] == pytest.approx(row["mfu"])
+        assert row["warmup_s"] > 0  # one warm-up iteration after the first (--smoke: 2 warm-ups)
         assert row["attention_kernels"] == ["_scaled_dot_product_flash_attention_for_cpu[float32]",
                                             "_scaled_dot_product_flash_attention_for_cpu_backward[float32]"]
     G, D = build_models(PRESETS["tiny"], "meta")
@@ -57,6 +59,82 @@ def test_gpu_benchmark_rejects_unknown_size():
     proc = subprocess.run([sys.executable, "benchmarks/gpu.py", "--device", "cpu", "--sizes", "GAT-XXL/2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "unknown preset(s) GAT-XXL/2" in proc.stderr and "GAT-XL/2" in proc.stderr
+
+
+def test_gpu_check_dry_run_starts_every_stage_on_cpu(tmp_path):
+    """The GPU check's dry run: every stage's command starts and checks what it can without a GPU,
+    and the summary says so (this is what keeps the one-command GPU validation from rotting)."""
+    out = run_script("benchmarks/gpu_check.py", "--out", str(tmp_path), "--dry-run")
+    assert out.splitlines()[-1].startswith("GPU check passed after ")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    stages = {stage["name"]: stage for stage in summary["stages"]}
+    assert summary["mode"] == "dry-run" and list(stages) == ["cuda_tests", "sweep", "benchmark", "reg_fd_fp32", "compile"]
+    assert all(s["status"] == "ok" and 0 < s["wall_s"] < s["budget_s"] for s in stages.values())
+    assert sum(s["budget_s"] for s in stages.values()) <= 8 * 60
+    tests = stages["cuda_tests"]
+    assert tests["tests"] == tests["skipped"] == 5 and tests["failures"] == tests["errors"] == 0
+    assert (stages["sweep"]["trials"], stages["sweep"]["trainings"]) == (8, 6)  # 2 widths x 2 rules x 2 seeds
+    for name, compiled, fd, batches in (("benchmark", False, "autocast", [16, 32]), ("reg_fd_fp32", False, "fp32", [32]),
+                                        ("compile", True, "autocast", [16, 32])):
+        figures = json.loads((tmp_path / f"{name}.json").read_text())
+        assert figures["dry_run"] and figures["precision"] == "bf16"
+        assert (figures["compile"], figures["reg_fd_precision"]) == (compiled, fd)
+        assert figures["rows"] == [{"size": size, "batch": b} for size in ("GAT-B/2", "GAT-XL/2") for b in batches]
+    assert "| cuda_tests | ok |" in (tmp_path / "summary.md").read_text()
+    assert "5 skipped" in (tmp_path / "cuda_tests.log").read_text()
+
+
+def test_gpu_check_stops_at_the_first_failure_and_at_a_stage_budget(tmp_path, monkeypatch, capsys):
+    check = load_benchmark("gpu_check")
+    python = sys.executable
+
+    def never(run):
+        raise AssertionError("a stage after a failure ran")
+
+    monkeypatch.setattr(check, "STAGES", (
+        check.Stage("passes", 60, "", lambda run: {"note": run.command(python, "-c", "print('fine')").strip()}),
+        check.Stage("fails", 60, "", lambda run: run.command(python, "-c", "print('boom'); raise SystemExit(3)")),
+        check.Stage("after", 60, "", never)))
+    assert check.main(["--out", str(tmp_path / "a"), "--dry-run"]) == 1
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    passes, fails = summary["stages"]
+    assert (passes["status"], passes["note"]) == ("ok", "fine") and fails["status"] == "failed"
+    assert fails["error"].startswith(f"{Path(python).name} -c ") and "exited with status 3" in fails["error"]
+    assert fails["error"].endswith("\nboom")  # the end of its log
+    assert "GPU check FAILED at fails after" in capsys.readouterr().err
+
+    monkeypatch.setattr(check, "STAGES", (
+        check.Stage("raises", 60, "", lambda run: json.loads(run.command(python, "-c", "print('not json')"))),))
+    assert check.main(["--out", str(tmp_path / "c"), "--dry-run"]) == 1
+    (raises,) = json.loads((tmp_path / "c" / "summary.json").read_text())["stages"]
+    assert raises["error"].startswith("JSONDecodeError: Expecting value")
+
+    monkeypatch.setattr(check, "STAGES", (
+        check.Stage("slow", 1, "", lambda run: run.command(python, "-c", "import time; time.sleep(60)")),))
+    start = time.monotonic()
+    assert check.main(["--out", str(tmp_path / "b"), "--dry-run"]) == 1
+    assert time.monotonic() - start < 30  # killed at its budget, not after the 60 s sleep
+    (slow,) = json.loads((tmp_path / "b" / "summary.json").read_text())["stages"]
+    assert slow["error"].startswith("stopped at the stage's budget of 1 s")
+
+
+def test_gpu_check_summary_tables_and_the_cost_of_fp32_r1_r2():
+    check = load_benchmark("gpu_check")
+    row = {"size": "GAT-B/2", "batch": 32, "ms_per_iter": 200.0, "images_per_s": 160.0, "achieved_tflops": 140.5,
+           "mfu": 0.25, "peak_mem_gib": 20.25, "warmup_s": 1.5, "attention_kernels": ["flash[bfloat16]"]}
+    summary = {"mode": "gpu", "date": "today", "device": "H100", "stages": [
+        {"name": "benchmark", "status": "ok", "wall_s": 60.0, "budget_s": 70, "note": "measured", "rows": [row],
+         "torch": "2.14.1", "cuda": "13.0", "matmul_bf16_tflops": 700.2, "sdpa_enabled": {"flash": True}},
+        {"name": "reg_fd_fp32", "status": "ok", "wall_s": 50.0, "budget_s": 55, "note": "measured",
+         "rows": [{**row, "ms_per_iter": 300.0}]},
+        {"name": "compile", "status": "failed", "wall_s": 150.0, "budget_s": 150, "error": "stopped\nmore"}]}
+    lines = check.markdown(summary).splitlines()
+    assert lines[:2] == ["GPU check (gpu), today: H100",
+                         "torch 2.14.1 (CUDA 13.0), bf16 matmul 700 TFLOP/s, SDPA enabled: {'flash': True}"]
+    assert "| compile | failed | 150.0 | 150 | stopped |" in lines
+    assert "| benchmark | GAT-B/2 | 32 | 200.0 | 160.0 | 140.5 | 25.0% | 20.2 | 1.5 | flash[bfloat16] |" in lines
+    assert lines[-1] == "reg_fd_precision fp32 against autocast, GAT-B/2 batch 32: x1.50 ms / iteration"
+    assert check.most_at_once([(0, 10), (5, 15), (10, 20), (30, 40)]) == 2  # an end and a start at 10 do not overlap
 
 
 def test_train_step_benchmark_runs_at_tiny_setting():
@@ -164,10 +242,7 @@ def test_dry_run_benchmark_times_cold_and_warm_runs():
 def test_benchmark_help_shows_the_whole_docstring(script, monkeypatch, capsys):
     """`--help` is where a user meets a benchmark: it prints the module docstring with its example
     command lines, not a first line cut mid-sentence (three scripts did that)."""
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when run as a script: gpu.py imports train_step
-    spec = importlib.util.spec_from_file_location(f"bench_{script[:-3]}", ROOT / "benchmarks" / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark(script[:-3])
     monkeypatch.setattr(sys, "argv", [script, "--help"])
     with pytest.raises(SystemExit) as stop:
         module.main()

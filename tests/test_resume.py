@@ -10,10 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from core.checkpoint import load_checkpoint
-from helpers import logged
+from helpers import assert_same_states, checkpoint_states, logged
 
 BIN = Path(sys.executable).parent
 # Small enough for seconds on one thread; grad_clip 1e-3 makes gradient clipping bind at every
@@ -58,13 +56,5 @@ def test_ctrl_c_and_rerun_equals_the_uninterrupted_command(tmp_path):
 
     rerun = gat_sweep_train(out)
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
-    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt")
-    b = load_checkpoint(out / "checkpoints" / "latest.pt")
-    for net in ("G", "D", "G_ema"):
-        for name, tensor in a[net].items():
-            assert torch.equal(tensor, b[net][name]), f"{net}.{name} differs after the resume at {stopped_at}"
-    for opt in ("opt_g", "opt_d"):
-        for index, state in a[opt]["state"].items():
-            for key, value in state.items():
-                assert torch.equal(value, b[opt]["state"][index][key]), f"{opt} {index}.{key} differs"
+    assert_same_states(checkpoint_states(tmp_path / "straight")[0], checkpoint_states(out)[0])
     assert logged(tmp_path / "straight") == logged(out)

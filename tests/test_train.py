@@ -10,8 +10,8 @@ from core.checkpoint import load_checkpoint
 from core.config import ConfigError, NetConfig, TrainConfig
 from core.flops import measure_iteration_flops, train_flops_per_iter
 from core.latents import LatentData
-from core.train import Reporter, train
-from helpers import logged
+from core.train import train
+from helpers import Recorder, assert_same_states, checkpoint_states, logged
 
 SMALL = NetConfig(width=32, depth=4, heads=2)
 
@@ -20,41 +20,6 @@ def tiny(**kw) -> TrainConfig:
     base = dict(name="t", dataset="random", g=SMALL, d=SMALL, d_proj_dim=32, batch=8,
                 iterations=6, ckpt_every=3, log_every=2, diag_every=2, eval_every=-1, seed=3)
     return TrainConfig(**{**base, **kw})
-
-
-class Recorder(Reporter):
-    def __init__(self, fail_at: int | None = None, tag: str = "run-1") -> None:
-        self.reports, self.started, self.finished, self.fail_at, self.tag = [], [], [], fail_at, tag
-
-    def start(self, cfg, info, state):
-        self.started.append((info, state))
-
-    def report(self, report):
-        self.reports.append(report)
-        if self.fail_at is not None and report.step >= self.fail_at:
-            self.fail_at = None
-            raise RuntimeError("injected crash")
-
-    def state_dict(self):
-        return {"run_id": self.tag}
-
-    def finish(self, result):
-        self.finished.append(result)
-
-
-def states(run_dir):
-    ckpt = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
-    return {k: ckpt[k] for k in ("G", "D", "G_ema", "opt_g", "opt_d")}, ckpt
-
-
-def assert_same(a, b):
-    for key in ("G", "D", "G_ema"):
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
-    for key in ("opt_g", "opt_d"):
-        for idx, s in a[key]["state"].items():
-            for k, v in s.items():
-                assert torch.equal(v, b[key]["state"][idx][k]), f"{key} state {idx}.{k} differs"
 
 
 def test_run_is_finite_and_writes_run_dir(tmp_path):
@@ -86,13 +51,13 @@ def test_resume_equals_uninterrupted(tmp_path, grad_clip):
     crash = Recorder(fail_at=4)  # iteration 4 is logged but not checkpointed: resume from 3
     with pytest.raises(RuntimeError, match="injected"):
         train(cfg, tmp_path / "resumed", crash, progress=False)
-    _, ckpt = states(tmp_path / "resumed")
+    _, ckpt = checkpoint_states(tmp_path / "resumed")
     assert ckpt["iteration"] == 3 and ckpt["reporter"] == {"run_id": "run-1"}
     assert ckpt["window_iters"] == 1  # iteration 3 sits in the open logging window (log_every 2)
     again = Recorder(tag="run-1")
     train(cfg, tmp_path / "resumed", again, progress=False)
     assert again.started[0][1] == {"run_id": "run-1"}  # reporter state handed back on resume
-    assert_same(states(tmp_path / "straight")[0], states(tmp_path / "resumed")[0])
+    assert_same_states(checkpoint_states(tmp_path / "straight")[0], checkpoint_states(tmp_path / "resumed")[0])
     # the logged losses (a mean over the window 3-4) and every line of stats.jsonl, once each
     assert logged(tmp_path / "straight") == logged(tmp_path / "resumed")
 
@@ -143,7 +108,7 @@ def test_longer_budget_continues_a_finished_run(tmp_path):
     train(tiny(iterations=3), tmp_path / "grown", progress=False)
     result = train(tiny(iterations=6), tmp_path / "grown", progress=False)
     assert result.iterations == 6
-    assert_same(states(tmp_path / "full")[0], states(tmp_path / "grown")[0])
+    assert_same_states(checkpoint_states(tmp_path / "full")[0], checkpoint_states(tmp_path / "grown")[0])
 
 
 def test_finished_run_returns_without_training(tmp_path):
@@ -283,7 +248,7 @@ def test_seed_controls_initialisation(tmp_path):
     torch.rand(1000)  # whatever the global RNG did in between
     train(tiny(iterations=1), tmp_path / "b", progress=False)
     train(tiny(iterations=1, seed=4), tmp_path / "c", progress=False)
-    a, b, c = (states(tmp_path / d)[0]["G"] for d in "abc")
+    a, b, c = (checkpoint_states(tmp_path / d)[0]["G"] for d in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["blocks.0.attn.qkv.weight"], c["blocks.0.attn.qkv.weight"])
 
