@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 from analysis.fit import Estimate
 from analysis.units import lr_text
+from core.config import SIZES
 from analysis.transfer import PAPER_WIDTHS, LRBacktest, LRPrediction, RuleTransfer, factor_text, predict_lr
 
-PAPER_SIZES = dict(zip(PAPER_WIDTHS, ("GAT-S", "GAT-B", "GAT-L", "GAT-XL")))
+PAPER_SIZES = {net.width: f"GAT-{name}" for name, net in SIZES.items()}
 """Names of the paper's sizes by width (docs/METHOD.md §6)."""
 SEEDS_FOR_ONE = 8
 """Seeds suggested after a one-seed sweep: what the simulation study finds 8 seeds decide in the

@@ -24,7 +24,7 @@ from matplotlib.ticker import FixedFormatter, FixedLocator, MaxNLocator, NullFor
 
 from analysis.fit import Estimate, ScalingFit
 from analysis.transfer import SCORE_EVALS, RuleTransfer
-from core.records import EARLY_SKIP_REL, G_UPDATE_REL
+from core.records import EARLY_SKIP_REL, G_UPDATE_REL, final_fd
 
 DPI = 110
 RULE_COLOURS = {"constant": "tab:red", "gat": "tab:blue", "mup": "tab:green"}
@@ -240,8 +240,7 @@ def fd_vs_kimg(points: pd.DataFrame, trials: pd.DataFrame, colours: dict[str, tu
                metric_key: str, path: Path) -> Path:
     """FD against kimg, one panel per LR rule, colour per size: every trial as a thin line through
     its evaluations (faint when a panel holds many), and per size one bold line, the geometric
-    mean over seeds of its best base LR (the lowest mean log FD at the last iteration all its
-    seeds reached; :func:`best_seed_mean_curves`). The last evaluation of a diverged trial is an
+    mean over seeds of its best base LR (the best final FD; :func:`best_seed_mean_curves`). The last evaluation of a diverged trial is an
     x, of a running trial an open circle (in the legend only when there is one)."""
     rules = sorted(trials["lr_rule"].dropna().unique()) if len(trials) else []
     fig = Figure(figsize=(5 * max(len(rules), 1), 4.2))
@@ -271,7 +270,8 @@ def fd_vs_kimg(points: pd.DataFrame, trials: pd.DataFrame, colours: dict[str, tu
         for (size, base_lr, n), curve in sorted(curves.items(), key=lambda kv: order.get(kv[0][0], len(order))):
             ax.plot(curve["kimg"], curve["fd"], "o-", color=colours.get(size, "grey"), lw=2.2, ms=4,
                     label=f"{size}: base LR {base_lr:.3g}, {n} seed(s)")
-        ax.set_title(f"LR rule: {rule} (bold: best base LR per size, geo. mean over seeds)", fontsize=9)
+        ax.set_title(f"LR rule: {rule} (bold: per size, the base LR of the best final FD, geo. mean over seeds)",
+                     fontsize=9)
         ax.set_xlabel("kimg")
         ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
@@ -293,8 +293,9 @@ def best_seed_mean_curves(points: pd.DataFrame) -> dict[tuple[str, float, int], 
     ``points``: rows of one LR rule (columns ``size``, ``base_lr``, ``seed``, ``iter``, ``kimg``,
     ``fd``; finite, positive ``fd``). For each (size, base LR) the geometric mean of ``fd`` over
     seeds at every iteration that all of its seeds reached; the best base LR of a size has the
-    lowest mean at its last such iteration. Returns ``{(size, base LR, seeds): frame with columns
-    iter, kimg, fd}``, sizes in their order of appearance.
+    lowest geometric mean over seeds of the trials' final FDs (``core.records.final_fd``, the
+    report's one meaning of best). Returns ``{(size, base LR, seeds): frame with columns iter,
+    kimg, fd}``, sizes in their order of appearance.
     """
     out = {}
     for size, of_size in points.groupby("size", sort=False):
@@ -306,8 +307,9 @@ def best_seed_mean_curves(points: pd.DataFrame) -> dict[tuple[str, float, int], 
             common = per_iter[per_iter["seeds"] == n]
             if common.empty:
                 continue
-            if best is None or common["log_fd"].iloc[-1] < best[2]["log_fd"].iloc[-1]:
-                best = (float(base_lr), n, common)
+            score = float(np.mean([np.log(final_fd(g.sort_values("iter")["fd"])) for _, g in group.groupby("seed")]))
+            if best is None or score < best[3]:
+                best = (float(base_lr), n, common, score)
         if best is not None:
             curve = best[2].reset_index()
             out[(str(size), best[0], best[1])] = pd.DataFrame(
@@ -315,15 +317,28 @@ def best_seed_mean_curves(points: pd.DataFrame) -> dict[tuple[str, float, int], 
     return out
 
 
+_POINT_KINDS = (
+    ("own", dict(marker="o", color="k", ls=""), "trained for this rule"),
+    ("pooled", dict(marker="o", mfc="none", color="k", ls=""), "trained for another rule (same actual LR)"),
+    ("left_out", dict(marker="^", color="k", ls=""), "left out of the valley (beyond its cliff)"),
+    ("diverged", dict(marker="x", color="k", ls="", mew=2), "diverged (top of the panel)"),
+)
+"""How the LR-transfer panels mark an LR, and the legend entry of each kind."""
+
+
 def lr_transfer_figure(transfer: dict[str, RuleTransfer]) -> Figure:
     """The LR-transfer figure (see :func:`lr_transfer`), not yet saved."""
     rules = list(transfer)
-    fig = Figure(figsize=(4.6 * (len(rules) + 1), 4.4))
-    axes = fig.subplots(1, len(rules) + 1, squeeze=False)
+    lines = {rule: res for rule, res in transfer.items()
+             if res.valley is not None and sum(o.best_lr is not None for o in res.optima) >= 2}
+    panels = len(rules) + (1 if lines else 0)   # the best-LR panel only when a rule has a line to show
+    fig = Figure(figsize=(4.8 * max(panels, 1), 4.8))
+    axes = fig.subplots(1, max(panels, 1), squeeze=False)
     widths = sorted({o.width for r in transfer.values() for o in r.optima})
     all_lrs = [lr for r in transfer.values() for o in r.optima for lr in o.lrs]
     cmap = matplotlib.colormaps["plasma"]
     wcol = {w: cmap(0.85 * i / max(len(widths) - 1, 1)) for i, w in enumerate(widths)}
+    kinds_used: set[str] = set()
     for ax, rule in zip(axes[0], rules):
         res = transfer[rule]
         if not res.optima:
@@ -332,32 +347,49 @@ def lr_transfer_figure(transfer: dict[str, RuleTransfer]) -> Figure:
         for o in res.optima:
             lrs, scores = np.array(o.lrs), np.array(o.scores)
             ok = np.isfinite(scores)
-            ax.plot(lrs[ok], scores[ok], "o", color=wcol[o.width], ms=4, label=f"width {o.width}")
+            kind = np.array(["left_out" if lr in o.left_out_lrs else "pooled" if lr in o.pooled_lrs else "own"
+                             for lr in o.lrs])
+            for name, style, _ in _POINT_KINDS[:3]:
+                sel = ok & (kind == name)
+                if sel.any():
+                    kinds_used.add(name)
+                    ax.plot(lrs[sel], scores[sel], **{**style, "color": wcol[o.width]}, ms=5)
+            ax.plot([], [], "o", color=wcol[o.width], label=f"width {o.width}")
             if o.diverged_lrs:  # diverged LRs: an x near the top of the panel
+                kinds_used.add("diverged")
                 ax.plot(o.diverged_lrs, np.full(len(o.diverged_lrs), 0.96), "x", color=wcol[o.width],
                         ms=9, mew=2, transform=ax.get_xaxis_transform())
-            if res.valley is not None and o.width in res.valley.widths and \
-                    res.valley.curvatures[res.valley.widths.index(o.width)] > 0:
-                grid = np.geomspace(lrs[ok].min(), lrs[ok].max(), 60) if ok.any() else lrs
-                ax.plot(grid, np.exp(res.valley.log_fd(o.width, grid)), "-", color=wcol[o.width], lw=1)
+            valley = res.valley
+            if valley is not None and o.width in valley.widths and valley.curvatures[valley.widths.index(o.width)] > 0:
+                inside = ok & (kind != "left_out")
+                if inside.any():
+                    grid = np.geomspace(lrs[inside].min(), lrs[inside].max(), 60)
+                    ax.plot(grid, np.exp(valley.log_fd(o.width, grid)), "-", color=wcol[o.width], lw=1)
             if o.best_lr is not None:
                 ax.axvline(o.best_lr.value, color=wcol[o.width], ls="--", lw=1)
                 if o.best_lr.lo is not None:
                     ax.axvspan(o.best_lr.lo, o.best_lr.hi, color=wcol[o.width], alpha=0.12, lw=0)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("base LR")
-        ax.set_ylabel(f"FD (mean log of last {SCORE_EVALS} evals; geo. mean over seeds)", fontsize=8)
-        ax.set_title(f"{rule}: {res.outcome}", fontsize=10)
+        ax.set_xlabel(f"base LR ({rule})")
+        ax.set_ylabel(f"final FD (geo. mean of last {SCORE_EVALS} evals, over seeds)")
+        ax.set_title(f"{rule}: {res.outcome}", fontsize=11)
         ax.grid(True, alpha=0.3)
         readable_log_axes(ax)
-        ax.legend(fontsize=7)
-    ax = axes[0, -1]
-    drawn = False
-    for rule, res in transfer.items():
+        ax.legend(fontsize=7, loc="upper left")
+    if lines:
+        _best_lr_panel(axes[0, -1], lines, widths, all_lrs)
+    handles = [Line2D([], [], ms=6, label=label, **style) for name, style, label in _POINT_KINDS if name in kinds_used]
+    if handles:
+        fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=len(handles), frameon=False)
+    fig.tight_layout(rect=(0, 0.07 if handles else 0, 1, 1))
+    return fig
+
+
+def _best_lr_panel(ax: Axes, lines: dict[str, RuleTransfer], widths: list[int], all_lrs: list[float]) -> None:
+    """Fitted best base LR against width per rule, with intervals, the fitted line and the shift."""
+    for rule, res in lines.items():
         opt = [o for o in res.optima if o.best_lr is not None]
-        if len(opt) < 2 or res.valley is None:
-            continue
         w = np.array([o.width for o in opt], float)
         lr = np.array([o.best_lr.value for o in opt])
         colour = RULE_COLOURS.get(rule, "k")
@@ -365,54 +397,63 @@ def lr_transfer_figure(transfer: dict[str, RuleTransfer]) -> Figure:
         yerr = ([lr - [o.best_lr.lo for o in opt], [o.best_lr.hi for o in opt] - lr] if has_ci else None)
         shift = res.shift
         label = (f"{rule}: x{np.exp(shift.value):.2f}" + (f" [x{np.exp(shift.lo):.2f}, x{np.exp(shift.hi):.2f}]"
-                 if shift.lo is not None else " (no interval)") + " over widths")
+                 if shift.lo is not None else " (no interval)") + " over widths" if shift is not None
+                 else f"{rule}: no line")
         ax.errorbar(w, lr, yerr=yerr, fmt="o", color=colour, capsize=3, label=label)
-        line = np.exp(res.valley.v0 + res.valley.b * np.log(w / res.valley.w_ref))
-        ax.plot(w, line, "-", color=colour, lw=1)
-        drawn = True
-    if drawn:
-        ax.set_yscale("log")
-        if all_lrs:  # show the whole LR grid, so a flat line (transfers) still has ticks
-            lo, hi = ax.get_ylim()
-            ax.set_ylim(min(lo, min(all_lrs) / 1.2), max(hi, max(all_lrs) * 1.2))
-        readable_log_axes(ax, x=False)
-        width_axis(ax, widths)
-        ax.set_xlabel("width")
-        ax.set_ylabel("best base LR (fitted, 95% interval)")
-        tol = next(iter(transfer.values())).tolerance
-        ax.set_title(f"best LR vs width (flat = transfers; tolerance x{math.exp(tol):.3g})", fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    else:
-        _empty(ax, "no fitted optimum at 2 or more widths")
-    fig.tight_layout()
-    return fig
+        if shift is not None:
+            line = np.exp(res.valley.v0 + res.valley.b * np.log(w / res.valley.w_ref))
+            ax.plot(w, line, "-", color=colour, lw=1)
+    ax.set_yscale("log")
+    if all_lrs:  # show the whole LR grid, so a flat line (transfers) still has ticks
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(min(lo, min(all_lrs) / 1.2), max(hi, max(all_lrs) * 1.2))
+    readable_log_axes(ax, x=False)
+    width_axis(ax, widths)
+    ax.set_xlabel("width")
+    ax.set_ylabel("best base LR (fitted, 95% interval)")
+    tol = next(iter(lines.values())).tolerance
+    ax.set_title(f"best LR vs width (flat = transfers; tolerance x{math.exp(tol):.3g})", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def lr_transfer(transfer: dict[str, RuleTransfer], path: Path) -> Path:
-    """Per rule: FD against base LR (one colour per width; points: per-LR scores, line: the
-    fitted valley model, dashed: the fitted optimum with its 95% band, x: diverged LRs); last
-    panel: fitted best base LR against width with intervals and the fitted line per rule."""
+    """Per rule: final FD against base LR (one colour per width; filled: trained for the rule,
+    hollow: trained for another rule at the same actual LR, triangle: left out of the valley
+    beyond its cliff, x: diverged; line: the fitted valley over the LRs it holds; dashed: the
+    fitted optimum with its 95% band); last panel, when some rule has a line of optima: fitted
+    best base LR against width with intervals and the fitted line per rule."""
     return _save(lr_transfer_figure(transfer), path)
 
 
 def diagnostics(trials: pd.DataFrame, path: Path) -> Path:
+    """Write :func:`diagnostics_figure` to ``path``."""
+    return _save(diagnostics_figure(trials), path)
+
+
+def diagnostics_figure(trials: pd.DataFrame) -> Figure:
     """The paper's two failure-mode diagnostics (docs/METHOD.md §7) against width, latest value
-    per trial (the iterations it was logged at in each panel's title; column ``last_iter``),
-    colour per LR rule: early-block use (``diag/early_skip_rel``) and the relative output change
-    per optimiser step (``diag/g_update_rel``)."""
+    per training (the iterations it was logged at in each panel's title; column ``last_iter``),
+    colour per LR rule, grey for a training several rules share (a copied trial is drawn once, as
+    its original): early-block use (``diag/early_skip_rel``) and the relative output change per
+    optimiser step (``diag/g_update_rel``)."""
     fig = Figure(figsize=(10, 4.2))
     axes = fig.subplots(1, 2, squeeze=False)
     panels = (("early_skip_rel", f"{EARLY_SKIP_REL}\n(small = early blocks under-used)"),
               ("g_update_rel", f"{G_UPDATE_REL}\n(output change per step)"))
+    trained = trials[trials["same_as"].isna()].copy() if "same_as" in trials else trials.copy()
+    if "same_as" in trials:   # a copy repeats its original's training: draw the training once, for all its rules
+        copies = trials.dropna(subset=["same_as"]).groupby("same_as")["lr_rule"].agg(set)
+        trained["lr_rule"] = [" + ".join(sorted(str(r) for r in {rule} | copies.get(trial, set())))
+                              for trial, rule in zip(trained["trial"], trained["lr_rule"])]
     for ax, (col, label) in zip(axes[0], panels):
-        data = trials[np.isfinite(trials[col].astype(float)) & (trials[col].astype(float) > 0)]
+        data = trained[np.isfinite(trained[col].astype(float)) & (trained[col].astype(float) > 0)]
         if data.empty:
             _empty(ax, f"{col}: not logged yet")
             continue
         for rule, group in data.groupby("lr_rule"):
-            ax.scatter(group["g_width"], group[col], color=RULE_COLOURS.get(rule, "k"), s=20,
-                       alpha=0.7, label=rule)
+            ax.scatter(group["g_width"], group[col], color=RULE_COLOURS.get(rule, "grey"), s=20,
+                       alpha=0.7, label=rule if "+" not in rule else f"{rule} (one training)")
         ax.set_yscale("log")
         ax.set_xlabel("width")
         ax.set_ylabel(label)
@@ -425,7 +466,7 @@ def diagnostics(trials: pd.DataFrame, path: Path) -> Path:
             at = f"{last.min()}" if last.min() == last.max() else f"{last.min()}-{last.max()}"
             ax.set_title(f"each trial's latest value (iteration {at})", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def sample_grids(grids: list[tuple[str, Path]], path: Path) -> Path:

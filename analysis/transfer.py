@@ -84,6 +84,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.fit import Estimate
+from core.config import SIZES
 from core.records import DIVERGED, EXCLUDED_STATUSES, FINAL_EVALS, final_fd
 
 PAPER_EXPECTATION = {
@@ -98,9 +99,9 @@ that still counts as "transfers": a factor 2."""
 SCORE_EVALS = FINAL_EVALS
 """Evaluations averaged (in log FD) into a trial's score (its final FD's)."""
 N_BOOT = 1000
-PAPER_WIDTHS = (384, 768, 1024, 1152)
-"""Widths of the paper's GAT-S, -B, -L and -XL (docs/METHOD.md §6): the default target widths of
-the LR predictions."""
+PAPER_WIDTHS = tuple(net.width for net in SIZES.values())
+"""Widths of the paper's GAT-S, -B, -L and -XL (384, 768, 1024, 1152; docs/METHOD.md §6): the
+default target widths of the LR predictions."""
 MAX_SEEDS_REPORTED = 100
 """Seed estimates above this are reported as "more than 100"."""
 MAX_RANGE_REPORTED = 1e4
@@ -505,6 +506,8 @@ class WidthOptimum:
     common_iter: int
     left_out_lrs: tuple[float, ...] = ()
     """LRs above the optimum left out of the valley (the cliff and above, failed ones excluded)."""
+    pooled_lrs: tuple[float, ...] = ()
+    """LRs whose every training was run for another rule (:func:`rule_trainings`)."""
 
 
 @dataclass(frozen=True)
@@ -578,7 +581,8 @@ class RuleTransfer:
             "optima": [{"width": o.width, "best_lr": est(o.best_lr), "best_fd": o.best_score,
                         "at_edge": o.at_edge, "common_iter": o.common_iter, "lrs": list(o.lrs),
                         "fd": [s if np.isfinite(s) else None for s in o.scores],
-                        "diverged_lrs": list(o.diverged_lrs), "left_out_lrs": list(o.left_out_lrs)}
+                        "diverged_lrs": list(o.diverged_lrs), "left_out_lrs": list(o.left_out_lrs),
+                        "pooled_lrs": list(o.pooled_lrs)}
                        for o in self.optima],
         }
 
@@ -671,8 +675,10 @@ def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed
                 best = Estimate(float(np.exp(m)), None if lo is None else float(np.exp(lo)),
                                 None if hi is None else float(np.exp(hi)))
         edge = best is not None and not (fit.lowest - 1e-9 <= m <= fit.upper + 1e-9)
+        at_width = scores[scores["width"] == w]
+        pooled = at_width.groupby("base_lr")["pooled"].all() if "pooled" in at_width else pd.Series(dtype=bool)
         optima.append(WidthOptimum(w, lrs, per_lr, diverged, best, float(min(per_lr)), edge, common,
-                                   fit.left_out))
+                                   fit.left_out, tuple(float(lr) for lr, p in pooled.items() if p)))
     optima = tuple(optima)
 
     factor = _rule_factor(scores)

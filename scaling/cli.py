@@ -32,7 +32,9 @@ from core.config import ConfigError, TrainConfig
 from core.presets import PRESETS, get_preset
 from scaling.display import plot_command, print_config, print_outcome, print_trials, print_train_result
 from scaling.lock import refuse_if_running
-from scaling.spec import SweepSpec, check_tracking_uri, dataset_path, default_output_dir, default_tracking_uri, load_spec
+from scaling.next_sweep import write_next_sweep
+from scaling.spec import (ReportSpec, SweepSpec, check_tracking_uri, dataset_path, default_output_dir,
+                          default_tracking_uri, load_spec)
 from scaling.yamlio import apply_set, load_yaml
 
 app = typer.Typer(
@@ -314,6 +316,17 @@ def _above_one(value: float) -> float:
     return value
 
 
+def _positive_ints(text: str, option: str) -> list[int]:
+    """'384,768' -> [384, 768]; ConfigError naming ``option`` otherwise."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise ConfigError(f"{option} takes positive integers separated by commas, e.g. 384,768; got {text!r}")
+    return values
+
+
 @app.command()
 def plot(
     sweep: Annotated[str, typer.Argument(help="Sweep file, or a sweep name (MLflow experiment) or parent run id.")],
@@ -327,12 +340,18 @@ def plot(
         callback=_above_one,
         help="LR transfer: the largest factor the best LR may move by over the sweep's widths and still "
         "'transfer' (the equivalence margin; set it before looking at the results).")] = 2.0,
+    target_widths: Annotated[str | None, typer.Option(
+        help="Widths at which to predict the best LR, comma-separated (default: the sweep file's "
+        "report.target_widths, else the paper's 384,768,1024,1152).")] = None,
 ) -> None:
     """Fit FD/FID against training compute for a sweep and write figures and an HTML report.
 
-    Works on a finished sweep and on one still running. The report's files, the fitted exponents
+    Works on a finished sweep and on one still running. The report opens with the answer: per LR
+    rule the verdict and what binds it, the exponent of the best LR against width and the rule it
+    implies, the best LR at the target widths with a backtest, and the sweep to run next, which is
+    written beside the report as next_sweep.yaml. The report's files, the fitted exponents
     (fit/MODEL/alpha) and the LR-transfer verdicts are also logged to the sweep's MLflow parent
-    run (artifacts under report/), unless --no-log.
+    run (artifacts under report/, the answer as its description), unless --no-log.
 
     **Examples:**
 
@@ -343,22 +362,44 @@ def plot(
       gat-sweep plot imagenet256_gat --tracking-uri http://mlflow:5000 --out report/
 
       gat-sweep plot sweeps/width_lr_full.yaml --tolerance 1.5
+
+      gat-sweep plot sweeps/width_lr_wide.yaml --target-widths 256,768
     """
     with user_errors():  # a missing sweep file is named at once, before the slow imports
         if Path(sweep).suffix in (".yaml", ".yml") or os.sep in sweep or Path(sweep).is_file():
             spec = load_spec(Path(sweep))
             name, uri, default_out = spec.name, tracking_uri or spec.tracking(), spec.output_path() / "report"
+            sweep_text, widths = spec.file_text(), spec.report.target_widths
         else:
             default_dir = default_output_dir(sweep)
             name, uri = sweep, tracking_uri or default_tracking_uri(default_dir)
             default_out = default_dir / "report"
+            recorded = default_dir / "sweep.yaml"   # the sweep file as run, when it ran here
+            sweep_text = recorded.read_text() if recorded.is_file() else None
+            widths = ReportSpec().target_widths
+        if target_widths is not None:
+            widths = _positive_ints(target_widths, "--target-widths")
         check_tracking_uri(uri)
     from analysis.runs import SweepNotFound
+
+    report_dir = out or default_out
+
+    def next_sweep(suggestion) -> str | None:
+        """Write the suggested sweep beside the report; None (the answer describes it) without the
+        analysed sweep's file, or when the suggestion is not a valid sweep file."""
+        if sweep_text is None:
+            return None
+        try:
+            return write_next_sweep(sweep_text, name, suggestion, report_dir)
+        except ConfigError as err:
+            console.print(f"no next_sweep.yaml: {err}", highlight=False, markup=False)
+            return None
 
     with user_errors(SweepNotFound):
         from analysis.report import make_report
 
-        result = make_report(name, uri, out or default_out, tolerance=math.log(tolerance))
+        result = make_report(name, uri, report_dir, tolerance=math.log(tolerance), target_widths=tuple(widths),
+                             next_sweep_writer=next_sweep)
     console.print(result.summary, highlight=False, markup=False)
     console.print(f"report {result.html}", highlight=False, markup=False)
     if log:

@@ -240,6 +240,14 @@ def _train_overrides_model() -> type[BaseModel]:
 TrainOverrides = _train_overrides_model()
 
 
+class ReportSpec(_Strict):
+    """What ``gat-sweep plot`` reports beyond the fits and verdicts."""
+
+    target_widths: IntList = Field(default_factory=lambda: [net.width for net in SIZES.values()])
+    """Widths at which the report predicts the best LR (default the paper's GAT-S/B/L/XL: 384, 768,
+    1024, 1152); ``gat-sweep plot --target-widths`` overrides them."""
+
+
 class SweepSpec(_Strict):
     """One sweep: the grid, the budget, the evaluation and where to run and log it."""
 
@@ -271,6 +279,8 @@ class SweepSpec(_Strict):
     ray_address: str | None = None
     """Ray cluster to join (e.g. 'auto', 'ray://head:10001'); default $RAY_ADDRESS, else 'local'
     (start a Ray instance on this machine). --address overrides it."""
+    report: ReportSpec = ReportSpec()
+    """What `gat-sweep plot` reports: the widths at which it predicts the best LR."""
     _text: str | None = PrivateAttr(None)
     """The sweep file as run (:meth:`file_text`); set by :func:`load_spec`."""
 

@@ -41,10 +41,15 @@ def load_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
 
 
+def parse_yaml(text: str) -> Any:
+    """YAML text read as gat-sweep reads its files (``1e-4`` a float)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_scalar(text: str) -> Any:
     """A command-line value read like a YAML scalar: ``64`` -> int, ``1e-4`` -> float, ``x`` -> str
     (and a flow list, ``[0, 1]``, as a list)."""
-    return yaml.load(text, Loader=_Loader)
+    return parse_yaml(text)
 
 
 def apply_set(data: dict[str, Any], item: str, example: str, known_only: bool) -> None:

@@ -277,15 +277,16 @@ def test_report_names_the_rule_of_each_transfer_line_and_one_extractor(report):
 
 def test_training_curves_average_the_best_base_lr_over_seeds():
     """The bold curve per size of fd_vs_kimg.png: the geometric mean over seeds, at iterations
-    every seed reached, of the base LR with the lowest mean at the last of them."""
+    every seed reached, of the base LR with the best final FD (geometric mean over seeds of each
+    trial's final FD: 1e-3 sqrt(400 x 100) = 200 for both seeds; 2e-3 sqrt(300 x 150) = 212 and
+    (300 x 150 x 10)^(1/3) = 76.6)."""
     rows = []
     for base_lr, fds in ((1e-3, {0: [400, 100], 1: [100, 400]}), (2e-3, {0: [300, 150], 1: [300, 150, 10]})):
         for seed, series in fds.items():
             rows += [{"size": "w32", "base_lr": base_lr, "seed": seed, "iter": 100 * (k + 1),
                       "kimg": 3.2 * (k + 1), "fd": fd} for k, fd in enumerate(series)]
     curves = figures.best_seed_mean_curves(pd.DataFrame(rows))
-    # 1e-3 ends at sqrt(100 * 400) = 200, 2e-3 at 150 (its seed 1's third evaluation is not common)
-    assert list(curves) == [("w32", 2e-3, 2)]
+    assert list(curves) == [("w32", 2e-3, 2)]   # its curve stops at the iterations both seeds reached
     curve = curves[("w32", 2e-3, 2)]
     assert curve["iter"].tolist() == [100, 200] and curve["fd"].tolist() == pytest.approx([300, 150])
 
@@ -448,3 +449,54 @@ def test_analysis_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ---- figures that cannot mislead ---------------------------------------------------------------
+
+def _one_width_transfer():
+    """A rule scored at one width only: no line of optima to draw."""
+    from analysis.transfer import fit_rule
+    rows = [{"width": 32, "base_lr": lr, "seed": s, "common_iter": 100, "lr": lr, "pooled": False,
+             "score": 1.0 + 0.3 * (math.log(lr) - math.log(5e-4)) ** 2} for lr in LRS for s in (0, 1)]
+    return {"gat": fit_rule(pd.DataFrame(rows), "gat", n_boot=20)}
+
+
+def test_the_lr_transfer_figure_has_no_empty_panel():
+    fig = figures.lr_transfer_figure(_one_width_transfer())
+    assert len(fig.axes) == 1                                  # the rule's panel, no empty best-LR box
+    assert not any("no fitted optimum" in t.get_text() for ax in fig.axes for t in ax.texts)
+
+
+def test_borrowed_and_left_out_points_are_drawn_apart_and_in_the_legend(report):
+    values = json.loads(report.json.read_text())
+    pooled = [lr for o in values["lr_transfer"]["gat"]["optima"] for lr in o["pooled_lrs"]]
+    assert pooled   # gat borrows constant's trainings at actual LRs its own grid lacks
+    from analysis.transfer import analyse_transfer
+    runs = load_sweep(SWEEP, values["tracking_uri"])
+    fig = figures.lr_transfer_figure(analyse_transfer(runs.points, runs.trials, n_boot=50))
+    legend = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert "trained for another rule (same actual LR)" in legend and "trained for this rule" in legend
+    hollow = [line for ax in fig.axes[:2] for line in ax.get_lines() if line.get_markerfacecolor() == "none"]
+    assert sum(len(line.get_xdata()) for line in hollow) == len(pooled) + sum(
+        len(o["pooled_lrs"]) for o in values["lr_transfer"]["constant"]["optima"])
+    assert fig.axes[0].yaxis.label.get_fontsize() >= 10
+
+
+def test_the_diagnostics_draw_each_training_once(tmp_path):
+    trials = pd.DataFrame({
+        "trial": ["gat-a", "constant-a", "gat-b"], "lr_rule": ["gat", "constant", "gat"],
+        "same_as": [None, "gat-a", None], "g_width": [32, 32, 64], "last_iter": [100, 100, 100],
+        "early_skip_rel": [0.3, 0.3, 0.2], "g_update_rel": [0.01, 0.01, 0.02]})
+    fig = figures.diagnostics_figure(trials)
+    for ax in fig.axes:
+        assert sum(len(c.get_offsets()) for c in ax.collections) == 2     # gat-a once, gat-b once
+        assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["constant + gat (one training)", "gat"]
+    assert figures.diagnostics(trials, tmp_path / "d.png").is_file()
+
+
+def test_fd_is_written_as_a_whole_number(report):
+    assert "e+0" not in report.summary.split("fits (")[0]     # the answer and the sizes table
+    for row in report.summary_rows:
+        assert re.fullmatch(r"[\d,]+|\d+\.\d\d|-", row["best final FD"])
+    note = next(n for n in report.notes if "copied trial(s)" in n)
+    assert note.endswith("as those of the run that trained.")
