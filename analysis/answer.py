@@ -181,7 +181,7 @@ def answer(transfer: dict[str, RuleTransfer], *, target_widths: tuple[int, ...] 
             if all(p is not None for p in preds):
                 by_rule.append(f"{rule} base LR " + ", ".join(lr_text(p.base_lr.value) for p in preds))
         if by_rule:
-            lines.append(f"  as each rule's base LR at widths {', '.join(map(str, out.predictions))}: "
+            lines.append(f"As each rule's base LR at widths {', '.join(map(str, out.predictions))}: "
                          + "; ".join(by_rule) + ".")
     out.backtest = line.backtest
     lines.append(_trust(line, out.predictions))

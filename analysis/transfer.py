@@ -92,6 +92,15 @@ PAPER_EXPECTATION = {
     "gat": "paper: transfers (slope near 0)",
     "mup": "no paper prediction (muP-style rule)",
 }
+
+
+def expectation(rule: str) -> str:
+    """What is expected of ``rule``'s verdict: the paper's expectation, or for a ``power<a>`` rule
+    (the exponent an earlier sweep measured) that it transfers if that exponent holds."""
+    if rule.startswith("power"):
+        exponent = -float(rule[len("power"):])
+        return f"transfers if the best LR keeps scaling as width^{exponent:g} (a measured exponent)"
+    return PAPER_EXPECTATION.get(rule, "no paper prediction")
 LEVEL = 0.95
 TOLERANCE = math.log(2.0)
 """Largest |shift| of the optimum (natural log of the LR factor) over the sweep's width range
@@ -638,7 +647,7 @@ def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed
 
     Never raises on thin data: it returns a RuleTransfer whose verdict says what is missing.
     """
-    expected = PAPER_EXPECTATION.get(rule, "no paper prediction")
+    expected = expectation(rule)
     n_pooled = int(scores["pooled"].sum()) if "pooled" in scores else 0
     finite = scores[np.isfinite(scores["score"])]
     seeds = sorted(scores["seed"].unique().tolist())
