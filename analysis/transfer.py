@@ -98,7 +98,7 @@ def expectation(rule: str) -> str:
     """What is expected of ``rule``'s verdict: the paper's expectation, or for a ``power<a>`` rule
     (the exponent an earlier sweep measured) that it transfers if that exponent holds."""
     if rule.startswith("power"):
-        exponent = -float(rule[len("power"):])
+        exponent = 0.0 - float(rule[len("power"):]) + 0.0  # no "-0"
         return f"transfers if the best LR keeps scaling as width^{exponent:g} (a measured exponent)"
     return PAPER_EXPECTATION.get(rule, "no paper prediction")
 LEVEL = 0.95
