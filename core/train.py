@@ -21,6 +21,7 @@ import copy
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 
 from core import diagnostics
 from core.cache import atomic_write_bytes, json_text
-from core.checkpoint import LATEST, load_checkpoint, save_checkpoint
+from core.checkpoint import CHECKPOINTS, resume_state, save_checkpoint
 from core.config import RESUMABLE_FIELDS, ConfigError, TrainConfig
 from core.evaluate import InvalidMetricError, make_evaluator, make_sampler
 from core.flops import FLOPS_CONVENTION, train_flops_per_iter
@@ -121,7 +122,7 @@ def _check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
     replaced, so the corrected command just runs.
     """
     path = run_dir / CONFIG_FILE
-    trained = (run_dir / "checkpoints" / LATEST).exists() or (run_dir / RESULT_FILE).exists()
+    trained = any((run_dir / CHECKPOINTS).glob("*.pt")) or (run_dir / RESULT_FILE).exists()
     if path.exists() and trained:
         old = json.loads(path.read_text())
         with contextlib.suppress(ConfigError, TypeError):  # a field it lacks ran with its default
@@ -215,11 +216,10 @@ def _checkpoint_state(G: Generator, D: torch.nn.Module, G_ema: Generator, step: 
             "reporter": carry.reporter}
 
 
-def _resume(path: Path, device: torch.device, G: Generator, D: torch.nn.Module,
+def _resume(state: dict[str, Any], G: Generator, D: torch.nn.Module,
             G_ema: Generator) -> tuple[_Carry, dict[str, Any]]:
     """Load a :func:`_checkpoint_state` into the models; returns the carry and the two optimiser
     states (loaded once the optimisers exist)."""
-    state = load_checkpoint(path, device)
     G.load_state_dict(state["G"])
     D.load_state_dict(state["D"])
     G_ema.load_state_dict(state["G_ema"])
@@ -261,7 +261,8 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
 
     Args:
         cfg: the validated run configuration.
-        run_dir: run directory; made absolute. Resumes from ``checkpoints/latest.pt`` if present.
+        run_dir: run directory; made absolute. Resumes from ``checkpoints/latest.pt`` if present,
+            or when it cannot be read from the newest numbered checkpoint that can (said on stderr).
         reporter: progress sink (Ray Tune / MLflow in ``scaling``); None = files only.
         progress: show a tqdm progress bar (rank 0).
         flops_per_iter: FLOPs of one iteration (:func:`core.flops.train_flops_per_iter`), when the
@@ -269,8 +270,9 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
     Returns: :class:`core.records.RunResult`; status 'diverged' (no exception) when a loss became
         non-finite or exceeded ``cfg.diverge_loss``, an evaluation's samples were non-finite, or an
         evaluation exceeded ``cfg.diverge_fd_ratio`` times the best so far; ``reason`` says which.
-    Raises: ConfigError for an impossible config, a missing dataset or evaluation weights, or a
-        run directory holding a different config. Other exceptions propagate (Ray retries them).
+    Raises: ConfigError for an impossible config, a missing dataset or evaluation weights, a
+        run directory holding a different config, or checkpoints none of which can be read
+        (:class:`core.checkpoint.CheckpointError`). Other exceptions propagate (Ray retries them).
     """
     # ---- 1. Has this run directory a run, and may this config continue it? -------------------
     run_dir = Path(run_dir).resolve()
@@ -307,9 +309,14 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
 
     # ---- 4. Resume ----------------------------------------------------------------------------
     carry, optimisers = _Carry(), None
-    ckpt_dir = run_dir / "checkpoints"
-    if (ckpt_dir / LATEST).exists():
-        carry, optimisers = _resume(ckpt_dir / LATEST, device, G, D, G_ema)
+    ckpt_dir = run_dir / CHECKPOINTS
+    found = resume_state(ckpt_dir, device)  # CheckpointError when no checkpoint can be read
+    if found is not None:
+        state, path, damaged = found
+        carry, optimisers = _resume(state, G, D, G_ema)
+        for problem in damaged if rank == 0 else []:
+            tqdm.write(f"{cfg.name}: {problem}; resuming from {path.name} (iteration {carry.iteration})",
+                       file=sys.stderr)
     start = carry.iteration
     if rank == 0:
         _truncate_stats(run_dir / STATS_FILE, start)

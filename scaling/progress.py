@@ -15,6 +15,7 @@ from ray import tune
 from rich.console import Console
 from rich.markup import escape
 
+from core.checkpoint import CHECKPOINTS
 from core.records import DIVERGED, ITER, is_fd_key
 from scaling.grid import TRIALS_DIR
 from scaling.state import CONFIG_ERROR
@@ -120,7 +121,7 @@ class ProgressLines(tune.Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
         name = trial_name(trial)
-        checkpoint = (self.out / TRIALS_DIR / name / "checkpoints" / "latest.pt").exists()
+        checkpoint = any((self.out / TRIALS_DIR / name / CHECKPOINTS).glob("*.pt"))
         how = "resuming from its checkpoint" if checkpoint else "starting again (no checkpoint yet)"
         self._print(f"[yellow]retry[/]     {name} crashed; {how}")
 

@@ -52,6 +52,7 @@ from ray import tune
 from rich.console import Console
 from rich.markup import escape
 
+from core.checkpoint import CHECKPOINTS, CheckpointError, resume_state
 from core.config import ConfigError, TrainConfig
 from core.encode import MANIFEST
 from core.metrics import dataset_kind, resolve_metric
@@ -429,6 +430,7 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
     _prepare_data(trials[0].config)
     repeats = shared_trainings(trials, started_trials(out, trials))
     pending = pending_trainings(out, trials, repeats)
+    _check_checkpoints(out, pending, console)
     started_ray = bool(pending) and not ray.is_initialized()
     failed: dict[str, tuple[str, str]] = {}
     try:
@@ -484,6 +486,28 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
     set_run_status(tracking_uri, state["parent_run_id"], running=False,
                    failed=outcome.failed or any(t.status == "incomplete" for t in outcome.trials))
     return outcome
+
+
+def _check_checkpoints(out: Path, pending: list[Trial], console: Console) -> None:
+    """Read the checkpoint each pending trial will resume from, as its training will
+    (:func:`core.checkpoint.resume_state`; tensors mapped, not read), and say which trials resume
+    from an older checkpoint because a newer one is damaged.
+
+    Raises CheckpointError naming every trial none of whose checkpoints can be read: no retry
+    could read them, so nothing starts.
+    """
+    unreadable = []
+    for trial in pending:
+        try:
+            found = resume_state(out / TRIALS_DIR / trial.name / CHECKPOINTS, mmap=True)
+        except CheckpointError as err:
+            unreadable.append(f"{trial.name}: {err}")
+            continue
+        if found is not None and found[2]:
+            console.print(f"[yellow]damaged[/]   {trial.name}: {escape('; '.join(found[2]))}; it resumes from "
+                          f"{found[1].name}", highlight=False, soft_wrap=True)
+    if unreadable:
+        raise CheckpointError("\n".join(unreadable))
 
 
 def _check_store(plan: SweepPlan, outcome: SweepOutcome) -> list[str]:

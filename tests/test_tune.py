@@ -21,10 +21,12 @@ import ray.cloudpickle
 import torch
 from mlflow import MlflowClient
 from rich.console import Console
+from typer.testing import CliRunner
 
 from core.checkpoint import load_checkpoint
 from core.config import TrainConfig
 from core.train import train
+from scaling import cli
 from scaling.display import print_trials
 from scaling.grid import ATTEMPTS_FILE
 from scaling.spec import Resources, SweepSpec
@@ -500,3 +502,37 @@ def test_two_drivers_started_at_once_exactly_one_runs(tmp_path):
     (refusal,) = [err for _, code, _, err in results if code == 2]
     assert len(refusal.strip().splitlines()) == 1 and f"(PID {winner} on host" in refusal, refusal
     one_run_per_trial(out)
+
+
+def test_a_damaged_checkpoint_costs_no_retry_and_an_intact_one_is_resumed(ray_local, tmp_path):
+    # A truncated latest.pt failed the trial on every retry (exit 1, two tracebacks), without naming
+    # the file and without trying the intact numbered checkpoint beside it.
+    sweep = tmp_path / "locked.yaml"
+    sweep.write_text(DRIVER_SWEEP)
+    args = ["run", str(sweep), "--output-dir", str(tmp_path / "out")]
+    assert CliRunner().invoke(cli.app, args).exit_code == 0
+    run_dir = tmp_path / "out" / "trials" / TRIAL
+    before = logged(run_dir)
+    (run_dir / "result.json").unlink()  # as if the driver had stopped after the last checkpoint
+    for name in ("latest.pt", "iter_0000006.pt"):
+        path = run_dir / "checkpoints" / name
+        path.write_bytes(path.read_bytes()[:100])
+
+    resumed = CliRunner().invoke(cli.app, args)
+    assert resumed.exit_code == 0, resumed.output
+    lines = " ".join(resumed.output.split())
+    assert (f"damaged {TRIAL}: checkpoint {run_dir / 'checkpoints' / 'latest.pt'} cannot be read: 100 bytes that "
+            "are not a checkpoint") in lines
+    assert "it resumes from iter_0000003.pt" in lines and "1 finished" in lines
+    assert [a["resumed"] for a in attempts(tmp_path / "out", TRIAL)] == [False, True]
+    assert not (run_dir / FAILURES_FILE).exists() and logged(run_dir) == before
+
+    (run_dir / "result.json").unlink()
+    for path in (run_dir / "checkpoints").glob("*.pt"):
+        path.write_bytes(b"")
+    refused = CliRunner().invoke(cli.app, args)
+    assert refused.exit_code == 2, refused.output
+    message = " ".join(refused.output.split())
+    assert message.startswith(f"error: {TRIAL}: checkpoint {run_dir / 'checkpoints' / 'latest.pt'} cannot be "
+                              "read: the file is empty") and "Traceback" not in refused.output
+    assert len(attempts(tmp_path / "out", TRIAL)) == 2  # nothing started
