@@ -37,8 +37,9 @@ from core.cache import atomic_write_bytes, json_text
 from core.checkpoint import CHECKPOINTS, resume_state, save_checkpoint
 from core.config import RESUMABLE_FIELDS, ConfigError, TrainConfig
 from core.evaluate import InvalidMetricError, make_evaluator, make_sampler
-from core.flops import FLOPS_CONVENTION, train_flops_per_iter
+from core.flops import FLOPS_CONVENTION, parameter_counts, train_flops_per_iter
 from core.latents import load_latents
+from core.memory import check_memory, device_memory, gib
 from core.model import Generator, build_models, count_parameters
 from core.records import (
     CONFIG_FILE,
@@ -108,6 +109,16 @@ def resolve_device(name: str) -> torch.device:
         if device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return device
+
+
+def _check_device_memory(cfg: TrainConfig, device: torch.device, world: int) -> None:
+    """Refuse a run whose least memory (:func:`core.memory.estimate_memory`, parameters counted on
+    the meta device) exceeds its device's, before its models are built there (ConfigError)."""
+    available = device_memory(str(device)) if device.type in ("cpu", "cuda") else None
+    if available is not None:
+        g_params, d_params = parameter_counts(cfg)
+        where = f"the {gib(available)} of {device}" if device.type == "cuda" else f"this machine's {gib(available)} of memory"
+        check_memory(cfg, g_params, d_params, cfg.batch // world, available, where)
 
 
 def _iteration_seed(seed: int, iteration: int, rank: int) -> int:
@@ -289,6 +300,7 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
 
     # ---- 2. Data, the DINOv2 encoder, evaluation: everything that can fail before training ---
     device = resolve_device(cfg.device)
+    _check_device_memory(cfg, device, world)
     data = load_latents(cfg)
     encoder = run_encoder(cfg, data, device) if cfg.repa else None
     sampler = evaluator = None

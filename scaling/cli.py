@@ -32,7 +32,7 @@ from core.config import ConfigError, TrainConfig
 from core.presets import PRESETS, get_preset
 from scaling.display import plot_command, print_config, print_outcome, print_trials, print_train_result
 from scaling.lock import refuse_if_running
-from scaling.spec import SweepSpec, check_tracking_uri, dataset_path, default_output_dir, default_tracking_uri, load_spec
+from scaling.spec import SweepSpec, absolute_paths, check_tracking_uri, default_output_dir, default_tracking_uri, load_spec
 from scaling.yamlio import apply_set, load_yaml
 
 app = typer.Typer(
@@ -165,7 +165,7 @@ def resolve_config(source: str, sets: list[str]) -> TrainConfig:
     """A preset name or a YAML/JSON file of TrainConfig fields, then ``key=value`` overrides.
 
     Nested fields use dots (``g.width=128``); values are read like YAML scalars (``1e-4``).
-    A relative dataset path becomes absolute (:func:`scaling.spec.dataset_path`). A file is
+    Relative paths become absolute (:func:`scaling.spec.absolute_paths`). A file is
     validated before the overrides, so that its own mistakes are named as its. Raises
     FileNotFoundError or ConfigError.
     """
@@ -173,8 +173,7 @@ def resolve_config(source: str, sets: list[str]) -> TrainConfig:
     data = start.to_dict()  # every field, so that an override of an unknown one is refused
     for item in sets:
         apply_set(data, item, "g.width=128", known_only=True)
-    data["dataset"] = dataset_path(data["dataset"])
-    return TrainConfig.from_dict(data)
+    return TrainConfig.from_dict(absolute_paths(data))
 
 
 def _config_file(source: str) -> TrainConfig:

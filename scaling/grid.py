@@ -17,6 +17,7 @@ from typing import Any
 
 from core.config import ConfigError, NetConfig, TrainConfig, flatten
 from core.flops import parameter_counts, train_flops_per_iter
+from core.memory import check_memory, device_memory, gib
 from core.records import RunResult
 from scaling.lr_rules import apply_rule
 from scaling.spec import SweepSpec
@@ -187,3 +188,35 @@ def trial_rows(trials: list[Trial], repeats: dict[str, str]) -> list[dict[str, A
             "kimg": c.kimg, "seed": c.seed, "total_flops": cost.total_flops, "same_as": repeats.get(t.name, ""),
         })
     return rows
+
+
+def check_trials_fit(spec: SweepSpec, trials: list[Trial]) -> None:
+    """Refuse a sweep with a trial whose least memory (:func:`core.memory.estimate_memory`, at its
+    batch per DDP worker) exceeds what it gets on this machine: with ``resources.gpus`` a share of
+    GPU 0 (when this machine has one), else this machine's memory. A sweep on a Ray cluster is not
+    checked here (its nodes' memory is theirs to know): each trial checks its own device before it
+    builds its models (``core.train``), as a configuration error that is not retried.
+
+    Raises ConfigError naming the first such trial (and how many more), with its estimate.
+    """
+    res = spec.resources
+    if spec.is_cluster():
+        return
+    if res.gpus > 0:
+        gpu = device_memory("cuda")
+        if gpu is None:
+            return
+        available, where = int(gpu * min(res.gpus, 1.0)), f"the {gib(gpu * min(res.gpus, 1.0))} of GPU memory a trial gets"
+    else:
+        available = device_memory("cpu")
+        where = f"this machine's {gib(available)} of memory"
+    too_big = []
+    for t in trials:
+        g_params, d_params = parameter_counts(t.config)
+        try:
+            check_memory(t.config, g_params, d_params, t.config.batch // res.workers, available, where)
+        except ConfigError as err:
+            too_big.append(str(err))
+    if too_big:
+        more = f" ({len(too_big) - 1} more trial(s) do not fit either)" if len(too_big) > 1 else ""
+        raise ConfigError(f"trial {too_big[0]}{more}")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -63,6 +64,7 @@ from scaling.grid import (
     STATE_FILE,
     TRIALS_DIR,
     Trial,
+    check_trials_fit,
     expand,
     is_done,
     pending_trainings,
@@ -94,6 +96,8 @@ from scaling.tracking import (
 )
 
 TUNE_DIR = "tune"
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+"""Terminal colour codes, which Ray puts into its errors' text (kept out of summaries and records)."""
 DDP_POLL_S = 5.0
 """Seconds between two reads of a multi-worker trial's stats.jsonl by its launcher (:func:`relay_stats`)."""
 DDP_LAUNCHER_CPU = 0.01
@@ -415,6 +419,7 @@ def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporte
     out, tracking_uri = spec.output_path(), spec.tracking()
     spec.check_cluster_settings()
     _check_inputs(trials[0].config)  # every trial shares the dataset and the evaluation settings
+    check_trials_fit(spec, trials)
     check_tracking_uri(tracking_uri)
     _check_writable(out, tracking_uri)
     with sweep_lock(out):
@@ -573,7 +578,7 @@ def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[T
     failed = {}
     for r in tuner.fit():
         if r.error is not None:
-            failed[r.config["trial"]] = ("error", f"{type(r.error).__name__}: {r.error}")
+            failed[r.config["trial"]] = ("error", ANSI_CODES.sub("", f"{type(r.error).__name__}: {r.error}"))
         elif (r.metrics or {}).get("status") == CONFIG_ERROR:
             failed[r.config["trial"]] = (CONFIG_ERROR, r.metrics["error"])
     return failed
