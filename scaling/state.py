@@ -148,7 +148,7 @@ def open_sweep(spec: SweepSpec, sweep_file: Path, digest: str, records: dict[str
         stale = any(not (out / name).is_file() or (out / name).read_text() != text for name, text in files.items())
         if state["spec_hash"] != digest or stale:
             state = _update_sweep(files, digest, records, out, state)
-        set_run_status(tracking_uri, state["parent_run_id"], running=True)
+        set_run_status(tracking_uri, state["parent_run_id"], "RUNNING")
     except MlflowException as err:
         raise ConfigError(f"tracking_uri: the MLflow store {tracking_uri} refused the sweep's experiment or "
                           f"parent run: {err}") from None

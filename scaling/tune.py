@@ -32,15 +32,17 @@ While trials run, the driver prints one line per trial event and a status line w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import socket
-import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +59,7 @@ from core.checkpoint import CHECKPOINTS, CheckpointError, resume_state
 from core.config import ConfigError, TrainConfig
 from core.encode import MANIFEST
 from core.metrics import dataset_kind, resolve_metric
-from core.records import CONFIG_FILE, DIVERGED, FINISHED, RESULT_FILE, STATS_FILE, RunResult
+from core.records import CONFIG_FILE, DIVERGED, FINISHED, KIMG, RESULT_FILE, STATS_FILE, RunResult
 from core.train import Report, train
 from scaling.grid import (
     ATTEMPTS_FILE,
@@ -73,7 +75,7 @@ from scaling.grid import (
     sweep_hash,
     trial_records,
 )
-from scaling.lock import sweep_lock
+from scaling.lock import sweep_lock, writable_directory
 from scaling.progress import DROP_RAY_ADVICE, ProgressLines, trial_name
 from scaling.spec import Resources, SweepSpec, check_tracking_uri
 from scaling.state import (
@@ -279,6 +281,7 @@ class TrialOutcome:
     """'finished', 'diverged', 'error' (failed more than max_failures times), 'config_error'
     (stopped by a configuration error, not retried) or 'incomplete'."""
     iterations: int = 0
+    """Iterations trained: at the end, or for an incomplete trial the last step it logged."""
     kimg: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
@@ -374,55 +377,51 @@ def _prepare_data(cfg: TrainConfig) -> None:
         prepare_folder_classifier(Path(cfg.dataset))  # not load_latents: the driver needs no latents
 
 
-def _check_writable(out: Path, tracking_uri: str) -> None:
-    """Create the output directory, and check that this process can write it and a local sqlite
-    tracking store, before anything starts.
+def _check_tracking_store(tracking_uri: str) -> None:
+    """Check that this process can write a local sqlite tracking store's directory and file.
 
-    Raises ConfigError naming ``output_dir`` or ``tracking_uri``.
+    Raises ConfigError naming ``tracking_uri``.
     """
-    _check_directory(out, f"output_dir: {out}")
     if tracking_uri.startswith("sqlite:"):
         # SQLAlchemy's form: sqlite:///relative.db, sqlite:////absolute.db, optional ?query
         db = Path(tracking_uri.removeprefix("sqlite:///").partition("?")[0]).absolute()
-        _check_directory(db.parent, f"tracking_uri: {tracking_uri} (its directory {db.parent})")
+        writable_directory(db.parent, f"tracking_uri: {tracking_uri} (its directory {db.parent})")
         if db.exists() and not os.access(db, os.W_OK):
             raise ConfigError(f"tracking_uri: {tracking_uri}: {db} is not writable by this user")
-
-
-def _check_directory(path: Path, what: str) -> None:
-    """Create ``path`` and write a temporary file in it; ConfigError naming ``what`` if either fails."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
-    except OSError as err:
-        raise ConfigError(f"{what} cannot be written ({type(err).__name__}: {err.strerror or err}); "
-                          "choose a directory this user can write") from None
 
 
 def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporter] = TrialReporter,
               console: Console | None = None) -> SweepOutcome:
     """Run (or resume) a sweep to the end and return how every trial stands.
 
-    Before anything starts: the cluster settings, every local file the trials read (dataset,
-    VAE, Inception weights) and the writability of the output directory and a local tracking
-    store are checked, then the sweep lock is taken and held until the end. After the trials,
-    child runs of trials that did not end are closed (FAILED or KILLED) and the store is checked
-    against the trials that ended (``SweepOutcome.store_problems``).
+    Before anything starts: the cluster settings and the tracking URI are checked, the sweep
+    lock is taken (creating the output directory) and held until the end, then every local file
+    the trials read (dataset, VAE, Inception weights), the trials' memory
+    (:func:`scaling.grid.check_trials_fit`), a local tracking store's writability and the
+    checkpoints the trials resume from. After the trials, child runs of trials that did not end
+    are closed (FAILED or KILLED) and the store is checked against the trials that ended
+    (``SweepOutcome.store_problems``); the parent run ends FINISHED, FAILED or KILLED.
+
+    Ctrl-C (and SIGTERM, which the command line turns into it) stops the trials (Ray Tune stops
+    them on the first, at once on the second) and returns with them ``incomplete``; during Ray's
+    start-up it waits for Ray to be up, then stops it whole. The driver's own Ray instance is
+    stopped before this returns.
 
     ``reporter_cls`` is the hook for a different reporter (a subclass of TrialReporter).
     Raises ConfigError / SweepChangedError / SweepLockedError / FileNotFoundError for settings the
     user must fix (a tracking URI that is a path or a server that does not answer:
-    :func:`scaling.spec.check_tracking_uri`), or another running driver; no trial is started then.
+    :func:`scaling.spec.check_tracking_uri`), or another running driver; no trial is started then,
+    and an output directory this call created is removed again.
     """
     console = console or Console()
     trials = expand(spec)
     out, tracking_uri = spec.output_path(), spec.tracking()
     spec.check_cluster_settings()
-    _check_inputs(trials[0].config)  # every trial shares the dataset and the evaluation settings
-    check_trials_fit(spec, trials)
     check_tracking_uri(tracking_uri)
-    _check_writable(out, tracking_uri)
     with sweep_lock(out):
+        _check_inputs(trials[0].config)  # every trial shares the dataset and the evaluation settings
+        check_trials_fit(spec, trials)
+        _check_tracking_store(tracking_uri)
         return _drive(spec, Path(sweep_file), trials, reporter_cls, console)
 
 
@@ -436,31 +435,27 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
     repeats = shared_trainings(trials, started_trials(out, trials))
     pending = pending_trainings(out, trials, repeats)
     _check_checkpoints(out, pending, console)
-    started_ray = bool(pending) and not ray.is_initialized()
+    starting = _RayInstance(spec.ray_target()) if pending and not ray.is_initialized() else None
     failed: dict[str, tuple[str, str]] = {}
     try:
-        # Ray's start-up is mostly waiting for its processes: count FLOPs and open the MLflow
-        # store meanwhile (seconds off the time to the first training iteration).
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            opening = pool.submit(open_sweep, spec, sweep_file, digest, records, trials, repeats, out,
-                                  tracking_uri, state)
-            if started_ray:
-                ray.init(address=spec.ray_target(), include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING)
-            rows, state = opening.result()
+        rows, state, interrupted = _open_sweep_while_ray_starts(spec, sweep_file, digest, records, trials, repeats,
+                                                                state, starting)
         plan = SweepPlan(out, TrialTracking(tracking_uri, state["experiment_id"], spec.name, state["parent_run_id"]),
                          {t.name: t for t in trials}, spec.resources,
                          {row["name"]: row["flops_per_iter"] for row in rows})
         # Train each distinct config once; start the most expensive first (the shortest overall
         # time for a fixed pool of workers).
         cost = {row["name"]: row["total_flops"] for row in rows}
-        todo = sorted((t.name for t in pending), key=lambda n: -cost[n])
+        todo = [] if interrupted else sorted((t.name for t in pending), key=lambda n: -cost[n])
         if added:
             console.print(f"sweep [bold]{spec.name}[/] grows by {len(added)} trials; its "
                           f"{len(trials) - len(added)} trials so far are kept as they are (a report and "
                           "verdicts logged before cover those only: make the report again)")
-        console.print(f"sweep [bold]{spec.name}[/]: {len(trials)} trials ({len(repeats)} repeat another's "
-                      f"training and are copied), {len(todo)} to train; output {escape(str(out))}")
+        if interrupted:
+            console.print("interrupted while Ray started: Ray is stopped again and no trial starts")
+        else:
+            console.print(f"sweep [bold]{spec.name}[/]: {len(trials)} trials ({len(repeats)} repeat another's "
+                          f"training and are copied), {len(todo)} to train; output {escape(str(out))}")
         for name in todo:
             failures = read_jsonl(plan.run_dir(name) / FAILURES_FILE)
             if failures:
@@ -471,26 +466,119 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
             work = {name: (plan.flops_per_iter[name], plan.trials[name].config.iterations) for name in todo}
             progress = ProgressLines(console, out, len(trials) - len(repeats), len(trials) - len(repeats) - len(todo), work)
             recorded = {name: len(read_jsonl(plan.run_dir(name) / FAILURES_FILE)) for name in todo}
-            failed = _fit(plan, spec, todo, reporter_cls, progress)
+            try:
+                failed = _fit(plan, spec, todo, reporter_cls, progress)
+            except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM): Ray Tune stopped at once
+                failed = {}
             for name, (status, error) in failed.items():
                 if status == "error" and len(read_jsonl(plan.run_dir(name) / FAILURES_FILE)) == recorded[name]:
                     append_failure(plan.run_dir(name), "crash", error)  # its worker died unrecorded
     finally:
-        if started_ray:
-            ray.shutdown()
-    by_name = {t.name: t for t in trials}
-    for name, source in repeats.items():
-        if not is_done(by_name[name], plan.run_dir(name)) and is_done(by_name[source], plan.run_dir(source)):
-            _copy_trial(plan, by_name[name], source)
-    outcome = _collect(spec, plan, trials, failed, repeats)
-    end_open_runs(plan.tracking, {
-        t.name: ("KILLED", "the trial did not end: the driver stopped before it finished")
-        if t.status == "incomplete" else ("FAILED", t.error or t.status)
-        for t in outcome.trials if t.status not in (FINISHED, DIVERGED)})
-    outcome.store_problems = _check_store(plan, outcome)
-    set_run_status(tracking_uri, state["parent_run_id"], running=False,
-                   failed=outcome.failed or any(t.status == "incomplete" for t in outcome.trials))
+        if starting is not None:
+            with _interrupts_ignored():
+                starting.stop()
+    with _interrupts_ignored():  # the store and the run directories agree before the driver ends
+        by_name = {t.name: t for t in trials}
+        for name, source in repeats.items():
+            if not is_done(by_name[name], plan.run_dir(name)) and is_done(by_name[source], plan.run_dir(source)):
+                _copy_trial(plan, by_name[name], source)
+        outcome = _collect(spec, plan, trials, failed, repeats)
+        end_open_runs(plan.tracking, {
+            t.name: ("KILLED", "the trial did not end: the driver stopped before it finished")
+            if t.status == "incomplete" else ("FAILED", t.error or t.status)
+            for t in outcome.trials if t.status not in (FINISHED, DIVERGED)})
+        outcome.store_problems = _check_store(plan, outcome)
+        stopped = any(t.status == "incomplete" for t in outcome.trials)
+        set_run_status(tracking_uri, state["parent_run_id"],
+                       "FAILED" if outcome.failed else "KILLED" if stopped else "FINISHED")
     return outcome
+
+
+class _RayInstance:
+    """Ray started (or joined) by ``ray.init`` in a thread of its own, which lives until
+    :meth:`stop`.
+
+    Off the main thread Ray installs no signal handlers (it does only there), so Ctrl-C and
+    SIGTERM keep meaning "stop" to the driver while Ray starts; and the thread must outlive Ray's
+    processes, since Linux sends a child its parent-death signal when the *thread* that started it
+    ends. :meth:`stop` waits for the start-up to end before it shuts Ray down: stopped halfway
+    through its start-up, Ray left processes behind.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.ready: Future = Future()
+        self._release = threading.Event()
+        logging.getLogger("ray._private.worker").addFilter(DROP_THREAD_WARNING)
+        self._thread = threading.Thread(target=self._run, args=(address,), name="ray-init", daemon=True)
+        self._thread.start()
+
+    def _run(self, address: str) -> None:
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        except BaseException as err:  # handed to the thread that waits for Ray
+            self.ready.set_exception(err)
+            return
+        self.ready.set_result(None)
+        self._release.wait()
+
+    def stop(self) -> None:
+        """Wait for the start-up to end, shut Ray down (its processes on this machine end), and
+        let the thread end."""
+        wait([self.ready])
+        if ray.is_initialized():
+            ray.shutdown()
+        self._release.set()
+        self._thread.join()
+
+
+class _DropThreadWarning(logging.Filter):
+    """Drops Ray's warning that it sets no SIGTERM handler off the main thread (on purpose here)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("SIGTERM handler is not set")
+
+
+DROP_THREAD_WARNING = _DropThreadWarning()
+
+
+def _open_sweep_while_ray_starts(spec: SweepSpec, sweep_file: Path, digest: str, records: dict[str, dict[str, Any]],
+                                 trials: list[Trial], repeats: dict[str, str], state: dict[str, Any] | None,
+                                 starting: _RayInstance | None) -> tuple[list[dict[str, Any]], dict[str, Any], bool]:
+    """Open the sweep (:func:`scaling.state.open_sweep`: FLOP counts, MLflow experiment and parent
+    run) while Ray starts (``starting``; its start-up is mostly waiting for its processes, so this
+    takes seconds off the time to the first iteration), and wait for both. An interrupt (Ctrl-C,
+    or SIGTERM through the command line) waits for both too, so that Ray can be stopped whole and
+    the trials closed in the store. Returns (trial rows, sweep state, whether the driver was
+    interrupted meanwhile); raises the error of either.
+    """
+    interrupted = False
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        futures = [pool.submit(open_sweep, spec, sweep_file, digest, records, trials, repeats, spec.output_path(),
+                               spec.tracking(), state)]
+        futures += [starting.ready] if starting is not None else []
+        while not all(f.done() for f in futures):
+            try:
+                wait(futures)
+            except KeyboardInterrupt:
+                interrupted = True
+    for future in futures[1:]:
+        future.result()
+    rows, state = futures[0].result()
+    return rows, state, interrupted
+
+
+@contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C for the block (in the main thread; SIGTERM follows it through the command
+    line's handler), so that a repeated interrupt cannot leave runs RUNNING or Ray half stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _check_checkpoints(out: Path, pending: list[Trial], console: Console) -> None:
@@ -587,7 +675,8 @@ def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[T
 def _collect(spec: SweepSpec, plan: SweepPlan, trials: list[Trial], failed: dict[str, tuple[str, str]],
              repeats: dict[str, str]) -> SweepOutcome:
     """How every trial stands: its result.json if it ended, else its failure in this run (or the
-    failure of the trial it repeats), else incomplete; with its starts and failures so far."""
+    failure of the trial it repeats), else incomplete with the iterations it reached (its last
+    logged step); with its starts and failures so far."""
     outcomes = []
     for t in trials:
         run_dir = plan.run_dir(t.name)
@@ -606,5 +695,7 @@ def _collect(spec: SweepSpec, plan: SweepPlan, trials: list[Trial], failed: dict
             outcomes.append(TrialOutcome(t.name, status, error=f"repeats the training of {same_as}, which failed",
                                          **history))
         else:
-            outcomes.append(TrialOutcome(t.name, "incomplete", **history))
+            reached = _complete_records(run_dir / STATS_FILE)[-1:]  # the last logged step, if any
+            outcomes.append(TrialOutcome(t.name, "incomplete", int(reached[0]["step"]) if reached else 0,
+                                         reached[0].get(KIMG, 0.0) if reached else 0.0, **history))
     return SweepOutcome(spec.name, plan.out, plan.tracking.tracking_uri, plan.tracking.experiment_id, outcomes)

@@ -241,6 +241,7 @@ def test_run_prints_summary_and_exits_1_when_a_trial_failed(monkeypatch, tmp_pat
         TrialOutcome("b", "diverged", 1, 0.008, {}),
         TrialOutcome("c", "error", error="RuntimeError: boom")])
     monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console: outcome)
+    monkeypatch.chdir(tmp_path)  # the sweep's default output directory is created and locked
     result = invoke("run", str(SWEEPS / "smoke.yaml"))
     assert result.exit_code == 1
     assert "12.5" in result.output and "c: RuntimeError: boom" in result.output
@@ -369,6 +370,7 @@ def test_run_summary_names_retried_failed_config_error_and_diverged_trials(monke
         TrialOutcome("d", "finished", 6, 0.048, {}, starts=2)],
         store_problems=["d: no MLflow child run"])
     monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console: outcome)
+    monkeypatch.chdir(tmp_path)  # the sweep's default output directory is created and locked
     result = invoke("run", str(SWEEPS / "smoke.yaml"))
     assert result.exit_code == 1
     lines = [" ".join(line.split()) for line in result.output.splitlines()]
@@ -451,6 +453,7 @@ def test_run_json_outcome_and_exit_130_when_interrupted(monkeypatch, tmp_path):
     # Finding 9 / what to build: --json for scripts, exit status 130 after Ctrl-C (Ray Tune catches
     # the first Ctrl-C and returns with trials unfinished; a second one raises KeyboardInterrupt).
     monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console: interrupted_outcome(tmp_path))
+    monkeypatch.chdir(tmp_path)  # the sweep's default output directory is created and locked
     result = runner.invoke(cli.app, ["run", str(SWEEPS / "smoke.yaml"), "--json"])
     assert result.exit_code == 130
     summary = json.loads(result.stdout)  # the table and next steps went to stderr

@@ -3,6 +3,7 @@ parallel trials with one MLflow child run each, a diverged trial that does not s
 a crash retried from its checkpoint into the same run, a trial that keeps failing, resuming,
 and a changed sweep file refused. Gaussian latents, width 32, a few iterations."""
 
+import contextlib
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
+import psutil
 import pytest
 import ray
 import ray.cloudpickle
@@ -493,11 +495,17 @@ def test_two_drivers_started_at_once_exactly_one_runs(tmp_path):
     sweep = tmp_path / "locked.yaml"
     sweep.write_text(DRIVER_SWEEP)
     out = tmp_path / "out"
+    started = time.monotonic()
     drivers = [driver(sweep, out), driver(sweep, out)]
+    while all(d.poll() is None for d in drivers) and time.monotonic() - started < 120:
+        time.sleep(0.05)
+    first_end = time.monotonic() - started
     outputs = [d.communicate(timeout=120) for d in drivers]
     results = [(d.pid, d.returncode, *output) for d, output in zip(drivers, outputs)]
     codes = sorted(code for _, code, _, _ in results)
     assert codes == [0, 2], results
+    # Issue 23, finding 8: the loser was refused after 28 s, once torch, Ray and MLflow had loaded.
+    assert first_end < 5, first_end
     (winner,) = [pid for pid, code, _, _ in results if code == 0]
     (refusal,) = [err for _, code, _, err in results if code == 2]
     assert len(refusal.strip().splitlines()) == 1 and f"(PID {winner} on host" in refusal, refusal
@@ -536,3 +544,116 @@ def test_a_damaged_checkpoint_costs_no_retry_and_an_intact_one_is_resumed(ray_lo
     assert message.startswith(f"error: {TRIAL}: checkpoint {run_dir / 'checkpoints' / 'latest.pt'} cannot be "
                               "read: the file is empty") and "Traceback" not in refused.output
     assert len(attempts(tmp_path / "out", TRIAL)) == 2  # nothing started
+
+
+STOPPED_SWEEP = """
+name: stopped
+dataset: random
+model: {widths: [32], depths: [4], head_dim: 16}
+lr: {base_lrs: [1e-3, 2e-3], rules: [constant]}
+budget: {iterations: 5000}
+eval: {every: -1}
+train: {d_proj_dim: 32, batch: 8, ckpt_every: 5, log_every: 2, diag_every: 50}
+max_concurrent: 2
+"""
+
+
+class Descendants(threading.Thread):
+    """Every process below ``pid`` seen while it runs (polled every 0.1 s until stopped)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.root, self.seen, self.done = psutil.Process(pid), {}, threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            with contextlib.suppress(psutil.Error):
+                for child in self.root.children(recursive=True):
+                    self.seen.setdefault(child.pid, child)
+            time.sleep(0.1)
+
+    def alive(self) -> list[str]:
+        return [f"{p.pid} {p.name()}" for p in self.seen.values()
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    def gone_within(self, seconds: float) -> list[str]:
+        """Stop watching; the processes still alive after ``seconds``."""
+        self.done.set()
+        deadline = time.monotonic() + seconds
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return self.alive()
+
+
+def stoppable_driver(sweep: Path, out: Path) -> subprocess.Popen:
+    """`gat-sweep run` that takes SIGINT as a terminal's Ctrl-C does (a process started from a
+    script inherits SIGINT ignored)."""
+    return subprocess.Popen([str(Path(sys.executable).parent / "gat-sweep"), "run", str(sweep), "--output-dir", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def logged_steps(out: Path) -> list[int]:
+    """The last logged step of every trial that logged one."""
+    steps = []
+    for stats in (out / "trials").glob("*/stats.jsonl"):
+        lines = [line for line in stats.read_text().splitlines() if line.endswith("}")]
+        steps += [json.loads(lines[-1])["step"]] if lines else []
+    return steps
+
+
+def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_ray_listens_on_loopback_only(tmp_path):
+    # Issue 23, findings 3, 7 and 9: SIGTERM (SLURM, Kubernetes) ended the driver with exit 134 and
+    # Ray's stack dump, runs left RUNNING; an interrupted summary said 0 iterations; the local
+    # Ray instance listened on every interface.
+    sweep, out = tmp_path / "stopped.yaml", tmp_path / "out"
+    sweep.write_text(STOPPED_SWEEP)
+    driver_ = stoppable_driver(sweep, out)
+    processes = Descendants(driver_.pid)
+    deadline = time.monotonic() + 300
+    while not (len(logged_steps(out)) == 2 and min(logged_steps(out)) >= 10):
+        assert driver_.poll() is None and time.monotonic() < deadline, driver_.communicate()
+        time.sleep(0.2)
+    listening = [(p.name(), c.laddr.ip) for p in [psutil.Process(driver_.pid), *processes.seen.values()]
+                 if p.is_running() for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for _, ip in listening), listening
+
+    driver_.send_signal(signal.SIGTERM)
+    stdout, stderr = driver_.communicate(timeout=180)
+    assert driver_.returncode == 143, stdout + stderr
+    assert "SIGTERM received" not in stderr and "Traceback" not in stdout + stderr
+    assert "Run the same command again to resume" in stdout
+    rows = {line.split()[0]: line.split() for line in stdout.splitlines() if line.strip().startswith("w32")}
+    assert {row[1] for row in rows.values()} == {"incomplete"} and all(int(row[2]) >= 10 for row in rows.values()), rows
+    assert not processes.gone_within(10)  # no Ray process outlives the driver
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("stopped").experiment_id
+    assert {r.info.status for r in client.search_runs([experiment])} == {"KILLED"}  # the parent and both trials
+    # The state is consistent: the dry run reads it, and every trial resumes from a checkpoint.
+    planned = CliRunner().invoke(cli.app, ["run", str(sweep), "--output-dir", str(out), "--dry-run"])
+    assert f"{out} holds this sweep: 0 of its 2 trainings ended" in " ".join(planned.output.split())
+    for run_dir in (out / "trials").iterdir():
+        assert load_checkpoint(run_dir / "checkpoints" / "latest.pt")["iteration"] >= 5
+
+
+def test_ctrl_c_while_ray_starts_leaves_no_ray_process_and_no_running_run(tmp_path):
+    # Finding 3: Ctrl-C 12 s into Ray's start-up left ray::DashboardAgent and ray::RuntimeEnvAgent
+    # running for over 50 s after the driver ended.
+    sweep, out = tmp_path / "stopped.yaml", tmp_path / "out"
+    sweep.write_text(STOPPED_SWEEP)
+    driver_ = stoppable_driver(sweep, out)
+    processes = Descendants(driver_.pid)
+    deadline = time.monotonic() + 300
+    while not any(p.name() == "gcs_server" for p in processes.seen.values()):  # Ray has begun to start
+        assert driver_.poll() is None and time.monotonic() < deadline, driver_.communicate()
+        time.sleep(0.05)
+    driver_.send_signal(signal.SIGINT)
+    stdout, stderr = driver_.communicate(timeout=180)
+    assert driver_.returncode == 130, stdout + stderr
+    assert "Traceback" not in stdout + stderr and "Run the same command again to resume" in stdout
+    assert not processes.gone_within(10)
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("stopped").experiment_id
+    assert "RUNNING" not in {r.info.status for r in client.search_runs([experiment])}
