@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from core.cache import atomic_write
+from core.cache import atomic_write, check_free_space
 from core.config import ConfigError
 
 CHECKPOINTS = "checkpoints"
@@ -52,11 +52,24 @@ def numbered(ckpt_dir: Path, iteration: int) -> Path:
     return ckpt_dir / f"iter_{iteration:07d}.pt"
 
 
+FILE_OVERHEAD = 1.25
+"""A checkpoint file's size over its tensors' bytes, at most (the archive's records, alignment and
+the pickled structure; 1.10 measured at width 32)."""
+
+
 def save_checkpoint(state: dict[str, Any], ckpt_dir: Path, iteration: int, keep: int, best: bool) -> Path:
     """Write ``iter_N.pt``, refresh ``latest.pt`` (and ``best.pt`` if ``best``), prune old ones.
 
-    Returns the numbered checkpoint's path. ``keep`` >= 1 numbered files survive pruning.
+    Returns the numbered checkpoint's path. ``keep`` >= 1 numbered files survive pruning. Raises
+    :class:`core.cache.DiskFullError` before writing anything when the device lacks the space of
+    the files it writes (the numbered file and a copy for ``latest.pt``, and one for ``best.pt``),
+    so that a full disk never leaves the run without an intact checkpoint.
     """
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    copies = 3 if best else 2
+    name = numbered(ckpt_dir, iteration).name
+    check_free_space(ckpt_dir, int(copies * FILE_OVERHEAD * _tensor_bytes(state)),
+                     f"checkpoint {name} (the numbered file and latest.pt{' and best.pt' if best else ''})")
     path = atomic_save(state, numbered(ckpt_dir, iteration))
     atomic_copy(path, ckpt_dir / LATEST)
     if best:
@@ -64,6 +77,23 @@ def save_checkpoint(state: dict[str, Any], ckpt_dir: Path, iteration: int, keep:
     for old in sorted(ckpt_dir.glob("iter_*.pt"))[: -max(keep, 1)]:
         old.unlink()
     return path
+
+
+def checkpoint_bytes(g_params: int, d_params: int) -> int:
+    """The tensor bytes of a checkpoint of G and D with these parameter counts: G, D and the EMA
+    of G, and AdamW's two moments of G and D, all fp32 (what :func:`save_checkpoint` writes)."""
+    return 4 * (2 * g_params + d_params) + 8 * (g_params + d_params)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a checkpoint's state (nested dicts and lists)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_checkpoint(path: Path, map_location: torch.device | str = "cpu", mmap: bool = False) -> dict[str, Any]:

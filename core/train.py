@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import json
 import math
 import os
@@ -33,8 +34,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from core import diagnostics
-from core.cache import atomic_write_bytes, json_text
-from core.checkpoint import CHECKPOINTS, resume_state, save_checkpoint
+from core.cache import atomic_write_bytes, check_free_space, json_text
+from core.checkpoint import CHECKPOINTS, FILE_OVERHEAD, checkpoint_bytes, resume_state, save_checkpoint
 from core.config import RESUMABLE_FIELDS, ConfigError, TrainConfig
 from core.evaluate import InvalidMetricError, make_evaluator, make_sampler
 from core.flops import FLOPS_CONVENTION, parameter_counts, train_flops_per_iter
@@ -283,8 +284,26 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
         evaluation exceeded ``cfg.diverge_fd_ratio`` times the best so far; ``reason`` says which.
     Raises: ConfigError for an impossible config, a missing dataset or evaluation weights, a
         run directory holding a different config, or checkpoints none of which can be read
-        (:class:`core.checkpoint.CheckpointError`). Other exceptions propagate (Ray retries them).
+        (:class:`core.checkpoint.CheckpointError`); :class:`core.cache.DiskFullError` (also a
+        ConfigError) naming the directory and the space to free when its device fills up (checked
+        before each checkpoint, so the last one stays intact). Other exceptions propagate (Ray
+        retries them).
     """
+    try:
+        return _train(cfg, run_dir, reporter, progress, flops_per_iter)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        g_params, d_params = parameter_counts(cfg)
+        where = Path(err.filename).parent if err.filename else Path(run_dir)
+        check_free_space(where, round(2 * FILE_OVERHEAD * checkpoint_bytes(g_params, d_params)),
+                         f"what {cfg.name} writes next (its next checkpoint: the numbered file and latest.pt)")
+        raise  # space was freed meanwhile: a retry may go through
+
+
+def _train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None, progress: bool,
+           flops_per_iter: int | None) -> RunResult:
+    """The body of :func:`train`."""
     # ---- 1. Has this run directory a run, and may this config continue it? -------------------
     run_dir = Path(run_dir).resolve()
     reporter = reporter or Reporter()

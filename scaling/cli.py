@@ -198,10 +198,9 @@ def run(
                                   "kept, the others continue from their checkpoints", highlight=False, soft_wrap=True)
                 raise typer.Exit(stop_status(terminated)) from None
     print_outcome(outcome, out_console, plot_command(sweep_file, as_filed, spec))
-    interrupted = any(t.status == "incomplete" for t in outcome.trials)
-    status = stop_status(terminated) if interrupted else 1 if outcome.failed else 0
+    status = stop_status(terminated) if outcome.interrupted else 1 if outcome.failed else 0
     if json_:
-        summary = {**dataclasses.asdict(outcome), "failed": outcome.failed, "interrupted": interrupted,
+        summary = {**dataclasses.asdict(outcome), "failed": outcome.failed, "interrupted": outcome.interrupted,
                    "exit_status": status}
         print(json.dumps(summary, indent=2, default=str))
     if status:

@@ -168,7 +168,8 @@ def print_outcome(outcome: SweepOutcome, console: Console, report_command: str) 
         table.add_row(t.name, f"[{styles[t.status]}]{t.status}[/]", str(t.iterations), f"{t.kimg:g}", *values)
     console.print(table)
     for t in outcome.trials:
-        if t.failures or t.starts > 1:
+        # Started more than once: more than one start or failure, or a failure and then an end.
+        if t.starts > 1 or len(t.failures) > 1 or (t.failures and t.status in ("finished", "diverged")):
             reasons = list(dict.fromkeys(t.failures)) or ["resumed after the driver stopped"]
             console.print(f"[yellow]retried[/]      {t.name} ({t.starts} starts, {len(t.failures)} failed): "
                           f"{escape('; '.join(reasons))}", highlight=False, soft_wrap=True)

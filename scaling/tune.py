@@ -55,6 +55,7 @@ from ray import tune
 from rich.console import Console
 from rich.markup import escape
 
+from core.cache import DiskFullError
 from core.checkpoint import CHECKPOINTS, CheckpointError, resume_state
 from core.config import ConfigError, TrainConfig
 from core.encode import MANIFEST
@@ -98,6 +99,8 @@ from scaling.tracking import (
 )
 
 TUNE_DIR = "tune"
+STOP_ALL = "stop_all"
+"""Key of a trial's last result: its error stops every trial (:class:`StopOnFullDisk`)."""
 ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 """Terminal colour codes, which Ray puts into its errors' text (kept out of summaries and records)."""
 DDP_POLL_S = 5.0
@@ -164,12 +167,17 @@ def run_trial(config: dict[str, str], plan: SweepPlan, reporter_cls: type[TrialR
     failed_before = len(read_jsonl(run_dir / FAILURES_FILE))
     try:
         result = _train_ddp(plan, trial, reporter_cls) if plan.resources.workers > 1 else _train(plan, trial, reporter_cls)
-    except Exception:
-        # The training process recorded the failure (for DDP, in another process: rank 0).
-        config_errors = [f for f in read_jsonl(run_dir / FAILURES_FILE)[failed_before:] if f["kind"] == CONFIG_ERROR]
+    except Exception as err:
+        # A ConfigError raised here, or one rank 0 of a DDP trial recorded in its own process.
+        config_errors = [f["error"] for f in read_jsonl(run_dir / FAILURES_FILE)[failed_before:]
+                         if f["kind"] == CONFIG_ERROR]
+        if isinstance(err, ConfigError):
+            config_errors.append(f"{type(err).__name__}: {err}")
         if not config_errors:
             raise
-        tune.report({"status": CONFIG_ERROR, "error": config_errors[-1]["error"]})
+        # A full disk is every trial's: the driver stops the sweep (StopOnFullDisk).
+        tune.report({"status": CONFIG_ERROR, "error": config_errors[-1],
+                     STOP_ALL: config_errors[-1].startswith(DiskFullError.__name__)})
         return
     tune.report({**result.metrics, "status": result.status, "iterations": result.iterations})
 
@@ -188,10 +196,13 @@ def _train(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter]) -> 
 
 def _record_failure(run_dir: Path, reporter: TrialReporter, error: Exception) -> None:
     """Append the failure to the run directory's ``failures.jsonl`` (kind ``config_error`` for a
-    ConfigError, else ``crash``), then mark the MLflow run FAILED with the error."""
-    append_failure(run_dir, CONFIG_ERROR if isinstance(error, ConfigError) else "crash",
-                    f"{type(error).__name__}: {error}")
-    reporter.mark_failed(error)
+    ConfigError, else ``crash``), then mark the MLflow run FAILED with the error; as far as a full
+    disk or an unreachable store allow (the error itself still reaches Ray Tune)."""
+    with contextlib.suppress(OSError):
+        append_failure(run_dir, CONFIG_ERROR if isinstance(error, ConfigError) else "crash",
+                       f"{type(error).__name__}: {error}")
+    with contextlib.suppress(MlflowException, OSError):
+        reporter.mark_failed(error)
 
 
 def _ddp_worker(config: dict[str, Any]) -> None:
@@ -306,11 +317,18 @@ class SweepOutcome:
     trials: list[TrialOutcome]
     store_problems: list[str] = field(default_factory=list)
     """Ended trials the MLflow store disagrees with (no, several or an unfinished child run)."""
+    stopped_for: str | None = None
+    """The error for which the driver stopped every trial (a full disk), if any."""
 
     @property
     def failed(self) -> bool:
         """True if any trial ended in error or a configuration error, or the store disagrees."""
         return bool(self.store_problems) or any(t.status in ("error", CONFIG_ERROR) for t in self.trials)
+
+    @property
+    def interrupted(self) -> bool:
+        """True if trials did not end because the driver was interrupted (Ctrl-C, SIGTERM)."""
+        return self.stopped_for is None and any(t.status == "incomplete" for t in self.trials)
 
 
 def _check_inputs(cfg: TrainConfig) -> None:
@@ -472,7 +490,8 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
                 failed = {}
             for name, (status, error) in failed.items():
                 if status == "error" and len(read_jsonl(plan.run_dir(name) / FAILURES_FILE)) == recorded[name]:
-                    append_failure(plan.run_dir(name), "crash", error)  # its worker died unrecorded
+                    with contextlib.suppress(OSError):  # a full disk: the summary has it all the same
+                        append_failure(plan.run_dir(name), "crash", error)  # its worker died unrecorded
     finally:
         if starting is not None:
             with _interrupts_ignored():
@@ -481,8 +500,11 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
         by_name = {t.name: t for t in trials}
         for name, source in repeats.items():
             if not is_done(by_name[name], plan.run_dir(name)) and is_done(by_name[source], plan.run_dir(source)):
-                _copy_trial(plan, by_name[name], source)
+                with contextlib.suppress(OSError):  # a full disk: incomplete, copied by the next run
+                    _copy_trial(plan, by_name[name], source)
         outcome = _collect(spec, plan, trials, failed, repeats)
+        outcome.stopped_for = next((error for _, error in failed.values() if error.startswith(DiskFullError.__name__)),
+                                   None)
         end_open_runs(plan.tracking, {
             t.name: ("KILLED", "the trial did not end: the driver stopped before it finished")
             if t.status == "incomplete" else ("FAILED", t.error or t.status)
@@ -660,7 +682,7 @@ def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[T
         run_config=tune.RunConfig(
             name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(plan.out / TUNE_DIR), verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[progress]),
+            stop=StopOnFullDisk(), callbacks=[progress]),
     )
     logging.getLogger("ray.tune.tune").addFilter(DROP_RAY_ADVICE)  # adding it again is a no-op
     failed = {}
@@ -670,6 +692,22 @@ def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[T
         elif (r.metrics or {}).get("status") == CONFIG_ERROR:
             failed[r.config["trial"]] = (CONFIG_ERROR, r.metrics["error"])
     return failed
+
+
+class StopOnFullDisk(tune.Stopper):
+    """Stops the sweep once a trial reports :data:`STOP_ALL` (a full disk, which the trials share):
+    the running trials stop and the others do not start, all ``incomplete``, instead of each
+    failing in turn."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        self.stopping = self.stopping or bool(result.get(STOP_ALL))
+        return False
+
+    def stop_all(self) -> bool:
+        return self.stopping
 
 
 def _collect(spec: SweepSpec, plan: SweepPlan, trials: list[Trial], failed: dict[str, tuple[str, str]],
