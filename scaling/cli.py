@@ -237,6 +237,20 @@ def _config_file(source: str) -> TrainConfig:
     return TrainConfig.from_dict(loaded)
 
 
+TRAIN_OUTPUTS = Path("outputs/train")
+"""Where `gat-sweep train` puts a run directory without --out (under the current directory)."""
+
+
+def run_dir_name(name: str) -> str:
+    """The directory name of run ``name`` under :data:`TRAIN_OUTPUTS`: '/' becomes '-' (GAT-B/2 ->
+    GAT-B-2). Raises ConfigError for a name that would not stay a directory there ('', '.', '..')."""
+    folder = name.replace("/", "-")
+    if folder in ("", ".", "..") or "\0" in folder:
+        raise ConfigError(f"name: {name!r} cannot name a run directory (it would not stay under {TRAIN_OUTPUTS}); "
+                          "choose another name, or give --out")
+    return folder
+
+
 @app.command()
 def train(
     config: Annotated[str, typer.Argument(
@@ -264,7 +278,7 @@ def train(
     """
     with user_errors():
         cfg = resolve_config(config, set_ or [])
-        run_dir = (out or Path("outputs/train") / cfg.name.replace("/", "-")).absolute()
+        run_dir = (out or TRAIN_OUTPUTS / run_dir_name(cfg.name)).absolute()
         if dry_run:
             print_config(cfg, run_dir, console)
             return

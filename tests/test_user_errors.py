@@ -98,3 +98,11 @@ def test_train_checks_values_before_it_starts(tmp_path, setting, message):
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert message in " ".join(result.output.split())
     assert not (out / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("name", ["..", "."])
+def test_a_run_name_cannot_leave_its_directory(tmp_path, monkeypatch, name):
+    # Issue 23, finding 7: `train --set name=..` wrote its run into outputs/ instead of outputs/train/<name>.
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(cli.app, ["train", "tiny", "--set", f"name={name}", "--dry-run"])
+    assert result.exit_code == 2 and f"name: '{name}' cannot name a run directory" in result.output
