@@ -492,3 +492,24 @@ def test_plot_of_a_missing_sweep_file_names_the_file(tmp_path):
     # Finding 5: it talked about a missing database, after 8 s of imports.
     result = invoke("plot", str(tmp_path / "width_lr.yaml"))
     assert result.exit_code == 2 and result.output.strip() == f"error: sweep file not found: {tmp_path / 'width_lr.yaml'}"
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_renaming_a_sweep_in_its_output_directory_is_refused_with_its_name(tmp_path, dry_run):
+    # Issue 23, finding 7: `--set name=X` on the output directory of sweep 'smoke' (same trials)
+    # was accepted; its runs stayed in experiment 'smoke' and the printed `gat-sweep plot X` failed.
+    from scaling.grid import expand, sweep_hash, trial_records
+    from scaling.spec import load_spec
+
+    out = tmp_path / "o"
+    out.mkdir()
+    trials = expand(load_spec(SWEEPS / "smoke.yaml"))
+    (out / "sweep.json").write_text(json.dumps({
+        "name": "smoke", "spec_hash": sweep_hash(trials), "tracking_uri": f"sqlite:///{out / 'mlflow.db'}",
+        "experiment_id": "1", "parent_run_id": "x", "trials": trial_records(trials)}))
+    result = invoke("run", str(SWEEPS / "smoke.yaml"), "--set", "name=smoke_b", "--output-dir", str(out),
+                    *(["--dry-run"] if dry_run else []))
+    assert result.exit_code == 2, result.output
+    assert (f"error: {out} holds sweep 'smoke', and this run calls it 'smoke_b' (name: or --set name=)"
+            in " ".join(result.output.split()))
+    assert {p.name for p in out.iterdir()} <= {"sweep.json", "sweep.lock"}  # nothing else written
