@@ -339,7 +339,8 @@ def _check_inputs(cfg: TrainConfig) -> None:
     ``repa`` the DINOv2 encoder and the dataset's raw images.
 
     Raises FileNotFoundError for a missing dataset directory or manifest, ConfigError naming a
-    weights file that is missing or cannot be loaded or a dataset without the images repa needs.
+    weights file that is missing or cannot be loaded, a dataset without the images repa needs, or
+    a folder with fewer than 2 classes for a domain FD (:func:`core.domain.check_classes`).
     """
     from core.fidelity import check_inception_weights
 
@@ -357,6 +358,10 @@ def _check_inputs(cfg: TrainConfig) -> None:
             raise FileNotFoundError(f"dataset {root} has no {MANIFEST} (write it with `gat-sweep encode`)")
         written = json.loads(manifest.read_text())
         kept_images = bool(written.get("keep_images"))
+        if evaluates and resolve_metric(cfg.eval_metric, kind, cfg.inception_weights) == "fd_domain":
+            from core.domain import check_classes
+
+            check_classes(root, written)
         if evaluates or cfg.sample_every >= 0:
             from core.vae import load_vae
 
