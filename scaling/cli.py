@@ -95,6 +95,23 @@ def sigterm_as_ctrl_c() -> Iterator[threading.Event]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (the processes it starts inherit them), and put
+    the earlier values back after it, so that a caller running the command in its own process
+    (a test, a notebook) keeps its environment."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def stop_status(terminated: threading.Event) -> int:
     """The exit status of a command stopped by SIGTERM (``terminated`` set) or else Ctrl-C."""
     return TERMINATED if terminated.is_set() else INTERRUPTED
@@ -183,12 +200,10 @@ def run(
         check_tracking_uri(spec.tracking())  # likewise (run_sweep checks it again, for callers of the API)
         # Likewise: a second driver is refused before torch and Ray load (run_sweep takes the lock
         # again, which this process may).
-        with sweep_lock(spec.output_path()), sigterm_as_ctrl_c() as terminated:
+        settings = {**{key: os.environ.get(key, value) for key, value in RAY_ENVIRONMENT},
+                    **(RAY_LOOPBACK_ONLY if not spec.is_cluster() else {})}
+        with sweep_lock(spec.output_path()), sigterm_as_ctrl_c() as terminated, environment(settings):
             sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
-            for key, value in RAY_ENVIRONMENT:
-                os.environ.setdefault(key, value)
-            if not spec.is_cluster():
-                os.environ.update(RAY_LOOPBACK_ONLY)
             from scaling.tune import run_sweep
 
             try:
