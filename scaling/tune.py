@@ -687,7 +687,7 @@ def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[T
         run_config=tune.RunConfig(
             name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(plan.out / TUNE_DIR), verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            stop=StopOnFullDisk(), callbacks=[progress]),
+            stop=StopOnFullDisk(), callbacks=[progress, RecordLostFailures(plan.out)]),
     )
     logging.getLogger("ray.tune.tune").addFilter(DROP_RAY_ADVICE)  # adding it again is a no-op
     failed = {}
@@ -697,6 +697,35 @@ def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[T
         elif (r.metrics or {}).get("status") == CONFIG_ERROR:
             failed[r.config["trial"]] = (CONFIG_ERROR, r.metrics["error"])
     return failed
+
+
+class RecordLostFailures(tune.Callback):
+    """Adds to a retried trial's ``failures.jsonl`` the failed attempt its worker could not record
+    (killed by the OOM killer or a signal), with the first line of Ray Tune's error, so that the
+    summary and the next run name the cause of every restart (the summary said "resumed after the
+    driver stopped"). The last attempt of a trial that fails for good is recorded after the
+    trials, with Ray's exception."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.recorded: dict[str, int] = {}
+        """Per trial, the failures its file held when the current attempt started."""
+
+    def _count(self, name: str) -> int:
+        return len(read_jsonl(self.out / TRIALS_DIR / name / FAILURES_FILE))
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
+        self.recorded[trial_name(trial)] = self._count(trial_name(trial))
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
+        name = trial_name(trial)
+        if self._count(name) == self.recorded.get(name):
+            errors = Path(trial.error_file).read_text() if trial.error_file else ""  # "Failure # N (...)" blocks
+            latest = ANSI_CODES.sub("", errors).rpartition("Failure # ")[2].splitlines()[1:]
+            lines = [line.strip() for line in latest if line.strip()]
+            with contextlib.suppress(OSError):  # a full disk: the trial is retried all the same
+                append_failure(self.out / TRIALS_DIR / name, "crash", lines[0] if lines else "its worker died")
+        self.recorded[name] = self._count(name)
 
 
 class StopOnFullDisk(tune.Stopper):

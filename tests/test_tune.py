@@ -708,3 +708,28 @@ def test_a_full_disk_is_one_message_leaves_no_running_run_and_the_rerun_says_why
         assert [line for line in lines if line.startswith(f"retried {first} (2 starts, 1 failed): {message}")]
     finally:
         subprocess.run(["umount", "-l", str(out)], check=False)
+
+
+def test_a_retried_trial_whose_worker_was_killed_is_reported_with_the_cause(ray_local, tmp_path):
+    # Issue 23, finding 7: a trial whose worker was killed and which then finished on its retry
+    # was summarised as "(2 starts, 0 failed): resumed after the driver stopped".
+    sweep = tmp_path / "killed.yaml"
+    sweep.write_text(DRIVER_SWEEP.replace("iterations: 6", "iterations: 300").replace("ckpt_every: 3", "ckpt_every: 10")
+                     + "max_failures: 1\n")
+    run_dir = tmp_path / "out" / "trials" / TRIAL
+
+    def kill_the_worker_after_a_checkpoint() -> None:
+        deadline = time.monotonic() + 240
+        while not (run_dir / "checkpoints" / "iter_0000010.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(attempts(tmp_path / "out", TRIAL)[0]["pid"], signal.SIGKILL)  # as the OOM killer would
+
+    killer = threading.Thread(target=kill_the_worker_after_a_checkpoint)
+    killer.start()
+    result = CliRunner().invoke(cli.app, ["run", str(sweep), "--output-dir", str(tmp_path / "out")])
+    killer.join()
+    assert result.exit_code == 0, result.output
+    lines = [" ".join(line.split()) for line in result.output.splitlines()]
+    assert (f"retried {TRIAL} (2 starts, 1 failed): The actor died unexpectedly before finishing this task."
+            in lines), result.output
+    assert [f["kind"] for f in read_jsonl(run_dir / FAILURES_FILE)] == ["crash"]
