@@ -487,7 +487,8 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
                               highlight=False, soft_wrap=True)
         if todo:
             work = {name: (plan.flops_per_iter[name], plan.trials[name].config.iterations) for name in todo}
-            progress = ProgressLines(console, out, len(trials) - len(repeats), len(trials) - len(repeats) - len(todo), work)
+            progress = ProgressLines(console, out, len(trials) - len(repeats), len(trials) - len(repeats) - len(todo), work,
+                                     tracking_uri)
             recorded = {name: len(read_jsonl(plan.run_dir(name) / FAILURES_FILE)) for name in todo}
             try:
                 failed = _fit(plan, spec, todo, reporter_cls, progress)
