@@ -355,6 +355,10 @@ class TrainConfig:
         for name in ("lr_g", "lr_d"):
             if not self.__dict__[name] > 0:
                 raise ConfigError(f"{name} must be a positive learning rate, got {getattr(self, name)}")
+        for name in ("lr_mult_g", "lr_mult_d"):
+            for kind, mult in getattr(self, name).as_dict().items():
+                if not mult > 0:
+                    raise ConfigError(f"{name}.{kind} must be a positive multiplier of the learning rate, got {mult}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 <= self.truncation_psi <= 1.0:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,22 +192,38 @@ def trial_rows(trials: list[Trial], repeats: dict[str, str]) -> list[dict[str, A
     return rows
 
 
-def check_trials_fit(spec: SweepSpec, trials: list[Trial]) -> None:
-    """Refuse a sweep with a trial whose least memory (:func:`core.memory.estimate_memory`, at its
-    batch per DDP worker) exceeds what it gets on this machine: with ``resources.gpus`` a share of
-    GPU 0 (when this machine has one), else this machine's memory. A sweep on a Ray cluster is not
-    checked here (its nodes' memory is theirs to know): each trial checks its own device before it
-    builds its models (``core.train``), as a configuration error that is not retried.
+def _cuda_devices() -> int:
+    """CUDA devices torch sees on this machine."""
+    import torch
 
-    Raises ConfigError naming the first such trial (and how many more), with its estimate.
+    return torch.cuda.device_count()
+
+
+def check_trials_fit(spec: SweepSpec, trials: list[Trial]) -> None:
+    """Refuse a sweep that starts its own Ray instance when a trial cannot run on this machine: it
+    asks for more CPUs or GPUs than the machine has (Ray would wait for them forever), or its least
+    memory (:func:`core.memory.estimate_memory`, at its batch per DDP worker) exceeds what it gets:
+    with ``resources.gpus`` a share of GPU 0, else this machine's memory. A sweep on a Ray cluster
+    is not checked here (its nodes' resources are theirs to know): each trial checks its own device
+    before it builds its models (``core.train``), as a configuration error that is not retried.
+
+    Raises ConfigError naming the resource, or the first trial too large (and how many more) with
+    its estimate.
     """
     res = spec.resources
     if spec.is_cluster():
         return
+    cpus = len(os.sched_getaffinity(0))
+    if res.cpus * res.workers > cpus:
+        raise ConfigError(f"resources: a trial asks for {res.cpus * res.workers:g} CPUs ({res.workers} worker(s) x "
+                          f"cpus {res.cpus:g}) and this machine has {cpus}, so Ray would wait for them forever; lower "
+                          "resources.cpus or resources.workers, or join a cluster (--address)")
     if res.gpus > 0:
         gpu = device_memory("cuda")
-        if gpu is None:
-            return
+        if gpu is None or _cuda_devices() < math.ceil(res.gpus * res.workers):
+            raise ConfigError(f"resources: a trial asks for {res.gpus * res.workers:g} GPUs and this machine has "
+                              f"{0 if gpu is None else _cuda_devices()} that torch can use, so Ray would wait for "
+                              "them forever; set resources.gpus: 0, or join a cluster with GPUs (--address)")
         available, where = int(gpu * min(res.gpus, 1.0)), f"the {gib(gpu * min(res.gpus, 1.0))} of GPU memory a trial gets"
     else:
         available = device_memory("cpu")

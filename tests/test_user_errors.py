@@ -57,6 +57,7 @@ SMOKE = Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml"
     ("tracking_uri=ftp://host/mlflow", "tracking URI ftp://host/mlflow: MLflow has no tracking store for ftp://"),
     ("model.widths=[1000000]", "trial w1000000-d4-p2_gat_lr0.001_s0: G 69,000,263,334,160 and D 48,000,164,335,920 "
                                "parameters at batch 8 need at least"),
+    ("resources.cpus=100000", "resources: a trial asks for 100000 CPUs (1 worker(s) x cpus 100000) and this machine has"),
 ])
 def test_every_sweep_value_is_checked_before_anything_starts(tmp_path, setting, message):
     # Issue 23, findings 6 and 10: these reached Ray (a trial diverging at iteration 1, 69T
@@ -87,6 +88,7 @@ def test_a_relative_path_is_made_absolute_before_the_checks(tmp_path, monkeypatc
     ("lr_g=.inf", "lr_g: expected a finite number, got inf"),
     ("diverge_loss=.nan", "diverge_loss: expected a finite number, got nan"),
     ("iterations=10000000", "iterations=10,000,000 is above the most a run can have, 9,999,999"),
+    ("lr_mult_d.hidden=0", "lr_mult_d.hidden must be a positive multiplier of the learning rate, got 0"),
     ("g.width=[1", "--set g.width: the value '[1' is not a YAML value"),
     ("g.width=100000", "tiny: G 690,026,334,832 and D 480,038,968,528 parameters at batch 32 need at least"),
 ])
