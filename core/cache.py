@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from core.config import ConfigError
+
 CACHE_ENV = "GAT_SWEEP_CACHE"
 """Environment variable naming the cache directory (absolute path)."""
 DEFAULT_CACHE = Path("~/.cache/gat-sweep")
@@ -126,3 +128,28 @@ def json_text(obj: Any, indent: int | None = None) -> str:
         return value
 
     return json.dumps(finite(obj), indent=indent, allow_nan=False)
+
+
+class DiskFullError(ConfigError):
+    """Too little free space on a device for what a run writes there: the user frees space and
+    runs the same command again (a retry without that would fail the same way)."""
+
+
+def size_text(n_bytes: float) -> str:
+    """Bytes for people: ``512 B``, ``4.3 MiB``, ``1.2 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n_bytes) < 1024:
+            return f"{n_bytes:.3g} {unit}"
+        n_bytes /= 1024
+    return f"{n_bytes:.3g} TiB"
+
+
+def check_free_space(directory: Path, needed: int, what: str) -> None:
+    """Raise DiskFullError naming ``directory`` and the space to free when its device has fewer
+    than ``needed`` bytes free for ``what`` (e.g. "checkpoint iter_0000500.pt: the numbered file
+    and latest.pt")."""
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise DiskFullError(f"no space for {what} in {directory}: its device has {size_text(free)} free and this "
+                            f"needs {size_text(needed)}; free at least {size_text(needed - free)} there, then run "
+                            "the same command again")

@@ -14,6 +14,7 @@ plan (``scaling.tune``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
@@ -28,6 +29,12 @@ PARAM_KINDS = ("vector", "hidden", "output")
 ``output`` = read-outs, whose fan-in grows and fan-out does not (G's latent heads, D's logit head,
 the REPA projector's input layer); ``vector`` = everything else (embeddings, biases, norm gains,
 LayerScale, CLS token, matrices with a width-independent fan-in)."""
+
+
+MAX_ITERATIONS = 9_999_999
+"""The longest run: checkpoint and sample-grid names hold the iteration in 7 digits
+(``iter_0000500.pt``), and longer ones would sort before shorter ones when old checkpoints are
+pruned."""
 
 
 class ConfigError(ValueError):
@@ -64,8 +71,8 @@ def load_local(field_name: str, path: str, what: str, needed_by: str, how: str, 
 
 def check_field_types(config: Any, prefix: str = "") -> None:
     """Raise :class:`ConfigError` naming the first field of a config dataclass whose value does
-    not have its declared type: ``int`` (not bool), ``float`` (int or float, not bool), ``bool``,
-    ``str``, a ``Literal`` member, or a nested config class. Values from the command line or a
+    not have its declared type: ``int`` (not bool), ``float`` (a finite int or float, not bool),
+    ``bool``, ``str``, a ``Literal`` member, or a nested config class. Values from the command line or a
     YAML file arrive untyped (``--set lr_g=abc`` is the string 'abc'); this names the field
     before any comparison fails on the wrong type."""
     names = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
@@ -78,6 +85,8 @@ def check_field_types(config: Any, prefix: str = "") -> None:
             continue
         if kind is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok and not math.isfinite(value):
+                raise ConfigError(f"{prefix}{name}: expected a finite number, got {value!r}")
         elif kind is int:
             ok = isinstance(value, int) and not isinstance(value, bool)
         else:
@@ -154,17 +163,19 @@ class LRMultipliers:
 
 
 def _field(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, compute: bool = False,
-           resumable: bool = False, sweep: str | None = None) -> Any:
+           resumable: bool = False, sweep: str | None = None, path: bool = False) -> Any:
     """A :class:`TrainConfig` field that states its role in its metadata, from which the lists
     below are derived (one place to say what a new field is):
 
     * ``compute``: it changes the counted FLOPs of an iteration (``core.flops`` measures once per
       setting of the compute fields);
     * ``resumable``: it may differ between a run directory and the call that resumes it;
-    * ``sweep``: the sweep-file key that sets it (a sweep's ``train:`` section may not).
+    * ``sweep``: the sweep-file key that sets it (a sweep's ``train:`` section may not);
+    * ``path``: it names a local file or directory, which a sweep file or the command line may give
+      relative to the current directory (made absolute there: trials run in other directories).
     """
     return field(default=default, default_factory=factory,
-                 metadata={"compute": compute, "resumable": resumable, "sweep": sweep})
+                 metadata={"compute": compute, "resumable": resumable, "sweep": sweep, "path": path})
 
 
 @dataclass(frozen=True)
@@ -205,7 +216,7 @@ class TrainConfig:
     weight ``repa_weight``, in the D loss only. Needs ``repa_encoder`` and a dataset with raw
     images (the embedded digits, or ``gat-sweep encode --keep-images``). On in the ImageNet
     presets, off in the embedded default."""
-    repa_encoder: str = _field("")
+    repa_encoder: str = _field("", path=True)
     """Absolute path to a local DINOv2 model directory (transformers ``Dinov2Model``
     ``save_pretrained``, e.g. of facebook/dinov2-base = ViT-B/14, the reference's encoder)."""
     repa_dim: int = _field(768, compute=True)
@@ -271,7 +282,8 @@ class TrainConfig:
 
     # ---- budget and cadence -----------------------------------------------------------------
     iterations: int = _field(100, resumable=True, sweep="budget")
-    """Training length in iterations (kimg = iterations * batch / 1000)."""
+    """Training length in iterations (kimg = iterations * batch / 1000), at most
+    :data:`MAX_ITERATIONS`."""
     eval_every: int = _field(0, sweep="eval.every")
     """Evaluate FD/FID every this many iterations (0: only at the end; <0: never)."""
     eval_samples: int = _field(1000, sweep="eval.samples")
@@ -282,9 +294,9 @@ class TrainConfig:
     trained on its own images and labels on first use, cached under ``<cache>/domain/``); 'auto'
     picks fd_domain for the embedded default, and for an encoded folder fid when
     ``inception_weights`` is set and fd_domain otherwise (no download)."""
-    inception_weights: str = _field("")
+    inception_weights: str = _field("", path=True)
     """Absolute path to torch-fidelity's ``inception-v3-compat`` weights file (for FID)."""
-    fid_ref_npz: str = _field("")
+    fid_ref_npz: str = _field("", path=True)
     """Optional ADM-style reference statistics (.npz with mu, sigma)."""
     truncation_psi: float = _field(0.0)
     """Truncation for evaluation samples; 0 = none (training-time FID uses 0)."""
@@ -333,6 +345,9 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.iterations > MAX_ITERATIONS:
+            raise ConfigError(f"iterations={self.iterations:,} is above the most a run can have, {MAX_ITERATIONS:,} "
+                              "(checkpoint names hold 7 digits)")
         if self.latent_size % self.patch:
             raise ConfigError(
                 f"latent_size={self.latent_size} is not divisible by patch={self.patch}"
@@ -340,6 +355,10 @@ class TrainConfig:
         for name in ("lr_g", "lr_d"):
             if not self.__dict__[name] > 0:
                 raise ConfigError(f"{name} must be a positive learning rate, got {getattr(self, name)}")
+        for name in ("lr_mult_g", "lr_mult_d"):
+            for kind, mult in getattr(self, name).as_dict().items():
+                if not mult > 0:
+                    raise ConfigError(f"{name}.{kind} must be a positive multiplier of the learning rate, got {mult}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 <= self.truncation_psi <= 1.0:
@@ -412,6 +431,9 @@ RESUMABLE_FIELDS = frozenset(_fields_with("resumable"))
 budget continues a finished run; execution settings may change between machines)."""
 SWEEP_FIELDS: dict[str, str] = _fields_with("sweep")
 """TrainConfig fields a sweep sets itself -> the sweep-file key to use instead."""
+PATH_FIELDS = frozenset(_fields_with("path"))
+"""TrainConfig fields naming a local file or directory (besides ``dataset``, which may also name an
+embedded dataset)."""
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

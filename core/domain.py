@@ -11,6 +11,7 @@ the evaluation's reference statistics (:mod:`core.evaluate`).
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,6 +80,33 @@ def reference_indices(count: int, max_images: int = REFERENCE_MAX) -> list[int]:
     return sorted(order[: min(count, max_images)].tolist())
 
 
+def check_classes(root: Path, manifest: dict) -> None:
+    """Refuse an encoded folder with fewer than 2 classes for a domain Frechet distance: its
+    classifier learns to tell the folder's classes apart, and with one class its features carry
+    nothing (a one-class folder measured FD 0.02 after 5 iterations). Raises ConfigError."""
+    classes = manifest["classes"]
+    if len(classes) < 2:
+        raise ConfigError(
+            f"dataset {root} holds {len(classes)} class ({', '.join(classes) or 'none'}); eval_metric fd_domain "
+            "compares samples in the features of a classifier trained to tell the folder's classes apart, which "
+            "needs at least 2 (with 1 any distance is meaningless): encode a folder with a sub-folder per class, "
+            "set inception_weights (FID), or turn evaluation off (eval_every=-1)")
+
+
+def _check_images_per_class(images_dir: Path, labels: torch.Tensor, classes: list[str],
+                            settings: FolderClassifierSettings) -> None:
+    """Refuse a folder some class of which has too few images for its classifier: fewer than
+    1 / heldout_fraction (5), so that each class can be among the held-out images. Raises ConfigError."""
+    need = math.ceil(1 / settings.heldout_fraction)
+    counts = torch.bincount(labels, minlength=len(classes)).tolist()
+    few = [f"{name} ({count})" for name, count in zip(classes, counts) if count < need]
+    if few:
+        raise ConfigError(
+            f"{images_dir}: classes with fewer than {need} images, too few for the domain classifier of eval_metric "
+            f"fd_domain to learn and be measured on them: {', '.join(few[:5])}{' ...' if len(few) > 5 else ''}; add "
+            "images, merge or drop those classes, set inception_weights (FID), or turn evaluation off (eval_every=-1)")
+
+
 def folder_images_dir(root: Path) -> tuple[dict, Path]:
     """(manifest, images directory) of the encode output directory ``root``.
 
@@ -111,10 +139,12 @@ def prepare_folder_classifier(root: Path, settings: FolderClassifierSettings = F
     Cost: 1 s for 500 images of 32 px on one CPU thread (about 14 ms per training step of 64
     images, 10 epochs), plus reading and cropping the images once.
 
-    Raises ConfigError when the images are gone or fewer than 2 (one to train on, one held out);
+    Raises ConfigError when the images are gone, the folder has fewer than 2 classes
+    (:func:`check_classes`) or a class has too few images (fewer than 1 / heldout_fraction);
     ValueError naming a corrupt image file (:func:`core.encode.read_rgb`).
     """
     manifest, images_dir = folder_images_dir(root)
+    check_classes(root, manifest)
     key = content_hash(str(images_dir), manifest["fingerprint"],
                        {"settings": asdict(settings), "version": FOLDER_CLASSIFIER_VERSION})
     entry = cache_root() / "domain" / key
@@ -130,9 +160,6 @@ def _train_folder_classifier(out: Path, manifest: dict, images_dir: Path, settin
     start = time.perf_counter()
     resolution = int(manifest["resolution"])
     indices = reference_indices(int(manifest["count"]), settings.max_images)
-    if len(indices) < 2:
-        raise ConfigError(f"{images_dir} holds {len(indices)} image(s); its domain classifier needs at least 2 "
-                          "(one to train on, one held out)")
     images, labels = [], []
     loader = DataLoader(Subset(image_folder(images_dir, resolution), indices), batch_size=EVAL_BATCH)
     with tqdm(total=len(indices), desc="folder classifier: reading images", unit="img",
@@ -143,6 +170,7 @@ def _train_folder_classifier(out: Path, manifest: dict, images_dir: Path, settin
             bar.update(len(batch_labels))
     images_u8, labels_all = torch.cat(images), torch.cat(labels)
     read_seconds = time.perf_counter() - start
+    _check_images_per_class(images_dir, labels_all, manifest["classes"], settings)
 
     n = len(indices)
     heldout_count = min(max(round(settings.heldout_fraction * n), 1), n - 1)

@@ -124,16 +124,24 @@ def train_flops_per_iter(cfg: TrainConfig) -> int:
     return _MEASURED[key]
 
 
+_PARAMETERS: dict[TrainConfig, tuple[int, int]] = {}
+
+
 def parameter_counts(cfg: TrainConfig) -> tuple[int, int]:
     """(G, D) parameter counts: from the disk entry of :func:`count_architecture` when there is
-    one (no torch import), else by building both models on the meta device (no memory)."""
-    cached = _cached_count(_architecture(cfg))
-    if cached is not None:
-        return cached.g_params, cached.d_params
-    from core.model import build_models, count_parameters
+    one (no torch import), else by building both models on the meta device (no memory); kept per
+    architecture for the life of the process."""
+    key = _architecture(cfg)
+    if key not in _PARAMETERS:
+        cached = _cached_count(key)
+        if cached is not None:
+            _PARAMETERS[key] = cached.g_params, cached.d_params
+        else:
+            from core.model import build_models, count_parameters
 
-    G, D = build_models(cfg, "meta")
-    return count_parameters(G), count_parameters(D)
+            G, D = build_models(key, "meta")
+            _PARAMETERS[key] = count_parameters(G), count_parameters(D)
+    return _PARAMETERS[key]
 
 
 def count_architecture(cfg: TrainConfig) -> ArchitectureCount:

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +34,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from core import diagnostics
-from core.cache import atomic_write_bytes, json_text
-from core.checkpoint import LATEST, load_checkpoint, save_checkpoint
+from core.cache import atomic_write_bytes, check_free_space, json_text
+from core.checkpoint import CHECKPOINTS, FILE_OVERHEAD, checkpoint_bytes, resume_state, save_checkpoint
 from core.config import RESUMABLE_FIELDS, ConfigError, TrainConfig
 from core.evaluate import InvalidMetricError, make_evaluator, make_sampler
-from core.flops import FLOPS_CONVENTION, train_flops_per_iter
+from core.flops import FLOPS_CONVENTION, parameter_counts, train_flops_per_iter
 from core.latents import load_latents
+from core.memory import check_memory, device_memory, gib
 from core.model import Generator, build_models, count_parameters
 from core.records import (
     CONFIG_FILE,
@@ -109,6 +112,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _check_device_memory(cfg: TrainConfig, device: torch.device, world: int) -> None:
+    """Refuse a run whose least memory (:func:`core.memory.estimate_memory`, parameters counted on
+    the meta device) exceeds its device's, before its models are built there (ConfigError)."""
+    available = device_memory(str(device)) if device.type in ("cpu", "cuda") else None
+    if available is not None:
+        g_params, d_params = parameter_counts(cfg)
+        where = f"the {gib(available)} of {device}" if device.type == "cuda" else f"this machine's {gib(available)} of memory"
+        check_memory(cfg, g_params, d_params, cfg.batch // world, available, where)
+
+
 def _iteration_seed(seed: int, iteration: int, rank: int) -> int:
     return (seed * 1_000_003 + iteration) * 1_009 + rank
 
@@ -121,7 +134,7 @@ def _check_run_dir(cfg: TrainConfig, run_dir: Path) -> None:
     replaced, so the corrected command just runs.
     """
     path = run_dir / CONFIG_FILE
-    trained = (run_dir / "checkpoints" / LATEST).exists() or (run_dir / RESULT_FILE).exists()
+    trained = any((run_dir / CHECKPOINTS).glob("*.pt")) or (run_dir / RESULT_FILE).exists()
     if path.exists() and trained:
         old = json.loads(path.read_text())
         with contextlib.suppress(ConfigError, TypeError):  # a field it lacks ran with its default
@@ -215,11 +228,10 @@ def _checkpoint_state(G: Generator, D: torch.nn.Module, G_ema: Generator, step: 
             "reporter": carry.reporter}
 
 
-def _resume(path: Path, device: torch.device, G: Generator, D: torch.nn.Module,
+def _resume(state: dict[str, Any], G: Generator, D: torch.nn.Module,
             G_ema: Generator) -> tuple[_Carry, dict[str, Any]]:
     """Load a :func:`_checkpoint_state` into the models; returns the carry and the two optimiser
     states (loaded once the optimisers exist)."""
-    state = load_checkpoint(path, device)
     G.load_state_dict(state["G"])
     D.load_state_dict(state["D"])
     G_ema.load_state_dict(state["G_ema"])
@@ -261,7 +273,8 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
 
     Args:
         cfg: the validated run configuration.
-        run_dir: run directory; made absolute. Resumes from ``checkpoints/latest.pt`` if present.
+        run_dir: run directory; made absolute. Resumes from ``checkpoints/latest.pt`` if present,
+            or when it cannot be read from the newest numbered checkpoint that can (said on stderr).
         reporter: progress sink (Ray Tune / MLflow in ``scaling``); None = files only.
         progress: show a tqdm progress bar (rank 0).
         flops_per_iter: FLOPs of one iteration (:func:`core.flops.train_flops_per_iter`), when the
@@ -269,9 +282,28 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
     Returns: :class:`core.records.RunResult`; status 'diverged' (no exception) when a loss became
         non-finite or exceeded ``cfg.diverge_loss``, an evaluation's samples were non-finite, or an
         evaluation exceeded ``cfg.diverge_fd_ratio`` times the best so far; ``reason`` says which.
-    Raises: ConfigError for an impossible config, a missing dataset or evaluation weights, or a
-        run directory holding a different config. Other exceptions propagate (Ray retries them).
+    Raises: ConfigError for an impossible config, a missing dataset or evaluation weights, a
+        run directory holding a different config, or checkpoints none of which can be read
+        (:class:`core.checkpoint.CheckpointError`); :class:`core.cache.DiskFullError` (also a
+        ConfigError) naming the directory and the space to free when its device fills up (checked
+        before each checkpoint, so the last one stays intact). Other exceptions propagate (Ray
+        retries them).
     """
+    try:
+        return _train(cfg, run_dir, reporter, progress, flops_per_iter)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        g_params, d_params = parameter_counts(cfg)
+        where = Path(err.filename).parent if err.filename else Path(run_dir)
+        check_free_space(where, round(2 * FILE_OVERHEAD * checkpoint_bytes(g_params, d_params)),
+                         f"what {cfg.name} writes next (its next checkpoint: the numbered file and latest.pt)")
+        raise  # space was freed meanwhile: a retry may go through
+
+
+def _train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None, progress: bool,
+           flops_per_iter: int | None) -> RunResult:
+    """The body of :func:`train`."""
     # ---- 1. Has this run directory a run, and may this config continue it? -------------------
     run_dir = Path(run_dir).resolve()
     reporter = reporter or Reporter()
@@ -287,6 +319,7 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
 
     # ---- 2. Data, the DINOv2 encoder, evaluation: everything that can fail before training ---
     device = resolve_device(cfg.device)
+    _check_device_memory(cfg, device, world)
     data = load_latents(cfg)
     encoder = run_encoder(cfg, data, device) if cfg.repa else None
     sampler = evaluator = None
@@ -307,9 +340,14 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
 
     # ---- 4. Resume ----------------------------------------------------------------------------
     carry, optimisers = _Carry(), None
-    ckpt_dir = run_dir / "checkpoints"
-    if (ckpt_dir / LATEST).exists():
-        carry, optimisers = _resume(ckpt_dir / LATEST, device, G, D, G_ema)
+    ckpt_dir = run_dir / CHECKPOINTS
+    found = resume_state(ckpt_dir, device)  # CheckpointError when no checkpoint can be read
+    if found is not None:
+        state, path, damaged = found
+        carry, optimisers = _resume(state, G, D, G_ema)
+        for problem in damaged if rank == 0 else []:
+            tqdm.write(f"{cfg.name}: {problem}; resuming from {path.name} (iteration {carry.iteration})",
+                       file=sys.stderr)
     start = carry.iteration
     if rank == 0:
         _truncate_stats(run_dir / STATS_FILE, start)

@@ -5,9 +5,10 @@ Ray), ``schema`` (the sweep file's JSON schema), ``encode`` (images -> VAE laten
 (a sweep's report). Heavy libraries (torch, ray, mlflow) are imported inside the commands, so
 ``--help`` is quick. Mistakes a user can fix (a bad sweep file, an impossible config, a missing
 file) print one message without a traceback and exit with status 2; a sweep with failed trials
-exits with status 1, an interrupted one (Ctrl-C) with 130. ``--json`` on ``run`` puts only JSON on
-stdout (the dry run's trials, or the outcome) for scripts; the human lines go to stderr then.
-The tables and summaries the commands print are :mod:`scaling.display`'s.
+exits with status 1, an interrupted one with 130 (Ctrl-C) or 143 (SIGTERM, handled as Ctrl-C).
+``--json`` on ``run`` puts only JSON on stdout (the dry run's trials, or the outcome) for
+scripts; the human lines go to stderr then. The tables and summaries the commands print are
+:mod:`scaling.display`'s.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from importlib.metadata import version as package_version
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -31,9 +35,9 @@ from rich.markup import escape
 from core.config import ConfigError, TrainConfig
 from core.presets import PRESETS, get_preset
 from scaling.display import plot_command, print_config, print_outcome, print_trials, print_train_result
-from scaling.lock import refuse_if_running
+from scaling.lock import sweep_lock
 from scaling.next_sweep import write_next_sweep
-from scaling.spec import (ReportSpec, SweepSpec, check_tracking_uri, dataset_path, default_output_dir,
+from scaling.spec import (ReportSpec, SweepSpec, absolute_paths, check_tracking_uri, default_output_dir,
                           default_tracking_uri, load_spec)
 from scaling.yamlio import apply_set, load_yaml
 
@@ -42,8 +46,19 @@ app = typer.Typer(
     help="Scaling-law sweeps of GAT (transformer GANs in a VAE latent space) with Ray Tune and MLflow.",
     no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown",
 )
-INTERRUPTED = 130
-"""Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
+INTERRUPTED, TERMINATED = 130, 143
+"""Exit status after Ctrl-C (128 + SIGINT) and after SIGTERM (128 + 15: what SLURM and Kubernetes
+send to stop a job), as shells report them."""
+RAY_ENVIRONMENT = (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AIR_NEW_OUTPUT", "0"),
+                   ("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1"),
+                   ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1"), ("MLFLOW_LOGGING_LEVEL", "WARNING"))
+"""Defaults the sweep driver sets before Ray and MLflow load: offline, and quiet (our own progress
+lines replace Ray's and MLflow's banners); and no C++ failure-signal handler in Ray's processes,
+which would take SIGTERM from the driver's own handler and abort with a stack dump (exit 134)."""
+RAY_LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+"""Ray's single-machine mode (its default on macOS and Windows), set for a sweep that starts its own
+Ray instance: the node's address is 127.0.0.1, so its driver, GCS, raylet and workers listen on
+loopback only. Ray reads it when it is imported."""
 console = Console(width=None if sys.stdout.isatty() else 160)  # wide tables in logs and pipes
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ValidationError, FileNotFoundError, NotADirectoryError)
@@ -58,6 +73,55 @@ def user_errors(*extra: type[BaseException]) -> Iterator[None]:
     except (*USER_ERRORS, *extra) as err:
         err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[threading.Event]:
+    """Handle SIGTERM as Ctrl-C for the block: call whatever handles SIGINT at that moment (Ray
+    Tune's handler stops the trials; Python's raises KeyboardInterrupt; an ignored SIGINT ignores
+    it too). Yields an event set once SIGTERM came (:func:`stop_status`)."""
+    received = threading.Event()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        received.set()
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        elif handler == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (the processes it starts inherit them), and put
+    the earlier values back after it, so that a caller running the command in its own process
+    (a test, a notebook) keeps its environment."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def stop_status(terminated: threading.Event) -> int:
+    """The exit status of a command stopped by SIGTERM (``terminated`` set) or else Ctrl-C."""
+    return TERMINATED if terminated.is_set() else INTERRUPTED
+
+
+def stop_word(terminated: threading.Event) -> str:
+    """How a stopped command says why it stopped."""
+    return "terminated (SIGTERM)" if terminated.is_set() else "interrupted"
 
 
 def _print_version(value: bool) -> None:
@@ -100,7 +164,8 @@ def run(
     directory under the output directory; crashed trials are retried from their last checkpoint.
     Progress is printed as trials start and end; at the end a summary table and the commands
     that show the runs and make the report. Exit status 1 if any trial failed, 130 if the run was
-    interrupted (Ctrl-C), 2 for a mistake in the sweep file or the options.
+    interrupted (Ctrl-C), 143 if it was stopped by SIGTERM (as by SLURM or Kubernetes; handled as
+    Ctrl-C), 2 for a mistake in the sweep file or the options.
 
     **Overrides:** `--set KEY=VALUE` sets a key of the sweep file (dots for nested keys) as if
     the file said it; the sweep's output directory records the merged file as sweep.yaml.
@@ -135,25 +200,24 @@ def run(
             return
         spec.check_cluster_settings()  # before the slow imports: a quick answer
         check_tracking_uri(spec.tracking())  # likewise (run_sweep checks it again, for callers of the API)
-        refuse_if_running(spec.output_path())  # likewise, for a second driver on this sweep
-        sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
-        # Offline by default, and quiet: our own progress lines replace Ray's and MLflow's banners.
-        for key, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AIR_NEW_OUTPUT", "0"),
-                           ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1"), ("MLFLOW_LOGGING_LEVEL", "WARNING")):
-            os.environ.setdefault(key, value)
-        from scaling.tune import run_sweep
+        # Likewise: a second driver is refused before torch and Ray load (run_sweep takes the lock
+        # again, which this process may).
+        settings = {**{key: os.environ.get(key, value) for key, value in RAY_ENVIRONMENT},
+                    **(RAY_LOOPBACK_ONLY if not spec.is_cluster() else {})}
+        with sweep_lock(spec.output_path()), sigterm_as_ctrl_c() as terminated, environment(settings):
+            sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
+            from scaling.tune import run_sweep
 
-        try:
-            outcome = run_sweep(spec, sweep_file, console=out_console)
-        except KeyboardInterrupt:
-            err_console.print("interrupted; run the same command again to resume: ended trials are kept, the "
-                              "others continue from their checkpoints", highlight=False, soft_wrap=True)
-            raise typer.Exit(INTERRUPTED) from None
+            try:
+                outcome = run_sweep(spec, sweep_file, console=out_console)
+            except KeyboardInterrupt:
+                err_console.print(f"{stop_word(terminated)}; run the same command again to resume: ended trials are "
+                                  "kept, the others continue from their checkpoints", highlight=False, soft_wrap=True)
+                raise typer.Exit(stop_status(terminated)) from None
     print_outcome(outcome, out_console, plot_command(sweep_file, as_filed, spec))
-    interrupted = any(t.status == "incomplete" for t in outcome.trials)
-    status = INTERRUPTED if interrupted else 1 if outcome.failed else 0
+    status = stop_status(terminated) if outcome.interrupted else 1 if outcome.failed else 0
     if json_:
-        summary = {**dataclasses.asdict(outcome), "failed": outcome.failed, "interrupted": interrupted,
+        summary = {**dataclasses.asdict(outcome), "failed": outcome.failed, "interrupted": outcome.interrupted,
                    "exit_status": status}
         print(json.dumps(summary, indent=2, default=str))
     if status:
@@ -167,7 +231,7 @@ def resolve_config(source: str, sets: list[str]) -> TrainConfig:
     """A preset name or a YAML/JSON file of TrainConfig fields, then ``key=value`` overrides.
 
     Nested fields use dots (``g.width=128``); values are read like YAML scalars (``1e-4``).
-    A relative dataset path becomes absolute (:func:`scaling.spec.dataset_path`). A file is
+    Relative paths become absolute (:func:`scaling.spec.absolute_paths`). A file is
     validated before the overrides, so that its own mistakes are named as its. Raises
     FileNotFoundError or ConfigError.
     """
@@ -175,8 +239,7 @@ def resolve_config(source: str, sets: list[str]) -> TrainConfig:
     data = start.to_dict()  # every field, so that an override of an unknown one is refused
     for item in sets:
         apply_set(data, item, "g.width=128", known_only=True)
-    data["dataset"] = dataset_path(data["dataset"])
-    return TrainConfig.from_dict(data)
+    return TrainConfig.from_dict(absolute_paths(data))
 
 
 def _config_file(source: str) -> TrainConfig:
@@ -189,6 +252,20 @@ def _config_file(source: str) -> TrainConfig:
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of TrainConfig fields")
     return TrainConfig.from_dict(loaded)
+
+
+TRAIN_OUTPUTS = Path("outputs/train")
+"""Where `gat-sweep train` puts a run directory without --out (under the current directory)."""
+
+
+def run_dir_name(name: str) -> str:
+    """The directory name of run ``name`` under :data:`TRAIN_OUTPUTS`: '/' becomes '-' (GAT-B/2 ->
+    GAT-B-2). Raises ConfigError for a name that would not stay a directory there ('', '.', '..')."""
+    folder = name.replace("/", "-")
+    if folder in ("", ".", "..") or "\0" in folder:
+        raise ConfigError(f"name: {name!r} cannot name a run directory (it would not stay under {TRAIN_OUTPUTS}); "
+                          "choose another name, or give --out")
+    return folder
 
 
 @app.command()
@@ -218,18 +295,19 @@ def train(
     """
     with user_errors():
         cfg = resolve_config(config, set_ or [])
-        run_dir = (out or Path("outputs/train") / cfg.name.replace("/", "-")).absolute()
+        run_dir = (out or TRAIN_OUTPUTS / run_dir_name(cfg.name)).absolute()
         if dry_run:
             print_config(cfg, run_dir, console)
             return
         from core.train import train as train_run
 
-        try:
-            result = train_run(cfg, run_dir, progress=True)
-        except KeyboardInterrupt:
-            err_console.print(f"interrupted; run the same command again to resume {escape(str(run_dir))} "
-                              "from its last checkpoint", highlight=False, soft_wrap=True)
-            raise typer.Exit(130) from None
+        with sigterm_as_ctrl_c() as terminated:
+            try:
+                result = train_run(cfg, run_dir, progress=True)
+            except KeyboardInterrupt:
+                err_console.print(f"{stop_word(terminated)}; run the same command again to resume "
+                                  f"{escape(str(run_dir))} from its last checkpoint", highlight=False, soft_wrap=True)
+                raise typer.Exit(stop_status(terminated)) from None
     print_train_result(result, console)
 
 

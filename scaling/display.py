@@ -72,12 +72,14 @@ def print_trials(spec: SweepSpec, sweep_file: Path, console: Console, as_json: b
     (:func:`store_plan`), and last what would run where.
 
     Raises SweepChangedError / ConfigError as the run would, for a sweep file that changes the
-    trials of the sweep in the output directory or logs it elsewhere."""
+    trials of the sweep in the output directory or logs it elsewhere, or trials too large for this
+    machine (:func:`scaling.grid.check_trials_fit`)."""
     from core.flops import FLOPS_CONVENTION
-    from scaling.grid import expand, pending_trainings, shared_trainings, started_trials, trial_rows
+    from scaling.grid import check_trials_fit, expand, pending_trainings, shared_trainings, started_trials, trial_rows
 
     out = spec.output_path()
     trials = expand(spec)  # copies as the run would make them, also for a sweep that grows
+    check_trials_fit(spec, trials)
     repeats = shared_trainings(trials, started_trials(out, trials))
     rows = trial_rows(trials, repeats)
     trained = [r for r in rows if not r["same_as"]]
@@ -166,7 +168,8 @@ def print_outcome(outcome: SweepOutcome, console: Console, report_command: str) 
         table.add_row(t.name, f"[{styles[t.status]}]{t.status}[/]", str(t.iterations), f"{t.kimg:g}", *values)
     console.print(table)
     for t in outcome.trials:
-        if t.failures or t.starts > 1:
+        # Started more than once: more than one start or failure, or a failure and then an end.
+        if t.starts > 1 or len(t.failures) > 1 or (t.failures and t.status in ("finished", "diverged")):
             reasons = list(dict.fromkeys(t.failures)) or ["resumed after the driver stopped"]
             console.print(f"[yellow]retried[/]      {t.name} ({t.starts} starts, {len(t.failures)} failed): "
                           f"{escape('; '.join(reasons))}", highlight=False, soft_wrap=True)

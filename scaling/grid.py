@@ -11,12 +11,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.config import ConfigError, NetConfig, TrainConfig, flatten
 from core.flops import parameter_counts, train_flops_per_iter
+from core.memory import check_memory, device_memory, gib
 from core.records import RunResult
 from scaling.lr_rules import apply_rule
 from scaling.spec import SweepSpec
@@ -187,3 +190,51 @@ def trial_rows(trials: list[Trial], repeats: dict[str, str]) -> list[dict[str, A
             "kimg": c.kimg, "seed": c.seed, "total_flops": cost.total_flops, "same_as": repeats.get(t.name, ""),
         })
     return rows
+
+
+def _cuda_devices() -> int:
+    """CUDA devices torch sees on this machine."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def check_trials_fit(spec: SweepSpec, trials: list[Trial]) -> None:
+    """Refuse a sweep that starts its own Ray instance when a trial cannot run on this machine: it
+    asks for more CPUs or GPUs than the machine has (Ray would wait for them forever), or its least
+    memory (:func:`core.memory.estimate_memory`, at its batch per DDP worker) exceeds what it gets:
+    with ``resources.gpus`` a share of GPU 0, else this machine's memory. A sweep on a Ray cluster
+    is not checked here (its nodes' resources are theirs to know): each trial checks its own device
+    before it builds its models (``core.train``), as a configuration error that is not retried.
+
+    Raises ConfigError naming the resource, or the first trial too large (and how many more) with
+    its estimate.
+    """
+    res = spec.resources
+    if spec.is_cluster():
+        return
+    cpus = len(os.sched_getaffinity(0))
+    if res.cpus * res.workers > cpus:
+        raise ConfigError(f"resources: a trial asks for {res.cpus * res.workers:g} CPUs ({res.workers} worker(s) x "
+                          f"cpus {res.cpus:g}) and this machine has {cpus}, so Ray would wait for them forever; lower "
+                          "resources.cpus or resources.workers, or join a cluster (--address)")
+    if res.gpus > 0:
+        gpu = device_memory("cuda")
+        if gpu is None or _cuda_devices() < math.ceil(res.gpus * res.workers):
+            raise ConfigError(f"resources: a trial asks for {res.gpus * res.workers:g} GPUs and this machine has "
+                              f"{0 if gpu is None else _cuda_devices()} that torch can use, so Ray would wait for "
+                              "them forever; set resources.gpus: 0, or join a cluster with GPUs (--address)")
+        available, where = int(gpu * min(res.gpus, 1.0)), f"the {gib(gpu * min(res.gpus, 1.0))} of GPU memory a trial gets"
+    else:
+        available = device_memory("cpu")
+        where = f"this machine's {gib(available)} of memory"
+    too_big = []
+    for t in trials:
+        g_params, d_params = parameter_counts(t.config)
+        try:
+            check_memory(t.config, g_params, d_params, t.config.batch // res.workers, available, where)
+        except ConfigError as err:
+            too_big.append(str(err))
+    if too_big:
+        more = f" ({len(too_big) - 1} more trial(s) do not fit either)" if len(too_big) > 1 else ""
+        raise ConfigError(f"trial {too_big[0]}{more}")

@@ -1,5 +1,6 @@
 """The sweep driver's console while trials run: one line per trial event (start, result, retry,
-error), and every STATUS_EVERY_S a status line with the elapsed time and an ETA; Ray Tune's own
+error), and every STATUS_EVERY_S a status line with the elapsed time and an ETA (and, while an
+MLflow tracking server does not answer, a line saying so instead of an ETA); Ray Tune's own
 closing advice is dropped, since the sweep's summary replaces it."""
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ from ray import tune
 from rich.console import Console
 from rich.markup import escape
 
+from core.checkpoint import CHECKPOINTS
 from core.records import DIVERGED, ITER, is_fd_key
 from scaling.grid import TRIALS_DIR
+from scaling.spec import server_problem
 from scaling.state import CONFIG_ERROR
 
 STATUS_EVERY_S = 30.0
 """Seconds between progress lines while trials run."""
+STORE_PROBE_S = 5.0
+"""Timeout of the status line's probe of an MLflow tracking server (:func:`scaling.spec.server_problem`)."""
+
 RAY_ADVICE = ("Experiment has been interrupted", "Trials did not complete")
 """Starts of Ray Tune's closing log lines that the sweep's summary replaces: its resume advice
 (``Tuner.restore(...)``; a sweep resumes by running the same command again) and its list of
@@ -62,8 +68,11 @@ class ProgressLines(tune.Callback):
     """
 
     def __init__(self, console: Console, out: Path, total: int, done_before: int,
-                 work: dict[str, tuple[int, int]]) -> None:
+                 work: dict[str, tuple[int, int]], tracking_uri: str = "") -> None:
         self.console, self.out, self.total, self.done, self.work = console, out, total, done_before, work
+        self.tracking_uri = tracking_uri
+        self.store_down_since: float | None = None
+        """When the status lines first found the MLflow server not answering (None while it does)."""
         self.iters: dict[str, int] = {}
         self.first: dict[str, tuple[int, float]] = {}
         """Per trial: (iteration, time) of its first report."""
@@ -120,7 +129,7 @@ class ProgressLines(tune.Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
         name = trial_name(trial)
-        checkpoint = (self.out / TRIALS_DIR / name / "checkpoints" / "latest.pt").exists()
+        checkpoint = any((self.out / TRIALS_DIR / name / CHECKPOINTS).glob("*.pt"))
         how = "resuming from its checkpoint" if checkpoint else "starting again (no checkpoint yet)"
         self._print(f"[yellow]retry[/]     {name} crashed; {how}")
 
@@ -133,10 +142,28 @@ class ProgressLines(tune.Callback):
         self.last_status = time.monotonic()
         running = [trial_name(t) for t in trials if t.status == "RUNNING"]
         now = ", ".join(f"{n} @ {self.iters.get(n, 0)} it" for n in running)
+        down = self._store_problem()
         eta = self.eta()
-        left = f", about {duration(eta)} left" if eta is not None else ""
+        left = ", time left unknown" if down else f", about {duration(eta)} left" if eta is not None else ""
         self._print(f"[dim]{self.done}/{self.total} done; running: {now or '-'}; "
                     f"elapsed {duration(time.monotonic() - self.started)}{left}[/]")
+        if down:
+            self._print(f"[yellow]MLflow[/]    {escape(self.tracking_uri)}: {escape(down)}, for "
+                        f"{duration(time.monotonic() - self.store_down_since)}; the trials wait while their MLflow "
+                        "clients retry (about 4 minutes per request at MLflow's defaults), then crash and are retried "
+                        "from their checkpoints")
+
+    def _store_problem(self) -> str | None:
+        """Why the MLflow server of an http(s) tracking URI does not answer now, or None (also for a
+        local store); keeps :attr:`store_down_since`."""
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        problem = server_problem(self.tracking_uri, STORE_PROBE_S)
+        if problem is None:
+            self.store_down_since = None
+        elif self.store_down_since is None:
+            self.store_down_since = time.monotonic()
+        return problem
 
 
 def seconds_per_iteration(measured: list[tuple[float, float]]) -> Callable[[float], float]:

@@ -16,7 +16,8 @@ go. ``gat-sweep schema`` prints the JSON schema of this file for editors. Exampl
     resources: {cpus: 1, gpus: 0, workers: 1}
     max_concurrent: 2
 
-Relative paths (``dataset``, ``output_dir``) are relative to the directory the command runs in.
+Relative paths (``dataset``, ``output_dir``, ``train.inception_weights``, ``train.repa_encoder``,
+``train.fid_ref_npz``) are relative to the directory the command runs in.
 Numbers in scientific notation without a dot (``1e-4``, which YAML 1.1 reads as a string) are
 read as numbers.
 """
@@ -32,15 +33,14 @@ from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 from urllib.parse import urlparse
 
 import yaml
+import pydantic
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
     PrivateAttr,
+    Strict,
     ValidationError,
     ValidationInfo,
     create_model,
@@ -48,7 +48,7 @@ from pydantic import (
     model_validator,
 )
 
-from core.config import MNG_LEVELS, SIZES, SWEEP_FIELDS, ConfigError, TrainConfig
+from core.config import MAX_ITERATIONS, MNG_LEVELS, PATH_FIELDS, SIZES, SWEEP_FIELDS, ConfigError, TrainConfig
 from core.metrics import EMBEDDED_DATASETS, dataset_kind, resolve_metric, too_few_samples
 from core.presets import PRESETS, get_preset
 from scaling.lr_rules import WIDTH_AWARE_RULES
@@ -73,12 +73,26 @@ def _as_list(value: Any) -> Any:
     return value if isinstance(value, list) else [value]
 
 
+def _not_bool(value: Any) -> Any:
+    """Refuse true/false where a number is expected (pydantic reads ``widths: [true]`` as width 1)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+_NUMBER = BeforeValidator(_not_bool)
+Int = Annotated[int, _NUMBER]
+Float = Annotated[float, _NUMBER]
+PositiveInt = Annotated[pydantic.PositiveInt, _NUMBER]
+PositiveFloat = Annotated[pydantic.PositiveFloat, _NUMBER]
+NonNegativeInt = Annotated[pydantic.NonNegativeInt, _NUMBER]
+"""Numbers of a sweep file: never a boolean, and (``_Strict``) never infinite or NaN."""
 IntList = Annotated[list[PositiveInt], BeforeValidator(_as_list)]
 FloatList = Annotated[list[PositiveFloat], BeforeValidator(_as_list)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False)
 
 
 class NetGrid(_Strict):
@@ -173,7 +187,7 @@ class LRSpec(_Strict):
 class Budget(_Strict):
     """Training length of every trial: exactly one of iterations or kimg."""
 
-    iterations: PositiveInt | None = None
+    iterations: Annotated[PositiveInt, Field(le=MAX_ITERATIONS)] | None = None
     """Iterations (one D step + one G step each)."""
     kimg: PositiveFloat | None = None
     """Thousands of real images; iterations = ceil(kimg * 1000 / batch)."""
@@ -194,7 +208,7 @@ class Budget(_Strict):
 class EvalSpec(_Strict):
     """When and how trials are evaluated (Frechet distance of the EMA generator)."""
 
-    every: int = Field(0, ge=-1)
+    every: Int = Field(0, ge=-1)
     """Iterations between evaluations; 0 = only at the end, -1 = never."""
     metric: Literal["auto", "fd_domain", "fid"] = "auto"
     """fd_domain (the dataset's own classifier: the digits', or one trained on an encoded folder),
@@ -209,7 +223,7 @@ class Resources(_Strict):
 
     cpus: PositiveFloat = 1.0
     """CPUs per worker (1 gives one torch thread)."""
-    gpus: float = Field(0.0, ge=0.0, le=1.0)
+    gpus: Float = Field(0.0, ge=0.0, le=1.0)
     """GPUs per worker: 0, a fraction (several trials share a GPU) or 1."""
     workers: PositiveInt = 1
     """DDP processes per trial (Ray Train TorchTrainer when > 1)."""
@@ -222,16 +236,18 @@ class Resources(_Strict):
 
 
 def _train_overrides_model() -> type[BaseModel]:
-    """A strict pydantic model of every TrainConfig field a sweep does not set itself."""
+    """A strict pydantic model of every TrainConfig field a sweep does not set itself: numbers are
+    never booleans, infinite or NaN, and booleans are true or false (not 1 or 'yes')."""
     hints = get_type_hints(TrainConfig)
+    exact = {int: Int, float: Float, bool: Annotated[bool, Strict()]}
     fields: dict[str, Any] = {
-        f.name: (hints[f.name] | None, None)
+        f.name: (exact.get(hints[f.name], hints[f.name]) | None, None)
         for f in dataclasses.fields(TrainConfig)
         if f.name not in SWEEP_FIELDS
     }
     return create_model(
         "TrainOverrides",
-        __config__=ConfigDict(extra="forbid", frozen=True),
+        __config__=ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False),
         __doc__="TrainConfig fields (core/config.py) applied to every trial.",
         **fields,
     )
@@ -322,7 +338,7 @@ class SweepSpec(_Strict):
         Raises ConfigError for an impossible combination.
         """
         base = get_preset(self.preset) if self.preset else TrainConfig()
-        overrides = self.train.model_dump(exclude_unset=True)
+        overrides = absolute_paths(self.train.model_dump(exclude_unset=True))
         base = base.replace(**overrides)
         return base.replace(
             dataset=dataset_path(self.dataset), iterations=self.budget.iterations_for(base.batch),
@@ -385,10 +401,25 @@ class SweepSpec(_Strict):
 def dataset_path(dataset: str) -> str:
     """A dataset setting as TrainConfig wants it: an embedded name (:data:`EMBEDDED_DATASETS`)
     as it is, anything else as an absolute path (``~`` expanded, relative to the current
-    directory). The one rule for sweep files and ``gat-sweep train`` configs alike."""
+    directory)."""
     if dataset in EMBEDDED_DATASETS:
         return dataset
     return str(Path(dataset).expanduser().absolute())
+
+
+def absolute_paths(fields: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig fields as trials read them in any working directory: ``dataset`` by
+    :func:`dataset_path`, and every other path field that is set (:data:`core.config.PATH_FIELDS`:
+    ``inception_weights``, ``repa_encoder``, ``fid_ref_npz``) made absolute the same way. Values of
+    other types are left for validation to name. The one rule for sweep files and ``gat-sweep
+    train`` configs alike; returns a new mapping."""
+    out = dict(fields)
+    if isinstance(out.get("dataset"), str):
+        out["dataset"] = dataset_path(out["dataset"])
+    for name in PATH_FIELDS & out.keys():
+        if isinstance(out[name], str) and out[name]:
+            out[name] = str(Path(out[name]).expanduser().absolute())
+    return out
 
 
 def default_output_dir(name: str) -> Path:
@@ -403,15 +434,27 @@ def default_tracking_uri(output_dir: Path) -> str:
     return os.environ.get(TRACKING_URI_ENV) or f"sqlite:///{Path(output_dir).absolute() / 'mlflow.db'}"
 
 
+TRACKING_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc", "sqlite", "postgresql", "mysql", "mssql")
+"""URI schemes of the tracking stores MLflow itself knows (besides paths); plugins add theirs
+(entry point group ``mlflow.tracking_store``). A database scheme may name its driver
+(``mysql+pymysql://``)."""
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+"""Schemes of the SQL stores MLflow reaches through SQLAlchemy."""
+MLFLOW_PROBE = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+"""A read-only request every MLflow tracking server answers with JSON (the experiment, or an
+``error_code`` when there is no such experiment)."""
+
+
 def check_tracking_uri(tracking_uri: str, timeout_s: float = 10.0) -> None:
-    """Refuse at once a tracking URI that MLflow would refuse late or only after minutes of retries.
+    """Refuse at once a tracking URI that MLflow would refuse late, or only after minutes of
+    retries, before anything is written.
 
     Raises ConfigError for a plain path or file: URI (MLflow's file store, which MLflow refuses
-    unless $MLFLOW_ALLOW_FILE_STORE is true), naming the sqlite URI a database file needs; and for
-    an http(s) URI where nothing answers within ``timeout_s`` seconds (connection refused, unknown
-    host, timeout; MLflow itself retries for about four minutes). Any HTTP answer passes, whatever
-    its status (a proxy may want credentials MLflow sends and this probe does not); so do URIs with
-    credentials in them, and every other scheme (sqlite, databricks, postgresql, ...).
+    unless $MLFLOW_ALLOW_FILE_STORE is true), naming the sqlite URI a database file needs; for a
+    scheme MLflow has no store for (``ftp://``); for a database URI whose SQLAlchemy driver is
+    not installed (``postgresql://`` without psycopg); and for an http(s) URI where no MLflow
+    server answers within ``timeout_s`` seconds (:func:`server_problem`). URIs with credentials in
+    them are not probed.
     """
     parsed = urlparse(tracking_uri)
     # a Windows path 'C:\\...' parses as scheme 'c'; 'databricks' as a bare path
@@ -426,22 +469,90 @@ def check_tracking_uri(tracking_uri: str, timeout_s: float = 10.0) -> None:
                    "set MLFLOW_ALLOW_FILE_STORE=true, or move them with `mlflow migrate-filestore`")
         raise ConfigError(f"tracking URI {tracking_uri}: a path is MLflow's file store, which MLflow refuses "
                           f"by default; {fix}")
-    if parsed.scheme in ("http", "https") and not parsed.username:
-        import http.client
-        import urllib.error
-        import urllib.request
+    scheme = parsed.scheme.partition("+")[0]
+    if scheme and scheme not in TRACKING_SCHEMES and parsed.scheme not in _plugin_schemes():
+        raise ConfigError(f"tracking URI {tracking_uri}: MLflow has no tracking store for {parsed.scheme}:// "
+                          "(it takes http(s)://host:port, sqlite:///path.db, postgresql://, mysql://, mssql://, "
+                          "databricks, or a scheme an installed MLflow plugin adds)")
+    if scheme in DATABASE_SCHEMES:
+        _check_database_driver(tracking_uri)
+    if scheme in ("http", "https") and not parsed.username:
+        problem = server_problem(tracking_uri, timeout_s)
+        if problem:
+            raise ConfigError(f"tracking URI {tracking_uri}: {problem}; start one (mlflow server --host 0.0.0.0 "
+                              "--port 5000 --backend-store-uri sqlite:///...) or fix the address")
 
-        health = parsed._replace(path=parsed.path.rstrip("/") + "/health", params="", query="", fragment="")
-        try:
-            with urllib.request.urlopen(health.geturl(), timeout=timeout_s):
-                pass
-        except urllib.error.HTTPError:
-            pass  # a server answers
-        except (OSError, http.client.HTTPException) as err:  # refused, unknown host, timeout, not HTTP
-            reason = getattr(err, "reason", None) or err
-            raise ConfigError(f"tracking URI {tracking_uri}: no MLflow server answers there ({reason}); start "
-                              "one (mlflow server --host 0.0.0.0 --port 5000 --backend-store-uri sqlite:///...) "
-                              "or fix the address") from None
+
+def _plugin_schemes() -> set[str]:
+    """Tracking-store schemes that installed MLflow plugins register (no MLflow import)."""
+    from importlib.metadata import entry_points
+
+    return {entry.name for entry in entry_points(group="mlflow.tracking_store")}
+
+
+def _check_database_driver(tracking_uri: str) -> None:
+    """Raise ConfigError when SQLAlchemy cannot read a database tracking URI or its driver (the
+    dialect's default one, or the one after ``+``) is not installed (the password never shown)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(tracking_uri)
+    except (ArgumentError, ValueError) as err:
+        raise ConfigError(f"tracking URI: SQLAlchemy cannot read it as a database URL ({err})") from None
+    shown = url.render_as_string(hide_password=True)
+    try:
+        dialect = url.get_dialect()
+        dialect.import_dbapi()
+    except NoSuchModuleError as err:
+        raise ConfigError(f"tracking URI {shown}: SQLAlchemy has no such database driver ({err})") from None
+    except ImportError as err:
+        raise ConfigError(
+            f"tracking URI {shown}: MLflow reaches this database through "
+            f"SQLAlchemy's {dialect.name}+{dialect.driver} driver, whose module {err.name!r} is not installed "
+            f"here; install it, or name an installed driver in the URI ({dialect.name}+<driver>://...)") from None
+
+
+def server_problem(tracking_uri: str, timeout_s: float) -> str | None:
+    """Why no MLflow tracking server takes runs at the http(s) URI ``tracking_uri`` now, in words,
+    or None when one answers :data:`MLFLOW_PROBE` with JSON within ``timeout_s`` seconds. An answer
+    that asks for credentials (401, 403) counts as a server: MLflow may send ones this probe does
+    not; the probe sends those of $MLFLOW_TRACKING_TOKEN or $MLFLOW_TRACKING_USERNAME and _PASSWORD
+    and honours $MLFLOW_TRACKING_INSECURE_TLS and $MLFLOW_TRACKING_SERVER_CERT_PATH."""
+    import base64
+    import http.client
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    url = tracking_uri.rstrip("/") + MLFLOW_PROBE
+    headers = {}
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+    elif os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        pair = f"{os.environ['MLFLOW_TRACKING_USERNAME']}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}"
+        headers["Authorization"] = f"Basic {base64.b64encode(pair.encode()).decode()}"
+    context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s,
+                                    context=context) as answer:
+            status, body = answer.status, answer.read(65536)
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            return None
+        status, body = err.code, err.read(65536)
+    except (OSError, http.client.HTTPException) as err:  # refused, unknown host, timeout, not HTTP
+        return f"no MLflow server answers there ({getattr(err, 'reason', None) or err})"
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict) and ("experiment" in answer or "error_code" in answer):
+        return None
+    return f"a server answers there, but not MLflow's tracking API (GET {url} gave HTTP {status} without its JSON)"
 
 
 def is_local_store(tracking_uri: str) -> bool:

@@ -85,20 +85,26 @@ def existing_state(spec: SweepSpec, out: Path, digest: str, records: dict[str, d
     """The sweep state in ``out`` if this sweep was started before, and the trials the sweep file
     adds to it (empty unless it extends the sweep: every existing trial unchanged, new ones added).
 
-    Raises SweepChangedError naming every changed field and dropped trial when the sweep file
-    changes existing trials, ConfigError when it logs to another tracking URI.
+    Raises SweepChangedError naming the sweep's name when the sweep file renames it, or every
+    changed field and dropped trial when it changes existing trials; ConfigError when it logs to
+    another tracking URI.
     """
     path = out / STATE_FILE
     if not path.exists():
         return None, []
     state = json.loads(path.read_text())
+    if state["name"] != spec.name:
+        raise SweepChangedError(
+            f"{out} holds sweep {state['name']!r}, and this run calls it {spec.name!r} (name: or --set name=). A "
+            f"sweep keeps its name, which names its MLflow experiment and what `gat-sweep plot` looks for: run it "
+            f"as {state['name']!r}, or give sweep {spec.name!r} an output_dir of its own")
     if state["tracking_uri"] != tracking_uri:
         raise ConfigError(
             f"tracking_uri: this sweep logs to {state['tracking_uri']} (recorded in {path}); got "
             f"{tracking_uri}. Use the same tracking URI to resume it")
     if state["spec_hash"] == digest:
         return state, []
-    changes = _changes(state, spec.name, records)
+    changes = _changes(state, records)
     if changes:
         raise SweepChangedError(
             f"{out} holds sweep {state['name']!r} (spec hash {state['spec_hash']}), and {sweep_file} "
@@ -108,9 +114,9 @@ def existing_state(spec: SweepSpec, out: Path, digest: str, records: dict[str, d
     return state, [name for name in records if name not in state["trials"]]
 
 
-def _changes(state: dict[str, Any], name: str, records: dict[str, dict[str, Any]]) -> list[str]:
+def _changes(state: dict[str, Any], records: dict[str, dict[str, Any]]) -> list[str]:
     """What keeps ``records`` from extending the sweep ``state``: each changed field of an existing
-    trial (``field: old -> new``, with how many trials), the dropped trials, a new sweep name."""
+    trial (``field: old -> new``, with how many trials) and the dropped trials."""
     if "trials" not in state:
         return ["its state (sweep.json) has no per-trial record, so no trial can be checked"]
     old = state["trials"]
@@ -127,8 +133,6 @@ def _changes(state: dict[str, Any], name: str, records: dict[str, dict[str, Any]
     if dropped:
         more = f" and {len(dropped) - 3} more" if len(dropped) > 3 else ""
         problems.append(f"trials dropped: {', '.join(dropped[:3])}{more}")
-    if state["name"] != name:
-        problems.append(f"name: {state['name']} -> {name}")
     return problems
 
 
@@ -148,7 +152,7 @@ def open_sweep(spec: SweepSpec, sweep_file: Path, digest: str, records: dict[str
         stale = any(not (out / name).is_file() or (out / name).read_text() != text for name, text in files.items())
         if state["spec_hash"] != digest or stale:
             state = _update_sweep(files, digest, records, out, state)
-        set_run_status(tracking_uri, state["parent_run_id"], running=True)
+        set_run_status(tracking_uri, state["parent_run_id"], "RUNNING")
     except MlflowException as err:
         raise ConfigError(f"tracking_uri: the MLflow store {tracking_uri} refused the sweep's experiment or "
                           f"parent run: {err}") from None

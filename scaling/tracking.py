@@ -130,13 +130,14 @@ def log_sweep_files(tracking_uri: str, run_id: str, spec_hash: str, artifacts: l
         client.log_artifact(run_id, str(path))
 
 
-def set_run_status(tracking_uri: str, run_id: str, running: bool, failed: bool = False) -> None:
-    """Mark a run RUNNING again (resumed sweep) or terminated (FINISHED, or FAILED)."""
+def set_run_status(tracking_uri: str, run_id: str, status: str) -> None:
+    """Mark a run RUNNING again (a resumed sweep), or terminated: FINISHED, FAILED or KILLED (the
+    driver was stopped before its trials ended)."""
     client = MlflowClient(tracking_uri)
-    if running:
-        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    if status == "RUNNING":
+        client.update_run(run_id, status=status)
     else:
-        client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+        client.set_terminated(run_id, status)
 
 
 @dataclass(frozen=True)

@@ -32,14 +32,17 @@ While trials run, the driver prints one line per trial event and a status line w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import shutil
+import signal
 import socket
-import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,16 +55,19 @@ from ray import tune
 from rich.console import Console
 from rich.markup import escape
 
+from core.cache import DiskFullError
+from core.checkpoint import CHECKPOINTS, CheckpointError, resume_state
 from core.config import ConfigError, TrainConfig
 from core.encode import MANIFEST
 from core.metrics import dataset_kind, resolve_metric
-from core.records import CONFIG_FILE, DIVERGED, FINISHED, RESULT_FILE, STATS_FILE, RunResult
+from core.records import CONFIG_FILE, DIVERGED, FINISHED, KIMG, RESULT_FILE, STATS_FILE, RunResult
 from core.train import Report, train
 from scaling.grid import (
     ATTEMPTS_FILE,
     STATE_FILE,
     TRIALS_DIR,
     Trial,
+    check_trials_fit,
     expand,
     is_done,
     pending_trainings,
@@ -70,7 +76,7 @@ from scaling.grid import (
     sweep_hash,
     trial_records,
 )
-from scaling.lock import sweep_lock
+from scaling.lock import sweep_lock, writable_directory
 from scaling.progress import DROP_RAY_ADVICE, ProgressLines, trial_name
 from scaling.spec import Resources, SweepSpec, check_tracking_uri
 from scaling.state import (
@@ -93,6 +99,10 @@ from scaling.tracking import (
 )
 
 TUNE_DIR = "tune"
+STOP_ALL = "stop_all"
+"""Key of a trial's last result: its error stops every trial (:class:`StopOnFullDisk`)."""
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+"""Terminal colour codes, which Ray puts into its errors' text (kept out of summaries and records)."""
 DDP_POLL_S = 5.0
 """Seconds between two reads of a multi-worker trial's stats.jsonl by its launcher (:func:`relay_stats`)."""
 DDP_LAUNCHER_CPU = 0.01
@@ -157,12 +167,17 @@ def run_trial(config: dict[str, str], plan: SweepPlan, reporter_cls: type[TrialR
     failed_before = len(read_jsonl(run_dir / FAILURES_FILE))
     try:
         result = _train_ddp(plan, trial, reporter_cls) if plan.resources.workers > 1 else _train(plan, trial, reporter_cls)
-    except Exception:
-        # The training process recorded the failure (for DDP, in another process: rank 0).
-        config_errors = [f for f in read_jsonl(run_dir / FAILURES_FILE)[failed_before:] if f["kind"] == CONFIG_ERROR]
+    except Exception as err:
+        # A ConfigError raised here, or one rank 0 of a DDP trial recorded in its own process.
+        config_errors = [f["error"] for f in read_jsonl(run_dir / FAILURES_FILE)[failed_before:]
+                         if f["kind"] == CONFIG_ERROR]
+        if isinstance(err, ConfigError):
+            config_errors.append(f"{type(err).__name__}: {err}")
         if not config_errors:
             raise
-        tune.report({"status": CONFIG_ERROR, "error": config_errors[-1]["error"]})
+        # A full disk is every trial's: the driver stops the sweep (StopOnFullDisk).
+        tune.report({"status": CONFIG_ERROR, "error": config_errors[-1],
+                     STOP_ALL: config_errors[-1].startswith(DiskFullError.__name__)})
         return
     tune.report({**result.metrics, "status": result.status, "iterations": result.iterations})
 
@@ -181,10 +196,13 @@ def _train(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter]) -> 
 
 def _record_failure(run_dir: Path, reporter: TrialReporter, error: Exception) -> None:
     """Append the failure to the run directory's ``failures.jsonl`` (kind ``config_error`` for a
-    ConfigError, else ``crash``), then mark the MLflow run FAILED with the error."""
-    append_failure(run_dir, CONFIG_ERROR if isinstance(error, ConfigError) else "crash",
-                    f"{type(error).__name__}: {error}")
-    reporter.mark_failed(error)
+    ConfigError, else ``crash``), then mark the MLflow run FAILED with the error; as far as a full
+    disk or an unreachable store allow (the error itself still reaches Ray Tune)."""
+    with contextlib.suppress(OSError):
+        append_failure(run_dir, CONFIG_ERROR if isinstance(error, ConfigError) else "crash",
+                       f"{type(error).__name__}: {error}")
+    with contextlib.suppress(MlflowException, OSError):
+        reporter.mark_failed(error)
 
 
 def _ddp_worker(config: dict[str, Any]) -> None:
@@ -274,6 +292,7 @@ class TrialOutcome:
     """'finished', 'diverged', 'error' (failed more than max_failures times), 'config_error'
     (stopped by a configuration error, not retried) or 'incomplete'."""
     iterations: int = 0
+    """Iterations trained: at the end, or for an incomplete trial the last step it logged."""
     kimg: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
@@ -298,11 +317,18 @@ class SweepOutcome:
     trials: list[TrialOutcome]
     store_problems: list[str] = field(default_factory=list)
     """Ended trials the MLflow store disagrees with (no, several or an unfinished child run)."""
+    stopped_for: str | None = None
+    """The error for which the driver stopped every trial (a full disk), if any."""
 
     @property
     def failed(self) -> bool:
         """True if any trial ended in error or a configuration error, or the store disagrees."""
         return bool(self.store_problems) or any(t.status in ("error", CONFIG_ERROR) for t in self.trials)
+
+    @property
+    def interrupted(self) -> bool:
+        """True if trials did not end because the driver was interrupted (Ctrl-C, SIGTERM)."""
+        return self.stopped_for is None and any(t.status == "incomplete" for t in self.trials)
 
 
 def _check_inputs(cfg: TrainConfig) -> None:
@@ -313,7 +339,8 @@ def _check_inputs(cfg: TrainConfig) -> None:
     ``repa`` the DINOv2 encoder and the dataset's raw images.
 
     Raises FileNotFoundError for a missing dataset directory or manifest, ConfigError naming a
-    weights file that is missing or cannot be loaded or a dataset without the images repa needs.
+    weights file that is missing or cannot be loaded, a dataset without the images repa needs, or
+    a folder with fewer than 2 classes for a domain FD (:func:`core.domain.check_classes`).
     """
     from core.fidelity import check_inception_weights
 
@@ -331,6 +358,10 @@ def _check_inputs(cfg: TrainConfig) -> None:
             raise FileNotFoundError(f"dataset {root} has no {MANIFEST} (write it with `gat-sweep encode`)")
         written = json.loads(manifest.read_text())
         kept_images = bool(written.get("keep_images"))
+        if evaluates and resolve_metric(cfg.eval_metric, kind, cfg.inception_weights) == "fd_domain":
+            from core.domain import check_classes
+
+            check_classes(root, written)
         if evaluates or cfg.sample_every >= 0:
             from core.vae import load_vae
 
@@ -369,54 +400,51 @@ def _prepare_data(cfg: TrainConfig) -> None:
         prepare_folder_classifier(Path(cfg.dataset))  # not load_latents: the driver needs no latents
 
 
-def _check_writable(out: Path, tracking_uri: str) -> None:
-    """Create the output directory, and check that this process can write it and a local sqlite
-    tracking store, before anything starts.
+def _check_tracking_store(tracking_uri: str) -> None:
+    """Check that this process can write a local sqlite tracking store's directory and file.
 
-    Raises ConfigError naming ``output_dir`` or ``tracking_uri``.
+    Raises ConfigError naming ``tracking_uri``.
     """
-    _check_directory(out, f"output_dir: {out}")
     if tracking_uri.startswith("sqlite:"):
         # SQLAlchemy's form: sqlite:///relative.db, sqlite:////absolute.db, optional ?query
         db = Path(tracking_uri.removeprefix("sqlite:///").partition("?")[0]).absolute()
-        _check_directory(db.parent, f"tracking_uri: {tracking_uri} (its directory {db.parent})")
+        writable_directory(db.parent, f"tracking_uri: {tracking_uri} (its directory {db.parent})")
         if db.exists() and not os.access(db, os.W_OK):
             raise ConfigError(f"tracking_uri: {tracking_uri}: {db} is not writable by this user")
-
-
-def _check_directory(path: Path, what: str) -> None:
-    """Create ``path`` and write a temporary file in it; ConfigError naming ``what`` if either fails."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
-    except OSError as err:
-        raise ConfigError(f"{what} cannot be written ({type(err).__name__}: {err.strerror or err}); "
-                          "choose a directory this user can write") from None
 
 
 def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporter] = TrialReporter,
               console: Console | None = None) -> SweepOutcome:
     """Run (or resume) a sweep to the end and return how every trial stands.
 
-    Before anything starts: the cluster settings, every local file the trials read (dataset,
-    VAE, Inception weights) and the writability of the output directory and a local tracking
-    store are checked, then the sweep lock is taken and held until the end. After the trials,
-    child runs of trials that did not end are closed (FAILED or KILLED) and the store is checked
-    against the trials that ended (``SweepOutcome.store_problems``).
+    Before anything starts: the cluster settings and the tracking URI are checked, the sweep
+    lock is taken (creating the output directory) and held until the end, then every local file
+    the trials read (dataset, VAE, Inception weights), the trials' memory
+    (:func:`scaling.grid.check_trials_fit`), a local tracking store's writability and the
+    checkpoints the trials resume from. After the trials, child runs of trials that did not end
+    are closed (FAILED or KILLED) and the store is checked against the trials that ended
+    (``SweepOutcome.store_problems``); the parent run ends FINISHED, FAILED or KILLED.
+
+    Ctrl-C (and SIGTERM, which the command line turns into it) stops the trials (Ray Tune stops
+    them on the first, at once on the second) and returns with them ``incomplete``; during Ray's
+    start-up it waits for Ray to be up, then stops it whole. The driver's own Ray instance is
+    stopped before this returns.
 
     ``reporter_cls`` is the hook for a different reporter (a subclass of TrialReporter).
     Raises ConfigError / SweepChangedError / SweepLockedError / FileNotFoundError for settings the
     user must fix (a tracking URI that is a path or a server that does not answer:
-    :func:`scaling.spec.check_tracking_uri`), or another running driver; no trial is started then.
+    :func:`scaling.spec.check_tracking_uri`), or another running driver; no trial is started then,
+    and an output directory this call created is removed again.
     """
     console = console or Console()
     trials = expand(spec)
     out, tracking_uri = spec.output_path(), spec.tracking()
     spec.check_cluster_settings()
-    _check_inputs(trials[0].config)  # every trial shares the dataset and the evaluation settings
     check_tracking_uri(tracking_uri)
-    _check_writable(out, tracking_uri)
     with sweep_lock(out):
+        _check_inputs(trials[0].config)  # every trial shares the dataset and the evaluation settings
+        check_trials_fit(spec, trials)
+        _check_tracking_store(tracking_uri)
         return _drive(spec, Path(sweep_file), trials, reporter_cls, console)
 
 
@@ -429,31 +457,28 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
     _prepare_data(trials[0].config)
     repeats = shared_trainings(trials, started_trials(out, trials))
     pending = pending_trainings(out, trials, repeats)
-    started_ray = bool(pending) and not ray.is_initialized()
+    _check_checkpoints(out, pending, console)
+    starting = _RayInstance(spec.ray_target()) if pending and not ray.is_initialized() else None
     failed: dict[str, tuple[str, str]] = {}
     try:
-        # Ray's start-up is mostly waiting for its processes: count FLOPs and open the MLflow
-        # store meanwhile (seconds off the time to the first training iteration).
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            opening = pool.submit(open_sweep, spec, sweep_file, digest, records, trials, repeats, out,
-                                  tracking_uri, state)
-            if started_ray:
-                ray.init(address=spec.ray_target(), include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING)
-            rows, state = opening.result()
+        rows, state, interrupted = _open_sweep_while_ray_starts(spec, sweep_file, digest, records, trials, repeats,
+                                                                state, starting)
         plan = SweepPlan(out, TrialTracking(tracking_uri, state["experiment_id"], spec.name, state["parent_run_id"]),
                          {t.name: t for t in trials}, spec.resources,
                          {row["name"]: row["flops_per_iter"] for row in rows})
         # Train each distinct config once; start the most expensive first (the shortest overall
         # time for a fixed pool of workers).
         cost = {row["name"]: row["total_flops"] for row in rows}
-        todo = sorted((t.name for t in pending), key=lambda n: -cost[n])
+        todo = [] if interrupted else sorted((t.name for t in pending), key=lambda n: -cost[n])
         if added:
             console.print(f"sweep [bold]{spec.name}[/] grows by {len(added)} trials; its "
                           f"{len(trials) - len(added)} trials so far are kept as they are (a report and "
                           "verdicts logged before cover those only: make the report again)")
-        console.print(f"sweep [bold]{spec.name}[/]: {len(trials)} trials ({len(repeats)} repeat another's "
-                      f"training and are copied), {len(todo)} to train; output {escape(str(out))}")
+        if interrupted:
+            console.print("interrupted while Ray started: Ray is stopped again and no trial starts")
+        else:
+            console.print(f"sweep [bold]{spec.name}[/]: {len(trials)} trials ({len(repeats)} repeat another's "
+                          f"training and are copied), {len(todo)} to train; output {escape(str(out))}")
         for name in todo:
             failures = read_jsonl(plan.run_dir(name) / FAILURES_FILE)
             if failures:
@@ -462,28 +487,148 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
                               highlight=False, soft_wrap=True)
         if todo:
             work = {name: (plan.flops_per_iter[name], plan.trials[name].config.iterations) for name in todo}
-            progress = ProgressLines(console, out, len(trials) - len(repeats), len(trials) - len(repeats) - len(todo), work)
+            progress = ProgressLines(console, out, len(trials) - len(repeats), len(trials) - len(repeats) - len(todo), work,
+                                     tracking_uri)
             recorded = {name: len(read_jsonl(plan.run_dir(name) / FAILURES_FILE)) for name in todo}
-            failed = _fit(plan, spec, todo, reporter_cls, progress)
+            try:
+                failed = _fit(plan, spec, todo, reporter_cls, progress)
+            except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM): Ray Tune stopped at once
+                failed = {}
             for name, (status, error) in failed.items():
                 if status == "error" and len(read_jsonl(plan.run_dir(name) / FAILURES_FILE)) == recorded[name]:
-                    append_failure(plan.run_dir(name), "crash", error)  # its worker died unrecorded
+                    with contextlib.suppress(OSError):  # a full disk: the summary has it all the same
+                        append_failure(plan.run_dir(name), "crash", error)  # its worker died unrecorded
     finally:
-        if started_ray:
-            ray.shutdown()
-    by_name = {t.name: t for t in trials}
-    for name, source in repeats.items():
-        if not is_done(by_name[name], plan.run_dir(name)) and is_done(by_name[source], plan.run_dir(source)):
-            _copy_trial(plan, by_name[name], source)
-    outcome = _collect(spec, plan, trials, failed, repeats)
-    end_open_runs(plan.tracking, {
-        t.name: ("KILLED", "the trial did not end: the driver stopped before it finished")
-        if t.status == "incomplete" else ("FAILED", t.error or t.status)
-        for t in outcome.trials if t.status not in (FINISHED, DIVERGED)})
-    outcome.store_problems = _check_store(plan, outcome)
-    set_run_status(tracking_uri, state["parent_run_id"], running=False,
-                   failed=outcome.failed or any(t.status == "incomplete" for t in outcome.trials))
+        if starting is not None:
+            with _interrupts_ignored():
+                starting.stop()
+    with _interrupts_ignored():  # the store and the run directories agree before the driver ends
+        by_name = {t.name: t for t in trials}
+        for name, source in repeats.items():
+            if not is_done(by_name[name], plan.run_dir(name)) and is_done(by_name[source], plan.run_dir(source)):
+                with contextlib.suppress(OSError):  # a full disk: incomplete, copied by the next run
+                    _copy_trial(plan, by_name[name], source)
+        outcome = _collect(spec, plan, trials, failed, repeats)
+        outcome.stopped_for = next((error for _, error in failed.values() if error.startswith(DiskFullError.__name__)),
+                                   None)
+        end_open_runs(plan.tracking, {
+            t.name: ("KILLED", "the trial did not end: the driver stopped before it finished")
+            if t.status == "incomplete" else ("FAILED", t.error or t.status)
+            for t in outcome.trials if t.status not in (FINISHED, DIVERGED)})
+        outcome.store_problems = _check_store(plan, outcome)
+        stopped = any(t.status == "incomplete" for t in outcome.trials)
+        set_run_status(tracking_uri, state["parent_run_id"],
+                       "FAILED" if outcome.failed else "KILLED" if stopped else "FINISHED")
     return outcome
+
+
+class _RayInstance:
+    """Ray started (or joined) by ``ray.init`` in a thread of its own, which lives until
+    :meth:`stop`.
+
+    Off the main thread Ray installs no signal handlers (it does only there), so Ctrl-C and
+    SIGTERM keep meaning "stop" to the driver while Ray starts; and the thread must outlive Ray's
+    processes, since Linux sends a child its parent-death signal when the *thread* that started it
+    ends. :meth:`stop` waits for the start-up to end before it shuts Ray down: stopped halfway
+    through its start-up, Ray left processes behind.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.ready: Future = Future()
+        self._release = threading.Event()
+        logging.getLogger("ray._private.worker").addFilter(DROP_THREAD_WARNING)
+        self._thread = threading.Thread(target=self._run, args=(address,), name="ray-init", daemon=True)
+        self._thread.start()
+
+    def _run(self, address: str) -> None:
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        except BaseException as err:  # handed to the thread that waits for Ray
+            self.ready.set_exception(err)
+            return
+        self.ready.set_result(None)
+        self._release.wait()
+
+    def stop(self) -> None:
+        """Wait for the start-up to end, shut Ray down (its processes on this machine end), and
+        let the thread end."""
+        wait([self.ready])
+        if ray.is_initialized():
+            ray.shutdown()
+        self._release.set()
+        self._thread.join()
+
+
+class _DropThreadWarning(logging.Filter):
+    """Drops Ray's warning that it sets no SIGTERM handler off the main thread (on purpose here)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("SIGTERM handler is not set")
+
+
+DROP_THREAD_WARNING = _DropThreadWarning()
+
+
+def _open_sweep_while_ray_starts(spec: SweepSpec, sweep_file: Path, digest: str, records: dict[str, dict[str, Any]],
+                                 trials: list[Trial], repeats: dict[str, str], state: dict[str, Any] | None,
+                                 starting: _RayInstance | None) -> tuple[list[dict[str, Any]], dict[str, Any], bool]:
+    """Open the sweep (:func:`scaling.state.open_sweep`: FLOP counts, MLflow experiment and parent
+    run) while Ray starts (``starting``; its start-up is mostly waiting for its processes, so this
+    takes seconds off the time to the first iteration), and wait for both. An interrupt (Ctrl-C,
+    or SIGTERM through the command line) waits for both too, so that Ray can be stopped whole and
+    the trials closed in the store. Returns (trial rows, sweep state, whether the driver was
+    interrupted meanwhile); raises the error of either.
+    """
+    interrupted = False
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        futures = [pool.submit(open_sweep, spec, sweep_file, digest, records, trials, repeats, spec.output_path(),
+                               spec.tracking(), state)]
+        futures += [starting.ready] if starting is not None else []
+        while not all(f.done() for f in futures):
+            try:
+                wait(futures)
+            except KeyboardInterrupt:
+                interrupted = True
+    for future in futures[1:]:
+        future.result()
+    rows, state = futures[0].result()
+    return rows, state, interrupted
+
+
+@contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C for the block (in the main thread; SIGTERM follows it through the command
+    line's handler), so that a repeated interrupt cannot leave runs RUNNING or Ray half stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _check_checkpoints(out: Path, pending: list[Trial], console: Console) -> None:
+    """Read the checkpoint each pending trial will resume from, as its training will
+    (:func:`core.checkpoint.resume_state`; tensors mapped, not read), and say which trials resume
+    from an older checkpoint because a newer one is damaged.
+
+    Raises CheckpointError naming every trial none of whose checkpoints can be read: no retry
+    could read them, so nothing starts.
+    """
+    unreadable = []
+    for trial in pending:
+        try:
+            found = resume_state(out / TRIALS_DIR / trial.name / CHECKPOINTS, mmap=True)
+        except CheckpointError as err:
+            unreadable.append(f"{trial.name}: {err}")
+            continue
+        if found is not None and found[2]:
+            console.print(f"[yellow]damaged[/]   {trial.name}: {escape('; '.join(found[2]))}; it resumes from "
+                          f"{found[1].name}", highlight=False, soft_wrap=True)
+    if unreadable:
+        raise CheckpointError("\n".join(unreadable))
 
 
 def _check_store(plan: SweepPlan, outcome: SweepOutcome) -> list[str]:
@@ -543,22 +688,68 @@ def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[T
         run_config=tune.RunConfig(
             name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(plan.out / TUNE_DIR), verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[progress]),
+            stop=StopOnFullDisk(), callbacks=[progress, RecordLostFailures(plan.out)]),
     )
     logging.getLogger("ray.tune.tune").addFilter(DROP_RAY_ADVICE)  # adding it again is a no-op
     failed = {}
     for r in tuner.fit():
         if r.error is not None:
-            failed[r.config["trial"]] = ("error", f"{type(r.error).__name__}: {r.error}")
+            failed[r.config["trial"]] = ("error", ANSI_CODES.sub("", f"{type(r.error).__name__}: {r.error}"))
         elif (r.metrics or {}).get("status") == CONFIG_ERROR:
             failed[r.config["trial"]] = (CONFIG_ERROR, r.metrics["error"])
     return failed
 
 
+class RecordLostFailures(tune.Callback):
+    """Adds to a retried trial's ``failures.jsonl`` the failed attempt its worker could not record
+    (killed by the OOM killer or a signal), with the first line of Ray Tune's error, so that the
+    summary and the next run name the cause of every restart (the summary said "resumed after the
+    driver stopped"). The last attempt of a trial that fails for good is recorded after the
+    trials, with Ray's exception."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.recorded: dict[str, int] = {}
+        """Per trial, the failures its file held when the current attempt started."""
+
+    def _count(self, name: str) -> int:
+        return len(read_jsonl(self.out / TRIALS_DIR / name / FAILURES_FILE))
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
+        self.recorded[trial_name(trial)] = self._count(trial_name(trial))
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
+        name = trial_name(trial)
+        if self._count(name) == self.recorded.get(name):
+            errors = Path(trial.error_file).read_text() if trial.error_file else ""  # "Failure # N (...)" blocks
+            latest = ANSI_CODES.sub("", errors).rpartition("Failure # ")[2].splitlines()[1:]
+            lines = [line.strip() for line in latest if line.strip()]
+            with contextlib.suppress(OSError):  # a full disk: the trial is retried all the same
+                append_failure(self.out / TRIALS_DIR / name, "crash", lines[0] if lines else "its worker died")
+        self.recorded[name] = self._count(name)
+
+
+class StopOnFullDisk(tune.Stopper):
+    """Stops the sweep once a trial reports :data:`STOP_ALL` (a full disk, which the trials share):
+    the running trials stop and the others do not start, all ``incomplete``, instead of each
+    failing in turn."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        self.stopping = self.stopping or bool(result.get(STOP_ALL))
+        return False
+
+    def stop_all(self) -> bool:
+        return self.stopping
+
+
 def _collect(spec: SweepSpec, plan: SweepPlan, trials: list[Trial], failed: dict[str, tuple[str, str]],
              repeats: dict[str, str]) -> SweepOutcome:
     """How every trial stands: its result.json if it ended, else its failure in this run (or the
-    failure of the trial it repeats), else incomplete; with its starts and failures so far."""
+    failure of the trial it repeats), else incomplete with the iterations it reached (its last
+    logged step); with its starts and failures so far."""
     outcomes = []
     for t in trials:
         run_dir = plan.run_dir(t.name)
@@ -577,5 +768,7 @@ def _collect(spec: SweepSpec, plan: SweepPlan, trials: list[Trial], failed: dict
             outcomes.append(TrialOutcome(t.name, status, error=f"repeats the training of {same_as}, which failed",
                                          **history))
         else:
-            outcomes.append(TrialOutcome(t.name, "incomplete", **history))
+            reached = _complete_records(run_dir / STATS_FILE)[-1:]  # the last logged step, if any
+            outcomes.append(TrialOutcome(t.name, "incomplete", int(reached[0]["step"]) if reached else 0,
+                                         reached[0].get(KIMG, 0.0) if reached else 0.0, **history))
     return SweepOutcome(spec.name, plan.out, plan.tracking.tracking_uri, plan.tracking.experiment_id, outcomes)

@@ -59,7 +59,8 @@ def apply_set(data: dict[str, Any], item: str, example: str, known_only: bool) -
     :func:`parse_scalar`, and typed validation of the result is left to the caller (the same
     validation as a file's). With ``known_only`` (a complete TrainConfig dict) the key must exist;
     otherwise missing levels are created, so that a sweep file's validation names an unknown key
-    with its suggestion. Raises ConfigError naming the override (``example`` shows the form).
+    with its suggestion. Raises ConfigError naming the override (``example`` shows the form), also
+    for a value that is not YAML (``[1e-3`` unclosed, a ``!!tag`` the safe loader refuses).
     """
     key, sep, text = item.partition("=")
     if not sep or not key:
@@ -75,4 +76,9 @@ def apply_set(data: dict[str, Any], item: str, example: str, known_only: bool) -
             target = target.setdefault(part, {})
     if known_only and leaf not in target:
         raise ConfigError(f"--set {key}: unknown field; choose one of: {', '.join(target)}")
-    target[leaf] = parse_scalar(text)
+    try:
+        target[leaf] = parse_scalar(text)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"--set {key}: the value {text!r} is not a YAML value ({problem}); write a number, "
+                          f"a word or a list such as [1, 2], e.g. --set {example}") from None

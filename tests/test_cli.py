@@ -2,6 +2,8 @@
 nothing, user errors as one message with exit status 2, a real in-process training run, and the
 summary and exit status of `run`."""
 
+import contextlib
+import importlib.util
 import json
 import http.server
 import socket
@@ -107,16 +109,34 @@ def test_a_tracking_uri_mlflow_would_refuse_late_is_refused_before_anything_star
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     result = invoke(command, *target, "--tracking-uri", url)
     assert result.exit_code == 2 and f"tracking URI {url}: no MLflow server answers there" in result.output
+    # Issue 23, finding 6: a server that is not MLflow's, a scheme MLflow has no store for and a
+    # database whose driver is missing were refused only after Ray started (and sweep.yaml and
+    # trials.csv were written).
+    with answering(200, b"<html>a web page</html>") as web:
+        result = invoke(command, *target, "--tracking-uri", web)
+    assert result.exit_code == 2 and (f"tracking URI {web}: a server answers there, but not MLflow's tracking API "
+                                      f"(GET {web}/api/2.0/mlflow/experiments/get-by-name") in result.output
+    result = invoke(command, *target, "--tracking-uri", "ftp://files/mlflow")
+    assert result.exit_code == 2 and "MLflow has no tracking store for ftp://" in result.output
+    result = invoke(command, *target, "--tracking-uri", "mssql+nosuchdriver://user:secret@db/mlflow")
+    assert result.exit_code == 2 and "SQLAlchemy has no such database driver" in result.output
+    assert "secret" not in result.output
+    if importlib.util.find_spec("psycopg") is None:  # SQLAlchemy's default PostgreSQL driver
+        result = invoke(command, *target, "--tracking-uri", "postgresql://user:secret@db/mlflow")
+        assert result.exit_code == 2 and ("tracking URI postgresql://user:***@db/mlflow: MLflow reaches this database "
+                                          "through SQLAlchemy's postgresql+psycopg driver, whose module 'psycopg' is not "
+                                          "installed here") in " ".join(result.output.split())
     assert not (tmp_path / "o").exists()
 
 
-def test_any_http_answer_or_a_non_path_scheme_passes_the_tracking_uri_check(monkeypatch):
-    """A proxy that wants credentials (401) or a path prefix (404 on /health) still answers: MLflow
-    may well reach its server there; databricks and database URIs are not paths."""
+@contextlib.contextmanager
+def answering(status: int, body: bytes):
+    """An HTTP server on 127.0.0.1 answering every GET with ``status`` and ``body``; yields its URL."""
     class Answer(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            self.send_response(401)
+            self.send_response(status)
             self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, *args):
             pass
@@ -125,10 +145,20 @@ def test_any_http_answer_or_a_non_path_scheme_passes_the_tracking_uri_check(monk
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        check_tracking_uri(f"http://127.0.0.1:{server.server_port}/prefix?x=1")
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
-    for uri in ("databricks", "databricks://profile", "postgresql://u:p@db/mlflow", "sqlite:///x.db"):
+
+
+def test_an_mlflow_answer_or_a_non_path_scheme_passes_the_tracking_uri_check(monkeypatch):
+    """MLflow's JSON (an experiment, or an error code) passes, and so does a proxy that wants
+    credentials (401): MLflow may send ones the probe does not; databricks and database URIs whose
+    driver is installed are not paths."""
+    with answering(401, b"") as proxy:
+        check_tracking_uri(f"{proxy}/prefix")
+    with answering(404, b'{"error_code": "RESOURCE_DOES_NOT_EXIST"}') as mlflow_server:
+        check_tracking_uri(mlflow_server)
+    for uri in ("databricks", "databricks://profile", "sqlite:///x.db"):
         check_tracking_uri(uri)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow's own opt-in to its file store
     check_tracking_uri("mlruns")
@@ -211,6 +241,7 @@ def test_run_prints_summary_and_exits_1_when_a_trial_failed(monkeypatch, tmp_pat
         TrialOutcome("b", "diverged", 1, 0.008, {}),
         TrialOutcome("c", "error", error="RuntimeError: boom")])
     monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console: outcome)
+    monkeypatch.chdir(tmp_path)  # the sweep's default output directory is created and locked
     result = invoke("run", str(SWEEPS / "smoke.yaml"))
     assert result.exit_code == 1
     assert "12.5" in result.output and "c: RuntimeError: boom" in result.output
@@ -339,6 +370,7 @@ def test_run_summary_names_retried_failed_config_error_and_diverged_trials(monke
         TrialOutcome("d", "finished", 6, 0.048, {}, starts=2)],
         store_problems=["d: no MLflow child run"])
     monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console: outcome)
+    monkeypatch.chdir(tmp_path)  # the sweep's default output directory is created and locked
     result = invoke("run", str(SWEEPS / "smoke.yaml"))
     assert result.exit_code == 1
     lines = [" ".join(line.split()) for line in result.output.splitlines()]
@@ -421,6 +453,7 @@ def test_run_json_outcome_and_exit_130_when_interrupted(monkeypatch, tmp_path):
     # Finding 9 / what to build: --json for scripts, exit status 130 after Ctrl-C (Ray Tune catches
     # the first Ctrl-C and returns with trials unfinished; a second one raises KeyboardInterrupt).
     monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console: interrupted_outcome(tmp_path))
+    monkeypatch.chdir(tmp_path)  # the sweep's default output directory is created and locked
     result = runner.invoke(cli.app, ["run", str(SWEEPS / "smoke.yaml"), "--json"])
     assert result.exit_code == 130
     summary = json.loads(result.stdout)  # the table and next steps went to stderr
@@ -459,3 +492,24 @@ def test_plot_of_a_missing_sweep_file_names_the_file(tmp_path):
     # Finding 5: it talked about a missing database, after 8 s of imports.
     result = invoke("plot", str(tmp_path / "width_lr.yaml"))
     assert result.exit_code == 2 and result.output.strip() == f"error: sweep file not found: {tmp_path / 'width_lr.yaml'}"
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_renaming_a_sweep_in_its_output_directory_is_refused_with_its_name(tmp_path, dry_run):
+    # Issue 23, finding 7: `--set name=X` on the output directory of sweep 'smoke' (same trials)
+    # was accepted; its runs stayed in experiment 'smoke' and the printed `gat-sweep plot X` failed.
+    from scaling.grid import expand, sweep_hash, trial_records
+    from scaling.spec import load_spec
+
+    out = tmp_path / "o"
+    out.mkdir()
+    trials = expand(load_spec(SWEEPS / "smoke.yaml"))
+    (out / "sweep.json").write_text(json.dumps({
+        "name": "smoke", "spec_hash": sweep_hash(trials), "tracking_uri": f"sqlite:///{out / 'mlflow.db'}",
+        "experiment_id": "1", "parent_run_id": "x", "trials": trial_records(trials)}))
+    result = invoke("run", str(SWEEPS / "smoke.yaml"), "--set", "name=smoke_b", "--output-dir", str(out),
+                    *(["--dry-run"] if dry_run else []))
+    assert result.exit_code == 2, result.output
+    assert (f"error: {out} holds sweep 'smoke', and this run calls it 'smoke_b' (name: or --set name=)"
+            in " ".join(result.output.split()))
+    assert {p.name for p in out.iterdir()} <= {"sweep.json", "sweep.lock"}  # nothing else written

@@ -173,3 +173,31 @@ def test_sweep_driver_trains_the_folder_classifier_once_before_trials(encoded_di
     tune._prepare_data(base.replace(eval_every=-1))  # no evaluation: nothing to prepare
     tune._prepare_data(base.replace(eval_metric="fid", inception_weights="/w/inception.pth"))
     assert calls == [encoded_digits_folder]
+
+
+@pytest.mark.parametrize("per_class", [[6], [6, 2]], ids=["one class", "a class of 2 images"])
+def test_domain_fd_refuses_a_folder_with_too_few_classes_or_images(digits_image_folder, tiny_digits_cache, tmp_path,
+                                                                   per_class):
+    # Issue 23, finding 7: a one-class folder trained and reported FD 0.021 after 5 iterations, a
+    # number with no meaning (the classifier has nothing to tell apart).
+    images = tmp_path / "images"
+    for label, count in enumerate(per_class):
+        (images / f"c{label}").mkdir(parents=True)
+        for path in sorted((digits_image_folder / str(label)).glob("*.png"))[:count]:
+            shutil.copyfile(path, images / f"c{label}" / path.name)
+    runner = CliRunner()
+    latents = tmp_path / "latents"
+    encoded = runner.invoke(cli.app, ["encode", str(images), str(latents), "--vae", "digits", "--resolution", "32",
+                                      "--device", "cpu"])
+    assert encoded.exit_code == 0, encoded.output
+    settings = [f"dataset={latents}", "latent_size=8", f"num_classes={len(per_class)}", "iterations=5",
+                "eval_every=0", "eval_samples=64"]
+    trained = runner.invoke(cli.app, ["train", "tiny", *(a for s in settings for a in ("--set", s)),
+                                      "--out", str(tmp_path / "run")])
+    assert trained.exit_code == 2, trained.output
+    message = " ".join(trained.output.split())
+    expected = (f"dataset {latents} holds 1 class (c0); eval_metric fd_domain compares samples" if len(per_class) == 1
+                else f"{images}: classes with fewer than 5 images, too few for the domain classifier of eval_metric "
+                     "fd_domain to learn and be measured on them: c1 (2)")
+    assert message.startswith(f"error: {expected}"), message
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training

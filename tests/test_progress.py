@@ -4,6 +4,7 @@ instance: the callback is fed stand-in trials."""
 
 import io
 import logging
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -83,3 +84,29 @@ def test_ray_tunes_resume_advice_is_dropped():
         "Resume experiment with: Tuner.restore(path=\"/x\", trainable=...)"))
     assert not DROP_RAY_ADVICE.filter(record("Trials did not complete: [a, b]"))
     assert DROP_RAY_ADVICE.filter(record("Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run."))
+
+
+def test_a_tracking_server_that_does_not_answer_replaces_the_eta(monkeypatch):
+    # Issue 23, finding 5 (the line itself; the killed server: tests/test_cluster.py).
+    clock = Clock()
+    monkeypatch.setattr(progress_mod.time, "monotonic", clock)
+    text = io.StringIO()
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    progress = ProgressLines(Console(file=text, width=400), Path("/x"), 1, 0, {"a": (1, 100)}, uri)
+    a = trial("a")
+    progress.on_trial_result(0, [a], a, {"progress/iter": 10})
+    clock.now += 10
+    progress.on_trial_result(0, [a], a, {"progress/iter": 30})
+    for _ in range(2):
+        clock.now += STATUS_EVERY_S
+        progress.on_step_end(0, [a])
+    lines = text.getvalue().splitlines()
+    assert lines[-2].endswith("time left unknown") and "about" not in lines[-2]
+    assert lines[-1].startswith(f"MLflow    {uri}: no MLflow server answers there (")
+    assert f"for {duration(STATUS_EVERY_S)}; the trials wait while their MLflow clients retry" in lines[-1]
+    progress.tracking_uri = "sqlite:////x/mlflow.db"  # a local store is never down
+    clock.now += STATUS_EVERY_S
+    progress.on_step_end(0, [a])
+    assert text.getvalue().splitlines()[-1].endswith("left")
