@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from analysis.fit import Estimate
-from analysis.units import lr_text
+from core.units import lr_text
 from core.config import SIZES
 from analysis.transfer import PAPER_WIDTHS, LRBacktest, LRPrediction, RuleTransfer, factor_text, predict_lr
 

@@ -40,7 +40,7 @@ from analysis.frontier import compute_frontier, frontier_sizes, under_trained_si
 from analysis.paper import PAPER_LAW
 from analysis.runs import SweepRuns, last_sample_grid, load_sweep, trained_as
 from analysis.transfer import PAPER_WIDTHS, SCORE_EVALS, TOLERANCE, RuleTransfer, analyse_transfer
-from analysis.units import fd_text, lr_text
+from core.units import fd_text, lr_text
 from core.records import EXCLUDED_STATUSES, STATUSES, TAG_SAME_AS, fit_tag, lr_transfer_tag
 
 MODELS = ("saturating", "power")

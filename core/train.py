@@ -47,6 +47,7 @@ from core.records import (
     DIVERGED,
     EARLY_SKIP_REL,
     EVAL_SECONDS,
+    FINAL_EVALS,
     FINISHED,
     G_UPDATE_REL,
     ITER,
@@ -58,6 +59,8 @@ from core.records import (
     STATS_FILE,
     TRAIN_FLOPS,
     RunResult,
+    final_fd,
+    final_key,
 )
 from core.repa import run_encoder
 from core.step import GATStep
@@ -215,6 +218,8 @@ class _Carry:
     """The last logged value of every metric (the result's metrics)."""
     reporter: dict[str, Any] | None = None
     """The reporter's :meth:`Reporter.state_dict` at the checkpoint (None for a fresh run)."""
+    recent: list[float] = field(default_factory=list)
+    """The last :data:`FINAL_EVALS` evaluations of the metric (their geometric mean is ``final/``)."""
 
 
 def _checkpoint_state(G: Generator, D: torch.nn.Module, G_ema: Generator, step: GATStep, carry: _Carry,
@@ -225,7 +230,7 @@ def _checkpoint_state(G: Generator, D: torch.nn.Module, G_ema: Generator, step: 
             "opt_g": step.opt_g.state_dict(), "opt_d": step.opt_d.state_dict(),
             "iteration": carry.iteration, "best": carry.best, "window": carry.window,
             "window_iters": carry.window_iters, "last": carry.last, "config": cfg.to_dict(),
-            "reporter": carry.reporter}
+            "reporter": carry.reporter, "recent": carry.recent}
 
 
 def _resume(state: dict[str, Any], G: Generator, D: torch.nn.Module,
@@ -236,7 +241,7 @@ def _resume(state: dict[str, Any], G: Generator, D: torch.nn.Module,
     D.load_state_dict(state["D"])
     G_ema.load_state_dict(state["G_ema"])
     carry = _Carry(state["iteration"], state["best"], state["window"], state["window_iters"], state["last"],
-                   state["reporter"])
+                   state["reporter"], list(state.get("recent", [])))  # checkpoints before final/ have none
     return carry, {"opt_g": state["opt_g"], "opt_d": state["opt_d"]}
 
 
@@ -467,6 +472,9 @@ def _train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None, progress:
             metrics.update(results)
             metrics[EVAL_SECONDS] = eval_seconds
             value = results.get(evaluator.metric_key, math.inf)
+            carry.recent = [*carry.recent, value][-FINAL_EVALS:]
+            if math.isfinite(final := final_fd(carry.recent)):
+                metrics[final_key(evaluator.metric_key)] = final
             reason = reason or _fd_divergence(evaluator.metric_key, value, carry.best, cfg.diverge_fd_ratio)
             if reason is None and value < carry.best["value"]:
                 carry.best, is_best = {"value": value, "iteration": done_it}, True

@@ -21,7 +21,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from core.config import TrainConfig, flatten
-from core.records import LOSS_D, LOSS_G, TAG_SAME_AS, RunResult, is_fd_key, is_progress_key
+from core.records import (FINAL_EVALS, LOSS_D, LOSS_G, TAG_SAME_AS, RunResult, final_key, is_fd_key,
+                          is_progress_key)
+from core.units import fd_text
 from scaling.spec import RAY_ADDRESS_ENV, SweepSpec
 
 if TYPE_CHECKING:  # the driver imports ray and torch: the commands import it only to run a sweep
@@ -158,13 +160,15 @@ def print_outcome(outcome: SweepOutcome, console: Console, report_command: str) 
     hit a configuration error or diverged (each with its reason), disagreements of the MLflow
     store, counts, what to do next (commands that work as printed) and where the results are;
     ``report_command`` is the ``gat-sweep plot`` line (:func:`plot_command`)."""
-    keys = sorted({k for t in outcome.trials for k in t.metrics if is_fd_key(k)})
-    table = Table(title=f"sweep {outcome.name}", title_justify="left", box=box.SIMPLE_HEAD)
+    keys = sorted({final_key(k) for t in outcome.trials for k in t.metrics if is_fd_key(k)})
+    table = Table(title=f"sweep {outcome.name} (final: geometric mean of a trial's last {FINAL_EVALS} "
+                  "evaluations)", title_justify="left", box=box.SIMPLE_HEAD)
     for name in ["trial", "status", "iterations", "kimg", *keys, LOSS_G, LOSS_D]:
         table.add_column(name, justify="left" if name in ("trial", "status") else "right", no_wrap=name == "trial")
     styles = {"finished": "green", "diverged": "yellow", "error": "red", "config_error": "red", "incomplete": "dim"}
     for t in outcome.trials:
-        values = [f"{t.metrics[k]:.4g}" if k in t.metrics else "-" for k in [*keys, LOSS_G, LOSS_D]]
+        values = ([fd_text(t.metrics.get(k)) for k in keys]
+                  + [f"{t.metrics[k]:.4g}" if k in t.metrics else "-" for k in (LOSS_G, LOSS_D)])
         table.add_row(t.name, f"[{styles[t.status]}]{t.status}[/]", str(t.iterations), f"{t.kimg:g}", *values)
     console.print(table)
     for t in outcome.trials:

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from analysis import figures
 from analysis.report import SUMMARY_COLUMNS, log_report, make_report
 from analysis.runs import POINT_COLUMNS, SweepNotFound, load_sweep
-from analysis.units import fd_text, lr_text
+from core.units import fd_text, lr_text
 
 SWEEP = "synth"
 KEY = "eval/fd_digits_1k"
