@@ -400,7 +400,9 @@ class RuleFactor:
 
 def _rule_factor(scores: pd.DataFrame) -> RuleFactor | None:
     """The factor of the rule's own rows (``pooled`` False) of :func:`rule_trainings`; None with
-    fewer than 2 widths."""
+    fewer than 2 widths or without an ``lr`` column."""
+    if "lr" not in scores:   # base LRs only (no actual LR logged): no factor
+        return None
     own = scores[~scores["pooled"]] if "pooled" in scores else scores
     own = own[np.isfinite(own["lr"].astype(float)) & (own["lr"] > 0) & (own["base_lr"] > 0)]
     if own["width"].nunique() < 2:
