@@ -230,6 +230,11 @@ class Resources(_Strict):
     workers: PositiveInt = 1
     """DDP processes per trial (Ray Train TorchTrainer when > 1)."""
 
+    def torch_threads(self) -> int:
+        """CPU threads torch uses in a trial's process: its CPUs, at least 1 (a trial's own
+        ``train.num_threads`` overrides it, as ``core.train.train`` applies that)."""
+        return max(1, int(self.cpus))
+
     @model_validator(mode="after")
     def _whole_gpus_for_ddp(self) -> Resources:
         if self.workers > 1 and self.gpus not in (0.0, 1.0):

@@ -31,7 +31,7 @@ def invoke(*args: str):
     return result
 
 
-@pytest.mark.parametrize("command", ["run", "train", "schema", "plot", "encode"])
+@pytest.mark.parametrize("command", ["run", "train", "schema", "plot", "encode", "coord-check"])
 def test_every_command_has_help_with_an_example(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0
@@ -372,7 +372,7 @@ def plain_words(text: str) -> list[str]:
     return [word.replace("`", "").replace("*", "").strip("│") for word in text.split()]
 
 
-@pytest.mark.parametrize("command", ["run", "train", "schema", "plot", "encode"])
+@pytest.mark.parametrize("command", ["run", "train", "schema", "plot", "encode", "coord-check"])
 def test_help_shows_every_word_of_its_text(command):
     # Finding 4: markdown mode dropped <...> as HTML ("default outputs/train/)", "outputs//mlflow.db").
     result = runner.invoke(cli.app, [command, "--help"], env={"COLUMNS": "400"})
