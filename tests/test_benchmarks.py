@@ -166,12 +166,13 @@ def test_coord_check_benchmark_times_each_width():
     lines = out.splitlines()
     assert lines[0].startswith("load average before")
     assert "smoke.yaml, rules constant,gat, 1 seed(s) x 1 steps at batch 4" in lines[0]
-    assert lines[1].split() == ["width", "runs", "seconds"]
+    assert lines[1].split() == ["width", "runs", "wall", "s", "CPU", "s"]
     assert [row.split()[:2] for row in lines[2:4]] == [["16", "2"], ["32", "2"]]
     figures = json.loads(lines[-1])
     assert (figures["rules"], figures["steps"], figures["seeds"], figures["batch"]) == (["constant", "gat"], 1, 1, 4)
     assert set(figures["seconds_per_width"]) == {"16", "32"} and figures["threads"] == 1
     assert figures["total_s"] > figures["measurement_s"] >= sum(figures["seconds_per_width"].values()) > 0
+    assert set(figures["cpu_seconds_per_width"]) == {"16", "32"} and figures["measurement_cpu_s"] > 0
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")))
