@@ -1,9 +1,10 @@
 """The ``gat-sweep`` command line (typer + rich).
 
 Commands: ``run`` (a sweep file -> Ray Tune trials -> MLflow), ``train`` (one run in-process, no
-Ray), ``schema`` (the sweep file's JSON schema), ``encode`` (images -> VAE latents) and ``plot``
-(a sweep's report). Heavy libraries (torch, ray, mlflow) are imported inside the commands, so
-``--help`` is quick. Mistakes a user can fix (a bad sweep file, an impossible config, a missing
+Ray), ``schema`` (the sweep file's JSON schema), ``encode`` (images -> VAE latents), ``plot``
+(a sweep's report) and ``coord-check`` (how G's and D's activations and updates scale with
+width). Heavy libraries (torch, ray, mlflow) are imported inside the commands, so ``--help`` is
+quick. Mistakes a user can fix (a bad sweep file, an impossible config, a missing
 file) print one message without a traceback and exit with status 2; a sweep with failed trials
 exits with status 1, an interrupted one with 130 (Ctrl-C) or 143 (SIGTERM, handled as Ctrl-C).
 ``--json`` on ``run`` puts only JSON on stdout (the dry run's trials, or the outcome) for
@@ -34,7 +35,16 @@ from rich.markup import escape
 
 from core.config import ConfigError, TrainConfig
 from core.presets import PRESETS, get_preset
-from scaling.display import plot_command, print_config, print_outcome, print_trials, print_train_result
+from scaling.display import (
+    plot_command,
+    print_config,
+    print_coord_check,
+    print_coord_plan,
+    print_outcome,
+    print_train_result,
+    print_trials,
+)
+from scaling.grid import COORD_CHECK_BATCH, COORD_CHECK_SEEDS, COORD_CHECK_STEPS, coord_check_trials
 from scaling.lock import sweep_lock
 from scaling.next_sweep import write_next_sweep
 from scaling.spec import (ReportSpec, SweepSpec, absolute_paths, check_tracking_uri, default_output_dir,
@@ -492,3 +502,135 @@ def plot(
         else:
             console.print(f"logged to MLflow parent run {run_id} (artifacts report/)" if run_id is not None
                           else "not logged to MLflow: the sweep has no single parent run", highlight=False, markup=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# gat-sweep coord-check
+# ----------------------------------------------------------------------------------------------
+COORD_CHECK_DIR = "coord_check"
+"""Default directory of a coordinate check's files under the sweep's output directory, and the
+artifact directory of its parent run in MLflow."""
+
+
+def _widths(value: str | None) -> list[int] | None:
+    """Typer callback: ``16,32,64`` -> [16, 32, 64] (None stays None)."""
+    if value is None:
+        return None
+    try:
+        widths = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"write comma-separated widths, e.g. 16,32,64; got {value!r}") from None
+    if any(w <= 0 for w in widths):
+        raise typer.BadParameter(f"widths must be positive, got {value!r}")
+    return widths
+
+
+def _positive(value: float | None) -> float | None:
+    """Typer callback: a number that must be positive (None stays None)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be positive, got {value:g}")
+    return value
+
+
+@app.command("coord-check")
+def coord_check(
+    sweep_file: Annotated[Path, typer.Argument(
+        help="Sweep file (YAML): its model, LR rules, base LRs and base width.")],
+    widths: Annotated[str | None, typer.Option(
+        callback=_widths, help="Comma-separated widths (default: the sweep file's widths, or its sizes').")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps of G and D per run.")] = COORD_CHECK_STEPS,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per width and rule (0, 1, ...).")] = COORD_CHECK_SEEDS,
+    lr: Annotated[float | None, typer.Option(
+        callback=_positive, help="Base LR (default: the middle of the sweep file's base LRs).")] = None,
+    batch: Annotated[int, typer.Option(
+        min=1, help="Training batch per step (the sweep's own, e.g. --batch 64, measures the same update "
+        "sizes more slowly).")] = COORD_CHECK_BATCH,
+    out: Annotated[Path | None, typer.Option(
+        help="Output directory (default OUTPUT_DIR/coord_check of the sweep).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a key of the sweep file, key=value, dotted (lr.rules=[constant,gat,mup], "
+        "model.depths=[8]). Repeatable.")] = None,
+    log: Annotated[bool, typer.Option(
+        "--log/--no-log", help="Log the figure and JSON to the sweep's MLflow parent run, if the sweep has "
+        "been run.")] = True,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the runs and their learning rates; train nothing.")] = False,
+) -> None:
+    """Coordinate check: how the size of G's and D's activations, and of their change per optimiser
+    step, scales with width under each LR rule of SWEEP_FILE (Yang et al., Tensor Programs V).
+
+    Trains every width under every rule for a few steps, from a few seeds, with the trainer's own
+    step (loss, MNG, augmentation, R1/R2, AdamW with the rule's per-kind LRs) on random latents of
+    the sweep's latent shape (nothing to prepare, no evaluation), and measures per layer group (G:
+    mapping network, each block, output; D: each block, CLS feature, logit) the RMS of the
+    activations on a fixed probe batch and of their change per step. Flat curves against width
+    mean the update size transfers across widths; growing ones that updates blow up as the network
+    widens (the LR is too high at large widths), shrinking ones that they vanish.
+
+    Writes coord_check.json (tidy records) and coord_check.png (one panel per rule x network x
+    quantity) and prints the slopes of the change against width. If the sweep has been run, both
+    files are also logged to its MLflow parent run (artifacts coord_check/), unless --no-log.
+    Widths 16-256 under three rules take under a minute on 2 CPU cores (docs/ANALYSIS.md).
+
+    **Examples:**
+
+      gat-sweep coord-check sweeps/width_lr.yaml --set lr.rules=[constant,gat,mup] --widths 16,32,64,128,256
+
+      gat-sweep coord-check sweeps/width_lr.yaml --dry-run
+
+      gat-sweep coord-check sweeps/width_lr_wide.yaml --set lr.rules=[gat,power0.62] --steps 10 --seeds 3
+
+      gat-sweep coord-check sweeps/width_lr.yaml --lr 4e-3 --out outputs/coord_lr4e-3 --no-log
+    """
+    with user_errors():
+        spec = load_spec(sweep_file, set_ or [])
+        trials = coord_check_trials(spec, widths, lr, seeds, batch)
+        out_dir = (out or spec.output_path() / COORD_CHECK_DIR).absolute()
+        print_coord_plan(spec, trials, steps, out_dir, console)
+        if dry_run:
+            return
+        from core.coord_check import run as run_coord_check
+        from core.coord_check import save
+
+        def report(width: int, runs: int, seconds: float) -> None:
+            console.print(f"width {width}: {runs} runs in {seconds:.1f} s", highlight=False)
+
+        records, info = run_coord_check([(t.lr_rule, t.config) for t in trials], steps, report=report)
+        settings = {"sweep": spec.name, "sweep_file": str(sweep_file.absolute()), "rules": list(spec.lr.rules),
+                    "widths": sorted({t.config.g.width for t in trials}), "base_lr": trials[0].base_lr,
+                    "base_width": spec.lr.base_width, "steps": steps, "seeds": seeds, "batch": batch,
+                    "depth": trials[0].config.g.depth, "patch": trials[0].config.patch, **info,
+                    "load_average": os.getloadavg()}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        json_path = save(out_dir / f"{COORD_CHECK_DIR}.json", records, settings)
+    from analysis import coord_check as analysis
+
+    loaded_settings, loaded = analysis.load(json_path)
+    png = analysis.plot(loaded, loaded_settings, out_dir / f"{COORD_CHECK_DIR}.png")
+    print_coord_check(analysis.slope_table(loaded), [json_path, png], console)
+    if log:
+        _log_coord_check(spec, [json_path, png])
+
+
+def _log_coord_check(spec: SweepSpec, files: list[Path]) -> None:
+    """Log a coordinate check's files to the sweep's MLflow parent run (artifacts coord_check/), if the
+    sweep's output directory records one; say where they went, or why not."""
+    from scaling.state import recorded_parent_run
+
+    parent = recorded_parent_run(spec.output_path())
+    if parent is None:
+        console.print(f"not logged to MLflow: {spec.output_path()} holds no run of sweep {spec.name} yet",
+                      highlight=False, markup=False)
+        return
+    from mlflow.exceptions import MlflowException
+
+    from scaling.tracking import log_files
+
+    uri, run_id = parent
+    try:
+        log_files(uri, run_id, files, COORD_CHECK_DIR)
+    except (MlflowException, OSError) as err:  # the files on disk stand; say why MLflow has no copy
+        console.print(f"not logged to MLflow ({uri}): {type(err).__name__}: {err}", highlight=False, markup=False)
+    else:
+        console.print(f"logged to MLflow parent run {run_id} (artifacts {COORD_CHECK_DIR}/)", highlight=False,
+                      markup=False)

@@ -1,5 +1,6 @@
 """What the ``gat-sweep`` commands print: the dry-run tables of a sweep and of one config, the
-summary of a sweep's outcome with the commands to run next, and one run's result; number formats
+summary of a sweep's outcome with the commands to run next, one run's result, and a coordinate
+check's plan and slopes; number formats
 and how to spell a console script of this environment. Nothing here starts work; the commands
 (:mod:`scaling.cli`) decide what to print and where.
 """
@@ -27,6 +28,8 @@ from core.units import fd_text
 from scaling.spec import RAY_ADDRESS_ENV, SweepSpec
 
 if TYPE_CHECKING:  # the driver imports ray and torch: the commands import it only to run a sweep
+    import pandas as pd
+
     from scaling.grid import Trial
     from scaling.tune import SweepOutcome
 
@@ -250,3 +253,58 @@ def print_train_result(result: RunResult, console: Console) -> None:
                         if is_progress_key(k))
     console.print(f"[{style}]{result.status}[/] after {result.iterations} iterations "
                   f"({result.kimg:g} kimg): {metrics}\nrun directory {escape(str(result.run_dir))}", highlight=False)
+
+
+def print_coord_plan(spec: SweepSpec, trials: list[Trial], steps: int, out: Path, console: Console) -> None:
+    """What ``gat-sweep coord-check`` runs: a table of each rule's learning rate of G (D's is the same,
+    D having G's shape) at each width (with the LR of hidden and output matrices where a rule gives
+    them their own), the shapes, seeds, steps and batch, and where the files go."""
+    first = trials[0].config
+    widths = sorted({t.config.g.width for t in trials})
+    rules = list(dict.fromkeys(t.lr_rule for t in trials))
+    seeds = sorted({t.config.seed for t in trials})
+    table = Table(title=f"coordinate check of sweep {spec.name}: learning rate of G and D at each width",
+                  title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("rule", justify="left")
+    for width in widths:
+        table.add_column(f"w{width}", justify="right")
+    for rule in rules:
+        cells = []
+        for width in widths:
+            cfg = next(t.config for t in trials if t.lr_rule == rule and t.config.g.width == width)
+            lr, mult = cfg.lr_g, cfg.lr_mult_g
+            if mult.hidden == mult.output == 1:
+                cells.append(f"{lr:.4g}")
+            elif mult.hidden == mult.output:
+                cells.append(f"{lr:.4g}, hidden/output {lr * mult.hidden:.4g}")
+            else:
+                cells.append(f"{lr:.4g}, hidden {lr * mult.hidden:.4g}, output {lr * mult.output:.4g}")
+        table.add_row(rule, *cells)
+    console.print(table)
+    heads = f"head dim {first.g.head_dim}" if spec.model.heads is None else f"{first.g.heads} heads"
+    console.print(
+        f"widths {', '.join(map(str, widths))} (depth {first.g.depth}, {heads}, patch {first.patch}; "
+        "D the shape of G); "
+        f"base LR {trials[0].base_lr:g}" + (f" at base width {trials[0].base_width}" if trials[0].base_width else "")
+        + f"; {len(seeds)} seed(s) x {steps} steps at batch {first.batch} on random latents "
+        f"({first.latent_channels}x{first.latent_size}x{first.latent_size}, {first.num_classes} classes): "
+        f"{len(trials)} runs\noutput {out}", highlight=False, markup=False, soft_wrap=True)
+
+
+def print_coord_check(tables: dict[str, pd.DataFrame], files: list[Path], console: Console) -> None:
+    """A coordinate check's result: per network, the slope of log(RMS change per step) against
+    log(width) of each layer group under each rule (``analysis.coord_check.slope_table``), then the
+    files written."""
+    for network, slopes in tables.items():
+        table = Table(title=f"{network.upper()}: slope of log(RMS change per step) against log(width)",
+                      title_justify="left", box=box.SIMPLE_HEAD)
+        table.add_column("rule", justify="left")
+        for group in slopes.columns:
+            table.add_column(str(group), justify="right")
+        for rule, row in slopes.iterrows():
+            table.add_row(str(rule), *(f"{v:+.2f}" if v == v else "-" for v in row))
+        console.print(table)
+    console.print("0 = flat in width (the update size transfers); +1 = grows like width (updates blow up as "
+                  "the network widens); below 0 = vanishes with width", highlight=False, markup=False)
+    for path in files:
+        console.print(f"wrote {path}", highlight=False, markup=False, soft_wrap=True)

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.config import ConfigError, NetConfig, TrainConfig, flatten
+from pydantic import ValidationError
+
+from core.config import SIZES, ConfigError, NetConfig, TrainConfig, flatten
 from core.flops import parameter_counts, train_flops_per_iter
 from core.memory import check_memory, device_memory, gib
 from core.records import RunResult
 from scaling.lr_rules import apply_rule
-from scaling.spec import SweepSpec
+from scaling.spec import SweepFileError, SweepSpec, format_errors
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,50 @@ def expand(spec: SweepSpec) -> list[Trial]:
         raise ConfigError(f"trial names collide: {', '.join(duplicates)} (base LRs that differ "
                           "only after 3 significant digits, or repeated grid values)")
     return trials
+
+
+COORD_CHECK_STEPS, COORD_CHECK_SEEDS, COORD_CHECK_BATCH = 5, 2, 16
+"""The coordinate check's defaults: optimiser steps, seeds and batch per run (``gat-sweep
+coord-check``; widths 16-256 under three rules in under a minute on 2 CPU cores, docs/ANALYSIS.md).
+Adam's first steps move each weight by about its LR whatever the batch, so a small batch measures
+the update sizes of a trial's larger one at a fraction of the cost."""
+
+
+def coord_check_trials(spec: SweepSpec, widths: list[int] | None = None, base_lr: float | None = None,
+                       seeds: int = COORD_CHECK_SEEDS, batch: int | None = None) -> list[Trial]:
+    """The runs of a coordinate check of ``spec`` (``core.coord_check``): the trials of the sweep
+    narrowed to one depth, one patch, one base LR and seeds ``0 .. seeds - 1``, every LR rule of the
+    sweep, every width of ``widths``, with D the shape of G (the paper's setting; a sweep's own D
+    grid is dropped). All are :func:`expand`'s trials of that narrowed sweep.
+
+    Shape: the sweep's first depth and its ``heads`` / ``head_dim`` rule; for a sweep of named sizes
+    only, the first size's depth and head dim. ``widths``: default the sweep's widths, else its sizes'.
+    ``base_lr``: default the middle of the sweep's base LRs (of an even count, the lower middle one).
+    ``batch``: default the sweep's. Torch threads: the sweep's ``train.num_threads``, else as many as
+    a trial's CPUs (``resources.cpus``), which is what a trial trains with. Raises SweepFileError
+    (e.g. a width the head rule cannot split) with the message of the equivalent sweep file.
+    """
+    grid = spec.model
+    if grid.widths:
+        depth, heads = grid.depths[0], {"heads": grid.heads} if grid.heads is not None else {"head_dim": grid.head_dim}
+    else:
+        first = SIZES[grid.sizes[0]]
+        depth, heads = first.depth, {"head_dim": first.head_dim}
+    lrs = sorted(spec.lr.base_lrs)
+    data = spec.model_dump(exclude_unset=True)
+    data["model"] = {"widths": widths or grid.widths or [SIZES[s].width for s in grid.sizes], "depths": [depth],
+                     **heads, "patch": [grid.patch[0]]}
+    data["lr"]["base_lrs"] = [base_lr if base_lr is not None else lrs[(len(lrs) - 1) // 2]]
+    data["seeds"] = list(range(seeds))
+    train = data.setdefault("train", {})
+    train["num_threads"] = spec.base_config().num_threads or spec.resources.torch_threads()  # as a trial runs
+    if batch is not None:
+        train["batch"] = batch
+    try:
+        narrowed = SweepSpec.model_validate(data)
+    except ValidationError as err:
+        raise SweepFileError(f"coordinate check of sweep {spec.name}: {format_errors(err)}") from None
+    return expand(narrowed)
 
 
 def training_key(config: TrainConfig) -> str:

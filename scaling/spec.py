@@ -35,6 +35,7 @@ from urllib.parse import urlparse
 import yaml
 import pydantic
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -43,6 +44,7 @@ from pydantic import (
     Strict,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     create_model,
     field_validator,
     model_validator,
@@ -51,7 +53,7 @@ from pydantic import (
 from core.config import MAX_ITERATIONS, MNG_LEVELS, PATH_FIELDS, SIZES, SWEEP_FIELDS, ConfigError, TrainConfig
 from core.metrics import EMBEDDED_DATASETS, dataset_kind, resolve_metric, too_few_samples
 from core.presets import PRESETS, get_preset
-from scaling.lr_rules import WIDTH_AWARE_RULES
+from scaling.lr_rules import POWER_PATTERN, RULES, needs_base_width, rule_name
 from scaling.yamlio import apply_set, load_yaml
 
 NODE_LOCAL_ROOTS = ("/tmp", "/var/tmp", "/dev/shm")
@@ -61,8 +63,6 @@ RAY_ADDRESS_ENV, TRACKING_URI_ENV = "RAY_ADDRESS", "MLFLOW_TRACKING_URI"
 """The environment variables Ray and MLflow read themselves; a sweep honours them below its own
 settings: command-line flag > sweep file > environment > default (docs/CLUSTER.md)."""
 
-LR_RULE_NAMES = ("constant", "gat", "mup")
-"""Names of the rules in ``scaling.lr_rules.RULES`` (kept literal here for the JSON schema)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,6 +89,11 @@ NonNegativeInt = Annotated[pydantic.NonNegativeInt, _NUMBER]
 """Numbers of a sweep file: never a boolean, and (``_Strict``) never infinite or NaN."""
 IntList = Annotated[list[PositiveInt], BeforeValidator(_as_list)]
 FloatList = Annotated[list[PositiveFloat], BeforeValidator(_as_list)]
+RuleName = Annotated[str, AfterValidator(rule_name), WithJsonSchema({
+    "anyOf": [{"enum": list(RULES)}, {"type": "string", "pattern": POWER_PATTERN}],
+    "description": "constant, gat, mup, or power<a> (a decimal exponent: power0.5, power1, power-0.25)"})]
+"""An LR rule's name (``scaling.lr_rules``), in its canonical spelling (``power0.50`` -> ``power0.5``);
+the JSON schema lists the named rules and the pattern of ``power<a>``."""
 
 
 class _Strict(BaseModel):
@@ -162,16 +167,27 @@ class LRSpec(_Strict):
 
     base_lrs: FloatList = Field(min_length=1)
     """Learning rates at the base width (e.g. [1e-4, 2e-4, 4e-4])."""
-    rules: Annotated[list[Literal[LR_RULE_NAMES]], BeforeValidator(_as_list), Field(min_length=1)] = ["gat"]  # type: ignore[valid-type]
-    """LR rules to cross with the base LRs: constant, gat (the paper's), mup."""
+    rules: Annotated[list[RuleName], BeforeValidator(_as_list), Field(min_length=1)] = ["gat"]
+    """LR rules to cross with the base LRs: constant, gat (the paper's), mup, or power<a> (lr = base_lr *
+    (base_width / width)^a for a decimal a, e.g. power0.62, power-0.25; power0.50 is written power0.5)."""
     base_width: PositiveInt | None = Field(None, validate_default=True)
     """Width at which a rule returns the base LR unchanged (the paper: 768, GAT-B); required with
-    the width-aware rules (gat, mup), unused by constant."""
+    the width-aware rules (gat, mup, power<a>), unused by constant."""
+
+    @field_validator("rules")
+    @classmethod
+    def _each_rule_once(cls, value: list[str]) -> list[str]:
+        twice = sorted({rule for rule in value if value.count(rule) > 1})
+        if twice:
+            hint = " (a power<a> rule is named by its number: power0.50 is power0.5)" if any(
+                rule not in RULES for rule in twice) else ""
+            raise ValueError(f"{', '.join(twice)} listed more than once{hint}")
+        return value
 
     @field_validator("base_width")
     @classmethod
     def _required_by_width_aware_rules(cls, value: int | None, info: ValidationInfo) -> int | None:
-        aware = [rule for rule in info.data.get("rules", []) if rule in WIDTH_AWARE_RULES]
+        aware = [rule for rule in info.data.get("rules", []) if needs_base_width(rule)]
         if aware and value is None:
             raise ValueError(
                 f"required with the {' and '.join(aware)} rule: the width at which the rule returns the "
@@ -227,6 +243,11 @@ class Resources(_Strict):
     """GPUs per worker: 0, a fraction (several trials share a GPU) or 1."""
     workers: PositiveInt = 1
     """DDP processes per trial (Ray Train TorchTrainer when > 1)."""
+
+    def torch_threads(self) -> int:
+        """CPU threads torch uses in a trial's process: its CPUs, at least 1 (a trial's own
+        ``train.num_threads`` overrides it, as ``core.train.train`` applies that)."""
+        return max(1, int(self.cpus))
 
     @model_validator(mode="after")
     def _whole_gpus_for_ddp(self) -> Resources:

@@ -136,6 +136,16 @@ def _changes(state: dict[str, Any], records: dict[str, dict[str, Any]]) -> list[
     return problems
 
 
+def recorded_parent_run(out: Path) -> tuple[str, str] | None:
+    """(tracking URI, parent run id) of the sweep whose state ``out`` holds (``sweep.json``), or
+    None when it holds none (the sweep has not been run)."""
+    path = out / STATE_FILE
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    return state["tracking_uri"], state["parent_run_id"]
+
+
 def open_sweep(spec: SweepSpec, sweep_file: Path, digest: str, records: dict[str, dict[str, Any]],
                trials: list[Trial], repeats: dict[str, str], out: Path, tracking_uri: str,
                state: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -130,6 +130,14 @@ def log_sweep_files(tracking_uri: str, run_id: str, spec_hash: str, artifacts: l
         client.log_artifact(run_id, str(path))
 
 
+def log_files(tracking_uri: str, run_id: str, paths: list[Path], artifact_path: str) -> None:
+    """Log ``paths`` as artifacts of run ``run_id`` under ``artifact_path`` (a file logged again
+    replaces the earlier one)."""
+    client = MlflowClient(tracking_uri)
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path)
+
+
 def set_run_status(tracking_uri: str, run_id: str, status: str) -> None:
     """Mark a run RUNNING again (a resumed sweep), or terminated: FINISHED, FAILED or KILLED (the
     driver was stopped before its trials ended)."""

@@ -184,7 +184,7 @@ def run_trial(config: dict[str, str], plan: SweepPlan, reporter_cls: type[TrialR
 
 def _train(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter]) -> RunResult:
     """Train one trial in this process; a failure is recorded before it propagates."""
-    torch.set_num_threads(max(1, int(plan.resources.cpus)))
+    torch.set_num_threads(plan.resources.torch_threads())
     reporter = reporter_cls(plan, trial)
     try:
         return train(trial.config, plan.run_dir(trial.name), reporter, progress=False,

@@ -238,6 +238,21 @@ def test_dry_run_benchmark_times_cold_and_warm_runs():
     assert out.splitlines()[1].split() == ["sweep", "file", "cold", "s", "warm", "min", "s", "warm", "median", "s"]
 
 
+def test_coord_check_benchmark_times_each_width():
+    out = run_script("benchmarks/coord_check.py", "--sweep", "sweeps/smoke.yaml", "--rules", "constant,gat",
+                     "--widths", "16,32", "--steps", "1", "--seeds", "1", "--batch", "4")
+    lines = out.splitlines()
+    assert lines[0].startswith("load average before")
+    assert "smoke.yaml, rules constant,gat, 1 seed(s) x 1 steps at batch 4" in lines[0]
+    assert lines[1].split() == ["width", "runs", "wall", "s", "CPU", "s"]
+    assert [row.split()[:2] for row in lines[2:4]] == [["16", "2"], ["32", "2"]]
+    figures = json.loads(lines[-1])
+    assert (figures["rules"], figures["steps"], figures["seeds"], figures["batch"]) == (["constant", "gat"], 1, 1, 4)
+    assert set(figures["seconds_per_width"]) == {"16", "32"} and figures["threads"] == 1
+    assert figures["total_s"] > figures["measurement_s"] >= sum(figures["seconds_per_width"].values()) > 0
+    assert set(figures["cpu_seconds_per_width"]) == {"16", "32"} and figures["measurement_cpu_s"] > 0
+
+
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")))
 def test_benchmark_help_shows_the_whole_docstring(script, monkeypatch, capsys):
     """`--help` is where a user meets a benchmark: it prints the module docstring with its example

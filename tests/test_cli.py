@@ -33,7 +33,7 @@ def invoke(*args: str):
     return result
 
 
-@pytest.mark.parametrize("command", ["run", "train", "schema", "plot", "encode"])
+@pytest.mark.parametrize("command", ["run", "train", "schema", "plot", "encode", "coord-check"])
 def test_every_command_has_help_with_an_example(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0
@@ -59,6 +59,19 @@ def test_run_dry_run_prints_trials_and_starts_nothing(tmp_path):
     assert rows["w64-d4-p2_constant_lr0.001_s0"][7:9] == ["0.001", "0.001"]
     assert "budget 6 iterations x batch 8" in result.output and str(out) in result.output
     assert not out.exists()
+
+
+def test_run_dry_run_of_power_rules_names_trials_and_gives_their_lrs(tmp_path):
+    result = invoke("run", str(SWEEPS / "smoke.yaml"), "--set", "lr.rules=[gat,power0.50,power-0.25]", "--dry-run",
+                    "--output-dir", str(tmp_path / "never"))
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split() for line in result.output.splitlines() if line.strip().startswith("w")}
+    assert rows["w64-d4-p2_power0.5_lr0.001_s0"][7:9] == ["0.0007071", "0.0007071"]  # 1e-3 * (32/64)^0.5
+    assert rows["w64-d4-p2_power-0.25_lr0.001_s0"][7:9] == ["0.001189", "0.001189"]  # 1e-3 * 2^0.25
+    assert rows["w32-d4-p2_power0.5_lr0.001_s0"][7:9] == ["0.001", "0.001"]  # the base width
+    assert "lr rules gat, power0.5, power-0.25" in result.output
+    bad = invoke("run", str(SWEEPS / "smoke.yaml"), "--set", "lr.rules=[powerx]", "--dry-run")
+    assert bad.exit_code == 2 and "lr.rules.0: unknown LR rule 'powerx'; choose constant, gat, mup, or power<a>" in bad.output
 
 
 def test_dry_run_refuses_what_the_run_would_refuse_in_its_output_directory(tmp_path):
@@ -171,7 +184,7 @@ def test_bad_sweep_file_is_one_message_and_exit_2(tmp_path):
     result = invoke("run", str(bad))
     assert result.exit_code == 2
     assert "model.widthz: unknown key (did you mean 'widths'?)" in result.output
-    assert "lr.rules.1: Input should be 'constant', 'gat' or 'mup'" in result.output
+    assert "lr.rules.1: unknown LR rule 'sqrt'; choose constant, gat, mup, or power<a>" in result.output
     missing = invoke("run", str(tmp_path / "nope.yaml"))
     assert missing.exit_code == 2 and "sweep file not found" in missing.output
     odd = tmp_path / "[" / "x].yaml"  # a message containing '[/x]' is text, not rich markup
@@ -391,7 +404,7 @@ def plain_words(text: str) -> list[str]:
     return [word.replace("`", "").replace("*", "").strip("│") for word in text.split()]
 
 
-@pytest.mark.parametrize("command", ["run", "train", "schema", "plot", "encode"])
+@pytest.mark.parametrize("command", ["run", "train", "schema", "plot", "encode", "coord-check"])
 def test_help_shows_every_word_of_its_text(command):
     # Finding 4: markdown mode dropped <...> as HTML ("default outputs/train/)", "outputs//mlflow.db").
     result = runner.invoke(cli.app, [command, "--help"], env={"COLUMNS": "400"})

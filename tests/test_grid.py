@@ -79,6 +79,23 @@ def test_repeated_trainings_are_found_across_rules():
         "w64-d4-p2_constant_lr0.001_s0"
 
 
+def test_power_rules_name_trials_as_spelt_and_repeat_the_rules_they_equal():
+    """power1 trains exactly like gat and power0 like constant, so those trials are copies; the
+    names carry the canonical spelling (power0.50 -> power0.5)."""
+    trials = expand(spec(lr={"rules": ["gat", "constant", "power1", "power0", "power0.50", "power-0.5"],
+                             "base_lrs": [1e-3]}, seeds=[0]))
+    by_name = {t.name: t for t in trials}
+    half, minus = by_name["w64-d4-p2_power0.5_lr0.001_s0"], by_name["w64-d4-p2_power-0.5_lr0.001_s0"]
+    assert (half.config.lr_g, half.config.lr_d) == (1e-3 * 0.5 ** 0.5, 1e-3 * 0.5 ** 0.5)
+    assert minus.config.lr_g == pytest.approx(1e-3 * 2 ** 0.5, rel=1e-12)
+    assert half.sweep_params() == {"sweep.size": "w64-d4", "sweep.lr_rule": "power0.5", "sweep.base_lr": 1e-3,
+                                   "sweep.base_width": 32}
+    repeats = shared_trainings(trials)
+    assert repeats["w64-d4-p2_power1_lr0.001_s0"] == "w64-d4-p2_gat_lr0.001_s0"
+    assert repeats["w64-d4-p2_power0_lr0.001_s0"] == "w64-d4-p2_constant_lr0.001_s0"
+    assert "w64-d4-p2_power0.5_lr0.001_s0" not in repeats and "w64-d4-p2_power-0.5_lr0.001_s0" not in repeats
+
+
 def test_trial_records_are_flat_json_values():
     trials = expand(spec(seeds=[0]))
     record = trial_records(trials)["w64-d4-p2_gat_lr0.002_s0"]

@@ -1,5 +1,8 @@
 """LR rules (scaling/lr_rules.py): the base-width invariant, the paper's values, muP multipliers,
-and that the multipliers reach the optimiser's parameter groups."""
+the power<a> family and its names, and that the multipliers reach the optimiser's parameter
+groups."""
+
+import re
 
 import pytest
 
@@ -7,10 +10,10 @@ from core.config import ConfigError, LRMultipliers, NetConfig, TrainConfig
 from core.model import build_models
 from core.presets import PAPER_BASE_LR, PAPER_BASE_WIDTH
 from core.step import make_optimizer
-from scaling.lr_rules import RULES, apply_rule, constant, gat, mup
+from scaling.lr_rules import RULES, apply_rule, constant, gat, mup, needs_base_width, rule_name
 
 
-@pytest.mark.parametrize("rule", sorted(RULES))
+@pytest.mark.parametrize("rule", [*sorted(RULES), "power0", "power0.62", "power1", "power-0.25"])
 @pytest.mark.parametrize("base_lr, base_width", [(2e-4, 768), (1e-3, 64), (3.7e-5, 1152)])
 def test_every_rule_returns_the_base_lr_at_the_base_width(rule, base_lr, base_width):
     out = apply_rule(rule, base_lr, base_width, base_width)
@@ -61,3 +64,37 @@ def test_mup_multipliers_reach_the_optimizer_groups():
     G, _ = build_models(cfg)
     groups = {g["kind"]: g["lr"] for g in make_optimizer(G, cfg.lr_g, cfg.lr_mult_g, cfg).param_groups}
     assert groups == {"vector": 1e-3, "hidden": 5e-4, "output": 5e-4}
+
+
+def test_power_rule_scales_the_lr_by_the_width_ratio_to_the_power():
+    assert apply_rule("power0.5", 1e-3, 128, 32).lr == 5e-4  # 4x the base width: base_lr / 2
+    assert apply_rule("power0.5", 1e-3, 8, 32).lr == 2e-3  # a quarter: base_lr * 2
+    assert apply_rule("power2", 1e-3, 64, 32).lr == 2.5e-4
+    assert apply_rule("power-0.25", 1e-3, 512, 32).lr == pytest.approx(2e-3, rel=1e-12)  # 16^0.25 = 2
+    assert apply_rule("power0.62", 1e-3, 128, 32).lr == pytest.approx(1e-3 * 4 ** -0.62, rel=1e-12)
+    assert apply_rule("power0.62", 1e-3, 128, 32).mult == LRMultipliers()
+
+
+@pytest.mark.parametrize("width", [8, 16, 24, 32, 48, 64, 100, 768, 1152, 4096])
+def test_power1_is_gat_and_power0_is_constant_at_every_width(width):
+    assert apply_rule("power1", 2e-4, width, 32) == gat(2e-4, width, 32)
+    assert apply_rule("power0", 2e-4, width, 32) == constant(2e-4, width, 32)
+
+
+def test_power_rule_names_are_spelt_one_way():
+    """A power rule's name is kept as written but for the spelling of its number, so that one rule
+    has one name in trial names and in sweep.lr_rule."""
+    assert [rule_name(n) for n in ("gat", "power0.5", "power0.50", "power00.5", "power1.0", "power100.00",
+                                   "power-0", "power-0.250")] == [
+        "gat", "power0.5", "power0.5", "power0.5", "power1", "power100", "power0", "power-0.25"]
+    for bad in ("powerx", "power", "power.5", "power1e-1", "power+1", "Power1", "power 1", "power0.5x"):
+        with pytest.raises(ConfigError, match=f"unknown LR rule {re.escape(repr(bad))}; choose constant, gat, mup, or power<a> "
+                                              r"with a decimal exponent a.*e\.g\. power0\.5, power1, power-0\.25"):
+            apply_rule(bad, 1e-4, 64, 64)
+
+
+def test_power_rules_need_a_base_width():
+    assert [needs_base_width(r) for r in ("constant", "gat", "mup", "power0", "power0.5")] == [
+        False, True, True, True, True]
+    with pytest.raises(ConfigError, match=r"lr.base_width is required .* \(gat, mup, power<a>\)"):
+        apply_rule("power0.5", 1e-3, 64, None)

@@ -90,7 +90,7 @@ def test_train_overrides_are_strict_and_exclude_grid_fields(tmp_path):
 def test_wrong_types_and_values_name_the_field(tmp_path):
     msg = problems(tmp_path, VALID.replace("rules: [gat, constant]", "rules: [gat, sqrt]").replace(
         "{iterations: 10}", "{iterations: -5}"))
-    assert "lr.rules.1: Input should be 'constant', 'gat' or 'mup' (got 'sqrt')" in msg
+    assert "lr.rules.1: unknown LR rule 'sqrt'; choose constant, gat, mup, or power<a>" in msg
     assert "budget.iterations: Input should be greater than 0 (got -5)" in msg
 
 
@@ -217,6 +217,39 @@ def test_width_aware_rules_require_base_width(tmp_path, rules):
     text = VALID.replace("rules: [gat, constant], base_width: 32", f"rules: {rules}")
     msg = problems(tmp_path, text)
     assert "lr.base_width: required with the" in msg and "e.g. base_width: 768" in msg
+
+
+def test_power_rules_validate_in_one_spelling_and_need_a_base_width(tmp_path):
+    spec = load_spec(write(tmp_path, VALID.replace("rules: [gat, constant]", "rules: [gat, power0.50, power-0.25, power1.0]")))
+    assert spec.lr.rules == ["gat", "power0.5", "power-0.25", "power1"]
+    msg = problems(tmp_path, VALID.replace("rules: [gat, constant], base_width: 32", "rules: [power0.62]"))
+    assert "lr.base_width: required with the power0.62 rule" in msg
+
+
+def test_malformed_or_repeated_rules_name_the_accepted_forms(tmp_path):
+    msg = problems(tmp_path, VALID.replace("rules: [gat, constant]", "rules: [powerx, gat, power, power1e-1]"))
+    forms = ("choose constant, gat, mup, or power<a> with a decimal exponent a, lr = base_lr * (base_width / "
+             "width)^a (e.g. power0.5, power1, power-0.25)")
+    assert f"lr.rules.0: unknown LR rule 'powerx'; {forms}" in msg
+    assert f"lr.rules.2: unknown LR rule 'power'; {forms}" in msg and "lr.rules.3: unknown LR rule 'power1e-1'" in msg
+    assert "lr.rules.1" not in msg
+    msg = problems(tmp_path, VALID.replace("rules: [gat, constant]", "rules: [power0.5, gat, power0.50]"))
+    assert "lr.rules: power0.5 listed more than once (a power<a> rule is named by its number: power0.50 is power0.5)" in msg
+    assert "lr.rules: gat listed more than once\n" in problems(tmp_path, VALID.replace("[gat, constant]", "[gat, gat]")) + "\n"
+
+
+def test_json_schema_accepts_exactly_the_rule_names_the_spec_accepts():
+    """The schema an editor validates with (gat-sweep schema) is a valid JSON schema and agrees with
+    the spec on rule names: the named rules and the power<a> pattern."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = SweepSpec.model_json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    rules = schema["$defs"]["LRSpec"]["properties"]["rules"]
+    assert "power<a>" in rules["description"] and "power0.62" in rules["description"]
+    item = {**rules["items"], "$defs": schema["$defs"]}
+    for name, ok in (("gat", True), ("mup", True), ("power0.5", True), ("power-0.25", True), ("power10", True),
+                     ("powerx", False), ("power", False), ("power.5", False), ("power1e-1", False), ("sqrt", False)):
+        assert jsonschema.Draft202012Validator(item).is_valid(name) == ok, name
 
 
 def test_constant_rule_needs_no_base_width(tmp_path):
