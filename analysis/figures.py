@@ -30,6 +30,21 @@ DPI = 110
 RULE_COLOURS = {"constant": "tab:red", "gat": "tab:blue", "mup": "tab:green"}
 
 
+def rule_colour(rule: str, default: str = "k"):
+    """A rule's colour: its own in :data:`RULE_COLOURS`; a ``power<a>`` rule's between constant's
+    red (a = 0) and gat's blue (a = 1), by its exponent (clipped to that range)."""
+    if rule in RULE_COLOURS:
+        return RULE_COLOURS[rule]
+    if rule.startswith("power"):
+        try:
+            a = min(max(float(rule[len("power"):]), 0.0), 1.0)
+        except ValueError:
+            return default
+        red, blue = np.array(matplotlib.colors.to_rgb("tab:red")), np.array(matplotlib.colors.to_rgb("tab:blue"))
+        return tuple((1 - a) * red + a * blue)
+    return default
+
+
 def size_colours(trials: pd.DataFrame) -> dict[str, tuple]:
     """One colour per size label, ordered by generator width (small = dark)."""
     sizes = (trials.sort_values(["g_width", "g_depth"])["size"].drop_duplicates().tolist()
@@ -392,7 +407,7 @@ def _best_lr_panel(ax: Axes, lines: dict[str, RuleTransfer], widths: list[int], 
         opt = [o for o in res.optima if o.best_lr is not None]
         w = np.array([o.width for o in opt], float)
         lr = np.array([o.best_lr.value for o in opt])
-        colour = RULE_COLOURS.get(rule, "k")
+        colour = rule_colour(rule)
         has_ci = all(o.best_lr.lo is not None for o in opt)
         yerr = ([lr - [o.best_lr.lo for o in opt], [o.best_lr.hi for o in opt] - lr] if has_ci else None)
         shift = res.shift
@@ -452,7 +467,7 @@ def diagnostics_figure(trials: pd.DataFrame) -> Figure:
             _empty(ax, f"{col}: not logged yet")
             continue
         for rule, group in data.groupby("lr_rule"):
-            ax.scatter(group["g_width"], group[col], color=RULE_COLOURS.get(rule, "grey"), s=20,
+            ax.scatter(group["g_width"], group[col], color=rule_colour(rule, "grey"), s=20,
                        alpha=0.7, label=rule if "+" not in rule else f"{rule} (one training)")
         ax.set_yscale("log")
         ax.set_xlabel("width")

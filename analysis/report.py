@@ -32,13 +32,13 @@ from mlflow.tracking import MlflowClient
 
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE as MLFLOW_DESCRIPTION
 
-from analysis import figures
+from analysis import coord_check, figures
 from analysis.answer import NextSweep, estimate_text
 from analysis.answer import answer as make_answer
 from analysis.fit import Backtest, Estimate, ScalingFit, backtest_largest, fit_law
 from analysis.frontier import compute_frontier, frontier_sizes, under_trained_sizes, usable_points
 from analysis.paper import PAPER_LAW
-from analysis.runs import SweepRuns, last_sample_grid, load_sweep, trained_as
+from analysis.runs import SweepRuns, last_sample_grid, load_sweep, parent_artifact, trained_as
 from analysis.transfer import PAPER_WIDTHS, SCORE_EVALS, TOLERANCE, RuleTransfer, analyse_transfer
 from core.units import fd_text, lr_text
 from core.records import EXCLUDED_STATUSES, STATUSES, TAG_SAME_AS, fit_tag, lr_transfer_tag
@@ -158,6 +158,9 @@ def make_report(sweep: str, tracking_uri: str, out_dir: Path, *, target_fd: floa
         "diagnostics": figures.diagnostics(trials, out_dir / "diagnostics.png"),
         "samples": figures.sample_grids(grids, out_dir / "samples.png"),
     }
+    coord = _coord_check(runs, out_dir)
+    if coord is not None:
+        figs["coord_check"] = coord
     rows = _summary_rows(trials, best, under)
     values = _fitted_values(runs, metric_key, front, fits, backtests, target, c_next, transfer,
                             best, under, notes)
@@ -223,6 +226,16 @@ def _estimate_metrics(key: str, estimate: dict) -> dict[str, float]:
 
 
 # ---- pieces ----------------------------------------------------------------------------------
+
+def _coord_check(runs: SweepRuns, out_dir: Path) -> Path | None:
+    """The coordinate check's figure (``coord_check.png``), drawn from the JSON that
+    ``gat-sweep coord-check`` logged to the sweep's parent run; None when it logged none."""
+    path = parent_artifact(runs.tracking_uri, runs.parent_run_id, "coord_check/coord_check.json", out_dir / "coord_check")
+    if path is None:
+        return None
+    settings, records = coord_check.load(path)
+    return coord_check.plot(records, settings, out_dir / "coord_check.png")
+
 
 def _size_order(trials: pd.DataFrame) -> list[str]:
     return trials.sort_values(["g_width", "g_depth"])["size"].drop_duplicates().tolist()
@@ -595,6 +608,10 @@ def _html(runs: SweepRuns, rows: list[dict[str, str]], values: dict, figs: dict[
         f"equivalence test with tolerance {_tolerance_text(values)} (docs/ANALYSIS.md).</p>",
         "<h2>Training curves</h2>", _img(figs["fd_vs_kimg"], "FD vs kimg"),
         "<h2>Failure-mode diagnostics</h2>", _img(figs["diagnostics"], "diagnostics"),
+        *(["<h2>Coordinate check (gat-sweep coord-check)</h2>", _img(figs["coord_check"], "coordinate check"),
+           "<p>RMS of each layer group's activations and of their change per optimiser step against width, per "
+           "rule and network: flat curves mean the rule keeps updates the same size at every width (docs/ANALYSIS.md, "
+           "Coordinate check).</p>"] if "coord_check" in figs else []),
         "<h2>Samples of the best trial per size</h2>", _img(figs["samples"], "sample grids"),
         "<ul>" + "".join(f"<li>{esc(c)}</li>" for c in values.get("sample_grids", [])) + "</ul>",
         "<h2>Notes</h2><ul>" + ("".join(f"<li class='note'>{esc(n)}</li>" for n in notes)

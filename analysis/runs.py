@@ -178,6 +178,23 @@ def last_sample_grid(tracking_uri: str, run_id: str, dst_dir: Path) -> Path | No
         return None
 
 
+def parent_artifact(tracking_uri: str, run_id: str | None, path: str, dst_dir: Path) -> Path | None:
+    """Download the artifact ``path`` of the sweep's parent run (e.g. the coordinate check's
+    ``coord_check/coord_check.json``) into ``dst_dir``; None without a parent run, without that
+    artifact, or when the artifact store cannot be read."""
+    if run_id is None:
+        return None
+    client = MlflowClient(tracking_uri)
+    folder = path.rpartition("/")[0]
+    try:
+        if path not in {f.path for f in client.list_artifacts(run_id, folder or None)}:
+            return None
+        dst_dir.mkdir(parents=True, exist_ok=True)
+        return Path(client.download_artifacts(run_id, path, str(dst_dir)))
+    except (MlflowException, OSError):
+        return None
+
+
 # ---- helpers ---------------------------------------------------------------------------------
 
 def _check_store(tracking_uri: str) -> None:

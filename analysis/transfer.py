@@ -651,7 +651,7 @@ def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed
     """
     expected = expectation(rule)
     n_pooled = int(scores["pooled"].sum()) if "pooled" in scores else 0
-    finite = scores[np.isfinite(scores["score"])]
+    finite = scores[np.isfinite(scores["score"].astype(float))]   # an empty column is of dtype object
     seeds = sorted(scores["seed"].unique().tolist())
     n_seeds = len(finite["seed"].unique())
     noise_sd = _pooled_cell_sd(finite)

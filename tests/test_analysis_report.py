@@ -500,3 +500,24 @@ def test_fd_is_written_as_a_whole_number(report):
         assert re.fullmatch(r"[\d,]+|\d+\.\d\d|-", row["best final FD"])
     note = next(n for n in report.notes if "copied trial(s)" in n)
     assert note.endswith("as those of the run that trained.")
+
+
+def test_the_report_embeds_the_coordinate_check_logged_to_the_parent_run(store, tmp_path):
+    """`gat-sweep coord-check` logs coord_check/coord_check.json to the sweep's parent run; the
+    report draws it and shows it (a sixth figure)."""
+    records = [{"rule": rule, "network": net, "group": "block1", "width": w, "seed": 0, "step": step,
+                "quantity": quantity, "value": 0.5 + w / 100}
+               for rule in ("constant", "gat") for net in ("g", "d") for w in (32, 64, 128) for step in (1, 2)
+               for quantity in ("rms", "delta_rms")]
+    path = tmp_path / "coord_check.json"
+    path.write_text(json.dumps({"settings": {"sweep": SWEEP, "steps": 2}, "quantities": {}, "records": records}))
+    client = MlflowClient(store[0])
+    client.log_artifact(store[1], str(path), "coord_check")
+    try:
+        report = make_report(SWEEP, store[0], tmp_path / "out", n_boot=50)
+        assert "coord_check" in report.figures and report.figures["coord_check"].is_file()
+        html = report.html.read_text()
+        assert "Coordinate check (gat-sweep coord-check)" in html and html.count('src="data:image/png;base64,') == 6
+    finally:   # the store is shared by this module's tests: take the artifact away again
+        artifacts = client.get_run(store[1]).info.artifact_uri.removeprefix("file://")
+        shutil.rmtree(Path(artifacts) / "coord_check")

@@ -367,3 +367,15 @@ def test_a_wider_design_moves_the_boundary_and_anchors_the_optimum():
         Design(widths=(32,), base_lrs=(1e-3, 2e-3, 4e-3))
     with pytest.raises(ValueError, match="3 or more distinct base LRs"):
         Design(base_lrs=(1e-3, 1e-3, 2e-3))
+
+
+def test_a_sweep_without_evaluations_has_no_verdict_and_no_crash():
+    """`gat-sweep plot` of a sweep that evaluates nothing (eval.every -1, as sweeps/smoke.yaml) or
+    has not evaluated yet: every rule is 'insufficient data' (np.isfinite raised a TypeError on
+    the empty score column)."""
+    trials = pd.DataFrame({"trial": ["gat-w32-s0", "gat-w64-s0"], "run_id": ["a", "b"], "status": ["finished"] * 2,
+                           "g_width": [32, 64], "g_depth": [4, 4], "lr_rule": ["gat"] * 2, "base_lr": [1e-3] * 2,
+                           "lr_g": [1e-3, 5e-4], "seed": [0, 0]})
+    points = pd.DataFrame(columns=["run_id", "iter", "fd"])
+    result = analyse_transfer(points, trials, n_boot=10)
+    assert result["gat"].outcome == "inconclusive" and result["gat"].verdict.startswith("insufficient data")
