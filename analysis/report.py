@@ -302,7 +302,7 @@ def _best_per_size(trials: pd.DataFrame, source: pd.Series) -> pd.DataFrame:
 
 COLLAPSE_RECALL = 0.05
 """Recall below which a sample grid's rows are expected to repeat one image per class (partial
-mode collapse): every measured digits run below ~1,000 iterations (docs/PILOTS.md section 2b)."""
+mode collapse), as in every measured digits run below ~1,000 iterations (docs/RESULTS.md)."""
 
 
 def _trained_as(lr_g: float | None, rules: str, once: str = "") -> str:

@@ -12,7 +12,7 @@ per training (width, actual LR, seed), drawn around a valley in the actual LR
 * ``steep K``: a quadratic K times more curved (a wall);
 * ``cliff R``: the same quadratic up to R x the optimum, then the untrained score
   :data:`UNTRAINED` (plus noise): the measured GAN valleys (FD back near its value at
-  initialisation one LR step above the best, docs/PILOTS.md);
+  initialisation one LR step above the best, docs/ANALYSIS.md);
 * ``diverge R``: the same quadratic up to R x the optimum, then the training diverges (+inf).
 
 ``c`` grows by ``growth`` per width doubling (the measured valleys are more curved at larger

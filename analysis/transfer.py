@@ -1,77 +1,18 @@
 """Does a learning-rate rule transfer across widths? A noise-aware equivalence test.
 
-For each LR rule, ONE model is fitted to every training the rule can use at once (all widths,
-base LRs and seeds; "Which trainings" below):
-
-    log FD = a_w + c_w * (log lr - m_w)**2        (one valley per width w)
-    m_w ~ v0 + b * log(w / w_ref)                 (least-squares line through the optima)
-
-with a free offset ``a_w``, curvature ``c_w > 0`` and optimum ``m_w`` (log of the best *base* LR
-at width w) per width, and ``b`` the least-squares slope of the optima against log width. ``lr``
-is the rule's base LR; ``w_ref`` is the geometric mean of the fitted widths. ``b`` is the
-quantity of interest: 0 means the best base LR does not move with width, -1 means it falls as
-1/width, which the GAT paper's rule ``lr = base_lr * 768 / width`` corrects (docs/METHOD.md §5).
-Each width has its own curvature because the measured valleys differ (width 16's flat, width
-64's about twice as curved, docs/PILOTS.md section 7): one curvature shared by all widths would
-scale each width's fitted optimum about the centre of the LRs and bias ``b`` (a review's
-simulation: 9-18% false "moves" verdicts with curvatures 2-3x apart per width doubling).
-
-Each width's quadratic is linear in its reparametrisation ``a'_w + c_w x**2 + e_w x`` (``x`` =
-log lr minus its mean), so the model is fitted exactly by (weighted) least squares and
-``m_w = x_mean - e_w / (2 c_w)``; a width needs finite scores at 3 or more LRs. A fit with some
-``c_w <= 0`` has no valley there and no optimum.
-
-Uncertainty: a bootstrap over seeds (Efron & Tibshirani 1993, ch. 6 and 12; Field & Welsh 2007
-for the cluster bootstrap): seeds are resampled with replacement, keeping every training of a
-seed together (trainings of one seed share an initialisation and data order, so they are not
-independent), and the model is refitted (as weighted least squares, weight = how often the seed
-was drawn). With the 2-6 seeds a sweep can afford, percentile intervals of a cluster bootstrap
-are far too narrow (with 3 seeds they are roughly the range of the three single-seed estimates,
-which misses the truth 25% of the time). The interval is therefore the bootstrap standard error
-with a small-sample t quantile:
-
-    estimate +- t(0.975, n_seeds - 1) * sqrt(n_seeds / (n_seeds - 1)) * SD(bootstrap estimates)
-
-(``sqrt(n/(n-1))`` undoes the bootstrap's ``(n-1)/n`` variance shrinkage, the t quantile the
-few-cluster uncertainty of the standard error itself). ``analysis.simulation`` checks by
-simulation that the verdicts below are wrong at most 5% of the time (table in docs/ANALYSIS.md).
-Resamples whose fit has no valley count as unbounded: if more than 2.5% of them have none, the
-interval is open and the verdict inconclusive.
-
-Verdict, an equivalence test (Schuirmann 1987, two one-sided tests, here at the stricter 95%
-level) on the shift of the optimum over the sweep's width range, ``shift = b * log(w_max / w_min)``
-(natural log), with tolerance ``TOLERANCE = log 2`` (the best LR moves by less than a factor 2,
-about one LR-grid step), combined with the ordinary test of "no shift" on the same interval
-(Lakens 2018, "Equivalence testing for psychological research", Fig. 1):
-
-* "transfers" when the whole 95% interval of the shift lies within (-log 2, log 2);
-* "does not transfer" when it lies entirely above log 2 or entirely below -log 2;
-* "moves" when it excludes 0 but overlaps the tolerance: the best LR does move with width, in
-  the direction given, and whether by more than a factor 2 is undecided (a true shift near the
-  tolerance takes very many seeds to decide, one exactly at it none);
-* "inconclusive" otherwise, with the measured seed-to-seed noise and an estimate of the seeds a
-  decision would need (the interval's half width scales as 1/sqrt(seeds)).
-
-Which trainings: a rule only decides which actual LR each (width, base LR) trains with, so every
-rule is fitted to every distinct training at the same LR setting, its own and those run for
-another rule, mapped to its base LRs (``rule_trainings``). The ``gat`` and ``constant`` fits then
-use the same data, their slopes differ by exactly 1 and share one interval width, and each width
-gets the LRs of both grids (the cliff above the optimum that only one rule's grid reaches no longer
-bends one rule's fit alone, docs/PILOTS.md section 5).
-
-It is also inconclusive when a width's fitted optimum lies outside the LRs tried at that width
-(``at_edge``: a vertex extrapolated beyond the data is not to be trusted; widen the grid), when
-the fit has no valley, or with a single seed (no interval).
-
-Score of a trial (``trial_score``): the mean of log FD over its last ``SCORE_EVALS`` = 3
-evaluations (fewer if it has fewer), taken up to the latest evaluation that every live trial of
-the same (rule, width) has reached, so a running sweep compares like with like. One evaluation
-swings by ~30% between neighbouring checkpoints; the mean of three is steadier and still
-describes the end of training. A trial whose status is ``diverged``, or with a non-finite FD among
-those evaluations, scores +inf: it is left out of the fit and its LR is marked as failed. A trial
-that improved and then blew up (FD 70, 52, 49, 50, 57, 61, 480) scores by its last evaluations
-(mean log of 57, 61, 480: FD ~118), i.e. badly: its LR is too high for the planned training,
-which is what the test asks. ``failed`` trials (crashed, no verdict on the LR) are left out.
+Per rule, each width's valley of score (log final FD) against log base LR,
+``log FD = a_w + c_w (log lr - m_w)^2``, is fitted below its cliff (the highest LRs whose FD lies
+far above the valley's continuation, or where most seeds diverged, are left out and bound the
+optimum from above); ``b`` is the least-squares slope of the optima ``m_w`` against log width
+(0: the best base LR does not move, -1: it falls as 1/width, which the paper's rule corrects,
+docs/METHOD.md §5). Every rule is fitted to every training at its width (its own and those run
+for another rule at the same actual LR, :func:`rule_trainings`). Intervals come from a bootstrap
+over seeds (Efron & Tibshirani 1993; Field & Welsh 2007 for the cluster bootstrap) with a robust
+SD and a small-sample t factor; the verdict is an equivalence test on the optimum's shift over
+the widths, tolerance a factor 2 (Schuirmann 1987; Lakens 2018, Fig. 1: transfers, does not
+transfer, moves, inconclusive). The line of optima also predicts the best LR at other widths,
+backtested on the largest width. docs/ANALYSIS.md, "LR transfer", gives every rule and the
+simulation study of the verdicts' error rates (``analysis.simulation``).
 """
 
 from __future__ import annotations
@@ -623,8 +564,8 @@ def _range_needed(slope: float, shift: Estimate, widths: list[int], tol: float) 
     interval).
 
     The shift's interval keeps about its width when the range grows with the seeds unchanged
-    (its standard error is ~ sqrt(2) x a width's optimum's for two widths, whatever their ratio);
-    measured: 16-64 and 16-128 on the same 8 seeds, docs/PILOTS.md section 9."""
+    (its standard error is ~ sqrt(2) x a width's optimum's for two widths, whatever their ratio;
+    measured on the 8-seed sweeps, docs/RESULTS.md)."""
     if slope == 0 or shift.lo is None or shift.hi is None:
         return None
     log_ratio = (tol + (shift.hi - shift.lo) / 2) / abs(slope)

@@ -1,4 +1,4 @@
-"""Benchmark: wall time of ``gat-sweep run FILE --dry-run`` (issue 13: at most 5 s per sweep file).
+"""Benchmark: wall time of ``gat-sweep run FILE --dry-run`` (target: at most 5 s per sweep file).
 
 Each sweep file's dry run is launched in a subprocess as a user starts it (the CLI of the checkout
 this script is in, output discarded), ``--reps`` times in a row: the first with an empty cache

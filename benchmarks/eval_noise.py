@@ -1,11 +1,11 @@
-"""Benchmark: how much of a sweep's seed-to-seed noise is evaluation noise? (issue 10)
+"""Benchmark: how much of a sweep's seed-to-seed noise is evaluation noise?
 
 For trained run directories (a sweep's ``trials/<trial>``), the EMA generator of
 ``checkpoints/latest.pt`` is evaluated ``--repeats`` times with different evaluation seeds (other
 z draws; torch-fidelity's KID subsets follow the seed too) at the trial's own ``eval_samples`` and
 at ``--samples`` more. Printed per run: the FD of each repeat and the SD of log FD across repeats;
 last the pooled SD per sample count, to set beside the sweep report's seed-to-seed SD of the score
-(docs/PILOTS.md section 5). One torch thread; each evaluation also decodes through the VAE.
+(docs/ANALYSIS.md). One torch thread; each evaluation also decodes through the VAE.
 
     python benchmarks/eval_noise.py outputs/width_lr_full/trials/w32-d4-p2_gat_lr0.008_s{0,1}
     python benchmarks/eval_noise.py --repeats 5 --samples 2000 RUN_DIR [RUN_DIR ...]
