@@ -120,12 +120,13 @@ def cuda_tests(run: Runner) -> dict[str, Any]:
 def sweep(run: Runner) -> dict[str, Any]:
     """The smoke sweep on the GPU (SWEEP_SETTINGS) through ``gat-sweep run --json`` and ``gat-sweep
     plot``, then :func:`check_sweep`, and its checkpoints deleted; in a dry run, its plan from
-    ``gat-sweep run --dry-run --json`` (enough trainings to share the GPU)."""
+    ``gat-sweep run --dry-run --json`` (enough trainings to share the GPU) with the device and GPU
+    share set back to the CPU's, which the sweep file's check refuses where torch sees no GPU."""
     out = run.out / "sweep"
     argv = [GAT_SWEEP, "run", SWEEP_FILE, *(arg for setting in SWEEP_SETTINGS for arg in ("--set", setting)),
             "--output-dir", str(out), "--json"]
     if run.dry_run:
-        plan = json.loads(run.command(*argv, "--dry-run"))
+        plan = json.loads(run.command(*argv, "--set", "train.device=cpu", "--set", "resources.gpus=0", "--dry-run"))
         if plan["trainings"] < GPU_SHARE:
             raise StageFailed(f"the sweep trains {plan['trainings']} runs: too few to share the GPU {GPU_SHARE} ways")
         return {"trials": len(plan["trials"]), "trainings": plan["trainings"],

@@ -196,31 +196,40 @@ def test_sweep_overhead_benchmark_runs_two_short_trials():
 
 def test_transfer_simulation_prints_its_table():
     out = run_script("benchmarks/transfer_simulation.py", "--reps", "8", "--boot", "30", "--seeds", "3",
-                     "--noise", "0.2", "--slopes", "0,-1", "--curvature", "0.5", "--growth", "1")
+                     "--noise", "0.2", "--slopes", "0,-1", "--shapes", "symmetric,cliff1.5", "--curvature", "0.5")
     lines = out.splitlines()
-    assert lines[1].split() == ["b", "shift", "truth", "c", "growth", "noise", "seeds", "transfers", "not",
-                                "moves", "inconcl.", "false", "power"]
-    assert [row.split()[:3] for row in lines[2:4]] == [["0.00", "x1.00", "transfers"], ["-1.00", "x4.00", "no"]]
+    assert lines[1].split() == ["design", "b", "shape", "seeds", "rule", "shift", "truth", "transfers", "not",
+                                "moves", "inconcl.", "false", "power", "bias"]
+    # designs 16-64 and 16-128, two slopes, two shapes, one seed count, both rules from one fit
+    rows = [line.split() for line in lines[2:18]]
+    assert [r[:2] + r[-11:-7] for r in rows[:4]] == [
+        ["16-64", "0.00", "3", "constant", "x1.00", "transfers"], ["16-64", "0.00", "3", "gat", "x4.00", "no"],
+        ["16-64", "0.00", "3", "constant", "x1.00", "transfers"], ["16-64", "0.00", "3", "gat", "x4.00", "no"]]
+    assert [" ".join(r[2:-11]) for r in rows[:4]] == ["symmetric", "symmetric", "cliff 1.5x", "cliff 1.5x"]
+    assert [r[0] for r in rows] == ["16-64"] * 8 + ["16-128"] * 8
+    assert [r[-9] for r in rows[8:16:2]] == ["x1.00", "x1.00", "x0.13", "x0.13"]   # constant over 16-128: 8^b
     table = json.loads(lines[-1])
-    assert table["reps"] == 8 and len(table["rows"]) == 2
+    assert table["reps"] == 8 and len(table["rows"]) == 16 and len(table["designs"]) == 2
+    assert table["worst_false_rate"] == max(r["false_rate"] for r in table["rows"])
     assert all(0 <= r["false_rate"] <= 1 and r["transfers"] + r["not_transfers"] + r["moves"]
                + r["inconclusive"] == pytest.approx(1.0) for r in table["rows"])
 
 
 def test_transfer_simulation_reads_a_sweep_files_design(tmp_path):
-    """--sweep takes widths, base LRs and base width from the file; the default slopes then include
-    that design's tolerance boundary (-1/3 over 16-128), and the JSON names the design."""
+    """--sweep takes widths, base LRs and base width from the file, --optimum places the true optimum
+    where a pilot measured it, and the JSON names the design."""
     out = run_script("benchmarks/transfer_simulation.py", "--sweep", "sweeps/width_lr_wide.yaml", "--optimum",
                      "1.07e-2@16", "--reps", "4", "--boot", "20", "--seeds", "2", "--curvature", "0.5",
-                     "--growth", "1")
+                     "--shapes", "symmetric")
     lines = out.splitlines()
     assert "widths 16/32/64/128" in lines[0] and "optimum 0.0107 at width 16" in lines[0]
-    assert [row.split()[:3] for row in lines[2:7]] == [
-        ["0.00", "x1.00", "transfers"], ["-0.25", "x1.68", "transfers"], ["-0.33", "x2.00", "boundary"],
-        ["-0.75", "x4.76", "no"], ["-1.00", "x8.00", "no"]]
-    design = json.loads(lines[-1])["design"]
-    assert design == {"widths": [16, 32, 64, 128], "base_lrs": [2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2],
-                      "base_width": 32, "anchor": [1.07e-2, 16]}
+    assert [row.split()[1:2] + row.split()[4:7] for row in lines[2:8]] == [
+        ["0.00", "constant", "x1.00", "transfers"], ["0.00", "gat", "x8.00", "no"],
+        ["-0.50", "constant", "x0.35", "no"], ["-0.50", "gat", "x2.83", "no"],
+        ["-1.00", "constant", "x0.13", "no"], ["-1.00", "gat", "x1.00", "transfers"]]
+    designs = json.loads(lines[-1])["designs"]
+    assert designs == [{"widths": [16, 32, 64, 128], "base_lrs": [2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2],
+                      "base_width": 32, "anchor": [1.07e-2, 16]}]
     # a design the simulation cannot represent is refused by name
     constant_only = tmp_path / "constant.yaml"
     constant_only.write_text((ROOT / "sweeps/smoke.yaml").read_text().replace("rules: [gat, constant]",

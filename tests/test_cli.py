@@ -250,14 +250,16 @@ def test_train_runs_in_process_and_resumes_at_once(tmp_path):
 
 def test_run_prints_summary_and_exits_1_when_a_trial_failed(monkeypatch, tmp_path):
     outcome = SweepOutcome("smoke", tmp_path, f"sqlite:///{tmp_path}/mlflow.db", "1", [
-        TrialOutcome("a", "finished", 6, 0.048, {"loss/G": 0.7, "loss/D": 1.3, "eval/fd_digits_1k": 12.5}),
+        TrialOutcome("a", "finished", 6, 0.048, {"loss/G": 0.7, "loss/D": 1.3, "eval/fd_digits_1k": 1290.0,
+                                                   "final/fd_digits_1k": 1285.4}),
         TrialOutcome("b", "diverged", 1, 0.008, {}),
         TrialOutcome("c", "error", error="RuntimeError: boom")])
     monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console: outcome)
     monkeypatch.chdir(tmp_path)  # the sweep's default output directory is created and locked
     result = invoke("run", str(SWEEPS / "smoke.yaml"))
     assert result.exit_code == 1
-    assert "12.5" in result.output and "c: RuntimeError: boom" in result.output
+    # the final FD (not the last evaluation), formatted for people
+    assert "1,285" in result.output and "1,290" not in result.output and "c: RuntimeError: boom" in result.output
     assert "1 finished, 1 diverged, 1 error" in result.output
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in result.output
     outcome.trials.pop()
