@@ -44,12 +44,20 @@ from core.units import fd_text, lr_text
 from core.records import EXCLUDED_STATUSES, STATUSES, TAG_SAME_AS, fit_tag, lr_transfer_tag
 
 MODELS = ("saturating", "power")
-SUMMARY_COLUMNS = ("size", "trials", "finished", "running", "diverged", "failed", "best final FD", "best trial",
-                   "actual LR", "rules", "at kimg", "precision", "recall", "flag")
-"""Keys of every ``ReportResult.summary_rows`` entry (all values are strings). ``best final FD``:
-the lowest final FD of the size's trials (the geometric mean of a trial's last 3 evaluations);
-``best trial`` is that trial, ``actual LR`` G's LR it trained with, ``rules`` the rules that
-training stands for, ``at kimg``, ``precision`` and ``recall`` those of its last evaluation."""
+SUMMARY_COLUMNS = ("size", "trials", "best final FD", "best trial", "actual LR", "rules", "at kimg", "precision",
+                   "recall", "flag")
+"""Keys of every ``ReportResult.summary_rows`` entry (all values are strings). ``trials``: how
+many of the size's trials stand how (``4 finished, 1 diverged``); ``best final FD``: the lowest
+final FD of the size's trials (the geometric mean of a trial's last 3 evaluations); ``best trial``
+is that trial, ``actual LR`` G's LR it trained with, ``rules`` the rules that training stands for,
+``at kimg``, ``precision`` and ``recall`` those of its last evaluation."""
+TEXT_COLUMNS = 100
+"""The terminal width the plain-text summary's sizes table fits (``gat-sweep plot`` prints it):
+wider, it folds into tables of the columns that fit, each led by the size."""
+HTML_TABLE_PX, HTML_CHAR_PX, HTML_CELL_PX = 520, 9, 18
+"""The width the HTML report's sizes table fits, folded as the text one: MLflow's artifact
+preview of the parent run's report.html (in a 1,400-px browser window, beside MLflow's assistant
+panel); and about the width of a character and of a cell's padding and border at the table's font."""
 REPORT_ARTIFACTS = "report"
 """Artifact folder of the parent run that :func:`log_report` fills."""
 
@@ -363,8 +371,7 @@ def _summary_rows(trials: pd.DataFrame, best: pd.DataFrame, under: dict[str, str
         b = by_size.loc[size] if size in by_size.index else None
         at = None if b is None else (b["last_iter"] * b["batch"] / 1000.0)
         rows.append({
-            "size": str(size), "trials": str(len(group)),
-            **{s: str(int(counts.get(s, 0))) for s in STATUSES},
+            "size": str(size), "trials": ", ".join(f"{int(counts[s])} {s}" for s in STATUSES if counts.get(s, 0)),
             "best final FD": fd_text(None if b is None else float(b["final_fd"])),
             "best trial": "-" if b is None else str(b["trial"]),
             "actual LR": "-" if b is None else lr_text(float(b["lr_g"])),
@@ -523,10 +530,29 @@ def _transfer_lines(values: dict) -> list[str]:
     return out
 
 
-def _table_text(rows: list[dict[str, str]]) -> list[str]:
+def _fold(width_of: Callable[[str], int], budget: int) -> list[list[str]]:
+    """:data:`SUMMARY_COLUMNS` in groups, each led by the size column, whose widths (``width_of``
+    a column, with what separates it from the next) sum to at most ``budget`` where they can (a
+    column wider than that alone gets a group of its own): the tables the sizes table folds into."""
+    key = SUMMARY_COLUMNS[0]
+    groups = [[key]]
+    for column in SUMMARY_COLUMNS[1:]:
+        if len(groups[-1]) > 1 and sum(map(width_of, [*groups[-1], column])) > budget:
+            groups.append([key])
+        groups[-1].append(column)
+    return groups
+
+
+def _table_text(rows: list[dict[str, str]], width: int) -> list[str]:
+    """The sizes table as text lines of at most ``width`` characters where its cells allow: folded
+    (:func:`_fold`) into tables separated by an empty line; columns two spaces apart."""
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) if rows else len(c) for c in SUMMARY_COLUMNS}
-    table = ["  ".join(c.ljust(widths[c]) for c in SUMMARY_COLUMNS).rstrip()]
-    return table + ["  ".join(r[c].ljust(widths[c]) for c in SUMMARY_COLUMNS).rstrip() for r in rows]
+    lines: list[str] = []
+    for columns in _fold(lambda c: widths[c] + 2, width + 2):
+        lines += [""] if lines else []
+        lines.append("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
+        lines += ["  ".join(r[c].ljust(widths[c]) for c in columns).rstrip() for r in rows]
+    return lines
 
 
 def _summary_text(runs: SweepRuns, rows: list[dict[str, str]], values: dict, notes: list[str]) -> str:
@@ -534,7 +560,7 @@ def _summary_text(runs: SweepRuns, rows: list[dict[str, str]], values: dict, not
            "ANSWER (LR transfer; 95% intervals from a bootstrap over seeds):",
            *(f"  {line}" for line in values["answer"]["lines"]), "",
            f"sizes (final FD: the geometric mean of a trial's last {SCORE_EVALS} evaluations; best = lowest):",
-           *(f"  {line}" for line in _table_text(rows)), "",
+           *(f"  {line}".rstrip() for line in _table_text(rows, TEXT_COLUMNS - 2)), "",
            "fits (95% bootstrap intervals; 'to reach FD X': compute for a target FD, by default half the best):"]
     out += [f"  {line}" for line in _fit_lines(values)]
     tol = _tolerance_text(values)
@@ -551,15 +577,31 @@ def _img(path: Path, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
 
+LINE_BREAKS = re.compile(r" |(?<=_)")
+"""Where a table cell of the HTML report may break its line: at spaces and after underscores
+(trial names), never inside a word such as ``w16-d4`` or ``1.6e-2``."""
+
+
+def _pieces(text: str) -> list[str]:
+    """The parts of a cell's text between its line breaks (:data:`LINE_BREAKS`)."""
+    return LINE_BREAKS.split(text)
+
+
+def _cell(text: str) -> str:
+    """A table cell's text as HTML that breaks lines only at :data:`LINE_BREAKS`."""
+    words = ("<wbr>".join(f"<span class='nw'>{html.escape(p)}</span>" for p in _pieces(w)) for w in text.split(" "))
+    return " ".join(words)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    head = "".join(f"<th>{_cell(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px}
-th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}.note{color:#8a4b00}code{background:#f5f5f5}
+th{background:#f2f2f2}.nw{white-space:nowrap}img{max-width:100%;border:1px solid #eee}.note{color:#8a4b00}code{background:#f5f5f5}
 .answer{background:#f4f8ff;border:1px solid #b8cbe8;padding:0.2em 1em;margin:1em 0}.answer li{margin:0.4em 0}
 .provenance{color:#666;font-size:0.85em}"""
 
@@ -567,6 +609,12 @@ th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}.note{color:#8a4b
 def _html(runs: SweepRuns, rows: list[dict[str, str]], values: dict, figs: dict[str, Path],
           notes: list[str]) -> str:
     esc = html.escape
+
+    def html_width(column: str) -> int:
+        """About the px a column of the sizes table takes: its longest part that cannot wrap."""
+        return HTML_CELL_PX + HTML_CHAR_PX * max(len(p) for text in (column, *(r[column] for r in rows))
+                                                 for p in _pieces(text))
+
     counts = ", ".join(f"{n} {s}" for s, n in values["status_counts"].items())
     provenance = (f"metric <code>{esc(values['metric_key'])}</code> "
                   f"(extractor: {esc(', '.join(values['eval_extractor']) or 'not logged')}, "
@@ -591,7 +639,7 @@ def _html(runs: SweepRuns, rows: list[dict[str, str]], values: dict, figs: dict[
         "<h2>Sizes</h2>",
         f"<p>Final FD: the geometric mean of a trial's last {SCORE_EVALS} evaluations (the LR-transfer score); a "
         "size's best trial has the lowest.</p>",
-        _table(list(SUMMARY_COLUMNS), [[r[c] for c in SUMMARY_COLUMNS] for r in rows]),
+        *(_table(columns, [[r[c] for c in columns] for r in rows]) for columns in _fold(html_width, HTML_TABLE_PX)),
         "<h2>FD against training compute</h2>", _img(figs["fd_vs_compute"], "FD vs compute"),
         "<p>Fits on the compute-efficient frontier, Huber loss in log space, 95% intervals from a "
         "seeded bootstrap of the frontier points (docs/ANALYSIS.md); 'to reach FD X': the compute the law "

@@ -309,9 +309,10 @@ class TrainConfig:
     log_every: int = _field(10)
     """Average the training statistics over, and log them every, this many iterations."""
     sample_every: int = _field(0)
-    """Write an EMA sample grid every this many iterations, besides one at every evaluation and at
-    the end, also when evaluation is off (0: only those; <0: never, and the dataset's VAE is then
-    not needed unless the run evaluates). Grids need a dataset with a VAE (not 'random')."""
+    """Write an EMA sample grid every this many iterations, besides one of the initialisation (a
+    fresh run's iteration 0), one at every evaluation and one at the end, also when evaluation is
+    off (0: only those; <0: never, and the dataset's VAE is then not needed unless the run
+    evaluates). Grids need a dataset with a VAE (not 'random')."""
     diverge_loss: float = _field(100.0)
     """A D or G loss above this at any iteration ends the run as 'diverged' (RpGAN losses start at
     log 2 = 0.69; 100 means the real and fake logits are about 100 apart: a blow-up, not training).

@@ -48,10 +48,10 @@ from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 from core.cache import atomic_write, atomic_write_bytes, content_hash, file_sha256
+from core.metrics import MANIFEST
 from core.vae import from_uint8, load_vae
 
 FORMAT = "gat-sweep-latents/1"
-MANIFEST = "manifest.json"
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 """Encoding precision -> dtype of the VAE and of the stored latents (no fp16: it overflows)."""
 DEFAULT_SHARD_SIZE = 2048

@@ -78,7 +78,7 @@ from core.fidelity import (
     reference_features,
 )
 from core.latents import LatentData
-from core.metrics import resolve_metric, too_few_samples
+from core.metrics import feature_space, resolve_metric, too_few_samples
 from core.model import Generator
 from core.records import METRIC_KEY_PARAM, count_label, eval_keys
 from core.vae import decode_latents, load_vae, to_uint8
@@ -148,19 +148,16 @@ class Evaluator:
         n = count_label(cfg.eval_samples)
         classifier_accuracy, classifier_key = None, ""
         if metric == "fid":
-            space = None  # Inception: eval/fid<n>
             self.extractor, self.layer, self.weights = INCEPTION, INCEPTION_LAYER, cfg.inception_weights
         elif data.kind == "digits":
-            space = "digits"
             digits = load_entry(data.root)
             self.extractor, self.layer, self.weights = EXTRACTOR_NAME, DOMAIN_LAYER, str(digits.classifier_path)
             classifier_accuracy = digits.meta["classifier_heldout_accuracy"]
         else:  # an encoded folder's own classifier
-            space = "domain"
             folder = prepare_folder_classifier(data.root)
             self.extractor, self.layer, self.weights = FOLDER_EXTRACTOR_NAME, DOMAIN_LAYER, str(folder.classifier_path)
             classifier_accuracy, classifier_key = folder.heldout_accuracy, folder.key
-        self.keys = eval_keys(space, n)
+        self.keys = eval_keys(feature_space(metric, data.kind), n)
         self.metric_key = self.keys["fd"]
         self.npz = read_npz(Path(cfg.fid_ref_npz)) if cfg.fid_ref_npz else None
         self.reference, self.reference_name, reference_desc = _reference(cfg, data, classifier_key)

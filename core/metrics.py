@@ -1,4 +1,5 @@
-"""Names and feature sizes of the evaluation metrics, importable without torch.
+"""Names and feature sizes of the evaluation metrics, and the kinds of datasets, importable
+without torch.
 
 A sweep file's evaluation settings are checked when it is loaded (``scaling.spec``), including by
 ``gat-sweep run --dry-run``; these facts live here so that the check does not import
@@ -6,6 +7,9 @@ A sweep file's evaluation settings are checked when it is loaded (``scaling.spec
 """
 
 from __future__ import annotations
+
+from core.config import TrainConfig
+from core.records import count_label, eval_keys
 
 INCEPTION_DIM = 2048
 """Size of the Inception-v3 pool features that FID compares."""
@@ -15,6 +19,9 @@ DOMAIN_FEATURE_DIM = 64
 
 EMBEDDED_DATASETS = ("digits", "random")
 """Dataset names that are not paths: the embedded default and Gaussian test latents."""
+MANIFEST = "manifest.json"
+"""The file ``gat-sweep encode`` writes last into an encoded dataset's directory (core/encode.py):
+a directory without it is not (yet) a dataset."""
 
 
 def dataset_kind(dataset: str) -> str:
@@ -36,6 +43,25 @@ def resolve_metric(metric: str, data_kind: str, inception_weights: str) -> str:
     if data_kind == "random":
         return "none"
     return "fid" if data_kind == "encoded" and inception_weights else "fd_domain"
+
+
+def feature_space(metric: str, data_kind: str) -> str | None:
+    """The feature space a resolved metric ('fid' or 'fd_domain') measures in, as metric keys name
+    it (:func:`core.records.eval_keys`): None for Inception, 'digits' for the embedded digits'
+    classifier, 'domain' for an encoded folder's own classifier."""
+    if metric == "fid":
+        return None
+    return "digits" if data_kind == "digits" else "domain"
+
+
+def fd_metric_key(cfg: TrainConfig) -> str | None:
+    """The FD/FID key a run of ``cfg`` logs (``eval/fd_digits_500``, ``eval/fid5k``), or None for a
+    run that does not evaluate."""
+    kind = dataset_kind(cfg.dataset)
+    metric = resolve_metric(cfg.eval_metric, kind, cfg.inception_weights)
+    if cfg.eval_every < 0 or metric == "none":
+        return None
+    return eval_keys(feature_space(metric, kind), count_label(cfg.eval_samples))["fd"]
 
 
 def feature_dim(metric: str) -> int:

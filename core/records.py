@@ -76,6 +76,10 @@ TAG_STATUS, TAG_SPEC_HASH, TAG_SAME_AS = "gat_sweep.status", "gat_sweep.spec_has
 the trial whose identical training it repeats (its metrics are that training's)."""
 TAG_ERROR = "gat_sweep.error"
 TAG_PREFIX = "gat_sweep."
+RUNS_VIEW = "gat-sweep"
+"""Name of the runs-page view each sweep's experiment holds (MLflow UI's shared view state, the
+experiment tag :data:`RUNS_VIEW_TAG`): the runs sorted by final FD with the key columns."""
+RUNS_VIEW_TAG = "mlflow.sharedViewState." + RUNS_VIEW
 
 
 def fit_tag(model: str) -> str:

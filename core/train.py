@@ -399,6 +399,21 @@ def _train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None, progress:
             f.write(json_text({"step": it, **metrics}) + "\n")
         reporter.report(Report(it, metrics, images or [], checkpoint))
 
+    def grid_at(it: int) -> list[Path]:
+        """G_ema's sample grid at iteration ``it`` as ``samples/iter_XXXXXXX.png``; none (with a
+        message) when its samples are not finite."""
+        try:
+            return [sampler.sample_grid(G_ema, run_dir / "samples" / f"iter_{it:07d}.png")]
+        except InvalidMetricError as error:  # an evaluation has said so already, or the loss bound will
+            bar.write(f"{cfg.name} iter {it}: no sample grid: {error}")
+            return []
+
+    # A fresh run's first grid shows its initialisation: the run's grids then start at step 0, where
+    # MLflow's image slider opens.
+    if rank == 0 and start == 0 and sampler is not None and cfg.sample_every >= 0:
+        emit(0, {}, grid_at(0))
+        window_start = time.perf_counter()
+
     # ---- 6. The loop --------------------------------------------------------------------------
     for it in range(start, cfg.iterations):
         # 6a. This iteration's draws, from (seed, iteration, rank) alone; one D and one G step.
@@ -480,14 +495,11 @@ def _train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None, progress:
                 carry.best, is_best = {"value": value, "iteration": done_it}, True
             bar.write(f"{cfg.name} iter {done_it}: {evaluator.metric_key} = {value:.4g}")
 
-        # 6f. Sample grid: at evaluations, at the end, and every sample_every iterations.
+        # 6f. Sample grid: at evaluations, at the end, and every sample_every iterations (and at 0).
         if sampler is not None and cfg.sample_every >= 0 and (
                 eval_step or done_it == cfg.iterations or (cfg.sample_every and done_it % cfg.sample_every == 0)):
             grid_start = time.perf_counter()
-            try:
-                images.append(sampler.sample_grid(G_ema, run_dir / "samples" / f"iter_{done_it:07d}.png"))
-            except InvalidMetricError as error:  # an evaluation has said so already, or the loss bound will
-                bar.write(f"{cfg.name} iter {done_it}: no sample grid: {error}")
+            images += grid_at(done_it)
             window_start += time.perf_counter() - grid_start  # not training time either
         if eval_step and world > 1:
             _rank0_flag(reason is not None, device)

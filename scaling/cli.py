@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -30,12 +31,14 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from rich.console import Console
 from rich.markup import escape
 
 from core.config import ConfigError, TrainConfig
 from core.presets import PRESETS, get_preset
 from scaling.display import (
+    dataset_problem,
     plot_command,
     print_config,
     print_coord_check,
@@ -51,8 +54,34 @@ from scaling.spec import (ReportSpec, SweepSpec, absolute_paths, check_tracking_
                           default_tracking_uri, load_spec)
 from scaling.yamlio import apply_set, load_yaml
 
+class _PlainHelp:
+    """Help that reads as command-line help does: on/off options as flags (typer 0.29 writes
+    ``--dry-run <bool>``) and arguments in capitals in the usage line (``SWEEP_FILE``, where typer
+    writes ``{sweep_file}``). Mixed into typer's command and group classes."""
+
+    def get_params(self, ctx: typer.Context) -> list:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:  # a metavar is what help shows of a parameter's value
+            if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+                param.metavar = ""
+            elif isinstance(param, TyperArgument) and param.metavar is None:
+                param.metavar = param.name.upper()
+        return params
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        return [piece.strip("{}") for piece in super().collect_usage_pieces(ctx)]  # type: ignore[misc]
+
+
+class Command(_PlainHelp, TyperCommand):
+    """A ``gat-sweep`` command (:class:`_PlainHelp`)."""
+
+
+class Group(_PlainHelp, TyperGroup):
+    """The ``gat-sweep`` command group (:class:`_PlainHelp`)."""
+
+
 app = typer.Typer(
-    name="gat-sweep",
+    name="gat-sweep", cls=Group,
     help="Scaling-law sweeps of GAT (transformer GANs in a VAE latent space) with Ray Tune and MLflow.",
     no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown",
 )
@@ -151,7 +180,7 @@ def main(
 # ----------------------------------------------------------------------------------------------
 # gat-sweep run
 # ----------------------------------------------------------------------------------------------
-@app.command()
+@app.command(cls=Command)
 def run(
     sweep_file: Annotated[Path, typer.Argument(help="Sweep file (YAML); see `gat-sweep schema`.")],
     set_: Annotated[list[str] | None, typer.Option(
@@ -198,6 +227,7 @@ def run(
 
       gat-sweep run sweeps/imagenet256_gat.yaml --address auto --tracking-uri http://mlflow:5000
     """
+    started = time.monotonic()  # the progress lines' elapsed time counts from here
     out_console = err_console if json_ else console  # --json: stdout holds the JSON alone
     with user_errors():
         as_filed = load_spec(sweep_file)
@@ -219,7 +249,7 @@ def run(
             from scaling.tune import run_sweep
 
             try:
-                outcome = run_sweep(spec, sweep_file, console=out_console)
+                outcome = run_sweep(spec, sweep_file, console=out_console, started=started)
             except KeyboardInterrupt:
                 err_console.print(f"{stop_word(terminated)}; run the same command again to resume: ended trials are "
                                   "kept, the others continue from their checkpoints", highlight=False, soft_wrap=True)
@@ -278,7 +308,7 @@ def run_dir_name(name: str) -> str:
     return folder
 
 
-@app.command()
+@app.command(cls=Command)
 def train(
     config: Annotated[str, typer.Argument(
         help=f"Preset ({', '.join(PRESETS)}) or a YAML/JSON file of TrainConfig fields.")],
@@ -309,6 +339,9 @@ def train(
         if dry_run:
             print_config(cfg, run_dir, console)
             return
+        missing = dataset_problem(cfg)
+        if missing:
+            raise FileNotFoundError(missing)
         from core.train import train as train_run
 
         with sigterm_as_ctrl_c() as terminated:
@@ -324,7 +357,7 @@ def train(
 # ----------------------------------------------------------------------------------------------
 # gat-sweep schema / encode / plot
 # ----------------------------------------------------------------------------------------------
-@app.command()
+@app.command(cls=Command)
 def schema() -> None:
     """Print the JSON schema of sweep files (for editor completion and validation).
 
@@ -333,7 +366,7 @@ def schema() -> None:
     print(json.dumps(SweepSpec.model_json_schema(), indent=2))
 
 
-@app.command()
+@app.command(cls=Command)
 def encode(
     images_dir: Annotated[Path, typer.Argument(help="ImageFolder: one sub-folder of images per class.")],
     out_dir: Annotated[Path, typer.Argument(help="Output directory for latent shards and manifest.json.")],
@@ -415,7 +448,7 @@ def _positive_ints(text: str, option: str) -> list[int]:
     return values
 
 
-@app.command()
+@app.command(cls=Command)
 def plot(
     sweep: Annotated[str, typer.Argument(help="Sweep file, or a sweep name (MLflow experiment) or parent run id.")],
     out: Annotated[Path | None, typer.Option(help="Report directory (default OUTPUT_DIR/report of the sweep).")] = None,
@@ -532,7 +565,7 @@ def _positive(value: float | None) -> float | None:
     return value
 
 
-@app.command("coord-check")
+@app.command("coord-check", cls=Command)
 def coord_check(
     sweep_file: Annotated[Path, typer.Argument(
         help="Sweep file (YAML): its model, LR rules, base LRs and base width.")],

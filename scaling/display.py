@@ -22,8 +22,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from core.config import TrainConfig, flatten
-from core.records import (FINAL_EVALS, LOSS_D, LOSS_G, TAG_SAME_AS, RunResult, final_key, is_fd_key,
-                          is_progress_key)
+from core.metrics import MANIFEST, dataset_kind
+from core.records import (FINAL_EVALS, FINAL_PREFIX, LOSS_D, LOSS_G, RUNS_VIEW, TAG_SAME_AS, RunResult, final_key,
+                          is_fd_key, is_progress_key)
 from core.units import fd_text
 from scaling.spec import RAY_ADDRESS_ENV, SweepSpec
 
@@ -71,10 +72,61 @@ def plot_command(sweep_file: Path, as_filed: SweepSpec, spec: SweepSpec) -> str:
     return " ".join([installed_command("gat-sweep"), "plot", *map(shlex.quote, args)])
 
 
+UNBOUNDED = 1_000_000
+"""A width no table reaches: its natural width is measured within it."""
+
+
+def fitted_table(console: Console, title: str, columns: list[str], rows: list[list[str]], left: set[str],
+                 droppable: list[str], elsewhere: str = "") -> Table:
+    """A table of ``rows`` (cells may hold rich markup) under ``columns`` in which no cell wraps:
+    while it is wider than ``console``, the columns of ``droppable`` are left out, in that order;
+    its caption then names them (and ``elsewhere``, where they can be read). Columns in ``left``
+    are left-aligned, the others right-aligned."""
+    shown = list(columns)
+    for dropped in [None, *droppable]:
+        if dropped is not None:
+            shown.remove(dropped)
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, caption_justify="left")
+        for name in shown:
+            table.add_column(name, justify="left" if name in left else "right", no_wrap=True, overflow="ellipsis")
+        for row in rows:
+            table.add_row(*(cell for name, cell in zip(columns, row) if name in shown))
+        if console.measure(table, options=console.options.update_width(UNBOUNDED)).maximum <= console.width:
+            break
+    hidden = [name for name in columns if name not in shown]
+    if hidden:
+        table.caption = f"left out at {console.width} columns: {', '.join(hidden)}{elsewhere}"
+    return table
+
+
+def dataset_problem(cfg: TrainConfig) -> str | None:
+    """Why the encoded dataset ``cfg.dataset`` cannot be read, with the command that makes it, or
+    None when it can (or is an embedded one). A directory that does not exist is written by
+    ``gat-sweep encode`` from a folder of labelled images: at ``latent_size`` x 8 px for a VAE that
+    downsamples by 8, as SD-VAE does (the digits VAE downsamples by 4), with ``--keep-images``
+    where runs use the DINOv2 alignment (``repa``). A directory without a manifest is an encoding
+    that did not finish."""
+    if dataset_kind(cfg.dataset) != "encoded":
+        return None
+    root = Path(cfg.dataset)
+    if not root.is_dir():
+        keep = " --keep-images" if cfg.repa else ""
+        return (f"dataset {root} does not exist; make it with `{installed_command('gat-sweep')} encode IMAGES_DIR "
+                f"{shlex.quote(str(root))} --vae VAE_DIR --resolution {8 * cfg.latent_size}{keep}` (IMAGES_DIR: "
+                f"labelled images, one sub-folder per class, {cfg.num_classes} classes; {8 * cfg.latent_size} px "
+                f"gives latent_size {cfg.latent_size} with a VAE that downsamples by 8, as SD-VAE does)")
+    if not (root / MANIFEST).is_file():
+        return (f"dataset {root} has no {MANIFEST}: its encoding has not finished; run the `gat-sweep encode` "
+                "command that writes it again (it resumes)")
+    return None
+
+
 def print_trials(spec: SweepSpec, sweep_file: Path, console: Console, as_json: bool = False) -> None:
     """The dry run: a table of the trials (or, ``as_json``, the same rows and the plan as JSON on
-    stdout), the budget, resources, LR rules, what the output directory already holds of the sweep
-    (:func:`store_plan`), and last what would run where.
+    stdout; the table leaves out columns that do not fit the console, :func:`fitted_table`), the
+    budget, resources, LR rules, what the output directory already holds of the sweep
+    (:func:`store_plan`), whether the dataset is missing and the command that makes it
+    (:func:`dataset_problem`), and last what would run where.
 
     Raises SweepChangedError / ConfigError as the run would, for a sweep file that changes the
     trials of the sweep in the output directory or logs it elsewhere, or trials too large for this
@@ -101,20 +153,22 @@ def print_trials(spec: SweepSpec, sweep_file: Path, console: Console, as_json: b
         }, indent=2))
         return
     tied = all((r["g_width"], r["g_depth"], r["g_heads"]) == (r["d_width"], r["d_depth"], r["d_heads"]) for r in rows)
+    one_lr = all(r["lr_g"] == r["lr_d"] for r in rows)  # as when G and D have one width
     repeats = any(r["same_as"] for r in rows)
-    table = Table(title=f"sweep {spec.name}: {len(rows)} trials", title_justify="left", box=box.SIMPLE_HEAD)
     columns = ["trial", "width", "depth", "heads"] + ([] if tied else ["D width", "D depth", "D heads"])
-    columns += ["G params", "D params", "FLOPs/iter", "lr_G", "lr_D", "train FLOPs"] + (["same training as"] if repeats else [])
-    for name in columns:
-        table.add_column(name, justify="left" if name in ("trial", "same training as") else "right",
-                         no_wrap=name == "trial")
+    columns += ["G params", "D params", "FLOPs/iter"] + (["lr"] if one_lr else ["lr_G", "lr_D"]) + ["train FLOPs"]
+    columns += ["same training as"] if repeats else []
+    cells = []
     for r in rows:
-        cells = [r["name"], str(r["g_width"]), str(r["g_depth"]), str(r["g_heads"])]
-        cells += [] if tied else [str(r["d_width"]), str(r["d_depth"]), str(r["d_heads"])]
-        cells += [si(r["g_params"]), si(r["d_params"]), si(r["flops_per_iter"]), f"{r['lr_g']:.4g}",
-                  f"{r['lr_d']:.4g}", si(r["total_flops"])] + ([r["same_as"]] if repeats else [])
-        table.add_row(*cells)
-    console.print(table)
+        row = [r["name"], str(r["g_width"]), str(r["g_depth"]), str(r["g_heads"])]
+        row += [] if tied else [str(r["d_width"]), str(r["d_depth"]), str(r["d_heads"])]
+        row += [si(r["g_params"]), si(r["d_params"]), si(r["flops_per_iter"])]
+        row += [f"{r['lr_g']:.4g}"] + ([] if one_lr else [f"{r['lr_d']:.4g}"])
+        cells.append(row + [si(r["total_flops"])] + ([r["same_as"]] if repeats else []))
+    console.print(fitted_table(
+        console, f"sweep {spec.name}: {len(rows)} trials", columns, cells, {"trial", "same training as"},
+        [c for c in ("FLOPs/iter", "D params", "D heads", "heads", "D depth", "G params", "lr_D", "depth", "D width",
+                     "train FLOPs") if c in columns], " (--json shows every column)"))
     res, first = spec.resources, rows[0]
     console.print(
         f"budget {first['iterations']} iterations x batch {first['batch']} = {first['kimg']:g} kimg per trial; "
@@ -124,7 +178,8 @@ def print_trials(spec: SweepSpec, sweep_file: Path, console: Console, as_json: b
         f"per trial: {res.workers} worker(s) x ({res.cpus:g} CPU, {res.gpus:g} GPU); "
         f"at most {spec.max_concurrent or 'as many as fit'} at once; retries {spec.max_failures}\n"
         f"{spec.lr.describe()}\n"
-        + (f"{held}: {len(trained) - len(to_train)} of its {len(trained)} trainings ended\n" if held else "") +
+        + (f"{held}: {len(trained) - len(to_train)} of its {len(trained)} trainings ended\n" if held else "")
+        + (f"{missing}\n" if (missing := dataset_problem(trials[0].config)) else "") +
         f"Dry run, nothing started. The sweep would train {len(to_train)} runs on {_where(spec)}, "
         f"write to {spec.output_path()} and log to MLflow at {spec.tracking()}.",
         highlight=False, markup=False, soft_wrap=True)
@@ -164,16 +219,14 @@ def print_outcome(outcome: SweepOutcome, console: Console, report_command: str) 
     store, counts, what to do next (commands that work as printed) and where the results are;
     ``report_command`` is the ``gat-sweep plot`` line (:func:`plot_command`)."""
     keys = sorted({final_key(k) for t in outcome.trials for k in t.metrics if is_fd_key(k)})
-    table = Table(title=f"sweep {outcome.name} (final: geometric mean of a trial's last {FINAL_EVALS} "
-                  "evaluations)", title_justify="left", box=box.SIMPLE_HEAD)
-    for name in ["trial", "status", "iterations", "kimg", *keys, LOSS_G, LOSS_D]:
-        table.add_column(name, justify="left" if name in ("trial", "status") else "right", no_wrap=name == "trial")
     styles = {"finished": "green", "diverged": "yellow", "error": "red", "config_error": "red", "incomplete": "dim"}
-    for t in outcome.trials:
-        values = ([fd_text(t.metrics.get(k)) for k in keys]
-                  + [f"{t.metrics[k]:.4g}" if k in t.metrics else "-" for k in (LOSS_G, LOSS_D)])
-        table.add_row(t.name, f"[{styles[t.status]}]{t.status}[/]", str(t.iterations), f"{t.kimg:g}", *values)
-    console.print(table)
+    rows = [[t.name, f"[{styles[t.status]}]{t.status}[/]", str(t.iterations), f"{t.kimg:g}",
+             *(fd_text(t.metrics.get(k)) for k in keys),
+             *(f"{t.metrics[k]:.4g}" if k in t.metrics else "-" for k in (LOSS_G, LOSS_D))] for t in outcome.trials]
+    columns = ["trial", "status", "iterations", "kimg", *(k.removeprefix(FINAL_PREFIX) for k in keys), LOSS_G, LOSS_D]
+    console.print(fitted_table(
+        console, f"sweep {outcome.name} (final FD: geometric mean of a trial's last {FINAL_EVALS} evaluations)",
+        columns, rows, {"trial", "status"}, [LOSS_D, LOSS_G, "kimg"]))
     for t in outcome.trials:
         # Started more than once: more than one start or failure, or a failure and then an end.
         if t.starts > 1 or len(t.failures) > 1 or (t.failures and t.status in ("finished", "diverged")):
@@ -202,8 +255,7 @@ def print_outcome(outcome: SweepOutcome, console: Console, report_command: str) 
     if counts["config_error"]:
         console.print("A configuration error is not retried: fix what it names, then run the same command "
                       "again (ended trials are kept).", highlight=False)
-    # MLflow 3's UI opens an experiment on its GenAI pages unless told the workflow type.
-    page = f"#/experiments/{outcome.experiment_id}/runs?workflowType=machine_learning"
+    page = runs_page(outcome.experiment_id)
     if outcome.tracking_uri.startswith(("http://", "https://")):
         console.print(f"MLflow:     {outcome.tracking_uri.rstrip('/')}/{page}",
                       highlight=False, soft_wrap=True, markup=False)
@@ -215,9 +267,19 @@ def print_outcome(outcome: SweepOutcome, console: Console, report_command: str) 
     console.print(f"Report:     {report_command}", highlight=False, soft_wrap=True, markup=False)
 
 
+def runs_page(experiment_id: str) -> str:
+    """Where the MLflow UI shows a sweep's trials (after its address): the runs page of its
+    experiment, in the view the driver stores in it (:data:`core.records.RUNS_VIEW`: sorted by final
+    FD, lowest first, with the key columns), and on MLflow 3's model-training pages
+    (``workflowType``: without it the UI shows an experiment's GenAI pages, unless this browser
+    last chose 'Model training' in its sidebar)."""
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={RUNS_VIEW}&workflowType=machine_learning"
+
+
 def print_config(cfg: TrainConfig, run_dir: Path, console: Console) -> None:
     """The dry run of `gat-sweep train`: every field of ``cfg``, parameter counts, FLOPs per
-    iteration and in all, the run directory, and with repa the projector's size and the encoder."""
+    iteration and in all, the run directory, with repa the projector's size and the encoder, and
+    whether the dataset is missing and the command that makes it (:func:`dataset_problem`)."""
     from core.flops import FLOPS_CONVENTION
     from scaling.grid import trial_cost
 
@@ -241,6 +303,9 @@ def print_config(cfg: TrainConfig, run_dir: Path, console: Console) -> None:
         console.print(f"DINOv2 alignment (repa) on, weight {cfg.repa_weight:g}: D's projector has {projector:,} "
                       f"({si(projector)}) parameters, included in D's count; encoder {encoder}",
                       highlight=False, markup=False)
+    missing = dataset_problem(cfg)
+    if missing:
+        console.print(missing, highlight=False, markup=False, soft_wrap=True)
 
 
 def print_train_result(result: RunResult, console: Console) -> None:

@@ -3,7 +3,9 @@
 The grid is the cross product (generator shape x discriminator shape x patch x LR rule x base LR
 x seed), in that nesting order. Each trial's learning rates come from ``scaling.lr_rules``
 (G and D by their own widths). Trial names are unique, file-system safe and readable, e.g.
-``w64-d4-p2_gat_lr0.001_s0``; they name the run directory, the Ray Tune trial and the MLflow run.
+``w64-d4-p2_gat_lr0.001_s0``; they name the run directory, the Ray Tune trial and the sweep's
+state, and are the ``gat_sweep.trial`` tag of the MLflow run. The MLflow run's name is the trial's
+:attr:`Trial.label` (``gat 1e-3 w64-d4 s0 p2``): what tells trials apart comes first.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from core.config import SIZES, ConfigError, NetConfig, TrainConfig, flatten
 from core.flops import parameter_counts, train_flops_per_iter
 from core.memory import check_memory, device_memory, gib
 from core.records import RunResult
+from core.units import lr_text
 from scaling.lr_rules import apply_rule
 from scaling.spec import SweepFileError, SweepSpec, format_errors
 
@@ -39,6 +42,14 @@ class Trial:
     base_lr: float
     base_width: int | None
     """None when the sweep's rules do not use one (constant only)."""
+
+    @property
+    def label(self) -> str:
+        """The trial as the MLflow UI names its run: LR rule, base LR, model size, seed, then patch
+        (``constant 1.6e-2 w64-d4 s0 p2``), so that the start of the name, which the UI's runs table
+        shows, tells the trials of a sweep apart. As unique as :attr:`name` (both give base LRs to
+        3 significant digits)."""
+        return f"{self.lr_rule} {lr_text(self.base_lr)} {self.size} s{self.config.seed} p{self.config.patch}"
 
     def sweep_params(self) -> dict[str, str | float | int]:
         """The ``sweep.*`` params of docs/TRACKING.md (``sweep.base_width`` only when set)."""

@@ -24,6 +24,8 @@ from scaling.state import CONFIG_ERROR
 
 STATUS_EVERY_S = 30.0
 """Seconds between progress lines while trials run."""
+RATE_WINDOW_S = 60.0
+"""Seconds of recent reports over which the ETA measures how fast each trial trains."""
 STORE_PROBE_S = 5.0
 """Timeout of the status line's probe of an MLflow tracking server (:func:`scaling.spec.server_problem`)."""
 
@@ -55,41 +57,48 @@ def duration(seconds: float) -> str:
 
 class ProgressLines(tune.Callback):
     """Readable progress: one line per trial event, and a status line every STATUS_EVERY_S with
-    the elapsed time and an ETA.
+    the elapsed time (from ``started``: the command's start, data preparation included) and an ETA.
 
-    The ETA comes from measured iteration times: each trial's seconds per iteration between its
-    first and latest report (evaluations included), modelled across architectures as
-    ``a + b * FLOPs per iteration`` (:func:`seconds_per_iteration`: small models are
-    overhead-bound, so time is not proportional to FLOPs), applied to the iterations every unended
-    trial has left (``work``: FLOPs per iteration and iterations of each trial to train) and
-    divided by the trials seen running at once (or the trials left, if fewer), and never below the
-    longest trial left. Start-up is not in it: rough while one architecture is measured, better
-    once two are.
+    The ETA comes from the rate the running trials train at now: each trial's seconds per iteration
+    over its last RATE_WINDOW_S of reports (evaluations included), so that a machine that slows
+    down (or speeds up) shows within one window. A trial not running yet is costed by the trials
+    measured (:func:`seconds_per_iteration`: across architectures ``a + b * FLOPs per iteration``,
+    since small models are overhead-bound), each trial's iterations left (``work``: FLOPs per
+    iteration and iterations of each trial to train) are summed and divided by the trials seen
+    running at once (or the trials left, if fewer), and the ETA is never less than the longest
+    trial left. Start-up is not in it.
     """
 
     def __init__(self, console: Console, out: Path, total: int, done_before: int,
-                 work: dict[str, tuple[int, int]], tracking_uri: str = "") -> None:
+                 work: dict[str, tuple[int, int]], tracking_uri: str = "", started: float | None = None) -> None:
         self.console, self.out, self.total, self.done, self.work = console, out, total, done_before, work
         self.tracking_uri = tracking_uri
         self.store_down_since: float | None = None
         """When the status lines first found the MLflow server not answering (None while it does)."""
-        self.iters: dict[str, int] = {}
-        self.first: dict[str, tuple[int, float]] = {}
-        """Per trial: (iteration, time) of its first report."""
-        self.latest_time: dict[str, float] = {}
+        self.reports: dict[str, list[tuple[float, int]]] = {}
+        """Per trial: (time, iteration) of its reports in the last RATE_WINDOW_S, and the one before."""
         self.ended: set[str] = set()
         self.slots = 1
-        self.started = self.last_status = time.monotonic()
+        self.started = time.monotonic() if started is None else started
+        self.last_status = time.monotonic()
+
+    def seconds_per_iter(self) -> dict[str, float]:
+        """Each trial's seconds per iteration over its last RATE_WINDOW_S (trials reported twice at
+        least); only the running trials' once any of them is measured."""
+        rates = {n: (r[-1][0] - r[0][0]) / (r[-1][1] - r[0][1])
+                 for n, r in self.reports.items() if n in self.work and r[-1][1] > r[0][1]}
+        running = {n: rate for n, rate in rates.items() if n not in self.ended}
+        return running or rates
 
     def eta(self) -> float | None:
-        """Seconds left by the measured iteration times, or None before any was measured."""
-        measured = [(self.work[n][0], (self.latest_time[n] - t0) / (self.iters[n] - it0))
-                    for n, (it0, t0) in self.first.items() if n in self.work and self.iters[n] > it0]
-        if not measured:
+        """Seconds left at the measured rates, or None before any was measured."""
+        rates = self.seconds_per_iter()
+        if not rates:
             return None
-        per_iter = seconds_per_iteration(measured)
-        left = [per_iter(fpi) * (iters - self.iters.get(n, 0))
-                for n, (fpi, iters) in self.work.items() if n not in self.ended and iters > self.iters.get(n, 0)]
+        per_iter = seconds_per_iteration([(self.work[n][0], rate) for n, rate in rates.items()])
+        done = {n: r[-1][1] for n, r in self.reports.items()}
+        left = [rates.get(n, per_iter(fpi)) * (iters - done.get(n, 0))
+                for n, (fpi, iters) in self.work.items() if n not in self.ended and iters > done.get(n, 0)]
         if not left:
             return 0.0
         # No faster than the longest trial left, nor than the trials left can share the slots.
@@ -108,10 +117,13 @@ class ProgressLines(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # type: ignore[no-untyped-def]
         if ITER in result:
-            name, now = trial_name(trial), time.monotonic()
-            self.iters[name] = int(result[ITER])
-            self.first.setdefault(name, (self.iters[name], now))
-            self.latest_time[name] = now
+            name, now, it = trial_name(trial), time.monotonic(), int(result[ITER])
+            reports = self.reports.setdefault(name, [])
+            if reports and it < reports[-1][1]:  # restarted from a checkpoint: measure it afresh
+                reports.clear()
+            reports.append((now, it))
+            while len(reports) > 2 and reports[1][0] <= now - RATE_WINDOW_S:  # keep one report before the window
+                reports.pop(0)
             self.slots = max(self.slots, sum(t.status == "RUNNING" for t in trials))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
@@ -134,6 +146,7 @@ class ProgressLines(tune.Callback):
         self._print(f"[yellow]retry[/]     {name} crashed; {how}")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:  # type: ignore[no-untyped-def]
+        self.ended.add(trial_name(trial))  # its retries are used up
         self._print(f"[red]error[/]     {trial_name(trial)}: {escape(str(trial.error_file or 'see Ray logs'))}")
 
     def on_step_end(self, iteration, trials, **info) -> None:  # type: ignore[no-untyped-def]
@@ -141,7 +154,7 @@ class ProgressLines(tune.Callback):
             return
         self.last_status = time.monotonic()
         running = [trial_name(t) for t in trials if t.status == "RUNNING"]
-        now = ", ".join(f"{n} @ {self.iters.get(n, 0)} it" for n in running)
+        now = ", ".join(f"{n} @ {self.reports[n][-1][1] if self.reports.get(n) else 0} it" for n in running)
         down = self._store_problem()
         eta = self.eta()
         left = ", time left unknown" if down else f", about {duration(eta)} left" if eta is not None else ""
@@ -169,13 +182,15 @@ class ProgressLines(tune.Callback):
 def seconds_per_iteration(measured: list[tuple[float, float]]) -> Callable[[float], float]:
     """Seconds per iteration as a function of FLOPs per iteration, from measured trials
     ``[(flops_per_iter, seconds_per_iter), ...]``: least squares ``a + b * flops`` with a, b >= 0
-    once two architectures are measured (fixed overhead plus compute), else proportional to FLOPs
-    (one architecture: overhead and compute cannot be told apart)."""
+    once two architectures are measured (fixed overhead plus compute). With one architecture,
+    overhead and compute cannot be told apart: a smaller model is taken to cost as much (small
+    models are overhead-bound: at 16-64 wide an iteration costs about the same), a larger one in
+    proportion to its FLOPs."""
     flops = np.maximum(np.array([f for f, _ in measured], dtype=float), 1.0)  # no division by a 0 count
     secs = np.array([t for _, t in measured], dtype=float)
     if len(np.unique(flops)) < 2:
-        per_flop = float(np.mean(secs / flops))
-        return lambda f: per_flop * f
+        measured_flops, per_iter = float(flops[0]), float(np.mean(secs))
+        return lambda f: per_iter * max(1.0, f / measured_flops)
     b, a = np.polyfit(flops, secs, 1)
     if a < 0:  # no overhead to see: through the origin
         a, b = 0.0, float(flops @ secs / (flops @ flops))

@@ -34,9 +34,18 @@ from mlflow.exceptions import MlflowException
 
 from core.cache import atomic_write_bytes
 from core.config import ConfigError, TrainConfig, flatten
+from core.metrics import fd_metric_key
 from scaling.grid import ATTEMPTS_FILE, STATE_FILE, Trial, trial_rows
 from scaling.spec import SweepSpec, is_local_store
-from scaling.tracking import log_sweep_files, open_experiment, set_run_status, start_parent_run
+from scaling.tracking import (
+    TrialTracking,
+    log_sweep_files,
+    name_runs,
+    open_experiment,
+    set_run_status,
+    set_runs_view,
+    start_parent_run,
+)
 
 COPY_FILE = "same_as.json"
 """In the run directory of a trial that repeats another's training: which trial it copies."""
@@ -151,18 +160,23 @@ def open_sweep(spec: SweepSpec, sweep_file: Path, digest: str, records: dict[str
                state: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Count every trial's FLOPs (trials.csv and the order of trials), then create the output
     directory, MLflow experiment and parent run, or bring an existing sweep to the sweep file
-    (grown, or its files written anew where they differ), and mark its parent run running.
-    Returns (trial rows, sweep state). Raises ConfigError naming ``tracking_uri`` if the store
-    refuses."""
+    (grown, or its files written anew where they differ; runs named by their trial get their label,
+    :func:`scaling.tracking.name_runs`), and mark its parent run running; either way the
+    experiment gets its runs-page view (:func:`scaling.tracking.set_runs_view`). Returns (trial
+    rows, sweep state). Raises ConfigError naming ``tracking_uri`` if the store refuses."""
     rows = trial_rows(trials, repeats)
     files = _sweep_files(spec, sweep_file, rows)
     try:
         if state is None:
-            return rows, _create_sweep(spec, files, digest, records, out, tracking_uri)
-        stale = any(not (out / name).is_file() or (out / name).read_text() != text for name, text in files.items())
-        if state["spec_hash"] != digest or stale:
-            state = _update_sweep(files, digest, records, out, state)
-        set_run_status(tracking_uri, state["parent_run_id"], "RUNNING")
+            state = _create_sweep(spec, files, digest, records, out, tracking_uri)
+        else:
+            stale = any(not (out / name).is_file() or (out / name).read_text() != text for name, text in files.items())
+            if state["spec_hash"] != digest or stale:
+                state = _update_sweep(files, digest, records, out, state)
+            set_run_status(tracking_uri, state["parent_run_id"], "RUNNING")
+            name_runs(TrialTracking(tracking_uri, state["experiment_id"], spec.name, state["parent_run_id"]),
+                      {t.name: t.label for t in trials})
+        set_runs_view(tracking_uri, state["experiment_id"], fd_metric_key(trials[0].config), [t.label for t in trials])
     except MlflowException as err:
         raise ConfigError(f"tracking_uri: the MLflow store {tracking_uri} refused the sweep's experiment or "
                           f"parent run: {err}") from None

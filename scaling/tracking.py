@@ -9,6 +9,11 @@ one run however often it restarts; a trial that crashed before its first checkpo
 again by its tags. A trial whose training repeats another trial's exactly gets a copy of that
 run (:func:`copy_run`) instead of training again.
 
+For the MLflow UI: a child run is named by its trial's label (``scaling.grid.Trial.label``), what
+tells the trials apart, while the trial's name, its key everywhere else, is its
+``gat_sweep.trial`` tag (:func:`name_runs` renames the runs of a sweep begun before labels); the
+experiment holds the runs-page view that the printed link opens (:func:`set_runs_view`).
+
 The runs carry what MLflow's own ``start_run`` would add: the context tags (user, source, git
 commit; resolved once in the driver and copied to every child run, whose Ray worker process knows
 neither) and MLflow's system metrics of each trial's process.
@@ -16,6 +21,7 @@ neither) and MLflow's system metrics of each trial's process.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -47,6 +53,7 @@ from core.records import (
     ITER,
     METRIC_KEY_PARAM,
     RUNNING,
+    RUNS_VIEW_TAG,
     TAG_ERROR,
     TAG_ROLE,
     TAG_SAME_AS,
@@ -56,6 +63,7 @@ from core.records import (
     TAG_TRIAL,
     RunResult,
     best_key,
+    final_key,
 )
 from core.train import Report, Reporter
 
@@ -64,8 +72,9 @@ PARAMS_PER_BATCH, METRICS_PER_BATCH, RUNS_PER_PAGE = 100, 1000, 1000
 ERROR_TAG_CHARS = 5000
 """MLflow's limit on a tag value."""
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
-"""The experiment tag with which MLflow 3's UI opens an experiment on its training runs (without
-it, on the GenAI overview); the value is the UI's kind for custom model training."""
+"""The experiment tag with which MLflow UIs that pick an experiment's pages by its kind open it on
+its training runs (the value is their kind for custom model training). MLflow 3.18's UI goes by
+the link's ``workflowType`` instead (``scaling.display.runs_page``)."""
 CONTEXT_TAGS = (MLFLOW_USER, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_GIT_COMMIT, MLFLOW_GIT_BRANCH,
                 MLFLOW_GIT_REPO_URL)
 """The context tags of the parent run that every child run repeats."""
@@ -108,6 +117,36 @@ def open_experiment(tracking_uri: str, name: str, artifact_dir: Path | None) -> 
     if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the tag existed; a kind chosen in the UI stays
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
+
+
+VIEW_PARAMS = ("sweep.lr_rule", "sweep.base_lr", "g.width", "g.depth", "seed", "lr_g", "lr_d")
+"""The params the runs-page view shows beside the FDs: the trial's coordinates and actual LRs."""
+CHAR_PX, NAME_EXTRA_PX, METRIC_PX = 7, 40, 110
+"""Widths in MLflow's runs table (px): of a character of a run name, of the rest of its cell, and
+of a metric column (MLflow writes every digit of a float)."""
+
+
+def runs_view(metric_key: str | None, labels: list[str]) -> dict[str, Any]:
+    """The runs-page view of a sweep's experiment, as MLflow's UI shares a view (its search facets
+    and table state in one JSON object): for a sweep that evaluates, the runs sorted by final FD,
+    lowest first (sorted by a metric, the UI lists child runs flat, not folded under their
+    parent), with the final and the best FD, the trial's coordinates and LRs and its status as
+    columns; the run-name column as wide as the longest of ``labels``."""
+    name = "attributes.`Run Name`"
+    metrics = [] if metric_key is None else [f"metrics.`{final_key(metric_key)}`", f"metrics.`{best_key(metric_key)}`"]
+    columns = [*metrics, *(f"params.`{key}`" for key in VIEW_PARAMS), f"tags.`{TAG_STATUS}`"]
+    widths = {name: CHAR_PX * max(map(len, labels), default=10) + NAME_EXTRA_PX,
+              **{column: METRIC_PX for column in metrics}}
+    order = {"orderByKey": metrics[0], "orderByAsc": True} if metrics else {}
+    return {**order, "selectedColumns": columns, "columnOrder": [name, *columns], "columnWidths": widths}
+
+
+def set_runs_view(tracking_uri: str, experiment_id: str, metric_key: str | None, labels: list[str]) -> None:
+    """Store :func:`runs_view` as the experiment's view :data:`core.records.RUNS_VIEW` (the
+    experiment tag :data:`core.records.RUNS_VIEW_TAG`), which the runs-page link that the sweep
+    prints opens (``scaling.display.runs_page``)."""
+    MlflowClient(tracking_uri).set_experiment_tag(experiment_id, RUNS_VIEW_TAG,
+                                                  json.dumps(runs_view(metric_key, labels)))
 
 
 def start_parent_run(tracking_uri: str, experiment_id: str, sweep: str, spec_hash: str,
@@ -161,12 +200,14 @@ class TrialTracking:
         """The identifying tags of a trial's child run."""
         return {TAG_ROLE: "trial", TAG_SWEEP: self.sweep, TAG_TRIAL: trial, MLFLOW_PARENT_RUN_ID: self.parent_run_id}
 
-    def create_run(self, client: MlflowClient, trial: str, tags: dict[str, str] | None = None) -> str:
-        """Create the child run of ``trial`` with its identifying tags, the parent run's
-        :data:`CONTEXT_TAGS` and ``tags``; return its id."""
+    def create_run(self, client: MlflowClient, trial: str, label: str, tags: dict[str, str] | None = None,
+                   start_time: int | None = None) -> str:
+        """Create the child run of ``trial``, named ``label`` (``scaling.grid.Trial.label``), with
+        its identifying tags, the parent run's :data:`CONTEXT_TAGS` and ``tags``, started at
+        ``start_time`` (ms since the epoch; default now); return its id."""
         parent = client.get_run(self.parent_run_id).data.tags
         context = {key: parent[key] for key in CONTEXT_TAGS if key in parent}
-        run = client.create_run(self.experiment_id, run_name=trial,
+        run = client.create_run(self.experiment_id, run_name=label, start_time=start_time,
                                 tags={**context, **self.tags(trial), **(tags or {})})
         return run.info.run_id
 
@@ -185,14 +226,16 @@ def _log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> No
         client.log_batch(run_id, params=items[i:i + PARAMS_PER_BATCH])
 
 
-def copy_run(tracking: TrialTracking, source: str, trial: str, config: TrainConfig, params: dict[str, Any],
-             samples: list[Path]) -> str:
-    """Log the run of trial ``source`` again as the child run of ``trial``, whose training is
-    identical (the same TrainConfig but for the name): its params with this trial's config and
-    sweep coordinates, every metric history, ``config.json`` and the sample grids ``samples``
-    (the source's run directory files ``iter_XXXXXXX.png``, logged as the reporter logs them);
-    tagged ``gat_sweep.same_as = source``. A partial copy left by an interrupted driver is
-    replaced. Returns the new run id; raises LookupError if ``source`` has no run.
+def copy_run(tracking: TrialTracking, source: str, trial: str, label: str, config: TrainConfig,
+             params: dict[str, Any], samples: list[Path]) -> str:
+    """Log the run of trial ``source`` again as the child run of ``trial`` (named ``label``), whose
+    training is identical (the same TrainConfig but for the name): its params with this trial's
+    config and sweep coordinates, every metric history, ``config.json`` and the sample grids
+    ``samples`` (the source's run directory files ``iter_XXXXXXX.png``, logged as the reporter logs
+    them); tagged ``gat_sweep.same_as = source``, with a description naming the run it copies, and
+    the start and end times of that run (its duration is the training's, not the copy's). A
+    partial copy left by an interrupted driver is replaced. Returns the new run id; raises
+    LookupError if ``source`` has no run.
     """
     client = MlflowClient(tracking.tracking_uri)
     original = tracking.find_run(client, source)
@@ -201,7 +244,11 @@ def copy_run(tracking: TrialTracking, source: str, trial: str, config: TrainConf
     stale = tracking.find_run(client, trial)
     if stale is not None:
         client.delete_run(stale.info.run_id)
-    run_id = tracking.create_run(client, trial, {TAG_SAME_AS: source, TAG_STATUS: original.data.tags[TAG_STATUS]})
+    note = (f"A copy of the run {original.info.run_name!r} (trial {source}, run {original.info.run_id}): this "
+            f"trial's training is identical to that one (the same config but for the name), so it was not "
+            f"trained again. Its metrics, sample grids, start and end are that run's.")
+    run_id = tracking.create_run(client, trial, label, {TAG_SAME_AS: source, TAG_STATUS: original.data.tags[TAG_STATUS],
+                                                        MLFLOW_RUN_NOTE: note}, start_time=original.info.start_time)
     _log_params(client, run_id, {**original.data.params, **flatten(config.to_dict()), **params})
     for key in original.data.metrics:
         history = client.get_metric_history(original.info.run_id, key)
@@ -210,7 +257,7 @@ def copy_run(tracking: TrialTracking, source: str, trial: str, config: TrainConf
     client.log_dict(run_id, config.to_dict(), "config.json")
     for path in samples:
         _log_grid(client, run_id, path, int(path.stem.removeprefix("iter_")))
-    client.set_terminated(run_id, "FINISHED")
+    client.set_terminated(run_id, "FINISHED", end_time=original.info.end_time)
     return run_id
 
 
@@ -237,6 +284,21 @@ def child_runs(tracking: TrialTracking) -> dict[str, list[Run]]:
         token = page.token
         if not token:
             return by_trial
+
+
+def name_runs(tracking: TrialTracking, labels: dict[str, str]) -> list[str]:
+    """Name every child run of the trials in ``labels``, ``{trial: label}``, by its label
+    (``scaling.grid.Trial.label``) where it has another name: the runs of a sweep begun before
+    runs were named by their labels (they were named by the trial). Their trial tag, which
+    everything else finds them by, stays. Returns the trials whose runs were renamed."""
+    client = MlflowClient(tracking.tracking_uri)
+    renamed = []
+    for trial, runs in child_runs(tracking).items():
+        for run in runs:
+            if trial in labels and run.info.run_name != labels[trial]:
+                client.update_run(run.info.run_id, name=labels[trial])
+                renamed.append(trial)
+    return renamed
 
 
 def end_open_runs(tracking: TrialTracking, reasons: dict[str, tuple[str, str]]) -> list[str]:
@@ -306,9 +368,12 @@ class MlflowReporter(Reporter):
     deterministically), and the best so far is the one the run logged.
     """
 
-    def __init__(self, tracking: TrialTracking, trial: str, params: dict[str, Any] | None = None) -> None:
+    def __init__(self, tracking: TrialTracking, trial: str, params: dict[str, Any] | None = None,
+                 label: str | None = None) -> None:
         self.tracking = tracking
         self.trial = trial
+        self.label = label or trial
+        """The run's name (``scaling.grid.Trial.label``; the trial name by default)."""
         self.params = dict(params or {})
         self.client = MlflowClient(tracking.tracking_uri)
         self.run_id: str | None = None
@@ -370,7 +435,7 @@ class MlflowReporter(Reporter):
         self.client.set_terminated(self.run_id, "FAILED")
 
     def _create_run(self) -> str:
-        return self.tracking.create_run(self.client, self.trial)
+        return self.tracking.create_run(self.client, self.trial, self.label)
 
     def _best_key(self) -> str:
         return best_key(self._metric_key)

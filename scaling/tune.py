@@ -58,8 +58,7 @@ from rich.markup import escape
 from core.cache import DiskFullError
 from core.checkpoint import CHECKPOINTS, CheckpointError, resume_state
 from core.config import ConfigError, TrainConfig
-from core.encode import MANIFEST
-from core.metrics import dataset_kind, resolve_metric
+from core.metrics import MANIFEST, dataset_kind, resolve_metric
 from core.records import CONFIG_FILE, DIVERGED, FINISHED, KIMG, RESULT_FILE, STATS_FILE, RunResult
 from core.train import Report, train
 from scaling.grid import (
@@ -76,6 +75,7 @@ from scaling.grid import (
     sweep_hash,
     trial_records,
 )
+from scaling.display import dataset_problem
 from scaling.lock import sweep_lock, writable_directory
 from scaling.progress import DROP_RAY_ADVICE, ProgressLines, trial_name
 from scaling.spec import Resources, SweepSpec, check_tracking_uri
@@ -133,7 +133,7 @@ class TrialReporter(MlflowReporter):
     and one line in ``<run_dir>/attempts.jsonl`` each time training (re)starts."""
 
     def __init__(self, plan: SweepPlan, trial: Trial, to_tune: bool = True) -> None:
-        super().__init__(plan.tracking, trial.name, trial.sweep_params())
+        super().__init__(plan.tracking, trial.name, trial.sweep_params(), trial.label)
         self.run_dir = plan.run_dir(trial.name)
         self.to_tune = to_tune
 
@@ -338,7 +338,8 @@ def _check_inputs(cfg: TrainConfig) -> None:
     digits, :func:`_prepare_data` makes both), the Inception weights of eval metric 'fid', and with
     ``repa`` the DINOv2 encoder and the dataset's raw images.
 
-    Raises FileNotFoundError for a missing dataset directory or manifest, ConfigError naming a
+    Raises FileNotFoundError for a missing dataset directory or manifest (with the command that
+    makes it, :func:`scaling.display.dataset_problem`), ConfigError naming a
     weights file that is missing or cannot be loaded, a dataset without the images repa needs, or
     a folder with fewer than 2 classes for a domain FD (:func:`core.domain.check_classes`).
     """
@@ -351,11 +352,10 @@ def _check_inputs(cfg: TrainConfig) -> None:
     kept_images = kind == "digits"  # the digits keep theirs; a folder when encoded with --keep-images
     if kind == "encoded":
         root = Path(cfg.dataset)
-        if not root.is_dir():
-            raise FileNotFoundError(f"dataset directory not found: {root} (write one with `gat-sweep encode`)")
+        missing = dataset_problem(cfg)
+        if missing:
+            raise FileNotFoundError(missing)
         manifest = root / MANIFEST
-        if not manifest.is_file():
-            raise FileNotFoundError(f"dataset {root} has no {MANIFEST} (write it with `gat-sweep encode`)")
         written = json.loads(manifest.read_text())
         kept_images = bool(written.get("keep_images"))
         if evaluates and resolve_metric(cfg.eval_metric, kind, cfg.inception_weights) == "fd_domain":
@@ -414,7 +414,7 @@ def _check_tracking_store(tracking_uri: str) -> None:
 
 
 def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporter] = TrialReporter,
-              console: Console | None = None) -> SweepOutcome:
+              console: Console | None = None, started: float | None = None) -> SweepOutcome:
     """Run (or resume) a sweep to the end and return how every trial stands.
 
     Before anything starts: the cluster settings and the tracking URI are checked, the sweep
@@ -431,12 +431,15 @@ def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporte
     stopped before this returns.
 
     ``reporter_cls`` is the hook for a different reporter (a subclass of TrialReporter).
+    ``started``: when the command began (``time.monotonic()``; default: now), from which the
+    progress lines count the elapsed time.
     Raises ConfigError / SweepChangedError / SweepLockedError / FileNotFoundError for settings the
     user must fix (a tracking URI that is a path or a server that does not answer:
     :func:`scaling.spec.check_tracking_uri`), or another running driver; no trial is started then,
     and an output directory this call created is removed again.
     """
     console = console or Console()
+    started = time.monotonic() if started is None else started
     trials = expand(spec)
     out, tracking_uri = spec.output_path(), spec.tracking()
     spec.check_cluster_settings()
@@ -445,11 +448,11 @@ def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporte
         _check_inputs(trials[0].config)  # every trial shares the dataset and the evaluation settings
         check_trials_fit(spec, trials)
         _check_tracking_store(tracking_uri)
-        return _drive(spec, Path(sweep_file), trials, reporter_cls, console)
+        return _drive(spec, Path(sweep_file), trials, reporter_cls, console, started)
 
 
 def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls: type[TrialReporter],
-           console: Console) -> SweepOutcome:
+           console: Console, started: float) -> SweepOutcome:
     """The body of :func:`run_sweep`, under the sweep lock: open the sweep, fit, copy, collect, check."""
     digest, records = sweep_hash(trials), trial_records(trials)
     out, tracking_uri = spec.output_path(), spec.tracking()
@@ -488,7 +491,7 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
         if todo:
             work = {name: (plan.flops_per_iter[name], plan.trials[name].config.iterations) for name in todo}
             progress = ProgressLines(console, out, len(trials) - len(repeats), len(trials) - len(repeats) - len(todo), work,
-                                     tracking_uri)
+                                     tracking_uri, started)
             recorded = {name: len(read_jsonl(plan.run_dir(name) / FAILURES_FILE)) for name in todo}
             try:
                 failed = _fit(plan, spec, todo, reporter_cls, progress)
@@ -647,7 +650,7 @@ def _copy_trial(plan: SweepPlan, trial: Trial, source: str) -> None:
     result.json last, which marks the copy complete)."""
     src, dst = plan.run_dir(source), plan.run_dir(trial.name)
     samples = sorted((src / "samples").glob("*.png"))
-    run_id = copy_run(plan.tracking, source, trial.name, trial.config, trial.sweep_params(), samples)
+    run_id = copy_run(plan.tracking, source, trial.name, trial.label, trial.config, trial.sweep_params(), samples)
     (dst / "samples").mkdir(parents=True, exist_ok=True)
     for path in samples:
         shutil.copyfile(path, dst / "samples" / path.name)

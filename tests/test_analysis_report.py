@@ -241,7 +241,7 @@ def test_report_fits_and_verdicts(report):
     assert "does not transfer (best LR falls with width)" in verdicts["constant"]["verdict"]
     assert [r["size"] for r in report.summary_rows] == ["w32", "w64", "w128"]
     assert all(set(r) == set(SUMMARY_COLUMNS) for r in report.summary_rows)
-    assert report.summary_rows[2]["diverged"] == "1" and report.summary_rows[2]["running"] == "2"
+    assert report.summary_rows[2]["trials"] == "2 running, 17 finished, 1 diverged"  # of the size's 20
     assert all(r["flag"] == "" for r in report.summary_rows)  # wider is better: none under-trained
     # precision and recall of each size's best trial's last evaluation (iteration 1000; recall = it/1e4 * width/32)
     assert [(r["precision"], r["recall"]) for r in report.summary_rows] == [("0.50", "0.10"), ("0.50", "0.20"),
@@ -381,6 +381,27 @@ def test_plot_logs_to_the_parent_run_unless_told_not_to(store, tmp_path):
     assert f"logged to MLflow parent run {parent} (artifacts report/)" in result.output
     assert "report/report.html" in {a.path for a in client.list_artifacts(parent, "report")}
     assert "need at least 3 sizes" in client.get_run(parent).data.tags["gat_sweep.fit.power"]
+
+
+def test_plots_sizes_table_fits_100_columns_without_a_broken_cell(store, report, monkeypatch, tmp_path):
+    # At 120 and 160 columns the sizes table broke every row mid-cell (one row was 170 wide). It folds
+    # into tables that fit, each led by the size; every cell stays whole on its size's line.
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from scaling import cli
+
+    monkeypatch.setattr(cli, "console", Console(width=100))
+    result = CliRunner().invoke(cli.app, ["plot", SWEEP, "--tracking-uri", store[0], "--out", str(tmp_path), "--no-log"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("sizes (")) + 1:
+                  next(i for i, line in enumerate(lines) if line.startswith("fits ("))]
+    assert max(map(len, table)) <= 100 and sum(line.startswith("  size ") for line in table) == 2  # two folds
+    for row in report.summary_rows:
+        own = [line for line in table if line.startswith(f"  {row['size']} ")]
+        assert len(own) == 2, own
+        assert all(any(row[c] in line for line in own) for c in SUMMARY_COLUMNS), (row, own)
 
 
 def test_plot_takes_the_transfer_tolerance_from_the_user(store, tmp_path):

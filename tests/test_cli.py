@@ -53,10 +53,12 @@ def test_run_dry_run_prints_trials_and_starts_nothing(tmp_path):
     assert result.exit_code == 0, result.output
     for name in ("w32-d4-p2_gat_lr0.001_s0", "w64-d4-p2_gat_lr0.001_s0", "w64-d4-p2_constant_lr0.001_s0"):
         assert name in result.output
-    # gat halves the LR at twice the base width: 0.0005 appears for the w64 gat trial only.
+    # gat halves the LR at twice the base width: 0.0005 appears for the w64 gat trial only (one LR
+    # column: G and D of one width train with one LR).
     rows = {line.split()[0]: line.split() for line in result.output.splitlines() if line.strip().startswith("w")}
-    assert rows["w64-d4-p2_gat_lr0.001_s0"][7:9] == ["0.0005", "0.0005"]
-    assert rows["w64-d4-p2_constant_lr0.001_s0"][7:9] == ["0.001", "0.001"]
+    assert "lr_D" not in result.output
+    assert rows["w64-d4-p2_gat_lr0.001_s0"][7] == "0.0005"
+    assert rows["w64-d4-p2_constant_lr0.001_s0"][7] == "0.001"
     assert "budget 6 iterations x batch 8" in result.output and str(out) in result.output
     assert not out.exists()
 
@@ -254,7 +256,7 @@ def test_run_prints_summary_and_exits_1_when_a_trial_failed(monkeypatch, tmp_pat
                                                    "final/fd_digits_1k": 1285.4}),
         TrialOutcome("b", "diverged", 1, 0.008, {}),
         TrialOutcome("c", "error", error="RuntimeError: boom")])
-    monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console: outcome)
+    monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console, started: outcome)
     monkeypatch.chdir(tmp_path)  # the sweep's default output directory is created and locked
     result = invoke("run", str(SWEEPS / "smoke.yaml"))
     assert result.exit_code == 1
@@ -264,6 +266,39 @@ def test_run_prints_summary_and_exits_1_when_a_trial_failed(monkeypatch, tmp_pat
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in result.output
     outcome.trials.pop()
     assert invoke("run", str(SWEEPS / "smoke.yaml")).exit_code == 0
+
+
+def test_run_tables_fit_100_columns_without_a_broken_cell(monkeypatch, tmp_path):
+    # At 120 and 160 columns the tables broke every row mid-cell. The dry run leaves out the columns
+    # that do not fit (and says which); the summary fits as it is.
+    from rich.console import Console
+
+    from scaling.grid import expand
+    from scaling.spec import load_spec
+
+    monkeypatch.setattr(cli, "console", Console(width=100))
+    monkeypatch.chdir(tmp_path)
+    for name in ("width_lr", "imagenet256_gat", "smoke"):
+        lines = invoke("run", str(SWEEPS / f"{name}.yaml"), "--dry-run").output.splitlines()
+        trials = expand(load_spec(SWEEPS / f"{name}.yaml"))
+        for t in trials:  # each trial one line, its name whole; every line within 100 columns
+            row = [line for line in lines if line.startswith(f"  {t.name} ")]
+            assert len(row) == 1 and len(row[0].rstrip()) <= 100, (name, t.name)
+        table = lines[:next(i for i, line in enumerate(lines) if line.startswith("budget "))]
+        assert max(len(line.rstrip()) for line in table) <= 100
+    assert "left out at 100 columns: heads, G params, D params, FLOPs/iter (--json shows every column)" in [
+        line.strip() for line in invoke("run", str(SWEEPS / "width_lr.yaml"), "--dry-run").output.splitlines()]
+
+    trials = expand(load_spec(SWEEPS / "width_lr.yaml"))
+    metrics = {"eval/fd_digits_500": 1285.4, "final/fd_digits_500": 1301.2, "loss/G": 1.2345, "loss/D": 0.5678}
+    outcome = SweepOutcome("width_lr", tmp_path, f"sqlite:///{tmp_path}/mlflow.db", "1",
+                           [TrialOutcome(t.name, "finished", 800, 51.2, metrics) for t in trials])
+    monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console, started: outcome)
+    lines = invoke("run", str(SWEEPS / "width_lr.yaml")).output.splitlines()
+    for t in trials:
+        row = [line for line in lines if line.startswith(f"  {t.name} ")]
+        assert len(row) == 1 and row[0].split() == [t.name, "finished", "800", "51.2", "1,301", "1.234", "0.5678"]
+        assert len(row[0].rstrip()) <= 100
 
 
 def test_encode_writes_latents_from_an_image_folder(tmp_path, tiny_digits_cache):
@@ -384,7 +419,7 @@ def test_run_summary_names_retried_failed_config_error_and_diverged_trials(monke
         TrialOutcome("c", "config_error", error="ConfigError: device='cuda' but CUDA is not available"),
         TrialOutcome("d", "finished", 6, 0.048, {}, starts=2)],
         store_problems=["d: no MLflow child run"])
-    monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console: outcome)
+    monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console, started: outcome)
     monkeypatch.chdir(tmp_path)  # the sweep's default output directory is created and locked
     result = invoke("run", str(SWEEPS / "smoke.yaml"))
     assert result.exit_code == 1
@@ -467,7 +502,7 @@ def interrupted_outcome(tmp_path) -> SweepOutcome:
 def test_run_json_outcome_and_exit_130_when_interrupted(monkeypatch, tmp_path):
     # Finding 9 / what to build: --json for scripts, exit status 130 after Ctrl-C (Ray Tune catches
     # the first Ctrl-C and returns with trials unfinished; a second one raises KeyboardInterrupt).
-    monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console: interrupted_outcome(tmp_path))
+    monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console, started: interrupted_outcome(tmp_path))
     monkeypatch.chdir(tmp_path)  # the sweep's default output directory is created and locked
     result = runner.invoke(cli.app, ["run", str(SWEEPS / "smoke.yaml"), "--json"])
     assert result.exit_code == 130
@@ -476,7 +511,7 @@ def test_run_json_outcome_and_exit_130_when_interrupted(monkeypatch, tmp_path):
     assert [(t["name"], t["status"]) for t in summary["trials"]] == [("a", "finished"), ("b", "incomplete")]
     assert "Run the same command again to resume" in result.stderr
 
-    def ctrl_c(spec, path, console):
+    def ctrl_c(spec, path, console, started):
         raise KeyboardInterrupt
     monkeypatch.setattr("scaling.tune.run_sweep", ctrl_c)
     result = invoke("run", str(SWEEPS / "smoke.yaml"))
@@ -486,16 +521,18 @@ def test_run_json_outcome_and_exit_130_when_interrupted(monkeypatch, tmp_path):
 def test_next_step_lines_work_as_printed(monkeypatch, tmp_path):
     # Finding 5: `mlflow ui ...` and `gat-sweep plot width_lr --tracking-uri ...` failed outside the
     # venv and differed from the README's `gat-sweep plot sweeps/width_lr.yaml`.
-    monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console: interrupted_outcome(tmp_path))
+    monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console, started: interrupted_outcome(tmp_path))
     monkeypatch.chdir(tmp_path)  # the venv is not under the current directory
     monkeypatch.setenv("PATH", "/nonexistent")  # and not on PATH: absolute paths are printed
     bin_dir = Path(cli.sys.executable).parent
     result = invoke("run", str(SWEEPS / "smoke.yaml"))
     lines = [" ".join(line.split()) for line in result.output.splitlines()]
     assert f"MLflow UI: {bin_dir / 'mlflow'} ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in lines
-    # MLflow 3's UI opens on its GenAI pages unless the link names the workflow type
+    # MLflow 3's UI opens on its GenAI pages unless the link names the workflow type; the sweep's view
+    # sorts the runs by final FD (tests/test_mlflow_ui.py)
     ui = lines.index(f"MLflow UI: {bin_dir / 'mlflow'} ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db")
-    assert lines[ui + 1] == "then open http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning"
+    assert lines[ui + 1] == ("then open http://127.0.0.1:5000/#/experiments/1/runs?viewStateShareKey=gat-sweep"
+                             "&workflowType=machine_learning")
     assert f"Report: {bin_dir / 'gat-sweep'} plot {SWEEPS / 'smoke.yaml'}" in lines
     renamed = invoke("run", str(SWEEPS / "smoke.yaml"), "--set", "name=smoke2", "--output-dir", str(tmp_path / "o"))
     report = [" ".join(line.split()) for line in renamed.output.splitlines() if line.startswith("Report:")]

@@ -177,13 +177,13 @@ def test_two_node_sweep_logs_over_http(cluster, shared_dir, tmp_path):
         assert params["eval.metric_key"] == "eval/fd_digits_64" and params["eval.num_samples"] == "64"
         run_id = run["info"]["run_id"]
         history = rest(base, "metrics/get-history", run_id=run_id, metric_key="progress/kimg")
-        assert [(m["step"], m["value"]) for m in history["metrics"]] == [(2, 0.016), (3, 0.024), (4, 0.032)]
+        assert [(m["step"], m["value"]) for m in history["metrics"]] == [(0, 0.0), (2, 0.016), (3, 0.024), (4, 0.032)]
         fd = rest(base, "metrics/get-history", run_id=run_id, metric_key="eval/fd_digits_64")["metrics"]
         assert [m["step"] for m in fd] == [2, 4] and all(m["value"] > 0 for m in fd)
         files = {f["path"] for f in rest(base, "artifacts/list", run_id=run_id)["files"]}
         assert {"config.json", "samples"} <= files
         grids = {f["path"] for f in rest(base, "artifacts/list", run_id=run_id, path="samples")["files"]}
-        assert grids == {"samples/iter_0000002.png", "samples/iter_0000004.png"}
+        assert grids == {"samples/iter_0000000.png", "samples/iter_0000002.png", "samples/iter_0000004.png"}
 
 
 def test_cluster_address_refuses_node_local_settings(cluster, shared_dir, tmp_path):

@@ -157,7 +157,7 @@ def test_image_folder_to_falling_domain_fd_through_the_cli(digits_image_folder, 
     assert sorted(fd) == [100, 200, 300]
     assert fd[300] < 0.75 * fd[100], fd  # measured 0.58
     grids = sorted((run / "samples").glob("iter_*.png"))
-    assert [p.name for p in grids] == ["iter_0000100.png", "iter_0000200.png", "iter_0000300.png"]
+    assert [p.name for p in grids] == ["iter_0000000.png", "iter_0000100.png", "iter_0000200.png", "iter_0000300.png"]
     assert Image.open(grids[-1]).size == (8 * 34 + 2, 10 * 34 + 2)  # 8 samples x 10 classes of 32 px
 
 

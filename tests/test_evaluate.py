@@ -210,13 +210,14 @@ def test_training_logs_evaluation_time_apart_from_training(tiny_digits_cache, tm
 
 
 def test_runs_without_evaluation_still_write_sample_grids(tiny_digits_cache, tmp_path):
-    """eval_every=-1 (no metric, no reference statistics): grids every sample_every and at the end,
-    the same pictures an evaluating run writes; sample_every=-1 writes none."""
+    """eval_every=-1 (no metric, no reference statistics): grids of the initialisation, every
+    sample_every and at the end, the same pictures an evaluating run writes; sample_every=-1 writes
+    none."""
     cfg = eval_cfg(iterations=4, eval_every=-1, sample_every=3, batch=8, ckpt_every=4)
     result = train(cfg, tmp_path / "quiet", progress=False)
     assert result.status == "finished" and not any(k.startswith("eval/") for k in result.metrics)
     grids = sorted(p.name for p in (tmp_path / "quiet" / "samples").iterdir())
-    assert grids == ["iter_0000003.png", "iter_0000004.png"]
+    assert grids == ["iter_0000000.png", "iter_0000003.png", "iter_0000004.png"]
     evaluated = train(cfg.replace(eval_every=4), tmp_path / "evaluated", progress=False)
     assert "eval/fd_digits_128" in evaluated.metrics
     for name in grids:  # evaluating or not, the same training draws the same grid

@@ -49,6 +49,18 @@ def test_cross_product_in_grid_order_with_readable_unique_names():
                                         "sweep.base_lr": 1e-3, "sweep.base_width": 32}
 
 
+def test_run_labels_put_what_differs_first_and_tell_the_default_sweep_apart_in_20_characters():
+    # The MLflow UI's runs table showed 'w64-d4-p2_con...' of each trial name: not the rule or the LR.
+    trials = expand(load_spec(SWEEPS / "width_lr.yaml"))
+    labels = [t.label for t in trials]
+    assert labels[:4] == ["gat 4e-3 w16-d4 s0 p2", "gat 8e-3 w16-d4 s0 p2", "gat 1.6e-2 w16-d4 s0 p2",
+                          "constant 4e-3 w16-d4 s0 p2"]
+    assert len({label[:20] for label in labels}) == len(trials) == 18
+    for path in SWEEPS.glob("*.yaml"):  # as unique as the trial names in every shipped sweep
+        shipped = expand(load_spec(path))
+        assert len({t.label for t in shipped}) == len(shipped), path.name
+
+
 def test_learning_rates_follow_each_rule_and_network_width():
     trials = {t.name: t.config for t in expand(spec(
         model={"discriminator": {"widths": [128], "depths": [2], "heads": 4}},

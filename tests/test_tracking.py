@@ -247,12 +247,14 @@ def test_copy_run_repeats_a_run_under_another_trial_once(store, tmp_path):
     source.finish(RunResult("finished", 4, 0.032, {}, tmp_path))
     cfg = CFG.replace(name="repeat")
     params = {**SWEEP, "sweep.lr_rule": "constant"}
-    first = copy_run(store, "source", "repeat", cfg, params, [grid])
-    second = copy_run(store, "source", "repeat", cfg, params, [grid])  # an interrupted copy is redone
+    label = "constant 1e-3 w32-d4 s0 p2"
+    first = copy_run(store, "source", "repeat", label, cfg, params, [grid])
+    second = copy_run(store, "source", "repeat", label, cfg, params, [grid])  # an interrupted copy is redone
     client, runs = children(store)
     copies = [r for r in runs if r.data.tags["gat_sweep.trial"] == "repeat"]
     assert [r.info.run_id for r in copies] == [second] and first != second
     run = copies[0]
+    assert run.info.run_name == label and run.data.tags["gat_sweep.trial"] == "repeat"
     assert run.data.tags["gat_sweep.same_as"] == "source" and run.data.tags["gat_sweep.status"] == "finished"
     assert run.data.tags["mlflow.parentRunId"] == store.parent_run_id and run.info.status == "FINISHED"
     assert (run.data.params["name"], run.data.params["sweep.lr_rule"], run.data.params["model.g_params"]) == (
@@ -261,4 +263,4 @@ def test_copy_run_repeats_a_run_under_another_trial_once(store, tmp_path):
     assert sorted(a.path for a in client.list_artifacts(second, "samples")) == ["samples/iter_0000002.png"]
     assert image_steps(client, second) == [2] and run.data.tags["mlflow.loggedImages"] == "True"
     with pytest.raises(LookupError, match="no MLflow run of trial ghost"):
-        copy_run(store, "ghost", "repeat2", cfg, params, [])
+        copy_run(store, "ghost", "repeat2", "repeat2", cfg, params, [])
