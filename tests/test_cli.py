@@ -64,13 +64,17 @@ def test_run_dry_run_prints_trials_and_starts_nothing(tmp_path):
 
 
 def test_run_dry_run_of_power_rules_names_trials_and_gives_their_lrs(tmp_path):
-    result = invoke("run", str(SWEEPS / "smoke.yaml"), "--set", "lr.rules=[gat,power0.50,power-0.25]", "--dry-run",
-                    "--output-dir", str(tmp_path / "never"))
+    args = ["run", str(SWEEPS / "smoke.yaml"), "--set", "lr.rules=[gat,power0.50,power-0.25]", "--dry-run",
+            "--output-dir", str(tmp_path / "never")]
+    plan = invoke(*args, "--json")
+    assert plan.exit_code == 0, plan.output
+    lrs = {r["name"]: (r["lr_g"], r["lr_d"]) for r in json.loads(plan.stdout)["trials"]}
+    assert lrs["w64-d4-p2_power0.5_lr0.001_s0"] == pytest.approx((7.0711e-4, 7.0711e-4), rel=1e-4)  # 1e-3 * (32/64)^0.5
+    assert lrs["w64-d4-p2_power-0.25_lr0.001_s0"] == pytest.approx((1.18921e-3, 1.18921e-3), rel=1e-4)  # 1e-3 * 2^0.25
+    assert lrs["w32-d4-p2_power0.5_lr0.001_s0"] == (1e-3, 1e-3)  # the base width
+    result = invoke(*args)
     assert result.exit_code == 0, result.output
-    rows = {line.split()[0]: line.split() for line in result.output.splitlines() if line.strip().startswith("w")}
-    assert rows["w64-d4-p2_power0.5_lr0.001_s0"][7:9] == ["0.0007071", "0.0007071"]  # 1e-3 * (32/64)^0.5
-    assert rows["w64-d4-p2_power-0.25_lr0.001_s0"][7:9] == ["0.001189", "0.001189"]  # 1e-3 * 2^0.25
-    assert rows["w32-d4-p2_power0.5_lr0.001_s0"][7:9] == ["0.001", "0.001"]  # the base width
+    assert "w64-d4-p2_power0.5_lr0.001_s0" in result.output and "0.0007071" in result.output
     assert "lr rules gat, power0.5, power-0.25" in result.output
     bad = invoke("run", str(SWEEPS / "smoke.yaml"), "--set", "lr.rules=[powerx]", "--dry-run")
     assert bad.exit_code == 2 and "lr.rules.0: unknown LR rule 'powerx'; choose constant, gat, mup, or power<a>" in bad.output
