@@ -255,8 +255,8 @@ def fd_vs_kimg(points: pd.DataFrame, trials: pd.DataFrame, colours: dict[str, tu
                metric_key: str, path: Path) -> Path:
     """FD against kimg, one panel per LR rule, colour per size: every trial as a thin line through
     its evaluations (faint when a panel holds many), and per size one bold line, the geometric
-    mean over seeds of its best base LR (the best final FD; :func:`best_seed_mean_curves`). The last evaluation of a diverged trial is an
-    x, of a running trial an open circle (in the legend only when there is one)."""
+    mean over seeds of its best base LR (the best final FD; :func:`best_seed_mean_curves`). The last
+    evaluation of a diverged trial is an x, of a running trial an open circle (in the legend only when there is one)."""
     rules = sorted(trials["lr_rule"].dropna().unique()) if len(trials) else []
     fig = Figure(figsize=(5 * max(len(rules), 1), 4.2))
     axes = fig.subplots(1, max(len(rules), 1), squeeze=False, sharey=True)

@@ -454,7 +454,7 @@ def backtest_largest(usable: pd.DataFrame, order: list[str], budgets: dict[str, 
     fit = fit_law(rest, model, n_boot=n_boot, seed=seed, min_sizes=min_sizes)
     if not fit.ok:
         return Backtest(False, f"no backtest: the law refitted without the largest size ({held}) would rest on "
-                               f"a smaller frontier, and there {fit.reason}", held)
+                               f"a smaller frontier, which gives {fit.reason}", held)
     c = budgets.get(held)
     c = float(c) if c is not None and np.isfinite(c) and c > 0 else float(own["train_flops"].max())
     pred = fit.predict_estimate(c)

@@ -11,7 +11,8 @@ returns two tables:
   multipliers, ``"d.hidden=1,...,g.vector=1"``), status, latest progress, its final FD
   (``core.records.final_fd``: the geometric mean of its last 3 evaluations, what every "best"
   means), its last and its lowest single FD (``last_fd``, ``best_fd`` at ``best_iter``), the
-  precision and recall of its last evaluation (:func:`quality_keys`; NaN where not logged), the latest failure-mode diagnostics (``diag/early_skip_rel``,
+  precision and recall of its last evaluation (:func:`quality_keys`; NaN where not logged), the
+  latest failure-mode diagnostics (``diag/early_skip_rel``,
   ``diag/g_update_rel``) and ``same_as``: for a copied trial (tag ``gat_sweep.same_as``) the
   name of the trial whose training it repeats, else None. ``trained_as(trials)`` maps every
   trial to the trial that actually trained.

@@ -517,7 +517,9 @@ class RuleTransfer:
 
     def to_dict(self) -> dict:
         """JSON-ready summary (non-finite values become None in report._no_nan)."""
-        est = (lambda e: None if e is None else e.to_dict())
+        def est(e: Estimate | None) -> dict | None:
+            return None if e is None else e.to_dict()
+
         return {
             "rule": self.rule, "model": ("log FD = a_w + c_w (log lr - m_w)^2 per width below its cliff; "
                                          "m_w ~ v0 + b log(w/w_ref)"),
@@ -652,9 +654,9 @@ def fit_rule(scores: pd.DataFrame, rule: str = "", *, n_boot: int = N_BOOT, seed
                     float(np.mean(log_optima[0]) - b[0] * np.mean(z_w)) if np.isfinite(b[0]) else math.nan,
                     float(b[0]), w_ref, tuple(float(np.exp(fits[w].cliff)) for w in fitted_widths))
     if not np.isfinite(b[0]):
-        flat = ", ".join(f"{w} ({fits[w].curvature:.3g})" for w in fitted_widths
+        flat = ", ".join(f"{w} (fitted curvature {fits[w].curvature:.3g}, not > 0)" for w in fitted_widths
                          if not fits[w].curvature > 0)
-        return plain(f"inconclusive: no valley at width {flat} (fitted curvature <= 0): FD does not rise "
+        return plain(f"inconclusive: no valley at width {flat}: FD does not rise "
                      "on both sides of any LR tried there; widen the LR grid or train longer", valley)
 
     span = math.log(max(fitted_widths) / min(fitted_widths))

@@ -82,8 +82,8 @@ class Runner:
         with self.log.open("a") as log:
             log.write(f"$ {shlex.join(argv)}\n")
             log.flush()
-            proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=log, text=True,
-                                    start_new_session=True)
+            proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                                    stderr=log, text=True, start_new_session=True)
             try:
                 stdout, _ = proc.communicate(timeout=max(0.0, self.deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

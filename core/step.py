@@ -12,7 +12,8 @@ independent nested noise chains -> RpGAN D loss + gamma/2 R1 (reals) + gamma/2 R
 with the same augmentation and noise as the loss, + ``repa_weight`` x the DINOv2 alignment loss
 of the reals (``cfg.repa``, :mod:`core.repa`) -> clip -> AdamW.
 
-G step: the same fakes, with grad -> fresh augmentation and noise for reals and fakes -> RpGAN G loss with D(real) detached -> clip -> AdamW -> EMA update.
+G step: the same fakes, with grad -> fresh augmentation and noise for reals and fakes -> RpGAN G loss
+with D(real) detached -> clip -> AdamW -> EMA update.
 
 Every stat is returned as a detached 0-d tensor; the loop decides when to synchronise (``item``).
 """

@@ -269,7 +269,7 @@ def test_fitted_line_spans_the_fitted_compute_only(tmp_path):
             "eval/fd", tmp_path / "f.png")
     finally:
         Figure.savefig = original
-    line = next(l for l in captured["fig"].axes[0].get_lines() if l.get_label().startswith("A C^-alpha"))
+    line = next(ln for ln in captured["fig"].axes[0].get_lines() if ln.get_label().startswith("A C^-alpha"))
     x = line.get_xdata()
     assert x.min() == pytest.approx(front["train_flops"].min()) and x.max() == pytest.approx(front["train_flops"].max())
 

@@ -89,12 +89,14 @@ def write_synthetic_sweep(uri: str, artifacts: Path, scratch: Path) -> str:
                     tags["gat_sweep.status"] = status
                     run = client.create_run(exp, run_name=name, tags=tags)
                     params = {"g.width": width, "g.depth": 4, "g.heads": 4, "d.width": width, "d.depth": 4,
-                              "lr_g": actual_lr, "lr_d": actual_lr, "lr_mult_g.hidden": 1.0, "lr_mult_d.hidden": 1.0, "batch": BATCH, "patch": 2, "seed": seed,
+                              "lr_g": actual_lr, "lr_d": actual_lr, "lr_mult_g.hidden": 1.0, "lr_mult_d.hidden": 1.0,
+                              "batch": BATCH, "patch": 2, "seed": seed,
                               "iterations": ITERS, "sweep.size": f"w{width}", "sweep.lr_rule": rule,
                               "sweep.base_lr": lr, "sweep.base_width": 32,
                               "compute.flops_per_iter": flops_per_iter(width),
                               "compute.flops_convention": "synthetic: 2 x MACs x (fwd + bwd)",
-                              "eval.metric_key": KEY, "eval.extractor": f"digits-cnn (/cache{width % 3}/digits/full-0a1b/cnn.safetensors)",
+                              "eval.metric_key": KEY,
+                              "eval.extractor": f"digits-cnn (/cache{width % 3}/digits/full-0a1b/cnn.safetensors)",
                               "eval.num_samples": 1000, "eval.reference": "train", "eval.ema": True,
                               "eval.truncation_psi": 0.0}
                     last = 0 if status == "failed" else 600 if status == "running" else ITERS
@@ -306,7 +308,8 @@ def test_sample_grid_captions_give_the_iteration_and_fd_of_the_grid(report):
         trial = caption.split("\n")[0].split(": ")[1]
         fd_1000 = runs.points[(runs.points["trial"] == trial) & (runs.points["iter"] == 1000)]["fd"].iloc[0]
         lr = runs.trials.set_index("trial").loc[trial, "lr_g"]
-        assert caption.startswith(f"{size}: gat-") and f"\n(actual LR {lr_text(lr)}; trained once for rules constant, gat)\n" in caption
+        assert caption.startswith(f"{size}: gat-")
+        assert f"\n(actual LR {lr_text(lr)}; trained once for rules constant, gat)\n" in caption
         assert f"grid at iter 1000: FD {fd_text(fd_1000)}; final FD" in caption
         assert "rows of one image" not in caption       # recall 0.1-0.4 here: no collapse expected
 

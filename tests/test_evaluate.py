@@ -4,7 +4,7 @@ npz references, non-finite samples, sample grids) and make_evaluator's checks be
 
 import json
 import shutil
-import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +15,7 @@ from PIL import Image
 from core import evaluate as evaluate_mod
 from core import fidelity as fidelity_mod
 from core import metrics as metrics_mod
+from core import train as train_mod
 from core.cache import cache_root
 from core.config import ConfigError, NetConfig, TrainConfig
 from core.evaluate import InvalidMetricError, make_evaluator
@@ -185,17 +186,26 @@ def test_sample_grid(tiny_digits_cache, tmp_path):
 
 
 def test_training_logs_evaluation_time_apart_from_training(tiny_digits_cache, tmp_path, monkeypatch):
+    """On a fake clock (the trainer's ``time.perf_counter``; 1 ms per reading): an evaluation takes
+    100 s and its sample grid another 100 s, and neither is counted as training time."""
     cfg = eval_cfg(iterations=4, eval_every=2, log_every=1, diag_every=4, ckpt_every=4, batch=8)
+    clock = {"now": 0.0}
+
+    def perf_counter() -> float:
+        clock["now"] += 1e-3
+        return clock["now"]
+
+    monkeypatch.setattr(train_mod, "time", SimpleNamespace(perf_counter=perf_counter))
     evaluate = evaluate_mod.Evaluator.evaluate
 
-    def slow_evaluate(self, generator):  # an evaluation that takes at least a second
-        time.sleep(1.0)
+    def slow_evaluate(self, generator):
+        clock["now"] += 100.0
         return evaluate(self, generator)
 
     grid = evaluate_mod.Sampler.sample_grid
 
-    def slow_grid(self, generator, path):  # and a sample grid that takes another second
-        time.sleep(1.0)
+    def slow_grid(self, generator, path):
+        clock["now"] += 100.0
         return grid(self, generator, path)
 
     monkeypatch.setattr(evaluate_mod.Evaluator, "evaluate", slow_evaluate)
@@ -203,10 +213,10 @@ def test_training_logs_evaluation_time_apart_from_training(tiny_digits_cache, tm
     train(cfg, tmp_path / "run", progress=False)
     lines = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
     eval_seconds = {line["step"]: line["time/eval_s"] for line in lines if "time/eval_s" in line}
-    assert sorted(eval_seconds) == [2, 4] and all(s >= 1.0 for s in eval_seconds.values())
+    assert sorted(eval_seconds) == [2, 4] and all(100.0 <= s < 101.0 for s in eval_seconds.values())
     # The iteration logged right after an evaluation is timed without it and without its grid.
     after = next(line for line in lines if line["step"] == 3)
-    assert after["time/sec_per_kimg"] * cfg.batch / 1000 < 1.0
+    assert 0 < after["time/sec_per_kimg"] * cfg.batch / 1000 < 1.0
 
 
 def test_runs_without_evaluation_still_write_sample_grids(tiny_digits_cache, tmp_path):

@@ -30,8 +30,8 @@ def test_run_is_finite_and_writes_run_dir(tmp_path):
         assert key in result.metrics and torch.isfinite(torch.tensor(result.metrics[key])), key
     run = tmp_path / "run"
     assert json.loads((run / "config.json").read_text()) == tiny().to_dict()
-    lines = [json.loads(l) for l in (run / "stats.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines] == [2, 3, 4, 6]  # logs every 2, checkpoint at 3
+    lines = [json.loads(text) for text in (run / "stats.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 3, 4, 6]  # logs every 2, checkpoint at 3
     flops = train_flops_per_iter(tiny())
     assert lines[-1]["compute/train_flops"] == 6 * flops
     assert json.loads((run / "result.json").read_text())["status"] == "finished"
