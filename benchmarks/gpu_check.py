@@ -103,9 +103,10 @@ def tail(path: Path, lines: int = 12, width: int = 300) -> str:
 
 
 def cuda_tests(run: Runner) -> dict[str, Any]:
-    """``pytest -m cuda tests/test_cuda.py``: every test passes, and on a GPU none is skipped."""
+    """``pytest -m cuda -n 0 tests/test_cuda.py``: every test passes, and on a GPU none is skipped."""
     report = run.out / "cuda_tests.xml"
-    run.command(sys.executable, "-m", "pytest", "-m", "cuda", "tests/test_cuda.py", "-q", "-rs", "-p",
+    # one process (-n 0): the CUDA tests time and compare runs on the one GPU
+    run.command(sys.executable, "-m", "pytest", "-m", "cuda", "tests/test_cuda.py", "-q", "-rs", "-n", "0", "-p",
                 "no:cacheprovider", f"--junitxml={report}")
     suite = ElementTree.parse(report).getroot().find("testsuite")
     counts = {key: int(suite.get(key)) for key in ("tests", "failures", "errors", "skipped")}
