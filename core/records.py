@@ -64,6 +64,7 @@ def final_key(fd_key: str) -> str:
     """The MLflow key of the final FD of an FD/FID key (``final/fd_digits_500``)."""
     return FINAL_PREFIX + fd_key.removeprefix(EVAL_PREFIX)
 
+
 # ---- params that name other records (docs/TRACKING.md "Child run") ---------------------------
 METRIC_KEY_PARAM = "eval.metric_key"
 """Param holding the run's FD/FID metric key."""
@@ -95,9 +96,9 @@ def lr_transfer_tag(rule: str) -> str:
 # ---- statuses ----------------------------------------------------------------------------------
 RUNNING, FINISHED, DIVERGED, FAILED = "running", "finished", "diverged", "failed"
 STATUSES = (RUNNING, FINISHED, DIVERGED, FAILED)
+"""Values of the ``gat_sweep.status`` tag of a child run; ``result.json`` holds FINISHED or DIVERGED."""
 EXCLUDED_STATUSES = (DIVERGED, FAILED)
 """Trials whose evaluations are never fitted: their numbers near the failure are not trustworthy."""
-"""Values of the ``gat_sweep.status`` tag of a child run; ``result.json`` holds FINISHED or DIVERGED."""
 
 # ---- files of a run directory (ARCHITECTURE.md "A run directory describes itself") -----------
 CONFIG_FILE, STATS_FILE, RESULT_FILE = "config.json", "stats.jsonl", "result.json"
