@@ -37,7 +37,9 @@ from rich.markup import escape
 
 from core.config import ConfigError, TrainConfig
 from core.presets import PRESETS, get_preset
+from core.records import TRANSFER_TOLERANCE
 from scaling.display import (
+    WHERE_KEYS,
     dataset_problem,
     plot_command,
     print_config,
@@ -50,6 +52,7 @@ from scaling.display import (
 from scaling.grid import COORD_CHECK_BATCH, COORD_CHECK_SEEDS, COORD_CHECK_STEPS, coord_check_trials
 from scaling.lock import sweep_lock
 from scaling.next_sweep import write_next_sweep
+from scaling.plan import check_settings, plan_sweep
 from scaling.spec import (ReportSpec, SweepSpec, absolute_paths, check_tracking_uri, default_output_dir,
                           default_tracking_uri, load_spec)
 from scaling.yamlio import apply_set, load_yaml
@@ -230,31 +233,31 @@ def run(
     started = time.monotonic()  # the progress lines' elapsed time counts from here
     out_console = err_console if json_ else console  # --json: stdout holds the JSON alone
     with user_errors():
-        as_filed = load_spec(sweep_file)
-        spec = load_spec(sweep_file, set_) if set_ else as_filed
+        spec = load_spec(sweep_file, set_ or [])
         overrides = {"ray_address": address, "tracking_uri": tracking_uri,
                      "output_dir": str(output_dir) if output_dir else None}
         spec = spec.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+        moved = bool(overrides["tracking_uri"] or overrides["output_dir"]) or any(
+            item.split("=", 1)[0].strip() in WHERE_KEYS for item in set_ or [])
         if dry_run:
-            print_trials(spec, sweep_file, console, as_json=json_)
+            print_trials(plan_sweep(spec, sweep_file), console, as_json=json_)
             return
-        spec.check_cluster_settings()  # before the slow imports: a quick answer
-        check_tracking_uri(spec.tracking())  # likewise (run_sweep checks it again, for callers of the API)
-        # Likewise: a second driver is refused before torch and Ray load (run_sweep takes the lock
+        check_settings(spec)  # before the slow imports: a quick answer
+        # Likewise: a second driver is refused before torch and Ray load (the driver takes the lock
         # again, which this process may).
         settings = {**{key: os.environ.get(key, value) for key, value in RAY_ENVIRONMENT},
                     **(RAY_LOOPBACK_ONLY if not spec.is_cluster() else {})}
         with sweep_lock(spec.output_path()), sigterm_as_ctrl_c() as terminated, environment(settings):
             sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs as they happen
-            from scaling.tune import run_sweep
+            from scaling.tune import run_checked_sweep
 
             try:
-                outcome = run_sweep(spec, sweep_file, console=out_console, started=started)
+                outcome = run_checked_sweep(spec, sweep_file, console=out_console, started=started)
             except KeyboardInterrupt:
                 err_console.print(f"{stop_word(terminated)}; run the same command again to resume: ended trials are "
                                   "kept, the others continue from their checkpoints", highlight=False, soft_wrap=True)
                 raise typer.Exit(stop_status(terminated)) from None
-    print_outcome(outcome, out_console, plot_command(sweep_file, as_filed, spec))
+    print_outcome(outcome, out_console, plot_command(sweep_file, spec, moved))
     status = stop_status(terminated) if outcome.interrupted else 1 if outcome.failed else 0
     if json_:
         summary = {**dataclasses.asdict(outcome), "failed": outcome.failed, "interrupted": outcome.interrupted,
@@ -460,7 +463,7 @@ def plot(
     tolerance: Annotated[float, typer.Option(
         callback=_above_one,
         help="LR transfer: the largest factor the best LR may move by over the sweep's widths and still "
-        "'transfer' (the equivalence margin; set it before looking at the results).")] = 2.0,
+        "'transfer' (the equivalence margin; set it before looking at the results).")] = TRANSFER_TOLERANCE,
     target_widths: Annotated[str | None, typer.Option(
         help="Widths at which to predict the best LR, comma-separated (default: the sweep file's "
         "report.target_widths, else the paper's 384,768,1024,1152).")] = None,
@@ -648,7 +651,7 @@ def coord_check(
 def _log_coord_check(spec: SweepSpec, files: list[Path]) -> None:
     """Log a coordinate check's files to the sweep's MLflow parent run (artifacts coord_check/), if the
     sweep's output directory records one; say where they went, or why not."""
-    from scaling.state import recorded_parent_run
+    from scaling.plan import recorded_parent_run
 
     parent = recorded_parent_run(spec.output_path())
     if parent is None:

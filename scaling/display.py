@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the driver imports ray and torch: the commands import it on
     import pandas as pd
 
     from scaling.grid import Trial
+    from scaling.plan import Plan
     from scaling.tune import SweepOutcome
 
 
@@ -60,15 +61,18 @@ def si(value: float, unit: str = "") -> str:
     return f"{value:.3g}{unit}"
 
 
-def plot_command(sweep_file: Path, as_filed: SweepSpec, spec: SweepSpec) -> str:
-    """The ``gat-sweep plot`` line for this sweep: the file as given when the file alone leads to
-    the same sweep (the README's form), else the sweep's name with its tracking URI and report
-    directory (overrides moved its name, output or store)."""
-    where = (spec.name, spec.output_path(), spec.tracking())
-    if where == (as_filed.name, as_filed.output_path(), as_filed.tracking()):
-        args = [str(sweep_file)]
-    else:
+WHERE_KEYS = ("name", "output_dir", "tracking_uri")
+"""The sweep file's keys that say where a sweep is: its name, output directory and MLflow store."""
+
+
+def plot_command(sweep_file: Path, spec: SweepSpec, moved: bool) -> str:
+    """The ``gat-sweep plot`` line for this sweep: the file as given (the README's form), or, when
+    overrides ``moved`` it (changed a key of :data:`WHERE_KEYS`), the sweep's name with its tracking
+    URI and report directory."""
+    if moved:
         args = [spec.name, "--tracking-uri", spec.tracking(), "--out", str(spec.output_path() / "report")]
+    else:
+        args = [str(sweep_file)]
     return " ".join([installed_command("gat-sweep"), "plot", *map(shlex.quote, args)])
 
 
@@ -121,28 +125,21 @@ def dataset_problem(cfg: TrainConfig) -> str | None:
     return None
 
 
-def print_trials(spec: SweepSpec, sweep_file: Path, console: Console, as_json: bool = False) -> None:
-    """The dry run: a table of the trials (or, ``as_json``, the same rows and the plan as JSON on
-    stdout; the table leaves out columns that do not fit the console, :func:`fitted_table`), the
-    budget, resources, LR rules, what the output directory already holds of the sweep
-    (:func:`store_plan`), whether the dataset is missing and the command that makes it
-    (:func:`dataset_problem`), and last what would run where.
-
-    Raises SweepChangedError / ConfigError as the run would, for a sweep file that changes the
-    trials of the sweep in the output directory or logs it elsewhere, or trials too large for this
-    machine (:func:`scaling.grid.check_trials_fit`)."""
+def print_trials(plan: Plan, console: Console, as_json: bool = False) -> None:
+    """The dry run of ``plan`` (:func:`scaling.plan.plan_sweep`): a table of the trials (or,
+    ``as_json``, the same rows and the plan as JSON on stdout; the table leaves out columns that do
+    not fit the console, :func:`fitted_table`), the budget, resources, LR rules, what the output
+    directory already holds of the sweep (:meth:`scaling.plan.Plan.held`), whether the dataset is
+    missing and the command that makes it (:func:`dataset_problem`), and last what would run where."""
     from core.flops import FLOPS_CONVENTION
-    from scaling.grid import check_trials_fit, expand, pending_trainings, shared_trainings, started_trials, trial_rows
+    from scaling.grid import trial_rows
 
-    out = spec.output_path()
-    trials = expand(spec)  # copies as the run would make them, also for a sweep that grows
-    check_trials_fit(spec, trials)
-    repeats = shared_trainings(trials, started_trials(out, trials))
-    rows = trial_rows(trials, repeats)
+    spec, trials = plan.spec, plan.trials
+    rows = trial_rows(trials, plan.repeats)
     trained = [r for r in rows if not r["same_as"]]
     total_flops = sum(r["total_flops"] for r in trained)
-    to_train = pending_trainings(out, trials, repeats)
-    held = store_plan(spec, sweep_file, trials)
+    to_train = plan.pending
+    held = plan.held()
     if as_json:
         print(json.dumps({
             "name": spec.name, "trials": rows, "trainings": len(trained), "to_train": len(to_train),
@@ -183,25 +180,6 @@ def print_trials(spec: SweepSpec, sweep_file: Path, console: Console, as_json: b
         f"Dry run, nothing started. The sweep would train {len(to_train)} runs on {_where(spec)}, "
         f"write to {spec.output_path()} and log to MLflow at {spec.tracking()}.",
         highlight=False, markup=False, soft_wrap=True)
-
-
-def store_plan(spec: SweepSpec, sweep_file: Path, trials: list[Trial]) -> str:
-    """What the output directory holds of this sweep, in words ('' for a new sweep): the sweep
-    itself, or the sweep that this file grows (:func:`scaling.state.existing_state`, which raises
-    SweepChangedError for a file that changes existing trials and ConfigError for another
-    tracking URI, as the run does). Imports MLflow only when the directory holds a sweep."""
-    from scaling.grid import STATE_FILE, sweep_hash, trial_records
-
-    out = spec.output_path()
-    if not (out / STATE_FILE).exists():
-        return ""
-    from scaling.state import existing_state
-
-    _, added = existing_state(spec, out, sweep_hash(trials), trial_records(trials), spec.tracking(), sweep_file)
-    if added:
-        return (f"{out} holds this sweep with {len(trials) - len(added)} trials; this file grows it by "
-                f"{len(added)} trials and keeps the others")
-    return f"{out} holds this sweep"
 
 
 def _where(spec: SweepSpec) -> str:

@@ -54,7 +54,7 @@ from core.config import MAX_ITERATIONS, MNG_LEVELS, PATH_FIELDS, SIZES, SWEEP_FI
 from core.metrics import EMBEDDED_DATASETS, dataset_kind, resolve_metric, too_few_samples
 from core.presets import PRESETS, get_preset
 from scaling.lr_rules import POWER_PATTERN, RULES, needs_base_width, rule_name
-from scaling.yamlio import apply_set, load_yaml
+from scaling.yamlio import apply_set, read_yaml
 
 NODE_LOCAL_ROOTS = ("/tmp", "/var/tmp", "/dev/shm")
 """Directories private to each machine of a cluster (refused for output_dir with a Ray address)."""
@@ -604,7 +604,7 @@ def load_spec(path: Path, sets: list[str] | tuple[str, ...] = ()) -> SweepSpec:
     override) or SweepFileError listing every problem, e.g. ``model.widthz: unknown key (did you
     mean 'widths'?)``, headed by the file and the overrides.
     """
-    data = load_yaml(path)
+    text, data = read_yaml(path)
     if not isinstance(data, dict):
         raise SweepFileError(f"{path}: a sweep file is a YAML mapping (name:, dataset:, model:, ...)")
     for item in sets:
@@ -614,7 +614,6 @@ def load_spec(path: Path, sets: list[str] | tuple[str, ...] = ()) -> SweepSpec:
         spec = SweepSpec.model_validate(data)
     except ValidationError as err:
         raise SweepFileError(f"{where}: {format_errors(err)}") from None
-    text = Path(path).read_text()
     if sets:
         overrides = "".join(f"#   --set {item}\n" for item in sets)
         text = (f"# {path} with these overrides applied (gat-sweep run --set):\n{overrides}"

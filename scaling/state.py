@@ -13,8 +13,9 @@ attempt) and, for a trial that repeats another's training, ``same_as.json``.
 
 A sweep grows: a sweep file that keeps every trial of the sweep in its output directory as it was
 (``sweep.json`` keeps each trial's flattened config and ``sweep.*`` coordinates) and adds others
-(widths, LRs, seeds) trains only the new ones, under the same MLflow parent run. A sweep file
-that changes or drops an existing trial is refused, naming the fields, instead of mixing two
+(widths, LRs, seeds) trains only the new ones, under the same MLflow parent run. Whether a sweep
+file starts, resumes or grows the sweep is decided by :func:`scaling.plan.plan_sweep`; a file that
+changes or drops an existing trial is refused there, naming the fields, instead of mixing two
 sweeps (adding the first width-aware rule to a constant-only sweep is such a change: it sets its
 trials' ``sweep.base_width``).
 """
@@ -33,9 +34,10 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 
 from core.cache import atomic_write_bytes
-from core.config import ConfigError, TrainConfig, flatten
+from core.config import ConfigError
 from core.metrics import fd_metric_key
-from scaling.grid import ATTEMPTS_FILE, STATE_FILE, Trial, trial_rows
+from scaling.grid import ATTEMPTS_FILE, STATE_FILE, trial_rows
+from scaling.plan import Plan
 from scaling.spec import SweepSpec, is_local_store
 from scaling.tracking import (
     TrialTracking,
@@ -55,13 +57,6 @@ CONFIG_ERROR = "config_error"
 """Status (and failure kind) of a trial stopped by a ConfigError: not retried."""
 
 
-class SweepChangedError(ConfigError):
-    """The output directory holds a sweep whose trials differ from the sweep file's."""
-
-
-# ----------------------------------------------------------------------------------------------
-# A trial's records in its run directory
-# ----------------------------------------------------------------------------------------------
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records of a JSON-lines file (empty if it does not exist)."""
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -87,85 +82,19 @@ def _append_record(path: Path, fields: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# The sweep in its output directory
+# The sweep in its output directory and its MLflow store
 # ----------------------------------------------------------------------------------------------
-def existing_state(spec: SweepSpec, out: Path, digest: str, records: dict[str, dict[str, Any]],
-                   tracking_uri: str, sweep_file: Path) -> tuple[dict[str, Any] | None, list[str]]:
-    """The sweep state in ``out`` if this sweep was started before, and the trials the sweep file
-    adds to it (empty unless it extends the sweep: every existing trial unchanged, new ones added).
-
-    Raises SweepChangedError naming the sweep's name when the sweep file renames it, or every
-    changed field and dropped trial when it changes existing trials; ConfigError when it logs to
-    another tracking URI.
-    """
-    path = out / STATE_FILE
-    if not path.exists():
-        return None, []
-    state = json.loads(path.read_text())
-    if state["name"] != spec.name:
-        raise SweepChangedError(
-            f"{out} holds sweep {state['name']!r}, and this run calls it {spec.name!r} (name: or --set name=). A "
-            f"sweep keeps its name, which names its MLflow experiment and what `gat-sweep plot` looks for: run it "
-            f"as {state['name']!r}, or give sweep {spec.name!r} an output_dir of its own")
-    if state["tracking_uri"] != tracking_uri:
-        raise ConfigError(
-            f"tracking_uri: this sweep logs to {state['tracking_uri']} (recorded in {path}); got "
-            f"{tracking_uri}. Use the same tracking URI to resume it")
-    if state["spec_hash"] == digest:
-        return state, []
-    changes = _changes(state, records)
-    if changes:
-        raise SweepChangedError(
-            f"{out} holds sweep {state['name']!r} (spec hash {state['spec_hash']}), and {sweep_file} "
-            f"changes its trials: {'; '.join(changes)}. A sweep file may add trials to a sweep (more "
-            f"widths, LRs or seeds, the rest unchanged); a changed sweep is a new sweep: give it a new "
-            f"name or output_dir, or delete {out} to start over")
-    return state, [name for name in records if name not in state["trials"]]
-
-
-def _changes(state: dict[str, Any], records: dict[str, dict[str, Any]]) -> list[str]:
-    """What keeps ``records`` from extending the sweep ``state``: each changed field of an existing
-    trial (``field: old -> new``, with how many trials) and the dropped trials."""
-    if "trials" not in state:
-        return ["its state (sweep.json) has no per-trial record, so no trial can be checked"]
-    old = state["trials"]
-    defaults = flatten(TrainConfig().to_dict())  # a field added since the sweep began ran as its default
-    changed: dict[str, tuple[Any, Any, int]] = {}
-    for trial in (t for t in old if t in records):  # in grid order: the same message every run
-        for key in sorted(old[trial].keys() | records[trial].keys()):
-            before, after = old[trial].get(key, defaults.get(key)), records[trial].get(key)
-            if before != after:
-                first = changed.get(key, (before, after, 0))
-                changed[key] = (first[0], first[1], first[2] + 1)
-    problems = [f"{key}: {before} -> {after} ({n} trial(s))" for key, (before, after, n) in sorted(changed.items())]
-    dropped = [trial for trial in old if trial not in records]
-    if dropped:
-        more = f" and {len(dropped) - 3} more" if len(dropped) > 3 else ""
-        problems.append(f"trials dropped: {', '.join(dropped[:3])}{more}")
-    return problems
-
-
-def recorded_parent_run(out: Path) -> tuple[str, str] | None:
-    """(tracking URI, parent run id) of the sweep whose state ``out`` holds (``sweep.json``), or
-    None when it holds none (the sweep has not been run)."""
-    path = out / STATE_FILE
-    if not path.is_file():
-        return None
-    state = json.loads(path.read_text())
-    return state["tracking_uri"], state["parent_run_id"]
-
-
-def open_sweep(spec: SweepSpec, sweep_file: Path, digest: str, records: dict[str, dict[str, Any]],
-               trials: list[Trial], repeats: dict[str, str], out: Path, tracking_uri: str,
-               state: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def open_sweep(plan: Plan) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Count every trial's FLOPs (trials.csv and the order of trials), then create the output
     directory, MLflow experiment and parent run, or bring an existing sweep to the sweep file
     (grown, or its files written anew where they differ; runs named by their trial get their label,
     :func:`scaling.tracking.name_runs`), and mark its parent run running; either way the
     experiment gets its runs-page view (:func:`scaling.tracking.set_runs_view`). Returns (trial
     rows, sweep state). Raises ConfigError naming ``tracking_uri`` if the store refuses."""
-    rows = trial_rows(trials, repeats)
-    files = _sweep_files(spec, sweep_file, rows)
+    spec, trials, state, digest, records = plan.spec, plan.trials, plan.state, plan.digest, plan.records
+    out, tracking_uri = spec.output_path(), spec.tracking()
+    rows = trial_rows(trials, plan.repeats)
+    files = _sweep_files(spec, plan.sweep_file, rows)
     try:
         if state is None:
             state = _create_sweep(spec, files, digest, records, out, tracking_uri)

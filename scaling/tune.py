@@ -20,7 +20,7 @@ retried: it ends at once with status ``config_error``.
 
 A sweep grows: a sweep file that adds trials and keeps the existing ones as they were trains only
 the new ones, under the same MLflow parent run; one that changes or drops a trial is refused
-(:func:`scaling.state.existing_state`).
+(:func:`scaling.plan.plan_sweep`).
 
 Trials whose TrainConfig repeats an earlier trial's (``scaling.grid.shared_trainings``, e.g.
 ``gat`` and ``constant`` at the base width) are not trained again: once the earlier trial has
@@ -61,31 +61,18 @@ from core.config import ConfigError, TrainConfig
 from core.metrics import MANIFEST, dataset_kind, resolve_metric
 from core.records import CONFIG_FILE, DIVERGED, FINISHED, KIMG, RESULT_FILE, STATS_FILE, RunResult
 from core.train import Report, train
-from scaling.grid import (
-    ATTEMPTS_FILE,
-    STATE_FILE,
-    TRIALS_DIR,
-    Trial,
-    check_trials_fit,
-    expand,
-    is_done,
-    pending_trainings,
-    shared_trainings,
-    started_trials,
-    sweep_hash,
-    trial_records,
-)
+from scaling.grid import ATTEMPTS_FILE, STATE_FILE, TRIALS_DIR, Trial, is_done
 from scaling.display import dataset_problem
 from scaling.lock import sweep_lock, writable_directory
 from scaling.progress import DROP_RAY_ADVICE, ProgressLines, trial_name
-from scaling.spec import Resources, SweepSpec, check_tracking_uri
+from scaling.plan import Plan, check_settings, plan_sweep
+from scaling.spec import Resources, SweepSpec
 from scaling.state import (
     CONFIG_ERROR,
     COPY_FILE,
     FAILURES_FILE,
     append_attempt,
     append_failure,
-    existing_state,
     open_sweep,
     read_jsonl,
 )
@@ -114,7 +101,7 @@ so it must not hold back a CPU the DDP workers need."""
 # What a trial gets, and the trainable
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class SweepPlan:
+class TrialContext:
     """Everything a trial needs; plain data, put once into Ray's object store."""
 
     out: Path
@@ -132,9 +119,9 @@ class TrialReporter(MlflowReporter):
     """The reporter of a sweep trial: the MLflow child run, a Ray Tune result per logging step,
     and one line in ``<run_dir>/attempts.jsonl`` each time training (re)starts."""
 
-    def __init__(self, plan: SweepPlan, trial: Trial, to_tune: bool = True) -> None:
-        super().__init__(plan.tracking, trial.name, trial.sweep_params(), trial.label)
-        self.run_dir = plan.run_dir(trial.name)
+    def __init__(self, context: TrialContext, trial: Trial, to_tune: bool = True) -> None:
+        super().__init__(context.tracking, trial.name, trial.sweep_params(), trial.label)
+        self.run_dir = context.run_dir(trial.name)
         self.to_tune = to_tune
 
     def start(self, cfg: TrainConfig, info: dict[str, str], state: dict[str, Any] | None) -> None:
@@ -148,7 +135,7 @@ class TrialReporter(MlflowReporter):
             tune.report(dict(report.metrics))
 
 
-def run_trial(config: dict[str, str], plan: SweepPlan, reporter_cls: type[TrialReporter]) -> None:
+def run_trial(config: dict[str, str], context: TrialContext, reporter_cls: type[TrialReporter]) -> None:
     """Ray Tune trainable: train one trial in its run directory (resuming if it has a checkpoint).
 
     ``config = {"trial": <name>}``. A ConfigError of the trial (recorded in ``failures.jsonl`` and
@@ -157,16 +144,17 @@ def run_trial(config: dict[str, str], plan: SweepPlan, reporter_cls: type[TrialR
     the trial), after recording it the same way; a trial started on a node that cannot see the
     sweep's output directory fails with a message saying so.
     """
-    trial = plan.trials[config["trial"]]
-    run_dir = plan.run_dir(trial.name)
-    if not (plan.out / STATE_FILE).exists():
+    trial = context.trials[config["trial"]]
+    run_dir = context.run_dir(trial.name)
+    if not (context.out / STATE_FILE).exists():
         raise FileNotFoundError(
-            f"output_dir {plan.out} is not visible on node {socket.gethostname()}: on a cluster the "
+            f"output_dir {context.out} is not visible on node {socket.gethostname()}: on a cluster the "
             "sweep's output_dir must be a shared filesystem mounted at the same path on every node")
     run_dir.mkdir(parents=True, exist_ok=True)
     failed_before = len(read_jsonl(run_dir / FAILURES_FILE))
     try:
-        result = _train_ddp(plan, trial, reporter_cls) if plan.resources.workers > 1 else _train(plan, trial, reporter_cls)
+        fit = _train_ddp if context.resources.workers > 1 else _train
+        result = fit(context, trial, reporter_cls)
     except Exception as err:
         # A ConfigError raised here, or one rank 0 of a DDP trial recorded in its own process.
         config_errors = [f["error"] for f in read_jsonl(run_dir / FAILURES_FILE)[failed_before:]
@@ -182,15 +170,15 @@ def run_trial(config: dict[str, str], plan: SweepPlan, reporter_cls: type[TrialR
     tune.report({**result.metrics, "status": result.status, "iterations": result.iterations})
 
 
-def _train(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter]) -> RunResult:
+def _train(context: TrialContext, trial: Trial, reporter_cls: type[TrialReporter]) -> RunResult:
     """Train one trial in this process; a failure is recorded before it propagates."""
-    torch.set_num_threads(plan.resources.torch_threads())
-    reporter = reporter_cls(plan, trial)
+    torch.set_num_threads(context.resources.torch_threads())
+    reporter = reporter_cls(context, trial)
     try:
-        return train(trial.config, plan.run_dir(trial.name), reporter, progress=False,
-                     flops_per_iter=plan.flops_per_iter[trial.name])
+        return train(trial.config, context.run_dir(trial.name), reporter, progress=False,
+                     flops_per_iter=context.flops_per_iter[trial.name])
     except Exception as err:
-        _record_failure(plan.run_dir(trial.name), reporter, err)
+        _record_failure(context.run_dir(trial.name), reporter, err)
         raise
 
 
@@ -210,15 +198,15 @@ def _ddp_worker(config: dict[str, Any]) -> None:
     records a failure."""
     import ray.train
 
-    plan, trial, reporter_cls = config["plan"], config["trial"], config["reporter_cls"]
+    context, trial, reporter_cls = config["context"], config["trial"], config["reporter_cls"]
     rank = ray.train.get_context().get_world_rank()
-    reporter = reporter_cls(plan, trial, to_tune=False) if rank == 0 else None
+    reporter = reporter_cls(context, trial, to_tune=False) if rank == 0 else None
     try:
-        train(trial.config, plan.run_dir(trial.name), reporter, progress=False,
-              flops_per_iter=plan.flops_per_iter[trial.name])
+        train(trial.config, context.run_dir(trial.name), reporter, progress=False,
+              flops_per_iter=context.flops_per_iter[trial.name])
     except Exception as err:
         if reporter is not None:
-            _record_failure(plan.run_dir(trial.name), reporter, err)
+            _record_failure(context.run_dir(trial.name), reporter, err)
         raise
 
 
@@ -259,25 +247,25 @@ def _complete_records(stats: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
-def _train_ddp(plan: SweepPlan, trial: Trial, reporter_cls: type[TrialReporter]) -> RunResult:
+def _train_ddp(context: TrialContext, trial: Trial, reporter_cls: type[TrialReporter]) -> RunResult:
     """Train one trial on ``resources.workers`` DDP processes through Ray Train's TorchTrainer."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    res = plan.resources
+    res = context.resources
     trainer = TorchTrainer(
         _ddp_worker,
-        train_loop_config={"plan": plan, "trial": trial, "reporter_cls": reporter_cls},
+        train_loop_config={"context": context, "trial": trial, "reporter_cls": reporter_cls},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.gpus > 0,
                                      resources_per_worker={"CPU": res.cpus, "GPU": res.gpus}),
-        run_config=RunConfig(name=trial.name, storage_path=str(plan.out / "ray_train"),
+        run_config=RunConfig(name=trial.name, storage_path=str(context.out / "ray_train"),
                              failure_config=FailureConfig(max_failures=0)),
     )
     with ThreadPoolExecutor(max_workers=1) as pool:
         fitting = pool.submit(trainer.fit)
-        relay_stats(plan.run_dir(trial.name) / STATS_FILE, fitting, tune.report)
+        relay_stats(context.run_dir(trial.name) / STATS_FILE, fitting, tune.report)
         fitting.result()  # a worker's exception surfaces here; Tune then retries the whole trial
-    return RunResult.load(plan.run_dir(trial.name))
+    return RunResult.load(context.run_dir(trial.name))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,13 +405,30 @@ def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporte
               console: Console | None = None, started: float | None = None) -> SweepOutcome:
     """Run (or resume) a sweep to the end and return how every trial stands.
 
-    Before anything starts: the cluster settings and the tracking URI are checked, the sweep
-    lock is taken (creating the output directory) and held until the end, then every local file
-    the trials read (dataset, VAE, Inception weights), the trials' memory
-    (:func:`scaling.grid.check_trials_fit`), a local tracking store's writability and the
-    checkpoints the trials resume from. After the trials, child runs of trials that did not end
-    are closed (FAILED or KILLED) and the store is checked against the trials that ended
-    (``SweepOutcome.store_problems``); the parent run ends FINISHED, FAILED or KILLED.
+    Before anything starts: the sweep's settings are checked (:func:`scaling.plan.check_settings`:
+    cluster storage, the tracking URI), then :func:`run_checked_sweep` runs it.
+
+    Raises ConfigError / SweepChangedError / SweepLockedError / FileNotFoundError for settings the
+    user must fix (a tracking URI that is a path or a server that does not answer:
+    :func:`scaling.spec.check_tracking_uri`), or another running driver; no trial is started then,
+    and an output directory this call created is removed again.
+    """
+    check_settings(spec)
+    return run_checked_sweep(spec, sweep_file, reporter_cls, console, started)
+
+
+def run_checked_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporter] = TrialReporter,
+                      console: Console | None = None, started: float | None = None) -> SweepOutcome:
+    """:func:`run_sweep` for a spec whose settings :func:`scaling.plan.check_settings` passed
+    (``gat-sweep run`` checks them before it imports Ray and torch, for a quick answer).
+
+    The sweep lock is taken (creating the output directory) and held until the end, the sweep
+    planned (:func:`scaling.plan.plan_sweep`: the trials' memory, whether the output directory
+    holds the sweep), then every local file the trials read (dataset, VAE, Inception weights), a
+    local tracking store's writability and the checkpoints the trials resume from are checked.
+    After the trials, child runs of trials that did not end are closed (FAILED or KILLED) and the
+    store is checked against the trials that ended (``SweepOutcome.store_problems``); the parent
+    run ends FINISHED, FAILED or KILLED.
 
     Ctrl-C (and SIGTERM, which the command line turns into it) stops the trials (Ray Tune stops
     them on the first, at once on the second) and returns with them ``incomplete``; during Ray's
@@ -432,47 +437,34 @@ def run_sweep(spec: SweepSpec, sweep_file: Path, reporter_cls: type[TrialReporte
 
     ``reporter_cls`` is the hook for a different reporter (a subclass of TrialReporter).
     ``started``: when the command began (``time.monotonic()``; default: now), from which the
-    progress lines count the elapsed time.
-    Raises ConfigError / SweepChangedError / SweepLockedError / FileNotFoundError for settings the
-    user must fix (a tracking URI that is a path or a server that does not answer:
-    :func:`scaling.spec.check_tracking_uri`), or another running driver; no trial is started then,
-    and an output directory this call created is removed again.
+    progress lines count the elapsed time. Raises as :func:`run_sweep` does.
     """
     console = console or Console()
     started = time.monotonic() if started is None else started
-    trials = expand(spec)
-    out, tracking_uri = spec.output_path(), spec.tracking()
-    spec.check_cluster_settings()
-    check_tracking_uri(tracking_uri)
-    with sweep_lock(out):
-        _check_inputs(trials[0].config)  # every trial shares the dataset and the evaluation settings
-        check_trials_fit(spec, trials)
-        _check_tracking_store(tracking_uri)
-        return _drive(spec, Path(sweep_file), trials, reporter_cls, console, started)
+    with sweep_lock(spec.output_path()):
+        plan = plan_sweep(spec, sweep_file)
+        _check_inputs(plan.trials[0].config)  # every trial shares the dataset and the evaluation settings
+        _check_tracking_store(spec.tracking())
+        return _drive(plan, reporter_cls, console, started)
 
 
-def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls: type[TrialReporter],
-           console: Console, started: float) -> SweepOutcome:
-    """The body of :func:`run_sweep`, under the sweep lock: open the sweep, fit, copy, collect, check."""
-    digest, records = sweep_hash(trials), trial_records(trials)
+def _drive(plan: Plan, reporter_cls: type[TrialReporter], console: Console, started: float) -> SweepOutcome:
+    """The body of :func:`run_checked_sweep`, under the sweep lock: open the sweep, fit, copy, collect, check."""
+    spec, trials, repeats, added = plan.spec, plan.trials, plan.repeats, plan.added
     out, tracking_uri = spec.output_path(), spec.tracking()
-    state, added = existing_state(spec, out, digest, records, tracking_uri, sweep_file)
     _prepare_data(trials[0].config)
-    repeats = shared_trainings(trials, started_trials(out, trials))
-    pending = pending_trainings(out, trials, repeats)
-    _check_checkpoints(out, pending, console)
-    starting = _RayInstance(spec.ray_target()) if pending and not ray.is_initialized() else None
+    _check_checkpoints(out, plan.pending, console)
+    starting = _RayInstance(spec.ray_target()) if plan.pending and not ray.is_initialized() else None
     failed: dict[str, tuple[str, str]] = {}
     try:
-        rows, state, interrupted = _open_sweep_while_ray_starts(spec, sweep_file, digest, records, trials, repeats,
-                                                                state, starting)
-        plan = SweepPlan(out, TrialTracking(tracking_uri, state["experiment_id"], spec.name, state["parent_run_id"]),
-                         {t.name: t for t in trials}, spec.resources,
-                         {row["name"]: row["flops_per_iter"] for row in rows})
+        rows, state, interrupted = _open_sweep_while_ray_starts(plan, starting)
+        context = TrialContext(out, TrialTracking(tracking_uri, state["experiment_id"], spec.name, state["parent_run_id"]),
+                               {t.name: t for t in trials}, spec.resources,
+                               {row["name"]: row["flops_per_iter"] for row in rows})
         # Train each distinct config once; start the most expensive first (the shortest overall
         # time for a fixed pool of workers).
         cost = {row["name"]: row["total_flops"] for row in rows}
-        todo = [] if interrupted else sorted((t.name for t in pending), key=lambda n: -cost[n])
+        todo = [] if interrupted else sorted((t.name for t in plan.pending), key=lambda n: -cost[n])
         if added:
             console.print(f"sweep [bold]{spec.name}[/] grows by {len(added)} trials; its "
                           f"{len(trials) - len(added)} trials so far are kept as they are (a report and "
@@ -483,24 +475,24 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
             console.print(f"sweep [bold]{spec.name}[/]: {len(trials)} trials ({len(repeats)} repeat another's "
                           f"training and are copied), {len(todo)} to train; output {escape(str(out))}")
         for name in todo:
-            failures = read_jsonl(plan.run_dir(name) / FAILURES_FILE)
+            failures = read_jsonl(context.run_dir(name) / FAILURES_FILE)
             if failures:
                 reason = failures[-1]["error"].splitlines()[0]  # a Ray error's first line names it
                 console.print(f"[yellow]retrying[/]  {name}, which failed in an earlier run: {escape(reason)}",
                               highlight=False, soft_wrap=True)
         if todo:
-            work = {name: (plan.flops_per_iter[name], plan.trials[name].config.iterations) for name in todo}
+            work = {name: (context.flops_per_iter[name], context.trials[name].config.iterations) for name in todo}
             progress = ProgressLines(console, out, len(trials) - len(repeats), len(trials) - len(repeats) - len(todo), work,
                                      tracking_uri, started)
-            recorded = {name: len(read_jsonl(plan.run_dir(name) / FAILURES_FILE)) for name in todo}
+            recorded = {name: len(read_jsonl(context.run_dir(name) / FAILURES_FILE)) for name in todo}
             try:
-                failed = _fit(plan, spec, todo, reporter_cls, progress)
+                failed = _fit(context, spec, todo, reporter_cls, progress)
             except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM): Ray Tune stopped at once
                 failed = {}
             for name, (status, error) in failed.items():
-                if status == "error" and len(read_jsonl(plan.run_dir(name) / FAILURES_FILE)) == recorded[name]:
+                if status == "error" and len(read_jsonl(context.run_dir(name) / FAILURES_FILE)) == recorded[name]:
                     with contextlib.suppress(OSError):  # a full disk: the summary has it all the same
-                        append_failure(plan.run_dir(name), "crash", error)  # its worker died unrecorded
+                        append_failure(context.run_dir(name), "crash", error)  # its worker died unrecorded
     finally:
         if starting is not None:
             with _interrupts_ignored():
@@ -508,17 +500,17 @@ def _drive(spec: SweepSpec, sweep_file: Path, trials: list[Trial], reporter_cls:
     with _interrupts_ignored():  # the store and the run directories agree before the driver ends
         by_name = {t.name: t for t in trials}
         for name, source in repeats.items():
-            if not is_done(by_name[name], plan.run_dir(name)) and is_done(by_name[source], plan.run_dir(source)):
+            if not is_done(by_name[name], context.run_dir(name)) and is_done(by_name[source], context.run_dir(source)):
                 with contextlib.suppress(OSError):  # a full disk: incomplete, copied by the next run
-                    _copy_trial(plan, by_name[name], source)
-        outcome = _collect(spec, plan, trials, failed, repeats)
+                    _copy_trial(context, by_name[name], source)
+        outcome = _collect(spec, context, trials, failed, repeats)
         outcome.stopped_for = next((error for _, error in failed.values() if error.startswith(DiskFullError.__name__)),
                                    None)
-        end_open_runs(plan.tracking, {
+        end_open_runs(context.tracking, {
             t.name: ("KILLED", "the trial did not end: the driver stopped before it finished")
             if t.status == "incomplete" else ("FAILED", t.error or t.status)
             for t in outcome.trials if t.status not in (FINISHED, DIVERGED)})
-        outcome.store_problems = _check_store(plan, outcome)
+        outcome.store_problems = _check_store(context, outcome)
         stopped = any(t.status == "incomplete" for t in outcome.trials)
         set_run_status(tracking_uri, state["parent_run_id"],
                        "FAILED" if outcome.failed else "KILLED" if stopped else "FINISHED")
@@ -572,9 +564,8 @@ class _DropThreadWarning(logging.Filter):
 DROP_THREAD_WARNING = _DropThreadWarning()
 
 
-def _open_sweep_while_ray_starts(spec: SweepSpec, sweep_file: Path, digest: str, records: dict[str, dict[str, Any]],
-                                 trials: list[Trial], repeats: dict[str, str], state: dict[str, Any] | None,
-                                 starting: _RayInstance | None) -> tuple[list[dict[str, Any]], dict[str, Any], bool]:
+def _open_sweep_while_ray_starts(plan: Plan, starting: _RayInstance | None
+                                 ) -> tuple[list[dict[str, Any]], dict[str, Any], bool]:
     """Open the sweep (:func:`scaling.state.open_sweep`: FLOP counts, MLflow experiment and parent
     run) while Ray starts (``starting``; its start-up is mostly waiting for its processes, so this
     takes seconds off the time to the first iteration), and wait for both. An interrupt (Ctrl-C,
@@ -584,8 +575,7 @@ def _open_sweep_while_ray_starts(spec: SweepSpec, sweep_file: Path, digest: str,
     """
     interrupted = False
     with ThreadPoolExecutor(max_workers=1) as pool:
-        futures = [pool.submit(open_sweep, spec, sweep_file, digest, records, trials, repeats, spec.output_path(),
-                               spec.tracking(), state)]
+        futures = [pool.submit(open_sweep, plan)]
         futures += [starting.ready] if starting is not None else []
         while not all(f.done() for f in futures):
             try:
@@ -634,23 +624,23 @@ def _check_checkpoints(out: Path, pending: list[Trial], console: Console) -> Non
         raise CheckpointError("\n".join(unreadable))
 
 
-def _check_store(plan: SweepPlan, outcome: SweepOutcome) -> list[str]:
+def _check_store(context: TrialContext, outcome: SweepOutcome) -> list[str]:
     """The store checked against the trials that ended (:func:`scaling.tracking.store_problems`);
     a store that cannot be read is one problem."""
     ended = {t.name: t.status for t in outcome.trials if t.status in (FINISHED, DIVERGED)}
     try:
-        return store_problems(plan.tracking, ended)
+        return store_problems(context.tracking, ended)
     except MlflowException as err:
-        return [f"cannot read the MLflow store {plan.tracking.tracking_uri}: {err}"]
+        return [f"cannot read the MLflow store {context.tracking.tracking_uri}: {err}"]
 
 
-def _copy_trial(plan: SweepPlan, trial: Trial, source: str) -> None:
+def _copy_trial(context: TrialContext, trial: Trial, source: str) -> None:
     """Give ``trial`` the results of ``source``, whose training it repeats: the MLflow run, then the
     run directory's files (config.json of its own, stats, samples, ``same_as.json``, and
     result.json last, which marks the copy complete)."""
-    src, dst = plan.run_dir(source), plan.run_dir(trial.name)
+    src, dst = context.run_dir(source), context.run_dir(trial.name)
     samples = sorted((src / "samples").glob("*.png"))
-    run_id = copy_run(plan.tracking, source, trial.name, trial.label, trial.config, trial.sweep_params(), samples)
+    run_id = copy_run(context.tracking, source, trial.name, trial.label, trial.config, trial.sweep_params(), samples)
     (dst / "samples").mkdir(parents=True, exist_ok=True)
     for path in samples:
         shutil.copyfile(path, dst / "samples" / path.name)
@@ -674,13 +664,13 @@ def max_concurrent(setting: int | None, res: Resources, cluster: dict[str, float
     return max(1, int(min(cluster.get(kind, 0.0) // amount for kind, amount in need.items())))
 
 
-def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[TrialReporter],
+def _fit(context: TrialContext, spec: SweepSpec, todo: list[str], reporter_cls: type[TrialReporter],
          progress: ProgressLines) -> dict[str, tuple[str, str]]:
     """Run the trials ``todo`` as one Ray Tune experiment; return ``{trial: (status, error)}`` of
     those that failed: 'error' (retries used up) or 'config_error'."""
     res = spec.resources
     request = {"cpu": res.cpus, "gpu": res.gpus} if res.workers == 1 else {"cpu": DDP_LAUNCHER_CPU}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan, reporter_cls=reporter_cls), request)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context, reporter_cls=reporter_cls), request)
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(todo)},
@@ -689,9 +679,9 @@ def _fit(plan: SweepPlan, spec: SweepSpec, todo: list[str], reporter_cls: type[T
                                     trial_name_creator=trial_name,
                                     trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(
-            name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(plan.out / TUNE_DIR), verbose=0,
+            name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(context.out / TUNE_DIR), verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            stop=StopOnFullDisk(), callbacks=[progress, RecordLostFailures(plan.out)]),
+            stop=StopOnFullDisk(), callbacks=[progress, RecordLostFailures(context.out)]),
     )
     logging.getLogger("ray.tune.tune").addFilter(DROP_RAY_ADVICE)  # adding it again is a no-op
     failed = {}
@@ -748,14 +738,14 @@ class StopOnFullDisk(tune.Stopper):
         return self.stopping
 
 
-def _collect(spec: SweepSpec, plan: SweepPlan, trials: list[Trial], failed: dict[str, tuple[str, str]],
+def _collect(spec: SweepSpec, context: TrialContext, trials: list[Trial], failed: dict[str, tuple[str, str]],
              repeats: dict[str, str]) -> SweepOutcome:
     """How every trial stands: its result.json if it ended, else its failure in this run (or the
     failure of the trial it repeats), else incomplete with the iterations it reached (its last
     logged step); with its starts and failures so far."""
     outcomes = []
     for t in trials:
-        run_dir = plan.run_dir(t.name)
+        run_dir = context.run_dir(t.name)
         result = RunResult.load(run_dir)
         same_as = repeats.get(t.name)
         history = {"same_as": same_as, "starts": len(read_jsonl(run_dir / ATTEMPTS_FILE)),
@@ -774,4 +764,4 @@ def _collect(spec: SweepSpec, plan: SweepPlan, trials: list[Trial], failed: dict
             reached = _complete_records(run_dir / STATS_FILE)[-1:]  # the last logged step, if any
             outcomes.append(TrialOutcome(t.name, "incomplete", int(reached[0]["step"]) if reached else 0,
                                          reached[0].get(KIMG, 0.0) if reached else 0.0, **history))
-    return SweepOutcome(spec.name, plan.out, plan.tracking.tracking_uri, plan.tracking.experiment_id, outcomes)
+    return SweepOutcome(spec.name, context.out, context.tracking.tracking_uri, context.tracking.experiment_id, outcomes)

@@ -28,15 +28,21 @@ _Loader.add_implicit_resolver(
 
 
 def load_yaml(path: Path) -> Any:
-    """Parse a YAML file with :class:`_Loader`.
+    """Parse a YAML file with :class:`_Loader` (:func:`read_yaml` without the text)."""
+    return read_yaml(path)[1]
+
+
+def read_yaml(path: Path) -> tuple[str, Any]:
+    """Read a YAML file once: its text, and the text parsed with :class:`_Loader`.
 
     Raises FileNotFoundError naming the path, or ConfigError with the line of a syntax error.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sweep file not found: {path}")
+    text = path.read_text()
     try:
-        return yaml.load(path.read_text(), Loader=_Loader)
+        return text, yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
 

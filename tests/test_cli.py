@@ -260,7 +260,7 @@ def test_run_prints_summary_and_exits_1_when_a_trial_failed(monkeypatch, tmp_pat
                                                    "final/fd_digits_1k": 1285.4}),
         TrialOutcome("b", "diverged", 1, 0.008, {}),
         TrialOutcome("c", "error", error="RuntimeError: boom")])
-    monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console, started: outcome)
+    monkeypatch.setattr("scaling.tune.run_checked_sweep", lambda spec, path, console, started: outcome)
     monkeypatch.chdir(tmp_path)  # the sweep's default output directory is created and locked
     result = invoke("run", str(SWEEPS / "smoke.yaml"))
     assert result.exit_code == 1
@@ -297,7 +297,7 @@ def test_run_tables_fit_100_columns_without_a_broken_cell(monkeypatch, tmp_path)
     metrics = {"eval/fd_digits_500": 1285.4, "final/fd_digits_500": 1301.2, "loss/G": 1.2345, "loss/D": 0.5678}
     outcome = SweepOutcome("width_lr", tmp_path, f"sqlite:///{tmp_path}/mlflow.db", "1",
                            [TrialOutcome(t.name, "finished", 800, 51.2, metrics) for t in trials])
-    monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console, started: outcome)
+    monkeypatch.setattr("scaling.tune.run_checked_sweep", lambda spec, path, console, started: outcome)
     lines = invoke("run", str(SWEEPS / "width_lr.yaml")).output.splitlines()
     for t in trials:
         row = [line for line in lines if line.startswith(f"  {t.name} ")]
@@ -423,7 +423,7 @@ def test_run_summary_names_retried_failed_config_error_and_diverged_trials(monke
         TrialOutcome("c", "config_error", error="ConfigError: device='cuda' but CUDA is not available"),
         TrialOutcome("d", "finished", 6, 0.048, {}, starts=2)],
         store_problems=["d: no MLflow child run"])
-    monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console, started: outcome)
+    monkeypatch.setattr("scaling.tune.run_checked_sweep", lambda spec, path, console, started: outcome)
     monkeypatch.chdir(tmp_path)  # the sweep's default output directory is created and locked
     result = invoke("run", str(SWEEPS / "smoke.yaml"))
     assert result.exit_code == 1
@@ -506,7 +506,7 @@ def interrupted_outcome(tmp_path) -> SweepOutcome:
 def test_run_json_outcome_and_exit_130_when_interrupted(monkeypatch, tmp_path):
     # Finding 9 / what to build: --json for scripts, exit status 130 after Ctrl-C (Ray Tune catches
     # the first Ctrl-C and returns with trials unfinished; a second one raises KeyboardInterrupt).
-    monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console, started: interrupted_outcome(tmp_path))
+    monkeypatch.setattr("scaling.tune.run_checked_sweep", lambda spec, path, console, started: interrupted_outcome(tmp_path))
     monkeypatch.chdir(tmp_path)  # the sweep's default output directory is created and locked
     result = runner.invoke(cli.app, ["run", str(SWEEPS / "smoke.yaml"), "--json"])
     assert result.exit_code == 130
@@ -517,7 +517,7 @@ def test_run_json_outcome_and_exit_130_when_interrupted(monkeypatch, tmp_path):
 
     def ctrl_c(spec, path, console, started):
         raise KeyboardInterrupt
-    monkeypatch.setattr("scaling.tune.run_sweep", ctrl_c)
+    monkeypatch.setattr("scaling.tune.run_checked_sweep", ctrl_c)
     result = invoke("run", str(SWEEPS / "smoke.yaml"))
     assert result.exit_code == 130 and "interrupted; run the same command again to resume" in result.output
 
@@ -525,7 +525,7 @@ def test_run_json_outcome_and_exit_130_when_interrupted(monkeypatch, tmp_path):
 def test_next_step_lines_work_as_printed(monkeypatch, tmp_path):
     # Finding 5: `mlflow ui ...` and `gat-sweep plot width_lr --tracking-uri ...` failed outside the
     # venv and differed from the README's `gat-sweep plot sweeps/width_lr.yaml`.
-    monkeypatch.setattr("scaling.tune.run_sweep", lambda spec, path, console, started: interrupted_outcome(tmp_path))
+    monkeypatch.setattr("scaling.tune.run_checked_sweep", lambda spec, path, console, started: interrupted_outcome(tmp_path))
     monkeypatch.chdir(tmp_path)  # the venv is not under the current directory
     monkeypatch.setenv("PATH", "/nonexistent")  # and not on PATH: absolute paths are printed
     bin_dir = Path(cli.sys.executable).parent

@@ -33,7 +33,8 @@ from scaling.display import print_trials
 from scaling.grid import ATTEMPTS_FILE
 from scaling.spec import Resources, SweepSpec
 from scaling.lock import HOLDER_FILE, SweepLockedError, sweep_lock
-from scaling.state import FAILURES_FILE, SweepChangedError, read_jsonl
+from scaling.plan import SweepChangedError, plan_sweep
+from scaling.state import FAILURES_FILE, read_jsonl
 from scaling.tracking import MlflowReporter
 from scaling.tune import TrialReporter, max_concurrent, relay_stats, run_sweep
 from helpers import attempts, logged
@@ -198,7 +199,7 @@ def test_a_grown_sweep_trains_only_its_new_trials_under_the_same_parent(ray_loca
     # The dry run says what the output directory holds and what is left: the grown file's 3
     # trainings, 2 of them ended.
     planned = io.StringIO()
-    print_trials(make_spec(tmp_path, [1e-3, 2e-3]), sweep_file(tmp_path), Console(file=planned, width=300))
+    print_trials(plan_sweep(make_spec(tmp_path, [1e-3, 2e-3]), sweep_file(tmp_path)), Console(file=planned, width=300))
     assert (f"{first.out} holds this sweep with 2 trials; this file grows it by 2 trials and keeps the others: "
             "2 of its 3 trainings ended\n") in planned.getvalue()
     assert "The sweep would train 1 runs" in planned.getvalue()
@@ -242,18 +243,56 @@ def test_a_grown_sweep_trains_only_its_new_trials_under_the_same_parent(ray_loca
     assert len(attempts(upgraded.out, "w32-d4-p2_constant_lr0.001_s0")) == 1
 
     planned = io.StringIO()
-    print_trials(make_spec(tmp_path, [1e-3, 2e-3, 4e-3]), sweep_file(tmp_path), Console(file=planned, width=300))
+    print_trials(plan_sweep(make_spec(tmp_path, [1e-3, 2e-3, 4e-3]), sweep_file(tmp_path)), Console(file=planned, width=300))
     assert f"{first.out} holds this sweep: 4 of its 4 trainings ended" in planned.getvalue()
     assert "The sweep would train 0 runs" in planned.getvalue()
 
     # Anything else that changes existing trials is refused, naming the fields; the dry run too.
     with pytest.raises(SweepChangedError, match=r"iterations: 6 -> 8 \(6 trial\(s\)\)"):
-        print_trials(make_spec(tmp_path, [1e-3, 2e-3, 4e-3], budget={"iterations": 8}), sweep_file(tmp_path),
+        print_trials(plan_sweep(make_spec(tmp_path, [1e-3, 2e-3, 4e-3], budget={"iterations": 8}), sweep_file(tmp_path)),
                      Console(file=io.StringIO()))
     with pytest.raises(SweepChangedError, match=r"iterations: 6 -> 8 \(6 trial\(s\)\)"):
         run_sweep(make_spec(tmp_path, [1e-3, 2e-3, 4e-3], budget={"iterations": 8}), sweep_file(tmp_path))
     with pytest.raises(SweepChangedError, match=r"trials dropped: w32-d4-p2_gat_lr0.001_s0, .* and 3 more"):
         run_sweep(make_spec(tmp_path, [1e-3, 2e-3, 4e-3], seeds=[1]), sweep_file(tmp_path))
+
+
+def test_gat_sweep_run_reads_its_sweep_file_once_and_plans_once(ray_local, tmp_path, monkeypatch):
+    # Planning was spread out: the sweep file was read twice with --set, the dry run repeated the
+    # driver's planning, and the cluster and tracking checks ran in the command and in the driver.
+    import scaling.plan
+    import scaling.spec
+    import scaling.tune
+
+    assert cli.plan_sweep is scaling.tune.plan_sweep is scaling.plan.plan_sweep  # the dry run's and the driver's
+    calls = {"read_yaml": 0, "plan_sweep": 0, "check_tracking_uri": 0, "check_cluster_settings": 0}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(scaling.spec, "read_yaml", counted("read_yaml", scaling.spec.read_yaml))
+    monkeypatch.setattr(scaling.plan, "check_tracking_uri", counted("check_tracking_uri", scaling.plan.check_tracking_uri))
+    monkeypatch.setattr(SweepSpec, "check_cluster_settings",
+                        counted("check_cluster_settings", SweepSpec.check_cluster_settings))
+    planning = counted("plan_sweep", scaling.plan.plan_sweep)
+    for module in (cli, scaling.tune):
+        monkeypatch.setattr(module, "plan_sweep", planning)
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(json.dumps(make_spec(tmp_path, [1e-3]).model_dump(mode="json", exclude_defaults=True)))
+
+    result = CliRunner().invoke(cli.app, ["run", str(sweep), "--set", "seeds=[0]"])
+    assert result.exit_code == 0, result.output
+    assert calls == {"read_yaml": 1, "plan_sweep": 1, "check_tracking_uri": 1, "check_cluster_settings": 1}
+    assert "2 trials (0 repeat another's training and are copied), 2 to train" in " ".join(result.output.split())
+
+    calls.update(dict.fromkeys(calls, 0))
+    planned = CliRunner().invoke(cli.app, ["run", str(sweep), "--set", "seeds=[0]", "--dry-run"])
+    assert planned.exit_code == 0, planned.output
+    assert calls == {"read_yaml": 1, "plan_sweep": 1, "check_tracking_uri": 0, "check_cluster_settings": 0}
+    assert "holds this sweep: 2 of its 2 trainings ended" in " ".join(planned.output.split())
 
 
 def test_relay_stats_passes_each_record_once_while_training_runs(tmp_path):
