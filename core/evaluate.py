@@ -80,7 +80,17 @@ from core.fidelity import (
 from core.latents import LatentData
 from core.metrics import feature_space, resolve_metric, too_few_samples
 from core.model import Generator
-from core.records import METRIC_KEY_PARAM, count_label, eval_keys
+from core.records import (
+    CLASSIFIER_ACCURACY_PARAM,
+    EVAL_EMA_PARAM,
+    EVAL_SAMPLES_PARAM,
+    EXTRACTOR_PARAM,
+    METRIC_KEY_PARAM,
+    REFERENCE_PARAM,
+    TRUNCATION_PARAM,
+    count_label,
+    eval_keys,
+)
 from core.vae import decode_latents, load_vae, to_uint8
 
 GRID_COLUMNS, GRID_MAX_ROWS = 8, 10
@@ -163,14 +173,14 @@ class Evaluator:
         self.reference, self.reference_name, reference_desc = _reference(cfg, data, classifier_key)
         self.provenance = {
             METRIC_KEY_PARAM: self.metric_key,
-            "eval.extractor": f"{self.extractor} ({self.weights})",
-            "eval.num_samples": str(cfg.eval_samples),
-            "eval.reference": reference_desc,
-            "eval.ema": "true",
-            "eval.truncation_psi": str(cfg.truncation_psi),
+            EXTRACTOR_PARAM: f"{self.extractor} ({self.weights})",
+            EVAL_SAMPLES_PARAM: str(cfg.eval_samples),
+            REFERENCE_PARAM: reference_desc,
+            EVAL_EMA_PARAM: "true",
+            TRUNCATION_PARAM: str(cfg.truncation_psi),
         }
         if classifier_accuracy is not None:
-            self.provenance["eval.classifier_heldout_accuracy"] = f"{classifier_accuracy:.4f}"
+            self.provenance[CLASSIFIER_ACCURACY_PARAM] = f"{classifier_accuracy:.4f}"
         eval_gen = torch.Generator().manual_seed(cfg.seed)
         self.z = torch.randn(cfg.eval_samples, cfg.z_dim, generator=eval_gen)
         self.labels = torch.arange(cfg.eval_samples) % data.num_classes

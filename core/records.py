@@ -65,9 +65,28 @@ def final_key(fd_key: str) -> str:
     return FINAL_PREFIX + fd_key.removeprefix(EVAL_PREFIX)
 
 
-# ---- params that name other records (docs/TRACKING.md "Child run") ---------------------------
+# ---- dotted params beside the flattened TrainConfig (docs/TRACKING.md "Child run") ------------
 METRIC_KEY_PARAM = "eval.metric_key"
 """Param holding the run's FD/FID metric key."""
+SIZE_PARAM, LR_RULE_PARAM, BASE_LR_PARAM, BASE_WIDTH_PARAM = (
+    "sweep.size", "sweep.lr_rule", "sweep.base_lr", "sweep.base_width")
+"""A sweep trial's coordinates: size (``w<width>-d<depth>``), LR rule, base LR, base width."""
+G_PARAMS_PARAM, D_PARAMS_PARAM = "model.g_params", "model.d_params"
+"""Parameter counts of G and D."""
+FLOPS_PER_ITER_PARAM, FLOPS_CONVENTION_PARAM = "compute.flops_per_iter", "compute.flops_convention"
+"""Training FLOPs of one iteration, and how they are counted (``core.flops.FLOPS_CONVENTION``)."""
+EXTRACTOR_PARAM, EVAL_SAMPLES_PARAM, REFERENCE_PARAM = "eval.extractor", "eval.num_samples", "eval.reference"
+EVAL_EMA_PARAM, TRUNCATION_PARAM, CLASSIFIER_ACCURACY_PARAM = (
+    "eval.ema", "eval.truncation_psi", "eval.classifier_heldout_accuracy")
+"""How a run is evaluated: feature extractor (and its weights), samples, reference statistics,
+EMA generator, truncation, the domain classifier's held-out accuracy."""
+G_WIDTH_PARAM, G_DEPTH_PARAM, D_WIDTH_PARAM, D_DEPTH_PARAM = "g.width", "g.depth", "d.width", "d.depth"
+"""Flattened TrainConfig keys (``core.config.flatten``) that the analysis and the runs view read."""
+DOTTED_PARAMS = (METRIC_KEY_PARAM, SIZE_PARAM, LR_RULE_PARAM, BASE_LR_PARAM, BASE_WIDTH_PARAM, G_PARAMS_PARAM,
+                 D_PARAMS_PARAM, FLOPS_PER_ITER_PARAM, FLOPS_CONVENTION_PARAM, EXTRACTOR_PARAM, EVAL_SAMPLES_PARAM,
+                 REFERENCE_PARAM, EVAL_EMA_PARAM, TRUNCATION_PARAM, CLASSIFIER_ACCURACY_PARAM, G_WIDTH_PARAM,
+                 G_DEPTH_PARAM, D_WIDTH_PARAM, D_DEPTH_PARAM)
+"""Every dotted param key gat-sweep logs or reads (a test checks that no other module spells one)."""
 
 # ---- MLflow tags -------------------------------------------------------------------------------
 TAG_ROLE, TAG_SWEEP, TAG_TRIAL = "gat_sweep.role", "gat_sweep.sweep", "gat_sweep.trial"
@@ -95,6 +114,10 @@ def lr_transfer_tag(rule: str) -> str:
 
 # ---- statuses ----------------------------------------------------------------------------------
 RUNNING, FINISHED, DIVERGED, FAILED = "running", "finished", "diverged", "failed"
+TRANSFER_TOLERANCE = 2.0
+"""Default LR-transfer tolerance: the largest factor the best LR may move by over a sweep's widths
+and still "transfer" (docs/ANALYSIS.md); ``gat-sweep plot --tolerance`` and ``analysis.transfer``
+read it, and a report logs the one it used as ``lr_transfer_tolerance_log``."""
 STATUSES = (RUNNING, FINISHED, DIVERGED, FAILED)
 """Values of the ``gat_sweep.status`` tag of a child run; ``result.json`` holds FINISHED or DIVERGED."""
 EXCLUDED_STATUSES = (DIVERGED, FAILED)

@@ -45,10 +45,14 @@ from core.model import Generator, build_models, count_parameters
 from core.records import (
     CONFIG_FILE,
     DIVERGED,
+    D_PARAMS_PARAM,
     EARLY_SKIP_REL,
     EVAL_SECONDS,
     FINAL_EVALS,
     FINISHED,
+    FLOPS_CONVENTION_PARAM,
+    FLOPS_PER_ITER_PARAM,
+    G_PARAMS_PARAM,
     G_UPDATE_REL,
     ITER,
     KIMG,
@@ -339,8 +343,8 @@ def _train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None, progress:
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     if flops_per_iter is None:
         flops_per_iter = train_flops_per_iter(cfg)
-    info = {"model.g_params": str(count_parameters(G)), "model.d_params": str(count_parameters(D)),
-            "compute.flops_per_iter": str(flops_per_iter), "compute.flops_convention": FLOPS_CONVENTION,
+    info = {G_PARAMS_PARAM: str(count_parameters(G)), D_PARAMS_PARAM: str(count_parameters(D)),
+            FLOPS_PER_ITER_PARAM: str(flops_per_iter), FLOPS_CONVENTION_PARAM: FLOPS_CONVENTION,
             **(evaluator.provenance if evaluator is not None else {})}
 
     # ---- 4. Resume ----------------------------------------------------------------------------

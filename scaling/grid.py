@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from core.config import SIZES, ConfigError, NetConfig, TrainConfig, flatten
 from core.flops import parameter_counts, train_flops_per_iter
 from core.memory import check_memory, device_memory, gib
-from core.records import RunResult
+from core.records import BASE_LR_PARAM, BASE_WIDTH_PARAM, LR_RULE_PARAM, SIZE_PARAM, RunResult
 from core.units import lr_text
 from scaling.lr_rules import apply_rule
 from scaling.spec import SweepFileError, SweepSpec, format_errors
@@ -54,9 +54,9 @@ class Trial:
     def sweep_params(self) -> dict[str, str | float | int]:
         """The ``sweep.*`` params of docs/TRACKING.md (``sweep.base_width`` only when set)."""
         params: dict[str, str | float | int] = {
-            "sweep.size": self.size, "sweep.lr_rule": self.lr_rule, "sweep.base_lr": self.base_lr}
+            SIZE_PARAM: self.size, LR_RULE_PARAM: self.lr_rule, BASE_LR_PARAM: self.base_lr}
         if self.base_width is not None:
-            params["sweep.base_width"] = self.base_width
+            params[BASE_WIDTH_PARAM] = self.base_width
         return params
 
 

@@ -48,9 +48,13 @@ from PIL import Image
 
 from core.config import TrainConfig, flatten
 from core.records import (
+    BASE_LR_PARAM,
     BEST_STEP,
     FAILED,
+    G_DEPTH_PARAM,
+    G_WIDTH_PARAM,
     ITER,
+    LR_RULE_PARAM,
     METRIC_KEY_PARAM,
     RUNNING,
     RUNS_VIEW_TAG,
@@ -119,7 +123,7 @@ def open_experiment(tracking_uri: str, name: str, artifact_dir: Path | None) -> 
     return experiment.experiment_id
 
 
-VIEW_PARAMS = ("sweep.lr_rule", "sweep.base_lr", "g.width", "g.depth", "seed", "lr_g", "lr_d")
+VIEW_PARAMS = (LR_RULE_PARAM, BASE_LR_PARAM, G_WIDTH_PARAM, G_DEPTH_PARAM, "seed", "lr_g", "lr_d")
 """The params the runs-page view shows beside the FDs: the trial's coordinates and actual LRs."""
 CHAR_PX, NAME_EXTRA_PX, METRIC_PX = 7, 40, 110
 """Widths in MLflow's runs table (px): of a character of a run name, of the rest of its cell, and
