@@ -26,7 +26,7 @@ from scipy import stats
 
 from analysis.fit import Estimate
 from core.config import SIZES
-from core.records import DIVERGED, EXCLUDED_STATUSES, FINAL_EVALS, final_fd
+from core.records import DIVERGED, EXCLUDED_STATUSES, FINAL_EVALS, TRANSFER_TOLERANCE, final_fd
 
 PAPER_EXPECTATION = {
     "constant": "paper: best LR falls with width (negative slope)",
@@ -43,7 +43,7 @@ def expectation(rule: str) -> str:
         return f"transfers if the best LR keeps scaling as width^{exponent:g} (a measured exponent)"
     return PAPER_EXPECTATION.get(rule, "no paper prediction")
 LEVEL = 0.95
-TOLERANCE = math.log(2.0)
+TOLERANCE = math.log(TRANSFER_TOLERANCE)
 """Largest |shift| of the optimum (natural log of the LR factor) over the sweep's width range
 that still counts as "transfers": a factor 2."""
 SCORE_EVALS = FINAL_EVALS
