@@ -28,7 +28,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 
 from analysis.simulation import DEFAULT_DESIGN, SHAPES, WIDE_DESIGN, Design, Shape, simulate
+from analysis.simulation import truth as true_verdict
 from core.config import ConfigError
+from core.records import TRANSFER_TOLERANCE
 from scaling.spec import load_spec
 
 COLUMNS = ("design", "b", "shape", "seeds", "rule", "shift", "truth", "transfers", "not", "moves", "inconcl.",
@@ -36,7 +38,7 @@ COLUMNS = ("design", "b", "shape", "seeds", "rule", "shift", "truth", "transfers
 
 
 def _row(r) -> str:
-    truth = "boundary" if r.power is None else ("transfers" if abs(r.true_shift) < math.log(2) else "no")
+    truth = "boundary" if r.power is None else ("transfers" if true_verdict(r.true_shift) else "no")
     power = "-" if r.power is None else f"{r.power:.3f}"
     bias = "-" if r.bias is None else f"{r.bias:+.2f}"
     return (f"{r.design:>7} {r.b:>5.2f} {r.shape:>12} {r.n_seeds:>5d} {r.rule:>8} "
@@ -92,7 +94,7 @@ def main() -> None:
     start = time.perf_counter()
     print(f"{args.reps} synthetic sweeps per setting, {args.boot} bootstrap resamples each; noise {args.noise}, "
           f"curvature {args.curvature} below the optimum, growth {args.growth} per width doubling; "
-          + "; ".join(d.describe() for d in designs) + "; tolerance: shift within x2")
+          + "; ".join(d.describe() for d in designs) + f"; tolerance: shift within x{TRANSFER_TOLERANCE:g}")
     print(("{:>7} {:>5} {:>12} {:>5} {:>8} {:>6} {:>9} {:>9} {:>6} {:>6} {:>8} {:>6} {:>6} {:>6}").format(*COLUMNS))
     rows = []
     with ProcessPoolExecutor(args.jobs) if args.jobs > 1 else _Serial() as pool:

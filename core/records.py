@@ -114,14 +114,19 @@ def lr_transfer_tag(rule: str) -> str:
 
 # ---- statuses ----------------------------------------------------------------------------------
 RUNNING, FINISHED, DIVERGED, FAILED = "running", "finished", "diverged", "failed"
-TRANSFER_TOLERANCE = 2.0
-"""Default LR-transfer tolerance: the largest factor the best LR may move by over a sweep's widths
-and still "transfer" (docs/ANALYSIS.md); ``gat-sweep plot --tolerance`` and ``analysis.transfer``
-read it, and a report logs the one it used as ``lr_transfer_tolerance_log``."""
 STATUSES = (RUNNING, FINISHED, DIVERGED, FAILED)
 """Values of the ``gat_sweep.status`` tag of a child run; ``result.json`` holds FINISHED or DIVERGED."""
 EXCLUDED_STATUSES = (DIVERGED, FAILED)
 """Trials whose evaluations are never fitted: their numbers near the failure are not trustworthy."""
+
+
+# ---- analysis defaults shared with the command line -------------------------------------------
+TRANSFER_TOLERANCE = 2.0
+"""Default LR-transfer tolerance: the largest factor the best LR may move by over a sweep's widths
+and still "transfer" (docs/ANALYSIS.md); ``gat-sweep plot --tolerance`` and ``analysis.transfer``
+read it, and a report logs the one it used as its natural log, ``lr_transfer_tolerance_log``.
+"""
+
 
 # ---- files of a run directory (ARCHITECTURE.md "A run directory describes itself") -----------
 CONFIG_FILE, STATS_FILE, RESULT_FILE = "config.json", "stats.jsonl", "result.json"

@@ -67,8 +67,8 @@ WHERE_KEYS = ("name", "output_dir", "tracking_uri")
 
 def plot_command(sweep_file: Path, spec: SweepSpec, moved: bool) -> str:
     """The ``gat-sweep plot`` line for this sweep: the file as given (the README's form), or, when
-    overrides ``moved`` it (changed a key of :data:`WHERE_KEYS`), the sweep's name with its tracking
-    URI and report directory."""
+    overrides may have ``moved`` it (they set a key of :data:`WHERE_KEYS`, even to the file's value),
+    the sweep's name with its tracking URI and report directory."""
     if moved:
         args = [spec.name, "--tracking-uri", spec.tracking(), "--out", str(spec.output_path() / "report")]
     else:
@@ -138,8 +138,7 @@ def print_trials(plan: Plan, console: Console, as_json: bool = False) -> None:
     rows = trial_rows(trials, plan.repeats)
     trained = [r for r in rows if not r["same_as"]]
     total_flops = sum(r["total_flops"] for r in trained)
-    to_train = plan.pending
-    held = plan.held()
+    to_train, held = plan.pending, plan.held()
     if as_json:
         print(json.dumps({
             "name": spec.name, "trials": rows, "trainings": len(trained), "to_train": len(to_train),

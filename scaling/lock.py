@@ -5,7 +5,7 @@ once. The holder records itself in ``<out>/sweep.lock.json`` (pid, host, start t
 locking; a refused driver names it. This module imports nothing heavy, so the command line takes
 the lock before it loads torch and Ray: of two drivers started at once, the second is refused in
 the time it takes to read the sweep file. A process that holds the lock may take it again (the
-command line holds it around :func:`scaling.tune.run_sweep`, which takes it too).
+command line holds it around :func:`scaling.tune.run_checked_sweep`, which takes it too).
 """
 
 from __future__ import annotations

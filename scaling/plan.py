@@ -56,9 +56,9 @@ class Plan:
 
     def held(self) -> str:
         """What the output directory holds of this sweep, in words ('' for a new sweep)."""
-        out = self.spec.output_path()
         if self.state is None:
             return ""
+        out = self.spec.output_path()
         if self.added:
             return (f"{out} holds this sweep with {len(self.trials) - len(self.added)} trials; this file grows it by "
                     f"{len(self.added)} trials and keeps the others")

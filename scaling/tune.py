@@ -1,4 +1,5 @@
-"""Run a sweep as Ray Tune trials: the driver (:func:`run_sweep`) and the trainable (:func:`run_trial`).
+"""Run a sweep as Ray Tune trials: the driver (:func:`run_sweep`, :func:`run_checked_sweep`) and the
+trainable (:func:`run_trial`).
 
 Output directory of a sweep (absolute; on a cluster a path every node sees)::
 
@@ -8,7 +9,7 @@ Output directory of a sweep (absolute; on a cluster a path every node sees)::
     <out>/mlflow.db, <out>/mlartifacts/   the default (local) MLflow store
     <out>/sweep.lock, <out>/sweep.lock.json   the driver lock and its holder (scaling/lock.py)
 
-One driver per output directory: :func:`run_sweep` holds ``sweep.lock`` from before it reads
+One driver per output directory: :func:`run_checked_sweep` holds ``sweep.lock`` from before it reads
 the sweep state until it returns; a second driver is refused at once, told the holder's PID and host.
 
 The run directories are the sweep's state. Rerunning the driver resumes: trials whose
