@@ -32,7 +32,7 @@ from core.cache import CACHE_ENV, cache_root
 from core.evaluate import make_evaluator
 from core.latents import load_latents
 from core.records import EVAL_SECONDS, STATS_FILE
-from core.model import Generator
+from core.model import build_generator
 from core.train import train
 from scaling.grid import expand
 from scaling.spec import load_spec
@@ -72,7 +72,7 @@ def evaluation_cost(cfg) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     """(seconds of one evaluation, seconds of rendering its samples) of an initial EMA G."""
     evaluator = make_evaluator(cfg, load_latents(cfg), torch.device("cpu"))
     torch.manual_seed(cfg.seed)
-    generator = Generator(cfg).eval().requires_grad_(False)
+    generator = build_generator(cfg).eval().requires_grad_(False)
     evaluator.evaluate(generator)  # warm-up (extractor weights, kernels)
     start = time.perf_counter()
     evaluator.evaluate(generator)

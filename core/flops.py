@@ -77,12 +77,11 @@ def measure_iteration_flops(cfg: TrainConfig, device: torch.device | str = "meta
     import torch
 
     from core.model import build_models
-    from core.step import GATStep  # the step imports this module's siblings only
 
     cfg = cfg.replace(grad_checkpointing=False, compile=False)
     device = torch.device(device)
     G, D = build_models(cfg, device)
-    step = GATStep(cfg, G, D, device, count_only=True)
+    step = _counting_step_class()(cfg, G, D, device)
     n, c, h = cfg.batch, cfg.latent_channels, cfg.latent_size
     x = torch.randn(n, c, h, h, device=device)
     y = torch.zeros(n, dtype=torch.long, device=device)
@@ -90,6 +89,36 @@ def measure_iteration_flops(cfg: TrainConfig, device: torch.device | str = "meta
     with flop_counter() as counter:
         step.iteration(x, y, z)
     return int(counter.get_total_flops())
+
+
+@functools.cache
+def _counting_step_class() -> type:
+    """:class:`core.step.GATStep` as FLOP counting runs it: the per-class w average is not
+    updated, and gradient clipping and the optimiser steps are skipped (they hold no counted
+    matmul FLOPs, and on the meta device the per-tensor optimiser loop cost seconds for large
+    models); with ``cfg.repa`` random targets of the frozen encoder's output shape stand in for
+    it (its forward is not training compute of G or D). Built on first use: the step imports torch."""
+    import torch
+
+    from core.step import GATStep  # the step imports this module's siblings only
+
+    class CountingStep(GATStep):
+        def _check_encoder(self) -> None:
+            pass  # random targets stand in for the encoder
+
+        def _repa_targets(self, images, aug, n):  # type: ignore[no-untyped-def]
+            cfg, tokens = self.cfg, (self.cfg.latent_size // self.cfg.patch) ** 2
+            return (torch.randn(n, cfg.repa_dim, device=self.device),
+                    torch.randn(n, tokens, cfg.repa_dim, device=self.device))
+
+        def _clip_and_step(self, opt):  # type: ignore[no-untyped-def]
+            return torch.zeros((), device=self.device)
+
+        def generate(self, z, y):  # type: ignore[no-untyped-def]
+            with self.autocast:
+                return self.G(z, y, update_w_avg=False).float()
+
+    return CountingStep
 
 
 _MEASURED: dict[TrainConfig, int] = {}

@@ -231,32 +231,37 @@ class Generator(nn.Module):
     accumulated predictions ``x_k = x_{k-1} + head_k`` (MNG, docs/METHOD.md §1, §3).
     """
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, net: NetConfig, *, patch: int, latent_size: int, channels: int, num_classes: int,
+                 z_dim: int, w_avg_beta: float, train_pos_embed: bool = False,
+                 grad_checkpointing: bool = False) -> None:
+        """``net``: width, depth and heads; ``patch``: patch size on the latent grid of
+        ``latent_size`` x ``latent_size`` with ``channels`` channels; ``z_dim``: size of z;
+        ``w_avg_beta``: decay of the per-class running mean of w (truncation);
+        ``train_pos_embed``: train the sin-cos embedding; ``grad_checkpointing``: recompute the
+        blocks' activations in the backward pass. :func:`build_models` passes a TrainConfig's."""
         super().__init__()
-        net: NetConfig = cfg.g
-        self.patch, self.channels, self.num_classes = cfg.patch, cfg.latent_channels, cfg.num_classes
-        self.z_dim, self.width = cfg.z_dim, net.width
-        self.grid = cfg.latent_size // cfg.patch
-        self.grad_checkpointing = cfg.grad_checkpointing
+        self.patch, self.channels, self.num_classes = patch, channels, num_classes
+        self.z_dim, self.width = z_dim, net.width
+        self.grid = latent_size // patch
+        self.grad_checkpointing = grad_checkpointing
         # Mapping network: [pixel_norm(embed(y)), pixel_norm(z)] -> EqualLinear -> SiLU -> EqualLinear.
-        self.class_embed = nn.Embedding(cfg.num_classes, cfg.z_dim)
+        self.class_embed = nn.Embedding(num_classes, z_dim)
         self.mapping = nn.Sequential(
-            EqualLinear(2 * cfg.z_dim, net.width), nn.SiLU(), EqualLinear(net.width, net.width)
+            EqualLinear(2 * z_dim, net.width), nn.SiLU(), EqualLinear(net.width, net.width)
         )
-        # Token input: the sin-cos embedding, fixed unless cfg.train_pos_embed (counted as a
+        # Token input: the sin-cos embedding, fixed unless train_pos_embed (counted as a
         # parameter either way, like the reference does).
-        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(net.width, self.grid),
-                                      requires_grad=cfg.train_pos_embed)
+        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(net.width, self.grid), requires_grad=train_pos_embed)
         self.blocks = nn.ModuleList(GeneratorBlock(net.width, net.heads) for _ in range(net.depth))
         self.heads = nn.ModuleList(
-            OutputHead(net.width, cfg.patch, cfg.latent_channels) for _ in range(MNG_LEVELS)
+            OutputHead(net.width, patch, channels) for _ in range(MNG_LEVELS)
         )
         self.head_after = [(k + 1) * net.depth // MNG_LEVELS - 1 for k in range(MNG_LEVELS)]
         cos, sin = rope_2d(net.head_dim, self.grid)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.register_buffer("w_avg", torch.zeros(cfg.num_classes, net.width))
-        self.w_avg_beta = cfg.w_avg_beta
+        self.register_buffer("w_avg", torch.zeros(num_classes, net.width))
+        self.w_avg_beta = w_avg_beta
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -379,28 +384,33 @@ class Discriminator(nn.Module):
     sample, class-conditioned by projection onto an embedding passed through an equalised MLP.
     """
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, net: NetConfig, *, patch: int, latent_size: int, channels: int, num_classes: int,
+                 proj_dim: int, repa_dim: int | None = None, train_pos_embed: bool = False,
+                 grad_checkpointing: bool = False) -> None:
+        """``net``: width, depth and heads; ``patch``, ``latent_size``, ``channels`` as the
+        generator's (D reads the MNG levels of its output); ``proj_dim``: size of the class
+        projection; ``repa_dim``: output size of the REPA projector, None for none;
+        ``train_pos_embed``, ``grad_checkpointing`` as the generator's. :func:`build_models`
+        passes a TrainConfig's."""
         super().__init__()
-        net: NetConfig = cfg.d
-        self.grid = cfg.latent_size // cfg.patch
-        self.grad_checkpointing = cfg.grad_checkpointing
-        proj = cfg.d_proj_dim
-        self.patch_embed = nn.Conv2d(MNG_LEVELS * cfg.latent_channels, net.width, cfg.patch, cfg.patch)
-        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(net.width, self.grid),
-                                      requires_grad=cfg.train_pos_embed)
+        self.grid = latent_size // patch
+        self.grad_checkpointing = grad_checkpointing
+        proj = proj_dim
+        self.patch_embed = nn.Conv2d(MNG_LEVELS * channels, net.width, patch, patch)
+        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(net.width, self.grid), requires_grad=train_pos_embed)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, net.width))
         self.blocks = nn.ModuleList(DiscriminatorBlock(net.width, net.heads) for _ in range(net.depth))
         self.norm = nn.RMSNorm(net.width, eps=1e-6)
         self.head = nn.Linear(net.width, proj)
-        self.class_embed = nn.Embedding(cfg.num_classes, proj)
+        self.class_embed = nn.Embedding(num_classes, proj)
         self.class_map = nn.Sequential(EqualLinear(proj, proj), nn.SiLU(), EqualLinear(proj, proj))
         cos, sin = rope_2d(net.head_dim, self.grid, prefix=1)  # CLS first, not rotated
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self._init_weights()
         self.repa: nn.Sequential | None = None
-        if cfg.repa:  # built and drawn last: D's other weights are those of repa off at the same seed
-            self.repa = repa_projector(net.width, cfg.repa_dim)
+        if repa_dim is not None:  # built and drawn last: D's other weights are those of repa off at the same seed
+            self.repa = repa_projector(net.width, repa_dim)
             _xavier_init(self.repa)
 
     def _init_weights(self) -> None:
@@ -475,7 +485,7 @@ def parameter_kinds(cfg: TrainConfig, net: Literal["g", "d"]) -> dict[str, str]:
 
     def shapes(c: TrainConfig) -> tuple[dict[str, tuple[int, ...]], set[str]]:
         with torch.device("meta"):
-            model = Generator(c) if net == "g" else Discriminator(c)
+            model = build_generator(c) if net == "g" else build_discriminator(c)
         linear = {f"{name}.weight" for name, module in model.named_modules()
                   if isinstance(module, (nn.Linear, EqualLinear))}
         return {name: tuple(p.shape) for name, p in model.named_parameters()}, linear
@@ -508,7 +518,25 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def build_generator(cfg: TrainConfig) -> Generator:
+    """G of a run: ``cfg.g`` with the run's latent shape, classes, z size and G settings (on the
+    current default device)."""
+    return Generator(cfg.g, patch=cfg.patch, latent_size=cfg.latent_size, channels=cfg.latent_channels,
+                     num_classes=cfg.num_classes, z_dim=cfg.z_dim, w_avg_beta=cfg.w_avg_beta,
+                     train_pos_embed=cfg.train_pos_embed, grad_checkpointing=cfg.grad_checkpointing)
+
+
+def build_discriminator(cfg: TrainConfig) -> Discriminator:
+    """D of a run: ``cfg.d`` with the run's latent shape, classes, projection size and the REPA
+    projector when ``cfg.repa`` (on the current default device)."""
+    return Discriminator(cfg.d, patch=cfg.patch, latent_size=cfg.latent_size, channels=cfg.latent_channels,
+                         num_classes=cfg.num_classes, proj_dim=cfg.d_proj_dim,
+                         repa_dim=cfg.repa_dim if cfg.repa else None, train_pos_embed=cfg.train_pos_embed,
+                         grad_checkpointing=cfg.grad_checkpointing)
+
+
 def build_models(cfg: TrainConfig, device: torch.device | str | None = None) -> tuple[Generator, Discriminator]:
-    """Instantiate (G, D) for a config; ``device='meta'`` builds them without memory."""
+    """Instantiate (G, D) for a config, G first (its draws come first from the seed);
+    ``device='meta'`` builds them without memory."""
     with torch.device(device or "cpu"):
-        return Generator(cfg), Discriminator(cfg)
+        return build_generator(cfg), build_discriminator(cfg)

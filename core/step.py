@@ -82,24 +82,19 @@ class GATStep:
     """Holds G, D, EMA-G and both optimisers; ``d_step`` and ``g_step`` each run one update.
 
     G and D may be wrapped in DistributedDataParallel; gradients then average over ranks.
-    With ``count_only`` (FLOP counting, ``core.flops``) the per-class w average is not updated and
-    gradient clipping and the optimiser steps are skipped: they hold no counted (matmul) FLOPs,
-    and on the meta device the per-tensor optimiser loop cost seconds for large models. With
-    ``cfg.repa`` the frozen ``encoder`` (:func:`core.repa.load_encoder`) gives the alignment
-    targets; when counting, random targets of its output shape stand in for it (the frozen
-    encoder's forward is not training compute of G or D).
+    With ``cfg.repa`` the frozen ``encoder`` (:func:`core.repa.load_encoder`) gives the alignment
+    targets. FLOP counting (``core.flops``) runs a subclass that leaves out what holds no counted
+    FLOPs (:meth:`_repa_targets`, :meth:`_clip_and_step`, :meth:`generate` are its hooks).
+    Raises ValueError for ``cfg.repa`` without an encoder.
     """
 
     def __init__(self, cfg: TrainConfig, G: nn.Module, D: nn.Module, device: torch.device,
-                 G_ema: Generator | None = None, count_only: bool = False,
-                 encoder: nn.Module | None = None) -> None:
-        if cfg.repa and encoder is None and not count_only:
-            raise ValueError("cfg.repa needs the DINOv2 encoder (core.repa.load_encoder)")
+                 G_ema: Generator | None = None, encoder: nn.Module | None = None) -> None:
         self.cfg, self.G, self.D, self.G_ema, self.device = cfg, G, D, G_ema, device
         self.encoder = encoder
+        self._check_encoder()
         self.done = 0
         """Iterations completed (set on resume; drives the EMA warm-up)."""
-        self.count_only = count_only
         self.t = noise_levels(MNG_LEVELS)  # float64 on CPU; perturb moves it to the data's device
         self.opt_g = make_optimizer(_unwrap(G), cfg.lr_g, cfg.lr_mult_g, cfg)
         self.opt_d = make_optimizer(_unwrap(D), cfg.lr_d, cfg.lr_mult_d, cfg)
@@ -107,6 +102,10 @@ class GATStep:
             torch.autocast(device.type, dtype=torch.bfloat16)
             if cfg.precision == "bf16" and device.type != "meta" else contextlib.nullcontext()
         )
+
+    def _check_encoder(self) -> None:
+        if self.cfg.repa and self.encoder is None:
+            raise ValueError("cfg.repa needs the DINOv2 encoder (core.repa.load_encoder)")
 
     # -- D input: augment, then MNG-perturb (docs/METHOD.md §3 "augment first, then perturb") -------
     def _d_input(self, levels: Tensor, aug: AugmentParams | None, noise: Tensor,
@@ -134,12 +133,8 @@ class GATStep:
 
     def _repa_targets(self, images: Tensor | None, aug: AugmentParams | None, n: int) -> tuple[Tensor, Tensor]:
         """The encoder's (f_cls (n, E), f_patch (n, P, E)) for the real batch's raw images
-        (uint8 (n, 3, S, S)) under the reals' augmentation draw; random stand-ins when counting."""
+        (uint8 (n, 3, S, S)) under the reals' augmentation draw."""
         cfg = self.cfg
-        if self.count_only:
-            tokens = (cfg.latent_size // cfg.patch) ** 2
-            return (torch.randn(n, cfg.repa_dim, device=self.device),
-                    torch.randn(n, tokens, cfg.repa_dim, device=self.device))
         if images is None:
             raise ValueError("cfg.repa needs the raw images of the real batch (d_step's images)")
         pixels = encoder_input(images.to(self.device), aug, cfg.latent_size)
@@ -154,8 +149,6 @@ class GATStep:
         optimiser ignores (docs/METHOD.md §8, "gradient clipping must see exactly the parameters
         that are optimised").
         """
-        if self.count_only:
-            return torch.zeros((), device=self.device)
         params = [p for group in opt.param_groups for p in group["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         opt.step()
@@ -164,7 +157,7 @@ class GATStep:
     def generate(self, z: Tensor, y: Tensor) -> Tensor:
         """Fakes with grad for this iteration: (N, z_dim), (N,) -> (K, N, c, H, W) float32."""
         with self.autocast:
-            return self.G(z, y, update_w_avg=not self.count_only).float()
+            return self.G(z, y, update_w_avg=True).float()
 
     def iteration(self, x: Tensor, y: Tensor, z: Tensor, images: Tensor | None = None) -> dict[str, Tensor]:
         """One full iteration: fakes, D step, G step (+ EMA). Returns detached 0-d stats.

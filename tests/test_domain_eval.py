@@ -20,7 +20,7 @@ from core.evaluate import make_evaluator
 from core.features import FOLDER_EXTRACTOR_NAME, DomainFeatureExtractor, resize_for_classifier
 from core.latents import load_latents
 from core.metrics import feature_dim, resolve_metric
-from core.model import Generator
+from core.model import build_generator
 from scaling import cli
 from scaling.spec import SweepSpec
 from scaling.tune import _check_inputs
@@ -112,7 +112,7 @@ def test_folder_evaluator_keys_and_provenance(encoded_digits_folder):
     assert evaluator.provenance["eval.reference"].endswith("at 32px, 500 images")
     assert evaluator.reference_name.endswith(f"-n500-{folder.key}")  # a new classifier: new features
     torch.manual_seed(0)
-    metrics = evaluator.evaluate(Generator(cfg).eval().requires_grad_(False))
+    metrics = evaluator.evaluate(build_generator(cfg).eval().requires_grad_(False))
     assert sorted(metrics) == ["eval/fd_domain_128", "eval/kid_domain_128", "eval/precision_domain_128",
                                "eval/recall_domain_128"]
     assert metrics["eval/fd_domain_128"] > 0

@@ -22,7 +22,7 @@ from core.evaluate import InvalidMetricError, make_evaluator
 from core.features import EXTRACTOR_NAME, load_classifier
 from core.fidelity import UInt8Images, fidelity_metrics, frechet_distance
 from core.latents import load_latents
-from core.model import Generator
+from core.model import Generator, build_generator
 from core.records import count_label
 from core.train import train
 from core.vae import from_uint8
@@ -37,7 +37,7 @@ def eval_cfg(**kw) -> TrainConfig:
 
 def generator(cfg: TrainConfig) -> Generator:
     torch.manual_seed(0)
-    return Generator(cfg).eval().requires_grad_(False)
+    return build_generator(cfg).eval().requires_grad_(False)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

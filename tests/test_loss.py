@@ -13,7 +13,7 @@ from core.augment import AugmentParams, apply_augment, sample_augment
 from core.config import NetConfig, TrainConfig
 from core.loss import finite_difference_penalty, gradient_penalty, rpgan_d_loss, rpgan_g_loss
 from core.mng import nested_noise, noise_levels, perturb
-from core.model import Discriminator
+from core.model import Discriminator, build_discriminator
 
 K = 4
 
@@ -148,7 +148,7 @@ def test_finite_difference_matches_exact_on_a_tanh_mlp(fake):
 def tiny_discriminator() -> Discriminator:
     cfg = TrainConfig(d=NetConfig(width=32, depth=2, heads=2), latent_size=8, patch=2, d_proj_dim=16)
     torch.manual_seed(0)
-    return Discriminator(cfg)
+    return build_discriminator(cfg)
 
 
 def repeat_params(params: AugmentParams, repeats: int) -> AugmentParams:
