@@ -1,6 +1,6 @@
 """A coordinate check's numbers and figure, from the JSON that ``gat-sweep coord-check`` writes.
 
-The measurement is :mod:`core.coord_check` (Yang et al. 2022, "Tensor Programs V", §7: for each
+The measurement is :mod:`core.gan.coord_check` (Yang et al. 2022, "Tensor Programs V", §7: for each
 width, a few training steps of G and D; per layer group, the RMS of its activations on a fixed
 probe batch and of their change per optimiser step). The file is
 ``{"settings": {...}, "quantities": {name: description}, "records": [...]}`` with tidy records
@@ -141,7 +141,7 @@ def figure(records: pd.DataFrame, settings: dict[str, Any]) -> Figure:
 
 
 def _title(settings: dict[str, Any]) -> str:
-    """The figure's title line from the settings :mod:`core.coord_check`'s caller wrote."""
+    """The figure's title line from the settings :mod:`core.gan.coord_check`'s caller wrote."""
     parts = [f"coordinate check of {settings['sweep']}" if "sweep" in settings else "coordinate check"]
     for key, label in (("steps", "steps"), ("seeds", "seeds"), ("batch", "batch"), ("base_lr", "base LR"),
                        ("base_width", "base width")):

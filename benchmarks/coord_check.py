@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from analysis import coord_check as analysis
-    from core.coord_check import run, save
+    from core.gan.coord_check import run, save
     from scaling.grid import coord_check_trials
     from scaling.spec import load_spec
 

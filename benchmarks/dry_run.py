@@ -4,7 +4,7 @@ Each sweep file's dry run is launched in a subprocess as a user starts it (the C
 this script is in, output discarded), ``--reps`` times in a row: the first with an empty cache
 directory (``GAT_SWEEP_CACHE`` = a new temporary directory, so FLOP and parameter counts are
 measured, as on a fresh machine or after a change to ``core/``), the others with the cache the
-first one filled (counts read from disk; ``core.flops``). Printed per file: the cold time and the
+first one filled (counts read from disk; ``core.gan.flops``). Printed per file: the cold time and the
 minimum and median of the warm times; the load average before and after (other jobs on the cores
 slow every figure); and last one JSON line with all times.
 

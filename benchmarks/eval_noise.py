@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from core.checkpoint import load_checkpoint
+from core.gan.checkpoint import load_checkpoint
 from core.config import TrainConfig
-from core.evaluate import make_evaluator
-from core.latents import load_latents
-from core.model import build_models
+from core.evaluation.evaluate import make_evaluator
+from core.data.latents import load_latents
+from core.gan.model import build_models
 
 
 def log_fd_sd(values: list[float]) -> float:

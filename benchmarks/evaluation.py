@@ -29,11 +29,11 @@ from unittest import mock
 import torch
 
 from core.cache import CACHE_ENV, cache_root
-from core.evaluate import make_evaluator
-from core.latents import load_latents
+from core.evaluation.evaluate import make_evaluator
+from core.data.latents import load_latents
 from core.records import EVAL_SECONDS, STATS_FILE
-from core.model import build_generator
-from core.train import train
+from core.gan.model import build_generator
+from core.gan.train import train
 from scaling.grid import expand
 from scaling.spec import load_spec
 

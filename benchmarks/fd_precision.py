@@ -26,9 +26,9 @@ import json
 import torch
 
 from core.config import NetConfig, TrainConfig
-from core.model import build_models
+from core.gan.model import build_models
 from core.records import REG_R1, REG_R2
-from core.step import GATStep
+from core.gan.step import GATStep
 
 
 def penalties(cfg: TrainConfig, state: dict, x: torch.Tensor, y: torch.Tensor, fake: torch.Tensor,

@@ -1,11 +1,11 @@
 """Benchmark: GAT-B/2 and GAT-XL/2 training-iteration throughput and peak memory on one GPU.
 
 One iteration = one G forward, one D step (MNG, augmentation, RpGAN loss, R1 + R2) and one
-G step (+ EMA): exactly the trainer's ``core.step.GATStep.iteration``, on random latents
+G step (+ EMA): exactly the trainer's ``core.gan.step.GATStep.iteration``, on random latents
 (32x32x4, 1000 classes: the paper's ImageNet-256 presets from ``core.presets``), at a per-GPU
 batch size, without the presets' DINOv2 alignment of D (``repa``): its frozen encoder needs local
 weights, and it is not training compute (D's projector is; it is left out with it). For each
-preset and batch size it prints ms/iter, images/s, measured FLOPs per iteration (``core.flops``;
+preset and batch size it prints ms/iter, images/s, measured FLOPs per iteration (``core.gan.flops``;
 the convention is printed: model FLOPs, so recomputation under --grad-checkpointing is not
 counted), achieved TFLOP/s, model FLOPs utilisation (MFU) against the GPU's bf16 matmul rate
 measured in the same process with a large ``torch.mm``, peak memory
@@ -41,8 +41,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from core.config import TrainConfig
-from core.flops import FLOPS_CONVENTION, train_flops_per_iter
-from core.model import count_parameters
+from core.gan.flops import FLOPS_CONVENTION, train_flops_per_iter
+from core.gan.model import count_parameters
 from core.presets import PRESETS
 from core.records import LOSS_D, LOSS_G
 from train_step import setup, sync, timed  # benchmarks/train_step.py (this script's directory)

@@ -132,7 +132,7 @@ def sweep(run: Runner) -> dict[str, Any]:
             raise StageFailed(f"the sweep trains {plan['trainings']} runs: too few to share the GPU {GPU_SHARE} ways")
         return {"trials": len(plan["trials"]), "trainings": plan["trainings"],
                 "note": f"{len(plan['trials'])} trials ({plan['trainings']} trainings) planned"}
-    from core.digits import PRESET_ENV  # torch: imported only where the sweep trains
+    from core.data.digits import PRESET_ENV  # torch: imported only where the sweep trains
 
     # The tiny digits preparation takes seconds (the full one about 100 s of CPU); exit status 1
     # (a trial failed) still prints the outcome, which says which trial failed and why.

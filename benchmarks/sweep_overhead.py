@@ -3,7 +3,7 @@
 The same N short trials (random latents, no evaluation, checkpoints and stats files as usual) run
 twice in one benchmark run:
 
-1. in-process: ``core.train.train`` on each trial's TrainConfig, one after another in this
+1. in-process: ``core.gan.train.train`` on each trial's TrainConfig, one after another in this
    process (one torch thread, no Ray, no MLflow). Their summed wall time is the reference.
 2. as a sweep: ``gat-sweep run`` in a subprocess, exactly as a user starts it (local Ray, MLflow
    in a sqlite file, one CPU per trial, ``--concurrent`` trials at a time).
@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from core.config import TrainConfig
-from core.train import Reporter, train
+from core.gan.train import Reporter, train
 from scaling.grid import expand
 from scaling.spec import load_spec
 

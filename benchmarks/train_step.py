@@ -1,7 +1,7 @@
 """Benchmark: GAT training-iteration throughput on this machine, beside its matmul rate.
 
 For each configuration it prints images/s, ms per iteration, achieved model FLOP/s (measured
-FLOPs per iteration / time, convention ``core.flops.FLOPS_CONVENTION``) and model FLOPs
+FLOPs per iteration / time, convention ``core.gan.flops.FLOPS_CONVENTION``) and model FLOPs
 utilisation = achieved / the machine's fp32 matmul FLOP/s, measured in the same process with a
 large ``torch.mm`` right before and right after each row (the faster of the two is used). A
 second table splits one iteration into D step (with and without R1/R2), G step and EMA update.
@@ -20,9 +20,9 @@ import time
 import torch
 
 from core.config import NetConfig, TrainConfig
-from core.flops import train_flops_per_iter
-from core.model import build_models
-from core.step import GATStep, update_ema
+from core.gan.flops import train_flops_per_iter
+from core.gan.model import build_models
+from core.gan.step import GATStep, update_ema
 
 
 def sync(device: torch.device) -> None:

@@ -25,7 +25,7 @@ MNG_LEVELS = 4
 
 PARAM_KINDS = ("vector", "hidden", "output")
 """Parameter kinds for per-kind LR multipliers (muP-style rules), inferred from shapes by
-``core.model.parameter_kinds``: ``hidden`` = matrices whose fan-in and fan-out grow with width;
+``core.gan.model.parameter_kinds``: ``hidden`` = matrices whose fan-in and fan-out grow with width;
 ``output`` = read-outs, whose fan-in grows and fan-out does not (G's latent heads, D's logit head,
 the REPA projector's input layer); ``vector`` = everything else (embeddings, biases, norm gains,
 LayerScale, CLS token, matrices with a width-independent fan-in)."""
@@ -167,7 +167,7 @@ def _field(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MIS
     """A :class:`TrainConfig` field that states its role in its metadata, from which the lists
     below are derived (one place to say what a new field is):
 
-    * ``compute``: it changes the counted FLOPs of an iteration (``core.flops`` measures once per
+    * ``compute``: it changes the counted FLOPs of an iteration (``core.gan.flops`` measures once per
       setting of the compute fields);
     * ``resumable``: it may differ between a run directory and the call that resumes it;
     * ``sweep``: the sweep-file key that sets it (a sweep's ``train:`` section may not);
@@ -211,7 +211,7 @@ class TrainConfig:
     """Width of D's class-projection head (paper: 2048). Small sweeps may lower it; always logged."""
     repa: bool = _field(False, compute=True)
     """Align D with a frozen DINOv2 encoder, as the GAT reference's published recipe does
-    (``core/repa.py``; REPA, Yu et al. 2025, applied to D): a projector MLP on D's tokens of the
+    (``core/gan/repa.py``; REPA, Yu et al. 2025, applied to D): a projector MLP on D's tokens of the
     real batch is pulled towards the encoder's normalised CLS and patch tokens of the raw image,
     weight ``repa_weight``, in the D loss only. Needs ``repa_encoder`` and a dataset with raw
     images (the embedded digits, or ``gat-sweep encode --keep-images``). On in the ImageNet

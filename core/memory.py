@@ -56,7 +56,7 @@ def gib(n_bytes: float) -> str:
 
 def estimate_memory(cfg: TrainConfig, g_params: int, d_params: int, batch: int) -> MemoryEstimate:
     """The least memory one process of a run needs: ``g_params``/``d_params`` parameters
-    (:func:`core.flops.parameter_counts`) and ``batch`` samples per iteration on this process (the
+    (:func:`core.gan.flops.parameter_counts`) and ``batch`` samples per iteration on this process (the
     global batch divided by the DDP workers)."""
     element = 2 if cfg.precision == "bf16" else 4
     values = 1 if cfg.grad_checkpointing else ACTIVATION_VALUES

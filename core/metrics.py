@@ -3,7 +3,7 @@ without torch.
 
 A sweep file's evaluation settings are checked when it is loaded (``scaling.spec``), including by
 ``gat-sweep run --dry-run``; these facts live here so that the check does not import
-:mod:`core.evaluate` (torch, torch-fidelity, torchvision: seconds of imports).
+:mod:`core.evaluation.evaluate` (torch, torch-fidelity, torchvision: seconds of imports).
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from core.records import count_label, eval_keys
 INCEPTION_DIM = 2048
 """Size of the Inception-v3 pool features that FID compares."""
 DOMAIN_FEATURE_DIM = 64
-"""Size of the domain classifier's ``"features"`` layer (penultimate activations, core/features.py)."""
+"""Size of the domain classifier's ``"features"`` layer (penultimate activations, core/evaluation/features.py)."""
 
 
 EMBEDDED_DATASETS = ("digits", "random")
 """Dataset names that are not paths: the embedded default and Gaussian test latents."""
 MANIFEST = "manifest.json"
-"""The file ``gat-sweep encode`` writes last into an encoded dataset's directory (core/encode.py):
+"""The file ``gat-sweep encode`` writes last into an encoded dataset's directory (core/data/encode.py):
 a directory without it is not (yet) a dataset."""
 
 

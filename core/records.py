@@ -28,7 +28,7 @@ D_REAL, D_FAKE = "diag/d_real", "diag/d_fake"
 GRAD_NORM_D, GRAD_NORM_G = "diag/grad_norm_D", "diag/grad_norm_G"
 """Gradient norms before clipping."""
 G_UPDATE_REL, EARLY_SKIP_REL = "diag/g_update_rel", "diag/early_skip_rel"
-"""Failure-mode diagnostics of G (core/diagnostics.py)."""
+"""Failure-mode diagnostics of G (core/gan/diagnostics.py)."""
 ITER, KIMG, TRAIN_FLOPS = "progress/iter", "progress/kimg", "compute/train_flops"
 """Iterations and thousands of real images done; cumulative training FLOPs."""
 SEC_PER_KIMG, EVAL_SECONDS = "time/sec_per_kimg", "time/eval_s"
@@ -74,7 +74,7 @@ SIZE_PARAM, LR_RULE_PARAM, BASE_LR_PARAM, BASE_WIDTH_PARAM = (
 G_PARAMS_PARAM, D_PARAMS_PARAM = "model.g_params", "model.d_params"
 """Parameter counts of G and D."""
 FLOPS_PER_ITER_PARAM, FLOPS_CONVENTION_PARAM = "compute.flops_per_iter", "compute.flops_convention"
-"""Training FLOPs of one iteration, and how they are counted (``core.flops.FLOPS_CONVENTION``)."""
+"""Training FLOPs of one iteration, and how they are counted (``core.gan.flops.FLOPS_CONVENTION``)."""
 EXTRACTOR_PARAM, EVAL_SAMPLES_PARAM, REFERENCE_PARAM = "eval.extractor", "eval.num_samples", "eval.reference"
 EVAL_EMA_PARAM, TRUNCATION_PARAM, CLASSIFIER_ACCURACY_PARAM = (
     "eval.ema", "eval.truncation_psi", "eval.classifier_heldout_accuracy")

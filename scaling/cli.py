@@ -345,7 +345,7 @@ def train(
         missing = dataset_problem(cfg)
         if missing:
             raise FileNotFoundError(missing)
-        from core.train import train as train_run
+        from core.gan.train import train as train_run
 
         with sigterm_as_ctrl_c() as terminated:
             try:
@@ -411,7 +411,7 @@ def encode(
       gat-sweep encode my_digits/ latents/my_digits --vae digits --resolution 32   # offline, no download
     """
     with user_errors(ValueError):
-        from core.encode import DEFAULT_SHARD_SIZE, encode_folder, image_folder
+        from core.data.encode import DEFAULT_SHARD_SIZE, encode_folder, image_folder
 
         if dry_run:
             folder = image_folder(images_dir, resolution)
@@ -419,10 +419,10 @@ def encode(
                           f"{images_dir.absolute()} -> {out_dir.absolute()} at {resolution} px, {precision}, "
                           f"VAE {vae}", highlight=False, markup=False)
             return
-        from core.train import resolve_device
+        from core.gan.train import resolve_device
 
         if vae == "digits":  # the embedded VAE, wherever this machine's cache keeps it
-            from core.digits import prepare_digits
+            from core.data.digits import prepare_digits
 
             vae = str(prepare_digits().vae_dir)
         manifest = encode_folder(images_dir, out_dir, vae, resolution=resolution, batch=batch, precision=precision,
@@ -625,8 +625,8 @@ def coord_check(
         print_coord_plan(spec, trials, steps, out_dir, console)
         if dry_run:
             return
-        from core.coord_check import run as run_coord_check
-        from core.coord_check import save
+        from core.gan.coord_check import run as run_coord_check
+        from core.gan.coord_check import save
 
         def report(width: int, runs: int, seconds: float) -> None:
             console.print(f"width {width}: {runs} runs in {seconds:.1f} s", highlight=False)

@@ -131,7 +131,7 @@ def print_trials(plan: Plan, console: Console, as_json: bool = False) -> None:
     not fit the console, :func:`fitted_table`), the budget, resources, LR rules, what the output
     directory already holds of the sweep (:meth:`scaling.plan.Plan.held`), whether the dataset is
     missing and the command that makes it (:func:`dataset_problem`), and last what would run where."""
-    from core.flops import FLOPS_CONVENTION
+    from core.gan.flops import FLOPS_CONVENTION
     from scaling.grid import trial_rows
 
     spec, trials = plan.spec, plan.trials
@@ -257,7 +257,7 @@ def print_config(cfg: TrainConfig, run_dir: Path, console: Console) -> None:
     """The dry run of `gat-sweep train`: every field of ``cfg``, parameter counts, FLOPs per
     iteration and in all, the run directory, with repa the projector's size and the encoder, and
     whether the dataset is missing and the command that makes it (:func:`dataset_problem`)."""
-    from core.flops import FLOPS_CONVENTION
+    from core.gan.flops import FLOPS_CONVENTION
     from scaling.grid import trial_cost
 
     table = Table(title=f"config {cfg.name}", title_justify="left", show_header=False, box=box.SIMPLE)
@@ -273,7 +273,7 @@ def print_config(cfg: TrainConfig, run_dir: Path, console: Console) -> None:
         f"({cfg.kimg:g} kimg) -> {si(cost.total_flops, 'FLOPs')}\nconvention: {FLOPS_CONVENTION}\n"
         f"run directory {run_dir}", highlight=False, markup=False)
     if cfg.repa:
-        from core.model import count_parameters, repa_projector
+        from core.gan.model import count_parameters, repa_projector
 
         projector = count_parameters(repa_projector(cfg.d.width, cfg.repa_dim).to("meta"))
         encoder = cfg.repa_encoder or "not set (set repa_encoder to a local DINOv2 directory before training)"

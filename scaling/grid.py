@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from core.config import SIZES, ConfigError, NetConfig, TrainConfig, flatten
-from core.flops import parameter_counts, train_flops_per_iter
+from core.gan.flops import parameter_counts, train_flops_per_iter
 from core.memory import check_memory, device_memory, gib
 from core.records import BASE_LR_PARAM, BASE_WIDTH_PARAM, LR_RULE_PARAM, SIZE_PARAM, RunResult
 from core.units import lr_text
@@ -102,7 +102,7 @@ the update sizes of a trial's larger one at a fraction of the cost."""
 
 def coord_check_trials(spec: SweepSpec, widths: list[int] | None = None, base_lr: float | None = None,
                        seeds: int = COORD_CHECK_SEEDS, batch: int | None = None) -> list[Trial]:
-    """The runs of a coordinate check of ``spec`` (``core.coord_check``): the trials of the sweep
+    """The runs of a coordinate check of ``spec`` (``core.gan.coord_check``): the trials of the sweep
     narrowed to one depth, one patch, one base LR and seeds ``0 .. seeds - 1``, every LR rule of the
     sweep, every width of ``widths``, with D the shape of G (the paper's setting; a sweep's own D
     grid is dropped). All are :func:`expand`'s trials of that narrowed sweep.
@@ -212,7 +212,7 @@ def sweep_hash(trials: list[Trial]) -> str:
 
 @dataclass(frozen=True)
 class TrialCost:
-    """Size and training cost of one trial (FLOPs convention: ``core.flops.FLOPS_CONVENTION``)."""
+    """Size and training cost of one trial (FLOPs convention: ``core.gan.flops.FLOPS_CONVENTION``)."""
 
     g_params: int
     d_params: int
@@ -223,11 +223,11 @@ class TrialCost:
 def trial_cost(config: TrainConfig) -> TrialCost:
     """Parameter counts (all tensors, docs/METHOD.md §6 convention) and measured training FLOPs.
 
-    Both come from ``core.flops``: counted once per architecture and batch (models on the meta
+    Both come from ``core.gan.flops``: counted once per architecture and batch (models on the meta
     device, so paper-scale sizes cost no memory) and kept on disk for later dry runs.
     """
     g_params, d_params = parameter_counts(config)
-    per_iter = train_flops_per_iter(config)  # one measurement per architecture (core.flops)
+    per_iter = train_flops_per_iter(config)  # one measurement per architecture (core.gan.flops)
     return TrialCost(g_params, d_params, per_iter, per_iter * config.iterations)
 
 
@@ -262,7 +262,7 @@ def check_trials_fit(spec: SweepSpec, trials: list[Trial]) -> None:
     memory (:func:`core.memory.estimate_memory`, at its batch per DDP worker) exceeds what it gets:
     with ``resources.gpus`` a share of GPU 0, else this machine's memory. A sweep on a Ray cluster
     is not checked here (its nodes' resources are theirs to know): each trial checks its own device
-    before it builds its models (``core.train``), as a configuration error that is not retried.
+    before it builds its models (``core.gan.train``), as a configuration error that is not retried.
 
     Raises ConfigError naming the resource, or the first trial too large (and how many more) with
     its estimate.

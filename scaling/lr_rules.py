@@ -2,7 +2,7 @@
 
 A rule maps a sweep's ``base_lr`` (the LR at the base width ``C0``) to the LR of one network of
 width ``C``: a scalar LR plus per-parameter-kind multipliers (kinds as in
-``core.model.parameter_kinds``, inferred from how shapes change with width as muP does:
+``core.gan.model.parameter_kinds``, inferred from how shapes change with width as muP does:
 ``vector`` = embeddings, biases, norm gains, LayerScale and matrices whose fan-in does not grow
 with width; ``hidden`` = matrices whose fan-in and fan-out grow with C; ``output`` = read-outs,
 whose fan-in grows and fan-out does not). The parameter of kind k trains with ``lr * mult[k]``.

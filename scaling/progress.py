@@ -16,7 +16,7 @@ from ray import tune
 from rich.console import Console
 from rich.markup import escape
 
-from core.checkpoint import CHECKPOINTS
+from core.gan.checkpoint import CHECKPOINTS
 from core.records import DIVERGED, ITER, is_fd_key
 from scaling.grid import TRIALS_DIR
 from scaling.spec import server_problem

@@ -246,7 +246,7 @@ class Resources(_Strict):
 
     def torch_threads(self) -> int:
         """CPU threads torch uses in a trial's process: its CPUs, at least 1 (a trial's own
-        ``train.num_threads`` overrides it, as ``core.train.train`` applies that)."""
+        ``train.num_threads`` overrides it, as ``core.gan.train.train`` applies that)."""
         return max(1, int(self.cpus))
 
     @model_validator(mode="after")

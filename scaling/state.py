@@ -7,7 +7,7 @@ In the output directory (the rest of it: :mod:`scaling.tune`)::
                          trial's flattened config and ``sweep.*`` coordinates
     <out>/sweep.yaml     the sweep file as run (with any --set);  <out>/trials.csv  the expanded grid
 
-In a trial's run directory ``<out>/trials/<trial>/``, beside what ``core.train`` writes:
+In a trial's run directory ``<out>/trials/<trial>/``, beside what ``core.gan.train`` writes:
 ``attempts.jsonl`` (one line per (re)start of training), ``failures.jsonl`` (one line per failed
 attempt) and, for a trial that repeats another's training, ``same_as.json``.
 

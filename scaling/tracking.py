@@ -3,7 +3,7 @@
 The schema (tags, params, metric keys, artifacts) is docs/TRACKING.md. The driver calls
 :func:`open_experiment` and :func:`start_parent_run` before any trial starts (a fresh sqlite
 database raced when two trials created it); every trial logs through :class:`MlflowReporter`,
-which ``core.train.train`` drives. The child run id travels inside each checkpoint
+which ``core.gan.train.train`` drives. The child run id travels inside each checkpoint
 (:meth:`MlflowReporter.state_dict`) and is reattached on retry or resume, so a trial has exactly
 one run however often it restarts; a trial that crashed before its first checkpoint finds its run
 again by its tags. A trial whose training repeats another trial's exactly gets a copy of that
@@ -69,7 +69,7 @@ from core.records import (
     best_key,
     final_key,
 )
-from core.train import Report, Reporter
+from core.gan.train import Report, Reporter
 
 PARAMS_PER_BATCH, METRICS_PER_BATCH, RUNS_PER_PAGE = 100, 1000, 1000
 """MLflow's limits of params and of metrics per log_batch call; runs per search page."""

@@ -14,7 +14,7 @@ the sweep state until it returns; a second driver is refused at once, told the h
 
 The run directories are the sweep's state. Rerunning the driver resumes: trials whose
 ``result.json`` says they ended (finished or diverged) are skipped, all others start again and
-``core.train.train`` continues each from its ``checkpoints/latest.pt``. A crashed trial is retried
+``core.gan.train.train`` continues each from its ``checkpoints/latest.pt``. A crashed trial is retried
 by Ray Tune (``FailureConfig(max_failures)``) the same way; every failure is appended to the
 trial's ``failures.jsonl``. A trial that fails for a configuration reason (``ConfigError``) is not
 retried: it ends at once with status ``config_error``.
@@ -57,11 +57,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from core.cache import DiskFullError
-from core.checkpoint import CHECKPOINTS, CheckpointError, resume_state
+from core.gan.checkpoint import CHECKPOINTS, CheckpointError, resume_state
 from core.config import ConfigError, TrainConfig
 from core.metrics import MANIFEST, dataset_kind, resolve_metric
 from core.records import CONFIG_FILE, DIVERGED, FINISHED, KIMG, RESULT_FILE, STATS_FILE, RunResult
-from core.train import Report, train
+from core.gan.train import Report, train
 from scaling.grid import ATTEMPTS_FILE, STATE_FILE, TRIALS_DIR, Trial, is_done
 from scaling.display import dataset_problem
 from scaling.lock import sweep_lock, writable_directory
@@ -195,7 +195,7 @@ def _record_failure(run_dir: Path, reporter: TrialReporter, error: Exception) ->
 
 
 def _ddp_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker: one DDP rank of a trial (``core.train`` sees torch.distributed); rank 0
+    """Ray Train worker: one DDP rank of a trial (``core.gan.train`` sees torch.distributed); rank 0
     records a failure."""
     import ray.train
 
@@ -330,9 +330,9 @@ def _check_inputs(cfg: TrainConfig) -> None:
     Raises FileNotFoundError for a missing dataset directory or manifest (with the command that
     makes it, :func:`scaling.display.dataset_problem`), ConfigError naming a
     weights file that is missing or cannot be loaded, a dataset without the images repa needs, or
-    a folder with fewer than 2 classes for a domain FD (:func:`core.domain.check_classes`).
+    a folder with fewer than 2 classes for a domain FD (:func:`core.evaluation.domain.check_classes`).
     """
-    from core.fidelity import check_inception_weights
+    from core.evaluation.fidelity import check_inception_weights
 
     kind = dataset_kind(cfg.dataset)
     if kind == "random":
@@ -348,11 +348,11 @@ def _check_inputs(cfg: TrainConfig) -> None:
         written = json.loads(manifest.read_text())
         kept_images = bool(written.get("keep_images"))
         if evaluates and resolve_metric(cfg.eval_metric, kind, cfg.inception_weights) == "fd_domain":
-            from core.domain import check_classes
+            from core.evaluation.domain import check_classes
 
             check_classes(root, written)
         if evaluates or cfg.sample_every >= 0:
-            from core.vae import load_vae
+            from core.data.vae import load_vae
 
             vae = written["vae"]
             try:
@@ -364,7 +364,7 @@ def _check_inputs(cfg: TrainConfig) -> None:
     if cfg.repa:
         import torch
 
-        from core.repa import load_encoder, require_images
+        from core.gan.repa import load_encoder, require_images
 
         require_images(kind, cfg.dataset, kept_images)
         load_encoder(cfg.repa_encoder, cfg.repa_dim, torch.device("cpu"))
@@ -377,14 +377,14 @@ def _prepare_data(cfg: TrainConfig) -> None:
     it: the embedded digits dataset and its reference statistics, or an encoded folder's domain
     classifier (each cached on first use)."""
     if cfg.dataset == "digits":
-        from core.evaluate import make_evaluator
-        from core.latents import load_latents
+        from core.evaluation.evaluate import make_evaluator
+        from core.data.latents import load_latents
 
         data = load_latents(cfg)  # builds the embedded dataset's cache on first use
         if cfg.eval_every >= 0:
             make_evaluator(cfg, data, torch.device("cpu"))  # caches the reference statistics
     elif cfg.eval_every >= 0 and resolve_metric(cfg.eval_metric, "encoded", cfg.inception_weights) == "fd_domain":
-        from core.domain import prepare_folder_classifier
+        from core.evaluation.domain import prepare_folder_classifier
 
         prepare_folder_classifier(Path(cfg.dataset))  # not load_latents: the driver needs no latents
 
@@ -605,7 +605,7 @@ def _interrupts_ignored() -> Iterator[None]:
 
 def _check_checkpoints(out: Path, pending: list[Trial], console: Console) -> None:
     """Read the checkpoint each pending trial will resume from, as its training will
-    (:func:`core.checkpoint.resume_state`; tensors mapped, not read), and say which trials resume
+    (:func:`core.gan.checkpoint.resume_state`; tensors mapped, not read), and say which trials resume
     from an older checkpoint because a newer one is damaged.
 
     Raises CheckpointError naming every trial none of whose checkpoints can be read: no retry

@@ -7,10 +7,10 @@ it sets
 * ``GAT_SWEEP_CACHE`` = that temporary directory (so nothing is written to ``~/.cache``), and
 * ``GAT_SWEEP_DIGITS_PRESET`` = 'tiny',
 
-so ``core.latents.load_latents(TrainConfig(dataset='digits'))`` and
-``core.evaluate.make_evaluator`` find the tiny entry instead of preparing the full one. Both
+so ``core.data.latents.load_latents(TrainConfig(dataset='digits'))`` and
+``core.evaluation.evaluate.make_evaluator`` find the tiny entry instead of preparing the full one. Both
 variables are restored when the session ends; processes started while it runs (Ray workers)
-inherit them. The fixture returns the :class:`core.digits.DigitsCache`.
+inherit them. The fixture returns the :class:`core.data.digits.DigitsCache`.
 
 ``digits_image_folder``: a labelled ImageFolder of PNGs written from the first
 :data:`FOLDER_IMAGES` digits images (32 px, class sub-folders ``0/`` ... ``9/``), and
@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 
 from core.cache import CACHE_ENV
-from core.digits import PRESET_ENV, DigitsCache, digits_images, prepare_digits
-from core.encode import encode_folder
+from core.data.digits import PRESET_ENV, DigitsCache, digits_images, prepare_digits
+from core.data.encode import encode_folder
 
 FOLDER_IMAGES = 500
 """Images in the generated labelled folder (enough for its classifier to reach 99% held-out accuracy)."""

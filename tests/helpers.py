@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from core.checkpoint import load_checkpoint
+from core.gan.checkpoint import load_checkpoint
 from core.config import TrainConfig
 from core.records import RunResult
-from core.train import Report, Reporter
+from core.gan.train import Report, Reporter
 from scaling.grid import ATTEMPTS_FILE, TRIALS_DIR
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -67,7 +67,7 @@ def logged(run_dir: Path) -> tuple[list[dict], dict]:
 
 
 class Recorder(Reporter):
-    """A reporter that records what :func:`core.train.train` sends it and, with ``fail_at``, raises
+    """A reporter that records what :func:`core.gan.train.train` sends it and, with ``fail_at``, raises
     once at the first report of that step or later (a crash after the last checkpoint)."""
 
     def __init__(self, fail_at: int | None = None, tag: str = "run-1") -> None:

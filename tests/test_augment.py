@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from core.augment import AugmentParams, apply_augment, sample_augment
+from core.gan.augment import AugmentParams, apply_augment, sample_augment
 
 
 def forced(n: int = 1, *, color=False, brightness=0.0, saturation=1.0, contrast=1.0, shift=(0, 0),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.model import build_models, count_parameters
+from core.gan.model import build_models, count_parameters
 from core.presets import PRESETS
 from helpers import load_benchmark
 
@@ -169,7 +169,7 @@ def test_evaluation_benchmark_runs_on_tiny_digits(tiny_digits_cache):
 
 def test_eval_noise_benchmark_repeats_evaluations_of_a_run(tiny_digits_cache, tmp_path):
     from core.config import NetConfig, TrainConfig
-    from core.train import train
+    from core.gan.train import train
 
     net = NetConfig(width=32, depth=4, heads=2)
     cfg = TrainConfig(dataset="digits", g=net, d=net, d_proj_dim=32, batch=8, iterations=2, ckpt_every=2,

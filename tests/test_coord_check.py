@@ -1,4 +1,4 @@
-"""The coordinate check (core/coord_check.py, analysis/coord_check.py, `gat-sweep coord-check`):
+"""The coordinate check (core/gan/coord_check.py, analysis/coord_check.py, `gat-sweep coord-check`):
 what each rule does to the per-step change of G's and D's hidden tokens as width grows (a measured
 regression test), the hooks and records, the slopes and the figure, and the command."""
 
@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from analysis import coord_check as analysis
 from analysis.figures import tick_label_problems
 from core.config import NetConfig, TrainConfig
-from core.coord_check import captured, measure, probe_points, run
-from core.model import build_models
+from core.gan.coord_check import captured, measure, probe_points, run
+from core.gan.model import build_models
 from scaling import cli
 from scaling.grid import coord_check_trials
 from scaling.spec import SweepFileError, load_spec

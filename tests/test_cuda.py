@@ -13,7 +13,7 @@ import torch
 from core.config import TrainConfig
 from core.presets import PRESETS
 from core.records import LOSS_D, LOSS_G, STATS_FILE
-from core.train import train
+from core.gan.train import train
 from helpers import Recorder, assert_same_states, checkpoint_states, load_benchmark, logged
 
 # Deterministic cuBLAS needs a fixed workspace, read when the process first uses cuBLAS: set here,

@@ -1,4 +1,4 @@
-"""Data-parallel training: ``core.train.train`` under DistributedDataParallel on CPU (gloo backend,
+"""Data-parallel training: ``core.gan.train.train`` under DistributedDataParallel on CPU (gloo backend,
 2 processes). Each rank samples its own data (the iteration seed includes the rank), so the
 networks stay identical across ranks only if gradients are averaged over ranks."""
 
@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from core import train as train_mod
-from core.checkpoint import load_checkpoint
+from core.gan import train as train_mod
+from core.gan.checkpoint import load_checkpoint
 from core.config import NetConfig, TrainConfig
 
 WORLD = 2

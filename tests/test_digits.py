@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from sklearn.datasets import load_digits
 
-from core import digits as digits_mod
+from core.data import digits as digits_mod
 from core.cache import atomic_directory
 from core.config import ConfigError, TrainConfig
-from core.digits import deterministic_cpu, digits_images, entry_dir, prepare_digits
-from core.features import accuracy, load_classifier
-from core.latents import load_latents
-from core.vae import VAESettings, build_vae, decode_latents, encode_posterior, from_uint8, to_uint8, train_vae
+from core.data.digits import deterministic_cpu, digits_images, entry_dir, prepare_digits
+from core.evaluation.features import accuracy, load_classifier
+from core.data.latents import load_latents
+from core.data.vae import VAESettings, build_vae, decode_latents, encode_posterior, from_uint8, to_uint8, train_vae
 
 # Class counts of scikit-learn's digits (load_digits().target), 1797 images in all.
 CLASS_COUNTS = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]

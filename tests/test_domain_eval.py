@@ -12,15 +12,15 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from core import domain
+from core.evaluation import domain
 from core.cache import cache_root
 from core.config import ConfigError, NetConfig, TrainConfig
-from core.domain import FolderClassifierSettings, prepare_folder_classifier, reference_indices
-from core.evaluate import make_evaluator
-from core.features import FOLDER_EXTRACTOR_NAME, DomainFeatureExtractor, resize_for_classifier
-from core.latents import load_latents
+from core.evaluation.domain import FolderClassifierSettings, prepare_folder_classifier, reference_indices
+from core.evaluation.evaluate import make_evaluator
+from core.evaluation.features import FOLDER_EXTRACTOR_NAME, DomainFeatureExtractor, resize_for_classifier
+from core.data.latents import load_latents
 from core.metrics import feature_dim, resolve_metric
-from core.model import build_generator
+from core.gan.model import build_generator
 from scaling import cli
 from scaling.spec import SweepSpec
 from scaling.tune import _check_inputs

@@ -9,11 +9,11 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
-from core import encode as encode_mod
+from core.data import encode as encode_mod
 from core.config import ConfigError, TrainConfig
-from core.encode import MANIFEST, center_crop_arr, encode_folder, read_encoded
-from core.latents import load_latents
-from core.vae import load_vae
+from core.data.encode import MANIFEST, center_crop_arr, encode_folder, read_encoded
+from core.data.latents import load_latents
+from core.data.vae import load_vae
 
 CLASSES = ["cat", "dog", "emu"]
 PER_CLASS = 5

@@ -12,20 +12,20 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-from core import evaluate as evaluate_mod
-from core import fidelity as fidelity_mod
+from core.evaluation import evaluate as evaluate_mod
+from core.evaluation import fidelity as fidelity_mod
 from core import metrics as metrics_mod
-from core import train as train_mod
+from core.gan import train as train_mod
 from core.cache import cache_root
 from core.config import ConfigError, NetConfig, TrainConfig
-from core.evaluate import InvalidMetricError, make_evaluator
-from core.features import EXTRACTOR_NAME, load_classifier
-from core.fidelity import UInt8Images, fidelity_metrics, frechet_distance
-from core.latents import load_latents
-from core.model import Generator, build_generator
+from core.evaluation.evaluate import InvalidMetricError, make_evaluator
+from core.evaluation.features import EXTRACTOR_NAME, load_classifier
+from core.evaluation.fidelity import UInt8Images, fidelity_metrics, frechet_distance
+from core.data.latents import load_latents
+from core.gan.model import Generator, build_generator
 from core.records import count_label
-from core.train import train
-from core.vae import from_uint8
+from core.gan.train import train
+from core.data.vae import from_uint8
 
 CPU = torch.device("cpu")
 NET = NetConfig(width=32, depth=4, heads=2)

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.augment import AugmentParams, apply_augment, sample_augment
+from core.gan.augment import AugmentParams, apply_augment, sample_augment
 from core.config import NetConfig, TrainConfig
-from core.loss import finite_difference_penalty, gradient_penalty, rpgan_d_loss, rpgan_g_loss
-from core.mng import nested_noise, noise_levels, perturb
-from core.model import Discriminator, build_discriminator
+from core.gan.loss import finite_difference_penalty, gradient_penalty, rpgan_d_loss, rpgan_g_loss
+from core.gan.mng import nested_noise, noise_levels, perturb
+from core.gan.model import Discriminator, build_discriminator
 
 K = 4
 

@@ -7,9 +7,9 @@ import re
 import pytest
 
 from core.config import ConfigError, LRMultipliers, NetConfig, TrainConfig
-from core.model import build_models
+from core.gan.model import build_models
 from core.presets import PAPER_BASE_LR, PAPER_BASE_WIDTH
-from core.step import make_optimizer
+from core.gan.step import make_optimizer
 from scaling.lr_rules import RULES, apply_rule, constant, gat, mup, needs_base_width, rule_name
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from core.mng import chain_coefficients, nested_noise, noise_levels, perturb
+from core.gan.mng import chain_coefficients, nested_noise, noise_levels, perturb
 
 
 def test_noise_levels_match_the_paper_table():

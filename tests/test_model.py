@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from core.config import ConfigError, NetConfig, TrainConfig
-from core.model import (
+from core.gan.model import (
     Attention, apply_rope, build_models, count_parameters, parameter_kinds, parameters_by_kind, rope_2d,
     sincos_pos_embed_2d,
 )
@@ -46,7 +46,7 @@ def test_exact_small_counts():
 
 @pytest.mark.parametrize("size,gmacs", [("S", 6.1), ("B", 23), ("L", 80), ("XL", 118)])
 def test_generator_forward_macs_match_paper(size, gmacs):
-    from core.flops import flop_counter
+    from core.gan.flops import flop_counter
     G, _ = build_models(imagenet_cfg(size), "meta")
     with flop_counter() as fc:
         G.synthesize(torch.zeros(1, G.width, device="meta"))

@@ -31,7 +31,7 @@ def is_record_name(text: str) -> bool:
 
 
 def source_files(*packages: str) -> list[Path]:
-    return sorted(p for package in packages for p in (ROOT / package).glob("*.py"))
+    return sorted(p for package in packages for p in (ROOT / package).rglob("*.py"))
 
 
 def code_strings(tree: ast.AST) -> list[tuple[int, str]]:
@@ -78,7 +78,7 @@ def imported_modules(path: Path) -> set[str]:
 def test_layering(package, forbidden):
     """core never imports ray, mlflow, pydantic or yaml (nor the layers above it); analysis never
     imports torch (tests/test_analysis_report.py also checks sys.modules) nor scaling."""
-    bad = {path.name: sorted(imported_modules(path) & forbidden) for path in source_files(package)}
+    bad = {str(path.relative_to(ROOT)): sorted(imported_modules(path) & forbidden) for path in source_files(package)}
     assert {name: mods for name, mods in bad.items() if mods} == {}
 
 

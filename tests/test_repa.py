@@ -1,4 +1,4 @@
-"""DINOv2 alignment of D (cfg.repa, core/repa.py): loss values, the pixel augmentation, the D step,
+"""DINOv2 alignment of D (cfg.repa, core/gan/repa.py): loss values, the pixel augmentation, the D step,
 training through the real entry point, and the errors before training. The encoder is a tiny
 randomly initialised transformers Dinov2Model saved to a temporary directory (offline)."""
 
@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.augment import AugmentParams, apply_augment, apply_to_pixels, sample_augment
+from core.gan.augment import AugmentParams, apply_augment, apply_to_pixels, sample_augment
 from core.config import ConfigError, NetConfig, TrainConfig
-from core.loss import rpgan_d_loss
-from core.mng import nested_noise, perturb
-from core.model import build_models, count_parameters
-from core.repa import alignment_loss, encoder_input, encoder_targets, load_encoder, resize_tokens
-from core.step import GATStep
-from core.train import train
+from core.gan.loss import rpgan_d_loss
+from core.gan.mng import nested_noise, perturb
+from core.gan.model import build_models, count_parameters
+from core.gan.repa import alignment_loss, encoder_input, encoder_targets, load_encoder, resize_tokens
+from core.gan.step import GATStep
+from core.gan.train import train
 
 NET = NetConfig(width=32, depth=4, heads=2)
 DIM = 24
@@ -104,7 +104,7 @@ def test_d_step_adds_the_alignment_loss_and_only_d_learns_from_it(encoder_dir):
     stats = step.d_step(x, y, fake, images)
 
     # The same draws by hand: D's logits and projector on the pre-step weights, the encoder's
-    # tokens of the augmented images, the formula of core.repa.
+    # tokens of the augmented images, the formula of core.gan.repa.
     torch.manual_seed(7)
     clean = torch.cat([x.unsqueeze(0).expand_as(fake), fake], dim=1)
     aug = sample_augment(8, 8)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from core.checkpoint import load_checkpoint
+from core.gan.checkpoint import load_checkpoint
 from helpers import assert_same_states, checkpoint_states, logged
 from scaling import cli
 

@@ -10,14 +10,14 @@ import stat
 import pytest
 import torch
 
-from core import fidelity
+from core.evaluation import fidelity
 from core.cache import cache_root
 from core.config import ConfigError
-from core.evaluate import make_evaluator
-from core.fidelity import UnsafeWeightsError, tensor_only_weights
-from core.latents import load_latents
-from core.repa import load_encoder
-from core.vae import load_vae
+from core.evaluation.evaluate import make_evaluator
+from core.evaluation.fidelity import UnsafeWeightsError, tensor_only_weights
+from core.data.latents import load_latents
+from core.gan.repa import load_encoder
+from core.data.vae import load_vae
 from test_cli import invoke, one_trial_sweep
 from test_evaluate import CPU, eval_cfg, generator
 

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from core.augment import apply_augment, sample_augment
+from core.gan.augment import apply_augment, sample_augment
 from core.config import LRMultipliers, NetConfig, TrainConfig
-from core.loss import rpgan_d_loss, rpgan_g_loss
-from core.mng import nested_noise, noise_levels, perturb
-from core.model import build_models
-from core.step import GATStep, make_optimizer, update_ema
+from core.gan.loss import rpgan_d_loss, rpgan_g_loss
+from core.gan.mng import nested_noise, noise_levels, perturb
+from core.gan.model import build_models
+from core.gan.step import GATStep, make_optimizer, update_ema
 
 NET = NetConfig(width=32, depth=4, heads=2)
 
@@ -122,7 +122,7 @@ def test_g_step_leaves_d_untouched_and_generate_updates_w_avg():
 
 
 def test_ema_warmup_schedule():
-    from core.step import ema_decay_at
+    from core.gan.step import ema_decay_at
     c = cfg(ema_warmup=True)
     assert [ema_decay_at(c, t) for t in (0, 10, 990)] == pytest.approx([0.1, 11 / 20, 991 / 1000])
     assert ema_decay_at(c, 10_000) == 0.999  # capped at ema_decay

@@ -13,10 +13,10 @@ from mlflow import MlflowClient
 from mlflow.utils.git_utils import get_git_commit
 from PIL import Image
 
-from core.checkpoint import load_checkpoint
+from core.gan.checkpoint import load_checkpoint
 from core.config import NetConfig, TrainConfig
 from core.records import RunResult
-from core.train import Report, train
+from core.gan.train import Report, train
 from scaling.tracking import (
     MlflowReporter,
     TrialTracking,

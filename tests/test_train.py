@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from core.checkpoint import load_checkpoint
+from core.gan.checkpoint import load_checkpoint
 from core.config import ConfigError, NetConfig, TrainConfig
-from core.flops import measure_iteration_flops, train_flops_per_iter
-from core.latents import LatentData
-from core.train import train
+from core.gan.flops import measure_iteration_flops, train_flops_per_iter
+from core.data.latents import LatentData
+from core.gan.train import train
 from helpers import Recorder, assert_same_states, checkpoint_states, logged
 
 SMALL = NetConfig(width=32, depth=4, heads=2)
@@ -64,8 +64,8 @@ def test_resume_equals_uninterrupted(tmp_path, grad_clip):
 
 def two_iterations(cfg: TrainConfig):
     """(G, D, GATStep) after two iterations on one fixed batch."""
-    from core.model import build_models
-    from core.step import GATStep
+    from core.gan.model import build_models
+    from core.gan.step import GATStep
 
     torch.manual_seed(0)
     G, D = build_models(cfg)
@@ -88,7 +88,7 @@ def test_fixed_positional_embeddings_stay_out_of_gradients_and_clipping(tmp_path
 def test_trained_positional_embeddings_are_optimised_like_the_reference(tmp_path):
     """train_pos_embed: G's and D's sin-cos embeddings get gradients, sit in their optimisers as
     'vector' parameters and move; the rest of the run is the same code path."""
-    from core.model import sincos_pos_embed_2d
+    from core.gan.model import sincos_pos_embed_2d
 
     cfg = tiny(train_pos_embed=True)
     G, D, step = two_iterations(cfg)
@@ -98,7 +98,7 @@ def test_trained_positional_embeddings_are_optimised_like_the_reference(tmp_path
         start = sincos_pos_embed_2d(net.pos_embed.shape[1], cfg.latent_size // cfg.patch)
         assert not torch.equal(net.pos_embed.detach(), start)
     # one switch, not a new architecture: FLOPs are measured once for both settings
-    from core.flops import _architecture
+    from core.gan.flops import _architecture
 
     assert _architecture(cfg) == _architecture(tiny())
 
@@ -163,7 +163,7 @@ def test_blown_up_learning_rate_is_diverged_not_finished(tmp_path):
 
 
 def test_evaluation_far_above_its_best_ends_as_diverged(tmp_path, monkeypatch):
-    import core.train as train_module
+    import core.gan.train as train_module
 
     series = iter([70.0, 52.0, 49.0, 50.0, 57.0, 61.0, 480.0, 40.0])
 

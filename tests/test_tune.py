@@ -25,9 +25,9 @@ from mlflow import MlflowClient
 from rich.console import Console
 from typer.testing import CliRunner
 
-from core.checkpoint import load_checkpoint
+from core.gan.checkpoint import load_checkpoint
 from core.config import TrainConfig
-from core.train import train
+from core.gan.train import train
 from scaling import cli
 from scaling.display import print_trials
 from scaling.grid import ATTEMPTS_FILE

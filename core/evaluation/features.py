@@ -5,9 +5,9 @@ Inception-v3 weights cannot be downloaded on an offline machine, and Inception f
 upsampled images say little anyway. A dataset with class labels therefore gets its own feature
 space: a small CNN (:class:`DomainClassifier`) trained once to classify the dataset's real images,
 the same idea as FID (Heusel et al. 2017) with a different network. The embedded digits dataset
-trains one during its preparation (:mod:`core.digits`); an image folder encoded with
+trains one during its preparation (:mod:`core.data.digits`); an image folder encoded with
 ``gat-sweep encode`` gets one trained on its images when it is first evaluated
-(:func:`core.domain.prepare_folder_classifier`). Metrics computed with it are named
+(:func:`core.evaluation.domain.prepare_folder_classifier`). Metrics computed with it are named
 ``fd_digits`` / ``fd_domain`` (Frechet distance), never "FID".
 
 The extractor follows torch-fidelity's plug-in contract (``FeatureExtractorBase``): it takes a
@@ -36,7 +36,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from tqdm import tqdm
 
 from core.metrics import DOMAIN_FEATURE_DIM as FEATURE_DIM
-from core.vae import from_uint8
+from core.data.vae import from_uint8
 
 EXTRACTOR_NAME = "digits-cnn"
 """torch-fidelity name of the extractor with the embedded digits dataset's classifier."""
@@ -143,7 +143,7 @@ CLASSIFIER_FILE = "classifier.safetensors"
 @dataclass(frozen=True)
 class ClassifierEntry:
     """A prepared cache entry that holds a domain classifier: the embedded digits
-    (:class:`core.digits.DigitsCache`) or an encoded folder's (:class:`core.domain.FolderClassifier`)."""
+    (:class:`core.data.digits.DigitsCache`) or an encoded folder's (:class:`core.evaluation.domain.FolderClassifier`)."""
 
     root: Path
     """Absolute entry directory, holding :data:`CLASSIFIER_FILE` and ``meta.json``."""

@@ -3,7 +3,7 @@
 A checkpoint is a dict of ``state_dict()``s, counters and the config as plain data (never
 pickled modules), so it loads with ``torch.load(..., weights_only=True)``. It holds no RNG state:
 every random draw of an iteration comes from generators seeded by (seed, iteration, rank)
-(``core.train``), so a resumed run needs none. Files:
+(``core.gan.train``), so a resumed run needs none. Files:
 
     checkpoints/iter_0000500.pt   numbered, the newest ``keep`` of them are kept
     checkpoints/latest.pt         copy of the newest numbered checkpoint (what resume reads)

@@ -10,7 +10,7 @@ D step: on the detached fakes -> DiffAugment reals and fakes with
 independent parameters (the same parameters for all levels of a sample) -> MNG-perturb with
 independent nested noise chains -> RpGAN D loss + gamma/2 R1 (reals) + gamma/2 R2 (fakes), both
 with the same augmentation and noise as the loss, + ``repa_weight`` x the DINOv2 alignment loss
-of the reals (``cfg.repa``, :mod:`core.repa`) -> clip -> AdamW.
+of the reals (``cfg.repa``, :mod:`core.gan.repa`) -> clip -> AdamW.
 
 G step: the same fakes, with grad -> fresh augmentation and noise for reals and fakes -> RpGAN G loss
 with D(real) detached -> clip -> AdamW -> EMA update.
@@ -27,13 +27,13 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel
 
-from core.augment import AugmentParams, apply_augment, sample_augment
+from core.gan.augment import AugmentParams, apply_augment, sample_augment
 from core.config import MNG_LEVELS, LRMultipliers, TrainConfig
-from core.loss import finite_difference_penalty, gradient_penalty, rpgan_d_loss, rpgan_g_loss
-from core.mng import nested_noise, noise_levels, perturb
-from core.model import Generator, parameters_by_kind
+from core.gan.loss import finite_difference_penalty, gradient_penalty, rpgan_d_loss, rpgan_g_loss
+from core.gan.mng import nested_noise, noise_levels, perturb
+from core.gan.model import Generator, parameters_by_kind
 from core.records import D_FAKE, D_REAL, GRAD_NORM_D, GRAD_NORM_G, LOSS_D, LOSS_G, LOSS_REPA, REG_R1, REG_R2
-from core.repa import alignment_loss, encoder_input, encoder_targets
+from core.gan.repa import alignment_loss, encoder_input, encoder_targets
 
 
 def make_optimizer(model: nn.Module, lr: float, mults: LRMultipliers, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -82,8 +82,8 @@ class GATStep:
     """Holds G, D, EMA-G and both optimisers; ``d_step`` and ``g_step`` each run one update.
 
     G and D may be wrapped in DistributedDataParallel; gradients then average over ranks.
-    With ``cfg.repa`` the frozen ``encoder`` (:func:`core.repa.load_encoder`) gives the alignment
-    targets. FLOP counting (``core.flops``) runs a subclass that leaves out what holds no counted
+    With ``cfg.repa`` the frozen ``encoder`` (:func:`core.gan.repa.load_encoder`) gives the alignment
+    targets. FLOP counting (``core.gan.flops``) runs a subclass that leaves out what holds no counted
     FLOPs (:meth:`_repa_targets`, :meth:`_clip_and_step`, :meth:`generate` are its hooks).
     Raises ValueError for ``cfg.repa`` without an encoder.
     """
@@ -105,13 +105,13 @@ class GATStep:
 
     def _check_encoder(self) -> None:
         if self.cfg.repa and self.encoder is None:
-            raise ValueError("cfg.repa needs the DINOv2 encoder (core.repa.load_encoder)")
+            raise ValueError("cfg.repa needs the DINOv2 encoder (core.gan.repa.load_encoder)")
 
     # -- D input: augment, then MNG-perturb (docs/METHOD.md §3 "augment first, then perturb") -------
     def _d_input(self, levels: Tensor, aug: AugmentParams | None, noise: Tensor,
                  color_reference: Tensor | None = None) -> Tensor:
         """Clean levels (K, N, c, H, W) -> D input (N, K*c, H, W) with the given draws
-        (``color_reference``: see :func:`core.augment.apply_augment`)."""
+        (``color_reference``: see :func:`core.gan.augment.apply_augment`)."""
         if aug is not None:
             levels = apply_augment(levels, aug, color_reference)
         return perturb(levels, noise.to(levels.dtype), self.t)

@@ -1,11 +1,11 @@
 """An encoded image folder's domain classifier, prepared once and cached (``eval_metric: fd_domain``).
 
-The embedded digits carry their classifier in their cache entry (:mod:`core.digits`); an image
+The embedded digits carry their classifier in their cache entry (:mod:`core.data.digits`); an image
 folder written by ``gat-sweep encode`` gets one here, trained on the folder's own labelled images
-(a :class:`core.features.DomainClassifier` at 32 px), so that FD/KID/precision/recall need no
+(a :class:`core.evaluation.features.DomainClassifier` at 32 px), so that FD/KID/precision/recall need no
 Inception weights offline. Its features are the folder's own: distances of different folders are
 not comparable. The same seeded subset of the folder's images (:func:`reference_indices`) forms
-the evaluation's reference statistics (:mod:`core.evaluate`).
+the evaluation's reference statistics (:mod:`core.evaluation.evaluate`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from core.cache import atomic_directory, cache_root, content_hash
 from core.config import ConfigError
-from core.digits import deterministic_cpu
-from core.encode import MANIFEST, image_folder
-from core.features import (
+from core.data.digits import deterministic_cpu
+from core.data.encode import MANIFEST, image_folder
+from core.evaluation.features import (
     CLASSIFIER_FILE,
     ClassifierEntry,
     ClassifierSettings,
@@ -33,7 +33,7 @@ from core.features import (
     save_classifier,
     train_classifier,
 )
-from core.fidelity import EVAL_BATCH
+from core.evaluation.fidelity import EVAL_BATCH
 
 REFERENCE_MAX = 50_000
 """At most this many real images of an encoded folder form its reference statistics."""
@@ -129,10 +129,10 @@ def prepare_folder_classifier(root: Path, settings: FolderClassifierSettings = F
 
     ``root``: a ``gat-sweep encode`` output directory. The classifier is trained on the folder's
     own labels, on the ADM-cropped images at the encode resolution (``images_dir`` of the
-    manifest) resized to 32 px (:func:`core.features.resize_for_classifier`): the
+    manifest) resized to 32 px (:func:`core.evaluation.features.resize_for_classifier`): the
     :func:`reference_indices` subset, less a held-out share (seeded split) whose accuracy is
     recorded. Training is seeded and runs on one CPU thread in deterministic mode
-    (:func:`core.digits.deterministic_cpu`), so the weights do not depend on the machine's thread
+    (:func:`core.data.digits.deterministic_cpu`), so the weights do not depend on the machine's thread
     count. Cached under ``<cache>/domain/<key>`` (atomic; concurrent preparations are safe), the
     key hashing the folder's path, the manifest's fingerprint, ``settings`` and
     :data:`FOLDER_CLASSIFIER_VERSION`. With ``progress``, tqdm bars when stderr is a terminal.
@@ -141,7 +141,7 @@ def prepare_folder_classifier(root: Path, settings: FolderClassifierSettings = F
 
     Raises ConfigError when the images are gone, the folder has fewer than 2 classes
     (:func:`check_classes`) or a class has too few images (fewer than 1 / heldout_fraction);
-    ValueError naming a corrupt image file (:func:`core.encode.read_rgb`).
+    ValueError naming a corrupt image file (:func:`core.data.encode.read_rgb`).
     """
     manifest, images_dir = folder_images_dir(root)
     check_classes(root, manifest)

@@ -33,15 +33,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from core import diagnostics
+from core.gan import diagnostics
 from core.cache import atomic_write_bytes, check_free_space, json_text
-from core.checkpoint import CHECKPOINTS, FILE_OVERHEAD, checkpoint_bytes, resume_state, save_checkpoint
+from core.gan.checkpoint import CHECKPOINTS, FILE_OVERHEAD, checkpoint_bytes, resume_state, save_checkpoint
 from core.config import RESUMABLE_FIELDS, ConfigError, TrainConfig
-from core.evaluate import InvalidMetricError, make_evaluator, make_sampler
-from core.flops import FLOPS_CONVENTION, parameter_counts, train_flops_per_iter
-from core.latents import load_latents
+from core.evaluation.evaluate import InvalidMetricError, make_evaluator, make_sampler
+from core.gan.flops import FLOPS_CONVENTION, parameter_counts, train_flops_per_iter
+from core.data.latents import load_latents
 from core.memory import check_memory, device_memory, gib
-from core.model import Generator, build_models, count_parameters
+from core.gan.model import Generator, build_models, count_parameters
 from core.records import (
     CONFIG_FILE,
     DIVERGED,
@@ -66,8 +66,8 @@ from core.records import (
     final_fd,
     final_key,
 )
-from core.repa import run_encoder
-from core.step import GATStep
+from core.gan.repa import run_encoder
+from core.gan.step import GATStep
 
 DIAG_SAMPLES = 16
 
@@ -229,7 +229,7 @@ class _Carry:
 def _checkpoint_state(G: Generator, D: torch.nn.Module, G_ema: Generator, step: GATStep, carry: _Carry,
                       cfg: TrainConfig) -> dict[str, Any]:
     """The checkpoint of the current iteration: weights, optimiser moments, the carry and the
-    config as plain data (:mod:`core.checkpoint`)."""
+    config as plain data (:mod:`core.gan.checkpoint`)."""
     return {"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
             "opt_g": step.opt_g.state_dict(), "opt_d": step.opt_d.state_dict(),
             "iteration": carry.iteration, "best": carry.best, "window": carry.window,
@@ -286,14 +286,14 @@ def train(cfg: TrainConfig, run_dir: Path, reporter: Reporter | None = None, pro
             or when it cannot be read from the newest numbered checkpoint that can (said on stderr).
         reporter: progress sink (Ray Tune / MLflow in ``scaling``); None = files only.
         progress: show a tqdm progress bar (rank 0).
-        flops_per_iter: FLOPs of one iteration (:func:`core.flops.train_flops_per_iter`), when the
+        flops_per_iter: FLOPs of one iteration (:func:`core.gan.flops.train_flops_per_iter`), when the
             caller has counted them (a sweep's driver counts every architecture once); None: count.
     Returns: :class:`core.records.RunResult`; status 'diverged' (no exception) when a loss became
         non-finite or exceeded ``cfg.diverge_loss``, an evaluation's samples were non-finite, or an
         evaluation exceeded ``cfg.diverge_fd_ratio`` times the best so far; ``reason`` says which.
     Raises: ConfigError for an impossible config, a missing dataset or evaluation weights, a
         run directory holding a different config, or checkpoints none of which can be read
-        (:class:`core.checkpoint.CheckpointError`); :class:`core.cache.DiskFullError` (also a
+        (:class:`core.gan.checkpoint.CheckpointError`); :class:`core.cache.DiskFullError` (also a
         ConfigError) naming the directory and the space to free when its device fills up (checked
         before each checkpoint, so the last one stays intact). Other exceptions propagate (Ray
         retries them).

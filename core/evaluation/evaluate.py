@@ -5,18 +5,18 @@ and warms the reference-feature cache; ``Evaluator.evaluate(G_ema)`` then draws 
 ``cfg.eval_samples`` latents (z and labels fixed per run by ``cfg.seed``; labels cycle through the
 classes), decodes them with the dataset's VAE (dividing by the scaling factor once), converts
 them to uint8 [0, 255] (clamped, never wrapped) and hands them to torch-fidelity
-(:mod:`core.fidelity`).
+(:mod:`core.evaluation.fidelity`).
 
 Two feature extractors (``cfg.eval_metric``; 'auto' = fd_domain for the embedded digits, and for
 an encoded folder fid when ``cfg.inception_weights`` is set, fd_domain otherwise; see
 :func:`core.metrics.resolve_metric`):
 
-* ``fd_domain``: a domain classifier of :mod:`core.features`, a small CNN trained on the dataset's
+* ``fd_domain``: a domain classifier of :mod:`core.evaluation.features`, a small CNN trained on the dataset's
   own labelled images, so evaluation needs no download (a Frechet distance in that network's 64-d
   feature space, not Inception FID). The embedded digits use the classifier of their cache entry
   -> ``eval/fd_digits_<n>``, ``eval/kid_digits_<n>``, ``eval/precision_digits_<n>``,
   ``eval/recall_digits_<n>``. An encoded folder uses its own classifier, trained on first use on
-  the reference images (:func:`core.domain.prepare_folder_classifier`, cached under ``<cache>/domain/``)
+  the reference images (:func:`core.evaluation.domain.prepare_folder_classifier`, cached under ``<cache>/domain/``)
   -> ``eval/fd_domain_<n>``, ``eval/kid_domain_<n>``, ``eval/precision_domain_<n>``,
   ``eval/recall_domain_<n>``. Distances of different folders are in different feature spaces
   and are not comparable with each other. Provenance names the classifier file and its held-out
@@ -29,11 +29,11 @@ an encoded folder fid when ``cfg.inception_weights`` is set, fd_domain otherwise
 ``<n>`` is the sample count, '1k' for 1000 ('5k', '50k'; other counts written out in full).
 
 References: the reference statistics are the real images of the dataset (digits: all 1,797
-images; an encoded folder: up to :data:`core.domain.REFERENCE_MAX` images of ``images_dir``, a seeded subset,
+images; an encoded folder: up to :data:`core.evaluation.domain.REFERENCE_MAX` images of ``images_dir``, a seeded subset,
 ADM-cropped at the encode resolution), their features cached (safetensors, never a pickle) under
 ``<cache>/fidelity/`` with a name holding (dataset, resolution, sample count, and a folder
 classifier's key) and the extractor, so a second run does not recompute them
-(:func:`core.fidelity.reference_features`). Or
+(:func:`core.evaluation.fidelity.reference_features`). Or
 ``cfg.fid_ref_npz``: ADM-style ``mu``/``sigma`` (Dhariwal & Nichol 2021, evaluations/), FID only
 (KID and precision/recall need features).
 
@@ -58,10 +58,10 @@ from torch_fidelity.metric_fid import fid_features_to_statistics
 
 from core.cache import atomic_write_bytes, content_hash
 from core.config import ConfigError, TrainConfig
-from core.digits import load_entry
-from core.domain import folder_images_dir, prepare_folder_classifier, reference_indices
-from core.features import EXTRACTOR_NAME, FOLDER_EXTRACTOR_NAME
-from core.fidelity import (
+from core.data.digits import load_entry
+from core.evaluation.domain import folder_images_dir, prepare_folder_classifier, reference_indices
+from core.evaluation.features import EXTRACTOR_NAME, FOLDER_EXTRACTOR_NAME
+from core.evaluation.fidelity import (
     DOMAIN_LAYER,
     EVAL_BATCH,
     INCEPTION,
@@ -77,9 +77,9 @@ from core.fidelity import (
     read_npz,
     reference_features,
 )
-from core.latents import LatentData
+from core.data.latents import LatentData
 from core.metrics import feature_space, resolve_metric, too_few_samples
-from core.model import Generator
+from core.gan.model import Generator
 from core.records import (
     CLASSIFIER_ACCURACY_PARAM,
     EVAL_EMA_PARAM,
@@ -91,7 +91,7 @@ from core.records import (
     count_label,
     eval_keys,
 )
-from core.vae import decode_latents, load_vae, to_uint8
+from core.data.vae import decode_latents, load_vae, to_uint8
 
 GRID_COLUMNS, GRID_MAX_ROWS = 8, 10
 """Sample grid: one row per class (at most 10 classes, evenly spaced), 8 samples per row."""
@@ -143,7 +143,7 @@ class Sampler:
 
 def make_sampler(cfg: TrainConfig, data: LatentData, device: torch.device) -> Sampler | None:
     """The :class:`Sampler` of a run; None for dataset 'random' (no VAE, nothing to look at).
-    Raises FileNotFoundError / OSError (``core.vae.load_vae``) when the dataset's VAE is missing."""
+    Raises FileNotFoundError / OSError (``core.data.vae.load_vae``) when the dataset's VAE is missing."""
     return None if data.kind == "random" else Sampler(cfg, data, device)
 
 

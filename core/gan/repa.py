@@ -7,11 +7,11 @@ adds to the D loss, per real sample, the representation-alignment loss of REPA (
 
 * the raw RGB image of the real sample is scaled to [0, 1], normalised with the ImageNet mean
   and std, resized to 224 x 224 (bicubic), augmented with the translation and flip of its
-  latent's DiffAugment draw (:func:`core.augment.apply_to_pixels`), and encoded by a frozen
+  latent's DiffAugment draw (:func:`core.gan.augment.apply_to_pixels`), and encoded by a frozen
   DINOv2 without gradient: ``f_cls`` (E,) and ``f_i`` (P, E), the final-LayerNorm CLS and patch
   tokens (timm's ``x_norm_clstoken`` / ``x_norm_patchtokens``, transformers'
   ``last_hidden_state``);
-* D's projector ``P`` (Linear-SiLU-Linear-SiLU-Linear, :class:`core.model.Discriminator`) reads
+* D's projector ``P`` (Linear-SiLU-Linear-SiLU-Linear, :class:`core.gan.model.Discriminator`) reads
   D's CLS and image tokens of the real branch before D's final norm;
 * ``loss = (1 - cos(P(h_cls), f_cls)) + mean_i (1 - cos(P(h_i), f_i))``; the encoder's patch grid
   (16 x 16 at 224 px with patch 14) is resized bicubically to D's token grid when they differ.
@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.augment import AugmentParams, apply_to_pixels
+from core.gan.augment import AugmentParams, apply_to_pixels
 from core.config import ConfigError, TrainConfig, load_local
 
 if TYPE_CHECKING:
-    from core.latents import LatentData
+    from core.data.latents import LatentData
 
 ENCODER_RESOLUTION = 224
 """Side in pixels the raw images are resized to before the encoder (reference ``preprocess_raw_image``)."""
@@ -111,7 +111,7 @@ def require_images(kind: str, name: str, has_images: bool) -> None:
 
 
 def run_encoder(cfg: TrainConfig, data: LatentData, device: torch.device) -> nn.Module:
-    """The frozen DINOv2 of ``cfg.repa`` (:func:`core.repa.load_encoder`), checked before training.
+    """The frozen DINOv2 of ``cfg.repa`` (:func:`core.gan.repa.load_encoder`), checked before training.
 
     Raises ConfigError when the dataset keeps no raw images (the message says how to get them)
     or the encoder is missing or does not fit ``cfg.repa_dim``.

@@ -2,15 +2,15 @@
 
 ``load_latents(cfg)`` resolves ``cfg.dataset``:
 
-* ``'digits'``: the embedded default (:mod:`core.digits`), prepared on first use and cached;
+* ``'digits'``: the embedded default (:mod:`core.data.digits`), prepared on first use and cached;
 * ``'random'``: a fixed pool of N(0, I) latents with uniform labels (tests and benchmarks; no VAE,
   scaling factor 1);
-* an absolute path: a directory written by ``gat-sweep encode`` (:mod:`core.encode`).
+* an absolute path: a directory written by ``gat-sweep encode`` (:mod:`core.data.encode`).
 
 Latents are stored unscaled (posterior mean and std). :meth:`LatentData.sample` draws
 ``mean + std * eps`` (``cfg.sample_posterior``) or the mean, and multiplies by the VAE's scaling
 factor exactly once, as the LDM/DiT recipe does (Rombach et al. 2022, §4.3.2); evaluation divides
-by the same factor exactly once before decoding (:func:`core.vae.decode_latents`).
+by the same factor exactly once before decoding (:func:`core.data.vae.decode_latents`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from core.config import ConfigError, TrainConfig
-from core.digits import prepare_digits
-from core.encode import ShardImages, read_encoded
+from core.data.digits import prepare_digits
+from core.data.encode import ShardImages, read_encoded
 
 RANDOM_POOL = 1024
 """Latents in the 'random' dataset's fixed pool."""
@@ -93,7 +93,7 @@ def load_latents(cfg: TrainConfig) -> LatentData:
 
     Raises ConfigError when ``cfg.dataset`` is not 'digits', 'random' or an absolute path, or when
     ``cfg.latent_size`` / ``cfg.latent_channels`` / ``cfg.num_classes`` disagree with the data;
-    FileNotFoundError from :func:`core.encode.read_encoded` for a missing file, ConfigError for a corrupt
+    FileNotFoundError from :func:`core.data.encode.read_encoded` for a missing file, ConfigError for a corrupt
     encode directory.
     """
     if cfg.dataset == "random":

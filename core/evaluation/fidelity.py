@@ -41,8 +41,8 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 
 from core.cache import atomic_write_bytes, cache_root
 from core.config import ConfigError, load_local
-from core.encode import image_folder
-from core.features import EXTRACTOR_NAME, FOLDER_EXTRACTOR_NAME
+from core.data.encode import image_folder
+from core.evaluation.features import EXTRACTOR_NAME, FOLDER_EXTRACTOR_NAME
 from core.metrics import INCEPTION_DIM
 
 INCEPTION = "inception-v3-compat"
@@ -73,7 +73,7 @@ def frechet_distance(stats_1: dict[str, np.ndarray], stats_2: dict[str, np.ndarr
 
 
 SAFETENSORS_EXTRACTORS = frozenset({EXTRACTOR_NAME, FOLDER_EXTRACTOR_NAME})
-"""Extractors that read their weights with safetensors (ours, :mod:`core.features`); the weights
+"""Extractors that read their weights with safetensors (ours, :mod:`core.evaluation.features`); the weights
 of every other (torch-fidelity's built-in ones unpickle theirs) go through
 :func:`tensor_only_weights`."""
 _TENSOR_ONLY_COPIES: dict[tuple[str, int, int], str] = {}

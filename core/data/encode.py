@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from core.cache import atomic_write, atomic_write_bytes, content_hash, file_sha256
 from core.metrics import MANIFEST
-from core.vae import from_uint8, load_vae
+from core.data.vae import from_uint8, load_vae
 
 FORMAT = "gat-sweep-latents/1"
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}

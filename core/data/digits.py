@@ -6,10 +6,10 @@ cached under ``<cache>/digits/<preset>-<hash>/`` (see :mod:`core.cache`):
 
 1. images: 8x8 -> ``image_size`` px by bilinear upsampling, grey copied to 3 channels (white
    digits on black), stored as uint8 (1797, 3, 32, 32); a seeded split holds out 360 images;
-2. a small ``AutoencoderKL`` (:mod:`core.vae`) trained on the other images, seeded; its
+2. a small ``AutoencoderKL`` (:mod:`core.data.vae`) trained on the other images, seeded; its
    ``scaling_factor`` = 1 / std of the posterior means, stored in the VAE config;
 3. posterior mean and std of every image (unscaled latents, 4 x 8 x 8), and labels;
-4. the domain classifier of :mod:`core.features`, trained on the same images, with its
+4. the domain classifier of :mod:`core.evaluation.features`, trained on the same images, with its
    held-out accuracy and the VAE's held-out reconstruction error (MSE of ``decode(mean)`` in
    [-1, 1] pixel units) recorded in ``meta.json``.
 
@@ -42,7 +42,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from core.cache import atomic_directory, cache_root, content_hash
-from core.features import (
+from core.evaluation.features import (
     CLASSIFIER_FILE,
     ClassifierEntry,
     ClassifierSettings,
@@ -50,7 +50,7 @@ from core.features import (
     save_classifier,
     train_classifier,
 )
-from core.vae import (
+from core.data.vae import (
     VAESettings,
     build_vae,
     decode_latents,

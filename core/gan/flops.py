@@ -71,12 +71,12 @@ def flop_counter() -> FlopCounterMode:
 def measure_iteration_flops(cfg: TrainConfig, device: torch.device | str = "meta") -> int:
     """FLOPs of one training iteration (convention: :data:`FLOPS_CONVENTION`) at ``cfg.batch``.
 
-    Runs one :meth:`core.step.GATStep.iteration` under the counter. Raises whatever
+    Runs one :meth:`core.gan.step.GATStep.iteration` under the counter. Raises whatever
     the step raises for an impossible config (the config itself is validated on construction).
     """
     import torch
 
-    from core.model import build_models
+    from core.gan.model import build_models
 
     cfg = cfg.replace(grad_checkpointing=False, compile=False)
     device = torch.device(device)
@@ -93,14 +93,14 @@ def measure_iteration_flops(cfg: TrainConfig, device: torch.device | str = "meta
 
 @functools.cache
 def _counting_step_class() -> type:
-    """:class:`core.step.GATStep` as FLOP counting runs it: the per-class w average is not
+    """:class:`core.gan.step.GATStep` as FLOP counting runs it: the per-class w average is not
     updated, and gradient clipping and the optimiser steps are skipped (they hold no counted
     matmul FLOPs, and on the meta device the per-tensor optimiser loop cost seconds for large
     models); with ``cfg.repa`` random targets of the frozen encoder's output shape stand in for
     it (its forward is not training compute of G or D). Built on first use: the step imports torch."""
     import torch
 
-    from core.step import GATStep  # the step imports this module's siblings only
+    from core.gan.step import GATStep  # the step imports this module's siblings only
 
     class CountingStep(GATStep):
         def _check_encoder(self) -> None:
@@ -135,7 +135,7 @@ class ArchitectureCount:
 
     g_params: int
     d_params: int
-    """Parameter counts of G and D (all tensors, ``core.model.count_parameters``)."""
+    """Parameter counts of G and D (all tensors, ``core.gan.model.count_parameters``)."""
     flops_per_iter: int
     """FLOPs of one training iteration (:data:`FLOPS_CONVENTION`)."""
 
@@ -166,7 +166,7 @@ def parameter_counts(cfg: TrainConfig) -> tuple[int, int]:
         if cached is not None:
             _PARAMETERS[key] = cached.g_params, cached.d_params
         else:
-            from core.model import build_models, count_parameters
+            from core.gan.model import build_models, count_parameters
 
             G, D = build_models(key, "meta")
             _PARAMETERS[key] = count_parameters(G), count_parameters(D)
@@ -182,7 +182,7 @@ def count_architecture(cfg: TrainConfig) -> ArchitectureCount:
     cached = _cached_count(key)
     if cached is not None:
         return cached
-    from core.model import build_models, count_parameters
+    from core.gan.model import build_models, count_parameters
 
     G, D = build_models(key, "meta")
     g_params, d_params = count_parameters(G), count_parameters(D)
@@ -208,8 +208,9 @@ def _cache_path(key: TrainConfig) -> Path:
 
 @functools.cache
 def _core_source_hash() -> str:
-    """Hash of every ``core/*.py`` file: the code that builds and steps the models being counted."""
-    files = sorted(Path(__file__).parent.glob("*.py"))
+    """Hash of every ``.py`` file of the ``core`` package: the code that builds and steps the models
+    being counted."""
+    files = sorted(Path(__file__).parents[1].rglob("*.py"))
     return content_hash(*(f.read_bytes() for f in files))
 
 

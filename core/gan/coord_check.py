@@ -9,9 +9,9 @@ the updates blow up as the network widens (the LR is too high at large widths), 
 means they vanish.
 
 Here G and D are measured separately, each trained by the trainer's own step
-(:class:`core.step.GATStep`: RpGAN loss, MNG, augmentation, R1/R2, AdamW with the config's
+(:class:`core.gan.step.GATStep`: RpGAN loss, MNG, augmentation, R1/R2, AdamW with the config's
 per-kind LRs), on random latents of the config's shape (the ``random`` dataset of
-:mod:`core.latents`, so nothing is prepared and nothing evaluated), without the DINOv2 alignment
+:mod:`core.data.latents`, so nothing is prepared and nothing evaluated), without the DINOv2 alignment
 (``repa``, which needs images). Measured after every step, on a probe batch fixed per seed:
 
 * G (``network = "g"``): ``mapping`` (the style w, (P, C)), ``block1`` .. ``blockL`` (the tokens
@@ -47,11 +47,11 @@ from torch import Tensor, nn
 
 from core.cache import atomic_write_bytes, json_text
 from core.config import MNG_LEVELS, TrainConfig
-from core.latents import load_latents
-from core.mng import nested_noise, noise_levels, perturb
-from core.model import Discriminator, Generator, build_models
-from core.step import GATStep
-from core.train import resolve_device
+from core.data.latents import load_latents
+from core.gan.mng import nested_noise, noise_levels, perturb
+from core.gan.model import Discriminator, Generator, build_models
+from core.gan.step import GATStep
+from core.gan.train import resolve_device
 
 PROBE_SAMPLES = 32
 """Samples in the fixed probe batch (more gives steadier RMS values at the cost of forward time)."""

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from core.config import MNG_LEVELS
-from core.model import Generator
+from core.gan.model import Generator
 
 
 def relative_change(before: Tensor, after: Tensor) -> float:
