@@ -2,7 +2,7 @@
 
 Per LR rule: the verdict in one sentence with its number and interval and the reason that binds
 it (a single seed before any valley detail); then the exponent the data imply for the best LR
-against width and the rule that follows from it (``power<a>``, scaling/lr_rules.py); the LR to use
+against width and the rule that follows from it (``power<a>``, core/lr_rules.py); the LR to use
 at target widths with the backtest that says how far to trust an extrapolation; and what to run
 next (:class:`NextSweep`, which ``gat-sweep plot`` writes as a sweep file).
 """
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from analysis.fit import Estimate
 from core.units import lr_text
 from core.config import SIZES
+from core.lr_rules import rule_name
 from analysis.transfer import PAPER_WIDTHS, LRBacktest, LRPrediction, RuleTransfer, factor_text, predict_lr
 
 PAPER_SIZES = {net.width: f"GAT-{name}" for name, net in SIZES.items()}
@@ -158,7 +159,7 @@ def answer(transfer: dict[str, RuleTransfer], *, target_widths: tuple[int, ...] 
     a = round(-exponent.value, 2)
     ref = base_width or round(line.valley.w_ref)
     at_ref = predict_lr(line, ref)
-    implied = {"rule": f"power{a:g}", "exponent": exponent.to_dict(),
+    implied = {"rule": rule_name(f"power{a:g}"), "exponent": exponent.to_dict(),
                "base_lr": None if at_ref is None or at_ref.actual_lr is None else at_ref.actual_lr.value,
                "base_width": ref}
     out.implied = implied

@@ -42,6 +42,7 @@ import pandas as pd
 
 from analysis.fit import Estimate
 from analysis.transfer import TOLERANCE, decide, fit_rule, rule_trainings
+from core.lr_rules import apply_rule
 
 UNTRAINED = math.log(4800.0)
 """Score (log FD) of a training that learned nothing: the digits generator's FD at initialisation."""
@@ -175,7 +176,7 @@ def synthetic_scores(b: float, noise_sd: float, n_seeds: int, rng: np.random.Gen
             a = 7.7 - 0.4 * math.log(width / min(widths))
             c = curvature * growth ** math.log2(width / design.w_ref)
             for base in lrs:
-                lr = base * (design.base_width / width if rule == "gat" else 1.0)
+                lr = apply_rule(rule, base, width, design.base_width).lr
                 d = math.log(lr) - m
                 for seed in range(n_seeds):
                     key = (width, round(math.log(lr), 9), seed)

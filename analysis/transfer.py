@@ -328,7 +328,7 @@ def _exp(e: Estimate) -> Estimate:
 class RuleFactor:
     """A rule's LR factor ``k(w) = lr_g / base_lr`` as a power of width, ``log k = log_k0 + exponent
     log w``, least squares over the rule's own trials (exact for every rule of
-    scaling/lr_rules.py: constant 0, gat -1, ``power<a>`` -a; muP-style rules keep lr_g = base_lr
+    core/lr_rules.py: constant 0, gat -1, ``power<a>`` -a; muP-style rules keep lr_g = base_lr
     and scale per-kind multipliers instead, exponent 0)."""
 
     log_k0: float

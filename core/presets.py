@@ -10,6 +10,7 @@ Inception weights and a local DINOv2 ViT-B/14 (``repa_encoder``).
 from __future__ import annotations
 
 from core.config import SIZES, ConfigError, NetConfig, TrainConfig
+from core.lr_rules import gat
 
 PAPER_BASE_LR = 2e-4
 """Reference base learning rate at batch 512 and base width 768 (docs/METHOD.md §5)."""
@@ -18,7 +19,7 @@ PAPER_BASE_WIDTH = 768
 
 def _imagenet(size: str, patch: int) -> TrainConfig:
     net = NetConfig.named(size)
-    lr = PAPER_BASE_LR * PAPER_BASE_WIDTH / net.width  # the paper's width-aware rule
+    lr = gat(PAPER_BASE_LR, net.width, PAPER_BASE_WIDTH).lr  # the paper's width-aware rule
     return TrainConfig(
         name=f"GAT-{size}/{patch}", dataset="imagenet256-latents", latent_size=32, num_classes=1000,
         g=net, d=net, patch=patch, batch=512, lr_g=lr, lr_d=lr, iterations=50_000,

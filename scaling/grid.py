@@ -1,7 +1,7 @@
 """Expand a :class:`~scaling.spec.SweepSpec` into trials, each a complete TrainConfig.
 
 The grid is the cross product (generator shape x discriminator shape x patch x LR rule x base LR
-x seed), in that nesting order. Each trial's learning rates come from ``scaling.lr_rules``
+x seed), in that nesting order. Each trial's learning rates come from ``core.lr_rules``
 (G and D by their own widths). Trial names are unique, file-system safe and readable, e.g.
 ``w64-d4-p2_gat_lr0.001_s0``; they name the run directory, the Ray Tune trial and the sweep's
 state, and are the ``gat_sweep.trial`` tag of the MLflow run. The MLflow run's name is the trial's
@@ -26,7 +26,7 @@ from core.gan.flops import parameter_counts, train_flops_per_iter
 from core.memory import check_memory, device_memory, gib
 from core.records import BASE_LR_PARAM, BASE_WIDTH_PARAM, LR_RULE_PARAM, SIZE_PARAM, RunResult
 from core.units import lr_text
-from scaling.lr_rules import apply_rule
+from core.lr_rules import apply_rule
 from scaling.spec import SweepFileError, SweepSpec, format_errors
 
 

@@ -53,7 +53,7 @@ from pydantic import (
 from core.config import MAX_ITERATIONS, MNG_LEVELS, PATH_FIELDS, SIZES, SWEEP_FIELDS, ConfigError, TrainConfig
 from core.metrics import EMBEDDED_DATASETS, dataset_kind, resolve_metric, too_few_samples
 from core.presets import PRESETS, get_preset
-from scaling.lr_rules import POWER_PATTERN, RULES, needs_base_width, rule_name
+from core.lr_rules import POWER_PATTERN, RULES, needs_base_width, rule_name
 from scaling.yamlio import apply_set, read_yaml
 
 NODE_LOCAL_ROOTS = ("/tmp", "/var/tmp", "/dev/shm")
@@ -92,7 +92,7 @@ FloatList = Annotated[list[PositiveFloat], BeforeValidator(_as_list)]
 RuleName = Annotated[str, AfterValidator(rule_name), WithJsonSchema({
     "anyOf": [{"enum": list(RULES)}, {"type": "string", "pattern": POWER_PATTERN}],
     "description": "constant, gat, mup, or power<a> (a decimal exponent: power0.5, power1, power-0.25)"})]
-"""An LR rule's name (``scaling.lr_rules``), in its canonical spelling (``power0.50`` -> ``power0.5``);
+"""An LR rule's name (``core.lr_rules``), in its canonical spelling (``power0.50`` -> ``power0.5``);
 the JSON schema lists the named rules and the pattern of ``power<a>``."""
 
 
@@ -163,7 +163,7 @@ class ModelGrid(NetGrid):
 
 
 class LRSpec(_Strict):
-    """Base learning rates and the rules that turn them into per-width LRs (scaling/lr_rules.py)."""
+    """Base learning rates and the rules that turn them into per-width LRs (core/lr_rules.py)."""
 
     base_lrs: FloatList = Field(min_length=1)
     """Learning rates at the base width (e.g. [1e-4, 2e-4, 4e-4])."""

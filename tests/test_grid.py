@@ -17,7 +17,7 @@ from scaling.grid import (
     trial_records,
     trial_rows,
 )
-from scaling.lr_rules import apply_rule
+from core.lr_rules import apply_rule
 from scaling.spec import SweepSpec, load_spec
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"

@@ -1,4 +1,4 @@
-"""LR rules (scaling/lr_rules.py): the base-width invariant, the paper's values, muP multipliers,
+"""LR rules (core/lr_rules.py): the base-width invariant, the paper's values, muP multipliers,
 the power<a> family and its names, and that the multipliers reach the optimiser's parameter
 groups."""
 
@@ -10,7 +10,7 @@ from core.config import ConfigError, LRMultipliers, NetConfig, TrainConfig
 from core.gan.model import build_models
 from core.presets import PAPER_BASE_LR, PAPER_BASE_WIDTH
 from core.gan.step import make_optimizer
-from scaling.lr_rules import RULES, apply_rule, constant, gat, mup, needs_base_width, rule_name
+from core.lr_rules import RULES, apply_rule, constant, gat, mup, needs_base_width, rule_name
 
 
 @pytest.mark.parametrize("rule", [*sorted(RULES), "power0", "power0.62", "power1", "power-0.25"])
