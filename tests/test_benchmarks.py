@@ -276,3 +276,27 @@ def test_benchmark_help_shows_the_whole_docstring(script, monkeypatch, capsys):
     assert examples, f"{script}'s docstring shows no example command line"
     for example in examples:
         assert " ".join(example.split()) in printed
+
+
+def _sweep_dir(root: Path, fd: float, seconds: float) -> Path:
+    run = root / "trials" / "w16-d4-p2_gat_lr0.004_s0"
+    run.mkdir(parents=True)
+    (run / "stats.jsonl").write_text(
+        json.dumps({"step": 0, "loss/G": 0.7}) + "\n"
+        + json.dumps({"step": 100, "eval/fd_digits_500": fd, "time/sec_per_kimg": seconds}) + "\n")
+    (run / "result.json").write_text(json.dumps({"status": "finished", "iteration": 100, "run_dir": str(run),
+                                                 "metrics": {"eval/fd_digits_500": fd, "time/eval_sec": seconds}}))
+    (run / "config.json").write_text('{"name": "w16"}')
+    (root / "trials.csv").write_text("name\nw16-d4-p2_gat_lr0.004_s0\n")
+    return root
+
+
+def test_same_runs_finds_equal_runs_equal_whatever_their_timings_and_names_a_changed_value(tmp_path):
+    a = _sweep_dir(tmp_path / "a", 1285.45, 3.8)
+    same = subprocess.run([sys.executable, "benchmarks/same_runs.py", str(a), str(_sweep_dir(tmp_path / "b", 1285.45, 9.1))],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert same.returncode == 0 and "4 logged values compared (timings excluded); 0 difference(s)" in same.stdout
+    other = subprocess.run([sys.executable, "benchmarks/same_runs.py", str(a), str(_sweep_dir(tmp_path / "c", 1285.46, 3.8))],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert other.returncode == 1 and "2 difference(s)" in other.stdout
+    assert "step 100: eval/fd_digits_500 1285.45 against 1285.46" in other.stdout and "result.json differs" in other.stdout
