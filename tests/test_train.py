@@ -221,7 +221,7 @@ def test_flops_cpu_count_equals_meta_count():
 
 
 def test_flop_count_is_shared_by_configs_of_one_architecture(monkeypatch):
-    from core import flops
+    from core.gan import flops
     from core.config import LRMultipliers
 
     base = tiny(batch=12, d_proj_dim=24)  # an architecture no other test counts
