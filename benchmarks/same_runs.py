@@ -17,9 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from core.records import CONFIG_FILE, RESULT_FILE, STATS_FILE
+from core.records import CONFIG_FILE, RESULT_FILE, STATS_FILE, TIME_PREFIX
 
-TIMING_PREFIX = "time/"
 MOST_SHOWN = 20
 
 
@@ -31,7 +30,7 @@ def _records(run_dir: Path) -> list[dict]:
 def _result(run_dir: Path) -> dict:
     result = json.loads((run_dir / RESULT_FILE).read_text())
     result.pop("run_dir", None)
-    result["metrics"] = {k: v for k, v in result.get("metrics", {}).items() if not k.startswith(TIMING_PREFIX)}
+    result["metrics"] = {k: v for k, v in result.get("metrics", {}).items() if not k.startswith(TIME_PREFIX)}
     return result
 
 
@@ -48,7 +47,7 @@ def compare(a: Path, b: Path) -> tuple[int, list[str]]:
             diffs.append(f"{trial}: {len(ra)} records against {len(rb)}")
         for x, y in zip(ra, rb):
             for key, value in x.items():
-                if key.startswith(TIMING_PREFIX):
+                if key.startswith(TIME_PREFIX):
                     continue
                 n += 1
                 if y.get(key) != value:

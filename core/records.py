@@ -33,6 +33,8 @@ ITER, KIMG, TRAIN_FLOPS = "progress/iter", "progress/kimg", "compute/train_flops
 """Iterations and thousands of real images done; cumulative training FLOPs."""
 SEC_PER_KIMG, EVAL_SECONDS = "time/sec_per_kimg", "time/eval_s"
 """Training seconds per kimg (evaluation excluded) and seconds of one evaluation."""
+TIME_PREFIX = "time/"
+"""Prefix of the timing keys: the values that differ between two runs of the same training."""
 EVAL_PREFIX = "eval/"
 FD_PREFIXES = ("eval/fd", "eval/fid")
 """Prefixes of a Frechet-distance key: ``eval/fd_<extractor>_<n>`` (a domain classifier's feature
