@@ -114,9 +114,7 @@ def _counting_step_class() -> type:
         def _clip_and_step(self, opt):  # type: ignore[no-untyped-def]
             return torch.zeros((), device=self.device)
 
-        def generate(self, z, y):  # type: ignore[no-untyped-def]
-            with self.autocast:
-                return self.G(z, y, update_w_avg=False).float()
+        updates_w_avg = False
 
     return CountingStep
 

@@ -88,6 +88,9 @@ class GATStep:
     Raises ValueError for ``cfg.repa`` without an encoder.
     """
 
+    updates_w_avg = True
+    """Whether :meth:`generate` updates G's per-class w average (training does; counting does not)."""
+
     def __init__(self, cfg: TrainConfig, G: nn.Module, D: nn.Module, device: torch.device,
                  G_ema: Generator | None = None, encoder: nn.Module | None = None) -> None:
         self.cfg, self.G, self.D, self.G_ema, self.device = cfg, G, D, G_ema, device
@@ -157,7 +160,7 @@ class GATStep:
     def generate(self, z: Tensor, y: Tensor) -> Tensor:
         """Fakes with grad for this iteration: (N, z_dim), (N,) -> (K, N, c, H, W) float32."""
         with self.autocast:
-            return self.G(z, y, update_w_avg=True).float()
+            return self.G(z, y, update_w_avg=self.updates_w_avg).float()
 
     def iteration(self, x: Tensor, y: Tensor, z: Tensor, images: Tensor | None = None) -> dict[str, Tensor]:
         """One full iteration: fakes, D step, G step (+ EMA). Returns detached 0-d stats.
